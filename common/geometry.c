@@ -1,0 +1,115 @@
+// geometry.c: filling, checking and counting the one ModelGeometry every module shares.
+//
+// The reasons geometry_validate writes name the Hugging Face config.json key at fault, so the config
+// reader can print them as they are: "llama.json: num_attention_heads (12) is not divisible by ...".
+#include "geometry.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void geometry_init(ModelGeometry *g, const char *name, int n_layers, int d_model, int n_heads,
+                   int n_kv_heads) {
+    memset(g, 0, sizeof *g);   // every layer LAYER_GLOBAL (0), attn ATTN_GQA (0), no MLA/window/indexer
+    snprintf(g->name, sizeof g->name, "%s", name ? name : "");
+    g->n_layers = n_layers;
+    g->d_model = d_model;
+    g->n_heads = n_heads;
+    g->n_kv_heads = n_kv_heads;
+    g->head_dim = n_heads > 0 ? d_model / n_heads : 0;
+    g->d_ff = 4 * d_model;     // the classic transformer MLP width; configs override it
+    g->rope_theta = 10000.0;
+    g->dtype_bytes = 2;        // bf16
+}
+
+// Writes a formatted reason into why (if any) and returns 0, so checks read `return fail(...)`.
+static int fail(char *why, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *why, size_t cap, const char *fmt, ...) {
+    if (why && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, cap, fmt, ap);
+        va_end(ap);
+    }
+    return 0;
+}
+
+int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
+    if (g->n_layers <= 0)
+        return fail(why, cap, "num_hidden_layers must be positive, got %d", g->n_layers);
+    if (g->n_layers > GEOM_MAX_LAYERS)
+        return fail(why, cap, "num_hidden_layers %d exceeds the supported maximum of %d", g->n_layers,
+                    GEOM_MAX_LAYERS);
+    if (g->d_model <= 0) return fail(why, cap, "hidden_size must be positive, got %d", g->d_model);
+    if (g->n_heads <= 0)
+        return fail(why, cap, "num_attention_heads must be positive, got %d", g->n_heads);
+    if (g->n_kv_heads <= 0)
+        return fail(why, cap, "num_key_value_heads must be positive, got %d", g->n_kv_heads);
+    if (g->n_kv_heads > g->n_heads)
+        return fail(why, cap, "num_key_value_heads (%d) exceeds num_attention_heads (%d)", g->n_kv_heads,
+                    g->n_heads);
+    // GQA: query head h reads KV head h / (H/G), so the groups must be equal.
+    if (g->n_heads % g->n_kv_heads != 0)
+        return fail(why, cap, "num_attention_heads (%d) is not divisible by num_key_value_heads (%d)",
+                    g->n_heads, g->n_kv_heads);
+    if (g->head_dim <= 0) return fail(why, cap, "head_dim must be positive, got %d", g->head_dim);
+    if (g->vocab_size < 0 || g->d_ff < 0 || g->max_seq_len < 0)
+        return fail(why, cap, "vocab_size, intermediate_size and max_position_embeddings must not be negative");
+    if (g->dtype_bytes < 1 || g->dtype_bytes > 8)
+        return fail(why, cap, "dtype_bytes must be 1..8, got %d", g->dtype_bytes);
+    if (!(g->rope_theta > 0.0)) return fail(why, cap, "rope_theta must be positive, got %g", g->rope_theta);
+    if (g->rope_local_theta < 0.0)
+        return fail(why, cap, "rope_local_base_freq must not be negative, got %g", g->rope_local_theta);
+
+    // MLA: the cache is the latent (kv_lora_rank) plus one shared RoPE key (qk_rope_head_dim).
+    if (g->attn == ATTN_MLA) {
+        if (g->kv_lora_rank <= 0)
+            return fail(why, cap, "kv_lora_rank must be positive for MLA, got %d", g->kv_lora_rank);
+        if (g->qk_rope_head_dim < 0 || g->qk_nope_head_dim < 0 || g->q_lora_rank < 0)
+            return fail(why, cap, "qk_rope_head_dim, qk_nope_head_dim and q_lora_rank must not be negative");
+        if (g->qk_rope_head_dim + g->qk_nope_head_dim <= 0)
+            return fail(why, cap, "MLA needs qk_nope_head_dim + qk_rope_head_dim > 0");
+        if (g->v_head_dim <= 0)
+            return fail(why, cap, "v_head_dim must be positive for MLA, got %d", g->v_head_dim);
+    } else if (g->attn == ATTN_GQA) {
+        if (g->kv_lora_rank || g->q_lora_rank || g->qk_rope_head_dim || g->qk_nope_head_dim || g->v_head_dim)
+            return fail(why, cap, "MLA fields (kv_lora_rank, q_lora_rank, qk_*_head_dim, v_head_dim) are set "
+                                  "but the attention kind is not MLA");
+    } else {
+        return fail(why, cap, "unknown attention kind %d", (int)g->attn);
+    }
+
+    // DeepSeek Sparse Attention's lightning indexer: all three numbers or none.
+    int any_index = g->index_n_heads || g->index_head_dim || g->index_topk;
+    if (any_index && (g->index_n_heads <= 0 || g->index_head_dim <= 0 || g->index_topk <= 0))
+        return fail(why, cap, "index_n_heads (%d), index_head_dim (%d) and index_topk (%d) must all be "
+                              "positive, or all absent", g->index_n_heads, g->index_head_dim, g->index_topk);
+
+    if (g->sliding_window < 0)
+        return fail(why, cap, "sliding_window must not be negative, got %d", g->sliding_window);
+    if (g->linear_state_elems < 0)
+        return fail(why, cap, "linear_state_elems must not be negative, got %ld", g->linear_state_elems);
+    for (int l = 0; l < g->n_layers; l++) {
+        int k = g->layer_kind[l];
+        if (k > LAYER_COMPRESSED) return fail(why, cap, "layer %d has unknown kind %d", l, k);
+        if (k == LAYER_LOCAL && g->sliding_window <= 0)
+            return fail(why, cap, "layer %d is a sliding-window layer but sliding_window is not set", l);
+        if (k == LAYER_LINEAR && g->linear_state_elems <= 0)
+            return fail(why, cap, "layer %d is a linear layer but linear_state_elems is not set", l);
+    }
+    return 1;
+}
+
+int geometry_count(const ModelGeometry *g, LayerKind kind) {
+    int n = 0, top = g->n_layers < GEOM_MAX_LAYERS ? g->n_layers : GEOM_MAX_LAYERS;
+    for (int l = 0; l < top; l++)
+        if (g->layer_kind[l] == (unsigned char)kind) n++;
+    return n;
+}
+
+const char *geometry_attn_name(const ModelGeometry *g) {
+    if (g->attn == ATTN_MLA) return "MLA";
+    if (g->n_kv_heads == g->n_heads) return "MHA";
+    if (g->n_kv_heads == 1) return "MQA";
+    return "GQA";
+}

@@ -1,0 +1,613 @@
+// heatmap.c: attention matrices as pictures: colormaps, the raw one-block-per-cell PNG, and the
+// annotated multi-panel figure.
+//
+// The annotated figure is laid out once (cell size, label widths, panel positions, canvas size) with
+// a measuring context, then drawn by one function for both SVG and PNG (plot_write_figure).
+#include "heatmap.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <stb_image_write.h>
+
+#include "check.h"
+#include "plot.h"
+
+// ---- colormaps -------------------------------------------------------------------------------------
+// Viridis (matplotlib's _viridis_data), every 17th of its 256 entries: 16 anchors, linearly
+// interpolated. Lightness rises monotonically from dark purple to yellow, so larger = brighter in
+// colour and in greyscale.
+static const float viridis_anchor[16][3] = {
+    {0.267004f, 0.004874f, 0.329415f}, {0.282656f, 0.100196f, 0.422160f}, {0.277134f, 0.185228f, 0.489898f},
+    {0.253935f, 0.265254f, 0.529983f}, {0.221989f, 0.339161f, 0.548752f}, {0.190631f, 0.407061f, 0.556089f},
+    {0.163625f, 0.471133f, 0.558148f}, {0.139147f, 0.533812f, 0.555298f}, {0.120565f, 0.596422f, 0.543611f},
+    {0.134692f, 0.658636f, 0.517649f}, {0.208030f, 0.718701f, 0.472873f}, {0.327796f, 0.773980f, 0.406640f},
+    {0.477504f, 0.821444f, 0.318195f}, {0.647257f, 0.858400f, 0.209861f}, {0.824940f, 0.884720f, 0.106217f},
+    {0.993248f, 0.906157f, 0.143936f},
+};
+
+// ColorBrewer RdBu (11 classes) reversed: blue for negative, red for positive, with the centre made
+// pure white so zero reads as "nothing".
+static const unsigned char diverging_anchor[11][3] = {
+    {5, 48, 97},    {33, 102, 172}, {67, 147, 195}, {146, 197, 222}, {209, 229, 240}, {255, 255, 255},
+    {253, 219, 199}, {244, 165, 130}, {214, 96, 77}, {178, 24, 43},  {103, 0, 31},
+};
+
+static float clamp01(float t) { return t > 0 ? (t < 1 ? t : 1) : 0; }   // NaN -> 0
+
+void colormap_viridis(float t, unsigned char rgb[3]) {
+    float x = clamp01(t) * 15.0f;
+    int i = (int)x;
+    if (i > 14) i = 14;
+    float f = x - (float)i;
+    for (int k = 0; k < 3; k++) {
+        float v = viridis_anchor[i][k] + f * (viridis_anchor[i + 1][k] - viridis_anchor[i][k]);
+        rgb[k] = (unsigned char)lrintf(v * 255.0f);
+    }
+}
+
+void colormap_diverging(float t, unsigned char rgb[3]) {
+    float x = clamp01(t) * 10.0f;
+    int i = (int)x;
+    if (i > 9) i = 9;
+    float f = x - (float)i;
+    for (int k = 0; k < 3; k++) {
+        float v = diverging_anchor[i][k] + f * ((float)diverging_anchor[i + 1][k] - diverging_anchor[i][k]);
+        rgb[k] = (unsigned char)lrintf(v);
+    }
+}
+
+// Value -> position on the colormap. A diverging map puts zero at its white centre even when the
+// range is lopsided (-1..3): each side is stretched separately.
+static float value_t(float v, float vmin, float vmax, int diverging) {
+    if (diverging && vmin < 0 && vmax > 0)
+        return v < 0 ? 0.5f - 0.5f * (v / vmin) : 0.5f + 0.5f * (v / vmax);
+    return vmax > vmin ? (v - vmin) / (vmax - vmin) : 0.5f;
+}
+
+static void value_rgb(float v, float vmin, float vmax, int diverging, unsigned char rgb[3]) {
+    float t = value_t(v, vmin, vmax, diverging);
+    if (diverging) colormap_diverging(t, rgb);
+    else colormap_viridis(t, rgb);
+}
+
+// Range of the unmasked finite values; a diverging range is symmetric around zero.
+static void data_range(const HeatPanel *p, int diverging, float *lo, float *hi) {
+    for (int i = 0; i < p->rows * p->cols; i++) {
+        float v = p->values[i];
+        if ((p->mask && !p->mask[i]) || !isfinite(v)) continue;
+        if (v < *lo) *lo = v;
+        if (v > *hi) *hi = v;
+    }
+    (void)diverging;
+}
+
+static void finish_range(int diverging, float *lo, float *hi) {
+    if (!(*lo <= *hi)) { *lo = 0; *hi = 1; }
+    if (diverging) {
+        float m = fmaxf(fabsf(*lo), fabsf(*hi));
+        if (m == 0) m = 1;
+        *lo = -m;
+        *hi = m;
+    } else if (*lo == *hi) {
+        *lo -= 0.5f;
+        *hi += 0.5f;
+    }
+}
+
+// ---- raw PNG ---------------------------------------------------------------------------------------
+typedef struct {
+    unsigned char *data;
+    size_t n, cap;
+} Bytes;
+
+static void bytes_write(void *ctx, void *data, int size) {
+    Bytes *b = ctx;
+    if (b->n + (size_t)size > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        while (cap < b->n + (size_t)size) cap *= 2;
+        b->data = realloc(b->data, cap);
+        CHECK(b->data, "out of memory encoding a PNG");
+        b->cap = cap;
+    }
+    memcpy(b->data + b->n, data, (size_t)size);
+    b->n += (size_t)size;
+}
+
+void heatmap_raw_png(const char *path, const float *values, const unsigned char *mask, int rows, int cols,
+                     int cell_px, float vmin, float vmax, int diverging) {
+    CHECK(values && rows > 0 && cols > 0 && cell_px > 0, "heatmap_raw_png: empty matrix or cell size");
+    CHECK((double)rows * cell_px * cols * cell_px * 3 < 1e9, "heatmap_raw_png: %d x %d cells of %d px is too big",
+          rows, cols, cell_px);
+    if (!(vmin < vmax)) {
+        HeatPanel p = {.values = values, .mask = mask, .rows = rows, .cols = cols};
+        vmin = INFINITY;
+        vmax = -INFINITY;
+        data_range(&p, diverging, &vmin, &vmax);
+        finish_range(diverging, &vmin, &vmax);
+    }
+    int w = cols * cell_px, h = rows * cell_px;
+    unsigned char *img = mallocCheck((size_t)w * h * 3);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            unsigned char rgb[3] = {128, 128, 128};   // masked: mid grey
+            if (!mask || mask[i * cols + j]) value_rgb(values[i * cols + j], vmin, vmax, diverging, rgb);
+            for (int y = i * cell_px; y < (i + 1) * cell_px; y++)
+                for (int x = j * cell_px; x < (j + 1) * cell_px; x++) memcpy(&img[((size_t)y * w + x) * 3], rgb, 3);
+        }
+    Bytes b = {0};
+    CHECK(stbi_write_png_to_func(bytes_write, &b, w, h, 3, img, w * 3), "encoding '%s' failed", path);
+    atomic_write_all(path, b.data, b.n);
+    free(b.data);
+    free(img);
+}
+
+// ---- annotated figure: layout ---------------------------------------------------------------------------
+#define HM_MARGIN 20.0
+#define PANEL_TITLE_FONT 13.0
+#define PANEL_TITLE_H 24.0     // band above a grid for its title
+#define AXIS_FONT 12.0         // xlabel, ylabel, colorbar label
+#define CB_W 14.0              // colorbar width
+#define CB_GAP 14.0            // grid to its own colorbar
+#define PANEL_GAP 40.0
+#define ROW_GAP 30.0
+#define OP_FONT 12.5
+#define MAX_WIDTH 2400.0
+
+typedef struct {
+    const HeatPanel *p;
+    float vmin, vmax;
+    int diverging;
+    int show_values;
+    double val_font;
+    int val_decimals;          // -1: exponent notation
+    double lab_font;
+    int row_step, col_step, col_rotated;
+    double ylab_w, rowlab_w, collab_h, xlab_h;
+    double gw, gh;
+    double title_w, ox;        // ox: shift right when the title is wider than the grid's side of the slot
+    double cb_w, cb_h;         // own colorbar block (0 when the figure shares one)
+    double w, h;               // slot
+    double x, y;               // slot position on the canvas
+    double gx, gy;             // grid position on the canvas
+    double gap_after, op_w;
+    int row, last_in_row;
+} PanelLayout;
+
+typedef struct {
+    const HeatmapFigure *f;
+    PanelLayout *pl;
+    int n;
+    double cs;
+    int per_panel_cb;
+    float vmin, vmax;          // shared colorbar
+    int diverging;
+    double cb_x, cb_y, cb_h;   // shared colorbar position
+    double w, h, head_h, note_h, content_y;
+} HeatLayout;
+
+static void set_hex(cairo_t *cr, unsigned hex) {
+    cairo_set_source_rgb(cr, ((hex >> 16) & 255) / 255.0, ((hex >> 8) & 255) / 255.0, (hex & 255) / 255.0);
+}
+
+static const char *row_label(const PanelLayout *P, int i, char *buf, int cap) {
+    if (P->p->row_labels && P->p->row_labels[i]) return P->p->row_labels[i];
+    snprintf(buf, cap, "%d", i);
+    return buf;
+}
+
+static const char *col_label(const PanelLayout *P, int j, char *buf, int cap) {
+    if (P->p->col_labels && P->p->col_labels[j]) return P->p->col_labels[j];
+    snprintf(buf, cap, "%d", j);
+    return buf;
+}
+
+static void format_value(char *buf, int cap, float v, int decimals) {
+    if (decimals < 0) snprintf(buf, cap, "%.0e", v);
+    else snprintf(buf, cap, "%.*f", decimals, v);
+    // "-0.00" would claim a sign the value does not have at this precision
+    if (buf[0] == '-' && strspn(buf + 1, "0.") == strlen(buf + 1)) memmove(buf, buf + 1, strlen(buf));
+}
+
+// Colorbar ticks: nice values inside [vmin, vmax].
+static int colorbar_ticks(float vmin, float vmax, double *t) {
+    double all[16];
+    int n = plot_nice_ticks(vmin, vmax, all, 6), k = 0;
+    double eps = (vmax - vmin) * 1e-6;
+    for (int i = 0; i < n; i++)
+        if (all[i] >= vmin - eps && all[i] <= vmax + eps) t[k++] = all[i];
+    return k;
+}
+
+// Width of a colorbar block: bar, tick marks, tick labels, rotated label.
+static double colorbar_width(cairo_t *cr, float vmin, float vmax, const char *label) {
+    double t[16], w = 0;
+    int n = colorbar_ticks(vmin, vmax, t);
+    char buf[64];
+    plot_font(cr, 11, 0);
+    for (int i = 0; i < n; i++) w = fmax(w, plot_text_width(cr, plot_format_tick(buf, sizeof buf, t[i], AXIS_PLAIN)));
+    return CB_W + 8 + w + (label && *label ? 10 + AXIS_FONT : 0) + 4;
+}
+
+static int pow2_step(double need, double cs) {
+    int s = 1;
+    while (s * cs < need && s < (1 << 20)) s *= 2;
+    return s;
+}
+
+// Everything that depends on the cell size cs, for one panel (sizes only; positions come later).
+static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
+    const HeatPanel *p = P->p;
+    const HeatmapFigure *f = L->f;
+    double cs = L->cs;
+    P->gw = p->cols * cs;
+    P->gh = p->rows * cs;
+    char buf[64];
+    // labels: as large as the cells allow (8..11.5), thinned to every 2nd, 4th... when cells are small
+    P->lab_font = fmin(11.5, fmax(8.0, cs * 0.8));
+    plot_font(cr, P->lab_font, 0);
+    P->row_step = pow2_step(P->lab_font * 1.15, cs);
+    P->rowlab_w = 0;
+    for (int i = 0; i < p->rows; i += P->row_step)
+        P->rowlab_w = fmax(P->rowlab_w, plot_text_width(cr, row_label(P, i, buf, sizeof buf)));
+    P->rowlab_w += 7;
+    double colw = 0;
+    for (int j = 0; j < p->cols; j++) colw = fmax(colw, plot_text_width(cr, col_label(P, j, buf, sizeof buf)));
+    P->col_rotated = 0;
+    if (!p->col_labels) {
+        P->col_step = pow2_step(colw + 5, cs);   // indices stay horizontal, thinned
+    } else if (colw + 4 <= cs) {
+        P->col_step = 1;
+    } else {
+        P->col_rotated = 1;                       // tokens stand up, thinned by the font's height
+        P->col_step = pow2_step(P->lab_font * 1.15, cs);
+        colw = 0;
+        for (int j = 0; j < p->cols; j += P->col_step)
+            colw = fmax(colw, plot_text_width(cr, col_label(P, j, buf, sizeof buf)));
+    }
+    P->collab_h = P->col_rotated ? colw + 9 : P->lab_font + 9;
+    P->ylab_w = p->ylabel && *p->ylabel ? AXIS_FONT + 10 : 0;
+    P->xlab_h = p->xlabel && *p->xlabel ? AXIS_FONT + 8 : 0;
+
+    // values in the cells: as many decimals as the range needs, the font shrunk to fit the cell
+    P->show_values = f->show_values == 1 || (f->show_values < 0 && p->rows <= 16 && p->cols <= 16);
+    if (P->show_values) {
+        float m = fmaxf(fabsf(P->vmin), fabsf(P->vmax));
+        P->val_decimals = m >= 100 ? 0 : m >= 10 ? 1 : m >= 0.1f ? 2 : -1;
+        P->val_font = fmin(11.0, cs * 0.3 + 1);
+        plot_font(cr, P->val_font, 0);
+        double widest = 0;
+        for (int i = 0; i < p->rows * p->cols; i++) {
+            if (p->mask && !p->mask[i]) continue;
+            format_value(buf, sizeof buf, p->values[i], P->val_decimals);
+            widest = fmax(widest, plot_text_width(cr, buf));
+        }
+        if (widest > cs - 5) P->val_font *= (cs - 5) / widest;
+        if (P->val_font < 6.5) P->show_values = 0;
+    }
+    plot_font(cr, PANEL_TITLE_FONT, PLOT_BOLD);
+    P->title_w = plot_text_width(cr, p->title);
+    P->cb_w = P->cb_h = 0;
+    if (L->per_panel_cb) {
+        P->cb_w = CB_GAP + colorbar_width(cr, P->vmin, P->vmax, f->colorbar_label);
+        P->cb_h = fmax(P->gh, 100);
+    }
+    double left = P->ylab_w + P->rowlab_w, centre = left + P->gw / 2;
+    P->ox = fmax(0, P->title_w / 2 - centre);
+    P->w = fmax(P->ox + left + P->gw + P->cb_w, P->ox + centre + P->title_w / 2);
+    P->h = PANEL_TITLE_H + fmax(P->gh, P->cb_h) + P->collab_h + P->xlab_h;
+    plot_font(cr, OP_FONT, PLOT_ITALIC);
+    P->op_w = p->op_after && *p->op_after ? fmax(56, plot_text_width(cr, p->op_after) + 24) : 0;
+}
+
+// Positions panels in rows of ppr; returns the content width (panels + shared colorbar).
+static double heat_place(HeatLayout *L, int ppr, cairo_t *cr, double *content_h) {
+    double y = 0, maxw = 0;
+    for (int r0 = 0; r0 < L->n; r0 += ppr) {
+        int r1 = r0 + ppr < L->n ? r0 + ppr : L->n;
+        double x = 0, rh = 0;
+        for (int i = r0; i < r1; i++) {
+            PanelLayout *P = &L->pl[i];
+            P->row = r0 / ppr;
+            P->last_in_row = i == r1 - 1;
+            P->x = x;
+            P->y = y;
+            P->gx = x + P->ox + P->ylab_w + P->rowlab_w;
+            P->gy = y + PANEL_TITLE_H;
+            P->gap_after = P->op_w > 0 ? P->op_w : (P->last_in_row ? 0 : PANEL_GAP);
+            x += P->w + P->gap_after;
+            rh = fmax(rh, P->h);
+        }
+        maxw = fmax(maxw, x);
+        y += rh + ROW_GAP;
+    }
+    *content_h = y - ROW_GAP;
+    if (!L->per_panel_cb) {
+        double gh = 0;
+        for (int i = 0; i < L->n && L->pl[i].row == 0; i++) gh = fmax(gh, L->pl[i].gh);
+        L->cb_h = fmax(gh, 120);
+        L->cb_x = maxw + 24;
+        L->cb_y = PANEL_TITLE_H;
+        *content_h = fmax(*content_h, L->cb_y + L->cb_h + 6);
+        maxw = L->cb_x + colorbar_width(cr, L->vmin, L->vmax, L->f->colorbar_label);
+    }
+    return maxw;
+}
+
+static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
+    memset(L, 0, sizeof *L);
+    L->f = f;
+    L->n = f->n_panels;
+    L->pl = callocCheck((size_t)L->n, sizeof(PanelLayout));
+    // colour ranges: the panel's own, else the figure's, else the data's (pooled when shared)
+    int shared_fig = f->vmin < f->vmax;
+    float pool_lo = INFINITY, pool_hi = -INFINITY;
+    int pool_div = 0;
+    for (int i = 0; i < L->n; i++) {
+        const HeatPanel *p = &f->panels[i];
+        PanelLayout *P = &L->pl[i];
+        P->p = p;
+        P->diverging = p->diverging || f->diverging;
+        if (p->vmin < p->vmax) { P->vmin = p->vmin; P->vmax = p->vmax; }
+        else if (shared_fig) { P->vmin = f->vmin; P->vmax = f->vmax; }
+        else if (f->colorbar_per_panel) {
+            P->vmin = INFINITY;
+            P->vmax = -INFINITY;
+            data_range(p, P->diverging, &P->vmin, &P->vmax);
+            finish_range(P->diverging, &P->vmin, &P->vmax);
+        } else {
+            data_range(p, P->diverging, &pool_lo, &pool_hi);
+            pool_div |= P->diverging;
+            P->vmin = NAN;   // filled from the pool below
+        }
+    }
+    finish_range(pool_div, &pool_lo, &pool_hi);
+    for (int i = 0; i < L->n; i++)
+        if (isnan(L->pl[i].vmin)) { L->pl[i].vmin = pool_lo; L->pl[i].vmax = pool_hi; }
+    // one shared colorbar only if every panel uses the same colours; otherwise one each
+    L->per_panel_cb = f->colorbar_per_panel;
+    for (int i = 1; i < L->n && !L->per_panel_cb; i++)
+        if (L->pl[i].vmin != L->pl[0].vmin || L->pl[i].vmax != L->pl[0].vmax ||
+            L->pl[i].diverging != L->pl[0].diverging)
+            L->per_panel_cb = 1;
+    if (L->n > 0) { L->vmin = L->pl[0].vmin; L->vmax = L->pl[0].vmax; L->diverging = L->pl[0].diverging; }
+
+    // cell size: about 44 pt for 8 x 8, 8 pt for 64 x 64; at least 34 pt when values are printed
+    int nmax = 1, any_values = 0;
+    for (int i = 0; i < L->n; i++) {
+        const HeatPanel *p = &f->panels[i];
+        nmax = p->rows > nmax ? p->rows : nmax;
+        nmax = p->cols > nmax ? p->cols : nmax;
+        if (f->show_values == 1 || (f->show_values < 0 && p->rows <= 16 && p->cols <= 16)) any_values = 1;
+    }
+    double cs0 = f->cell_px > 0 ? f->cell_px : round(fmin(48, fmax(4, 44 * pow(nmax / 8.0, -0.82))));
+    if (f->cell_px <= 0 && any_values) cs0 = fmax(cs0, 34);
+    int ppr = f->panels_per_row > 0 && f->panels_per_row < L->n ? f->panels_per_row : (L->n > 0 ? L->n : 1);
+    double content_w = 0, content_h = 0;
+    // shrink the cells (then wrap the panels) until the figure fits MAX_WIDTH
+    for (;;) {
+        L->cs = cs0;
+        for (;;) {
+            for (int i = 0; i < L->n; i++) panel_measure(&L->pl[i], L, cr);
+            content_w = heat_place(L, ppr, cr, &content_h);
+            if (content_w + 2 * HM_MARGIN <= MAX_WIDTH || f->cell_px > 0 || L->cs <= fmax(4, cs0 / 2)) break;
+            L->cs = fmax(4, floor(L->cs * 0.9));
+        }
+        if (content_w + 2 * HM_MARGIN <= MAX_WIDTH || ppr <= 1) break;
+        ppr--;
+    }
+    // canvas: content centred, title and subtitle wrapped to the canvas
+    L->w = fmax(content_w + 2 * HM_MARGIN, 640);
+    plot_font(cr, 18, PLOT_BOLD);
+    double tw = plot_text_width(cr, f->title) + 2 * HM_MARGIN;
+    if (tw > L->w) L->w = fmin(tw, fmax(L->w, 1100));
+    L->w = ceil(L->w);
+    L->head_h = plot_title_block(cr, f->title, f->subtitle, 0, 0, L->w - 2 * HM_MARGIN, 0);
+    L->note_h = plot_note_block(cr, f->note, 0, 0, L->w - 2 * HM_MARGIN, 0);
+    L->content_y = HM_MARGIN + L->head_h + (L->head_h > 0 ? 18 : 0);
+    L->h = ceil(L->content_y + content_h + (L->note_h > 0 ? 16 + L->note_h : 0) + HM_MARGIN);
+    // move everything to canvas coordinates; whole points keep cell edges on pixel boundaries
+    double ox = floor((L->w - content_w) / 2), oy = floor(L->content_y);
+    for (int i = 0; i < L->n; i++) {
+        PanelLayout *P = &L->pl[i];
+        P->x += ox; P->y += oy;
+        P->gx = floor(P->gx + ox); P->gy = floor(P->gy + oy);
+    }
+    L->cb_x = floor(L->cb_x + ox);
+    L->cb_y = floor(L->cb_y + oy);
+}
+
+// ---- annotated figure: drawing -----------------------------------------------------------------------
+// Diagonal hatching of one masked cell. The lines belong to one family x + y = k * spacing over the
+// whole canvas, so a masked region reads as one continuous hatched area.
+static void hatch_cell(cairo_t *cr, double x0, double y0, double s, double spacing) {
+    double c0 = x0 + y0, c = ceil(c0 / spacing) * spacing;
+    if (c <= c0) c += spacing;
+    for (; c < c0 + 2 * s; c += spacing) {
+        double xa = fmax(x0, c - (y0 + s)), xb = fmin(x0 + s, c - y0);
+        cairo_move_to(cr, xa, c - xa);
+        cairo_line_to(cr, xb, c - xb);
+    }
+}
+
+static void draw_colorbar(cairo_t *cr, double x, double y, double h, float vmin, float vmax, int diverging,
+                          const char *label) {
+    // the gradient is sampled from the same value -> colour mapping as the cells (zero stop included)
+    cairo_pattern_t *g = cairo_pattern_create_linear(0, y + h, 0, y);
+    enum { N = 32 };
+    for (int k = 0; k <= N; k++) {
+        float v = vmin + (vmax - vmin) * k / N;
+        float vnext = vmin + (vmax - vmin) * (k + 1) / N;
+        unsigned char rgb[3];
+        value_rgb(v, vmin, vmax, diverging, rgb);
+        cairo_pattern_add_color_stop_rgb(g, (double)k / N, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
+        if (diverging && k < N && v < 0 && vnext > 0) {
+            value_rgb(0, vmin, vmax, diverging, rgb);
+            cairo_pattern_add_color_stop_rgb(g, -vmin / (vmax - vmin), rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
+        }
+    }
+    cairo_rectangle(cr, x, y, CB_W, h);
+    cairo_set_source(cr, g);
+    cairo_fill_preserve(cr);
+    cairo_pattern_destroy(g);
+    set_hex(cr, 0x888888);
+    cairo_set_line_width(cr, 0.8);
+    cairo_stroke(cr);
+    double t[16], labw = 0;
+    int n = colorbar_ticks(vmin, vmax, t);
+    char buf[64];
+    plot_font(cr, 11, 0);
+    for (int i = 0; i < n; i++) {
+        double ty = y + h - (t[i] - vmin) / (vmax - vmin) * h;
+        set_hex(cr, 0x555555);
+        cairo_move_to(cr, x + CB_W, ty);
+        cairo_line_to(cr, x + CB_W + 4, ty);
+        cairo_stroke(cr);
+        set_hex(cr, 0x333333);
+        plot_format_tick(buf, sizeof buf, t[i], AXIS_PLAIN);
+        plot_text(cr, x + CB_W + 7, ty, 0, 0.5, buf);
+        labw = fmax(labw, plot_text_width(cr, buf));
+    }
+    if (label && *label) {
+        cairo_save(cr);
+        cairo_translate(cr, x + CB_W + 8 + labw + 10, y + h / 2);
+        cairo_rotate(cr, -M_PI / 2);
+        plot_font(cr, AXIS_FONT, 0);
+        set_hex(cr, 0x222222);
+        plot_text(cr, 0, 0, 0.5, 0, label);
+        cairo_restore(cr);
+    }
+}
+
+static void draw_arrow(cairo_t *cr, double x0, double x1, double y, const char *text) {
+    set_hex(cr, 0x444444);
+    cairo_set_line_width(cr, 1.6);
+    cairo_move_to(cr, x0, y);
+    cairo_line_to(cr, x1 - 7, y);
+    cairo_stroke(cr);
+    cairo_move_to(cr, x1, y);
+    cairo_line_to(cr, x1 - 9, y - 4.5);
+    cairo_line_to(cr, x1 - 9, y + 4.5);
+    cairo_close_path(cr);
+    cairo_fill(cr);
+    plot_font(cr, OP_FONT, PLOT_ITALIC);
+    set_hex(cr, 0x222222);
+    plot_text(cr, (x0 + x1) / 2, y - 8, 0.5, 1, text);
+}
+
+static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, const PanelLayout *next) {
+    const HeatPanel *p = P->p;
+    double cs = L->cs, gx = P->gx, gy = P->gy;
+    char buf[64];
+    plot_font(cr, PANEL_TITLE_FONT, PLOT_BOLD);
+    set_hex(cr, 0x222222);
+    plot_text(cr, gx + P->gw / 2, P->y + 2, 0.5, 0, p->title);
+
+    // cells: flat colour, no antialiasing so neighbouring blocks meet without seams
+    cairo_set_antialias(cr, CAIRO_ANTIALIAS_NONE);
+    for (int i = 0; i < p->rows; i++)
+        for (int j = 0; j < p->cols; j++) {
+            int k = i * p->cols + j;
+            unsigned char rgb[3] = {0xEF, 0xEF, 0xEF};
+            if (!p->mask || p->mask[k]) value_rgb(p->values[k], P->vmin, P->vmax, P->diverging, rgb);
+            cairo_set_source_rgb(cr, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
+            cairo_rectangle(cr, gx + j * cs, gy + i * cs, cs, cs);
+            cairo_fill(cr);
+        }
+    cairo_set_antialias(cr, CAIRO_ANTIALIAS_DEFAULT);
+    if (p->mask) {
+        cairo_save(cr);
+        cairo_rectangle(cr, gx, gy, P->gw, P->gh);
+        cairo_clip(cr);
+        set_hex(cr, 0xBDBDBD);
+        cairo_set_line_width(cr, cs >= 12 ? 1.0 : 0.7);
+        for (int k = 0; k < p->rows * p->cols; k++)
+            if (!p->mask[k]) hatch_cell(cr, gx + (k % p->cols) * cs, gy + (k / p->cols) * cs, cs, cs >= 12 ? 6 : 3.5);
+        cairo_stroke(cr);
+        cairo_restore(cr);
+    }
+    // white lines between cells when cells are big enough to read one by one
+    if (cs >= 12) {
+        cairo_set_source_rgb(cr, 1, 1, 1);
+        cairo_set_line_width(cr, cs >= 24 ? 1.5 : 1.0);
+        for (int j = 1; j < p->cols; j++) { cairo_move_to(cr, gx + j * cs, gy); cairo_line_to(cr, gx + j * cs, gy + P->gh); }
+        for (int i = 1; i < p->rows; i++) { cairo_move_to(cr, gx, gy + i * cs); cairo_line_to(cr, gx + P->gw, gy + i * cs); }
+        cairo_stroke(cr);
+    }
+    set_hex(cr, 0x999999);
+    cairo_set_line_width(cr, 0.8);
+    cairo_rectangle(cr, gx - 0.4, gy - 0.4, P->gw + 0.8, P->gh + 0.8);
+    cairo_stroke(cr);
+
+    if (P->show_values) {
+        plot_font(cr, P->val_font, 0);
+        for (int k = 0; k < p->rows * p->cols; k++) {
+            if (p->mask && !p->mask[k]) continue;
+            unsigned char rgb[3];
+            value_rgb(p->values[k], P->vmin, P->vmax, P->diverging, rgb);
+            // white text on dark cells, near-black on light ones
+            double lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0;
+            if (lum < 0.55) cairo_set_source_rgb(cr, 1, 1, 1);
+            else set_hex(cr, 0x1A1A1A);
+            format_value(buf, sizeof buf, p->values[k], P->val_decimals);
+            plot_text(cr, gx + (k % p->cols + 0.5) * cs, gy + (k / p->cols + 0.5) * cs, 0.5, 0.5, buf);
+        }
+    }
+
+    plot_font(cr, P->lab_font, 0);
+    set_hex(cr, 0x333333);
+    for (int i = 0; i < p->rows; i += P->row_step)
+        plot_text(cr, gx - 6, gy + (i + 0.5) * cs, 1, 0.5, row_label(P, i, buf, sizeof buf));
+    for (int j = 0; j < p->cols; j += P->col_step) {
+        double cx = gx + (j + 0.5) * cs;
+        if (!P->col_rotated) {
+            plot_text(cr, cx, gy + P->gh + 6, 0.5, 0, col_label(P, j, buf, sizeof buf));
+        } else {
+            cairo_save(cr);
+            cairo_translate(cr, cx, gy + P->gh + 6);
+            cairo_rotate(cr, -M_PI / 2);
+            plot_text(cr, 0, 0, 1, 0.5, col_label(P, j, buf, sizeof buf));
+            cairo_restore(cr);
+        }
+    }
+    plot_font(cr, AXIS_FONT, 0);
+    set_hex(cr, 0x222222);
+    if (p->xlabel && *p->xlabel) plot_text(cr, gx + P->gw / 2, gy + P->gh + P->collab_h + 2, 0.5, 0, p->xlabel);
+    if (p->ylabel && *p->ylabel) {
+        cairo_save(cr);
+        cairo_translate(cr, P->x + P->ox, gy + P->gh / 2);
+        cairo_rotate(cr, -M_PI / 2);
+        plot_text(cr, 0, 0, 0.5, 0, p->ylabel);
+        cairo_restore(cr);
+    }
+    if (L->per_panel_cb)
+        draw_colorbar(cr, gx + P->gw + CB_GAP, gy, P->cb_h, P->vmin, P->vmax, P->diverging, L->f->colorbar_label);
+    if (P->op_w > 0) {
+        double h = next && next->row == P->row ? fmin(P->gh, next->gh) : P->gh;
+        draw_arrow(cr, P->x + P->w + 8, P->x + P->w + P->gap_after - 8, gy + h / 2, p->op_after);
+    }
+}
+
+static void draw_heatmap_figure(cairo_t *cr, double w, double h, const void *ctx) {
+    const HeatLayout *L = ctx;
+    (void)h;
+    plot_title_block(cr, L->f->title, L->f->subtitle, HM_MARGIN, HM_MARGIN, w - 2 * HM_MARGIN, 1);
+    for (int i = 0; i < L->n; i++) draw_panel(cr, L, &L->pl[i], i + 1 < L->n ? &L->pl[i + 1] : NULL);
+    if (!L->per_panel_cb && L->n > 0)
+        draw_colorbar(cr, L->cb_x, L->cb_y, L->cb_h, L->vmin, L->vmax, L->diverging, L->f->colorbar_label);
+    plot_note_block(cr, L->f->note, HM_MARGIN, L->h - HM_MARGIN - L->note_h, w - 2 * HM_MARGIN, 1);
+}
+
+void heatmap_figure(const HeatmapFigure *f, const char *path_no_ext, int png, int svg) {
+    CHECK(f && f->n_panels > 0 && f->panels, "heatmap_figure: no panels");
+    for (int i = 0; i < f->n_panels; i++)
+        CHECK(f->panels[i].values && f->panels[i].rows > 0 && f->panels[i].cols > 0,
+              "heatmap_figure: panel %d is empty", i);
+    cairo_t *cr = plot_measure_context();
+    HeatLayout L;
+    heat_layout(&L, f, cr);
+    cairo_destroy(cr);
+    plot_write_figure(path_no_ext, png, svg, L.w, L.h, draw_heatmap_figure, &L);
+    free(L.pl);
+}

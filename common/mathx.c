@@ -1,0 +1,570 @@
+// mathx.c: matmul (reference and cache-blocked), linear layer, softmax, masks, norms, RoPE, activations.
+//
+// The fast matmul is the classic packed GEMM (Goto / BLIS): copy a block of B into NR-wide column
+// panels and a block of A into MR-tall row panels, then a 6x16 register-tile kernel walks K. Every
+// output element is ONE fused multiply-add chain over k = 0, 1, ..., K-1 starting from 0 (or from C
+// when accumulating). Threads only ever split the output tiles, so the bits do not depend on the
+// thread count, and since zero padding adds exact zeros, they do not depend on M, N or where a row
+// lands in a tile either: a decode step (M = 1) gives the same bits as that row of a full forward.
+#include "mathx.h"
+#include "check.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+// ---- matrix multiply: references ----------------------------------------------------------------
+
+void matmul_ref(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
+    // C (M,N), A (M,K), B (K,N)
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) sum += A[(long)i * K + k] * B[(long)k * N + j];
+            C[(long)i * N + j] = accumulate ? C[(long)i * N + j] + sum : sum;
+        }
+    }
+}
+
+void matmul_nt_ref(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
+    // C (M,N), A (M,K), B (N,K)
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) sum += A[(long)i * K + k] * B[(long)j * K + k];
+            C[(long)i * N + j] = accumulate ? C[(long)i * N + j] + sum : sum;
+        }
+    }
+}
+
+// ---- matrix multiply: packed, blocked, threaded --------------------------------------------------
+
+// Register tile MR x NR = 6 x 16: 12 accumulators of 8 floats, 2 registers of B, 1 broadcast of A,
+// out of the 16 AVX2 registers. KC x NR of B (16 KiB) stays in L1 while the kernel runs; the MC x KC
+// block of A (96 KiB) and the KC x NC block of B (256 KiB) of one tile stay in that core's L2.
+enum { MR = 6, NR = 16, KC = 256, MC = 96, NC = 256 };
+
+// Below this many multiply-adds a parallel region costs more than it saves.
+#define MATMUL_PAR_MIN (64L * 1024)
+
+// A matrix seen through strides: element (r, c) is at p[r * rs + c * cs]. This is how one packed
+// GEMM serves all three forms: A or B transposed is just the strides swapped.
+typedef struct { const float *p; long rs, cs; } StridedMat;
+
+// o[q] = element q of each of the eight rows r0..r7: an 8x8 transpose in registers.
+static inline void transpose8(__m256 o[8], __m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5,
+                              __m256 r6, __m256 r7) {
+    // pairs of rows interleaved, then groups of four: s_q holds k = q (low lane) and q + 4 (high lane)
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    // rows 0-3 sit in s0..s3, rows 4-7 in s4..s7: swapping 128-bit lanes finishes the transpose
+    o[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    o[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    o[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    o[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    o[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    o[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    o[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    o[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Ap (MR-row panels, each kc x MR, zero padded) <- A[i0 : i0+mc, k0 : k0+kc]
+static void pack_a(float *Ap, StridedMat A, int i0, int mc, int k0, int kc) {
+    for (int ip = 0; ip < mc; ip += MR) {
+        int m = mc - ip < MR ? mc - ip : MR;
+        float *dst = Ap + (long)ip * kc;
+        const float *src = A.p + (long)(i0 + ip) * A.rs + (long)k0 * A.cs;
+        if (m == MR && A.cs == 1) {
+            // row-major A: six row streams, interleaved k by k
+            const float *r0 = src, *r1 = r0 + A.rs, *r2 = r1 + A.rs, *r3 = r2 + A.rs, *r4 = r3 + A.rs,
+                        *r5 = r4 + A.rs;
+            int k = 0;
+            for (; k + 8 <= kc; k += 8) {
+                // 8x8 transpose of the six rows (two dummies); each 8-wide store leaves two junk floats
+                // that the next store (or the next panel, or the Ap slack) overwrites
+                __m256 o[8];
+                transpose8(o, _mm256_loadu_ps(r0 + k), _mm256_loadu_ps(r1 + k), _mm256_loadu_ps(r2 + k),
+                           _mm256_loadu_ps(r3 + k), _mm256_loadu_ps(r4 + k), _mm256_loadu_ps(r5 + k),
+                           _mm256_setzero_ps(), _mm256_setzero_ps());
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (k + q) * MR, o[q]);
+            }
+            for (; k < kc; k++) {
+                dst[k * MR + 0] = r0[k]; dst[k * MR + 1] = r1[k]; dst[k * MR + 2] = r2[k];
+                dst[k * MR + 3] = r3[k]; dst[k * MR + 4] = r4[k]; dst[k * MR + 5] = r5[k];
+            }
+        } else if (m == MR && A.rs == 1) {
+            // A^T (the tn form): the six values of one k are already contiguous
+            for (int k = 0; k < kc; k++) memcpy(dst + k * MR, src + (long)k * A.cs, MR * sizeof(float));
+        } else {
+            for (int k = 0; k < kc; k++)
+                for (int r = 0; r < MR; r++) dst[k * MR + r] = r < m ? src[(long)r * A.rs + (long)k * A.cs] : 0.0f;
+        }
+    }
+}
+
+// One NR-column panel: dst (kc x NR, zero padded) <- B[k0 : k0+kc, j0 : j0+n], n <= NR
+static void pack_b_panel(float *dst, StridedMat B, int k0, int kc, int j0, int n) {
+    if (B.rs == 1 && n == NR) {
+        // B^T (the nt form, B is (N,K)): 8x8 in-register transposes, reading rows of the weight
+        int k = 0;
+        for (; k + 8 <= kc; k += 8) {
+            for (int h = 0; h < 2; h++) {
+                const float *b = B.p + (long)(j0 + 8 * h) * B.cs + k0 + k;
+                long st = B.cs;
+                __m256 o[8];
+                transpose8(o, _mm256_loadu_ps(b), _mm256_loadu_ps(b + st), _mm256_loadu_ps(b + 2 * st),
+                           _mm256_loadu_ps(b + 3 * st), _mm256_loadu_ps(b + 4 * st), _mm256_loadu_ps(b + 5 * st),
+                           _mm256_loadu_ps(b + 6 * st), _mm256_loadu_ps(b + 7 * st));
+                for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (k + q) * NR + 8 * h, o[q]);
+            }
+        }
+        for (; k < kc; k++)
+            for (int c = 0; c < NR; c++) dst[k * NR + c] = B.p[(long)(j0 + c) * B.cs + k0 + k];
+        return;
+    }
+    for (int k = 0; k < kc; k++) {
+        const float *src = B.p + (long)(k0 + k) * B.rs + (long)j0 * B.cs;
+        for (int c = 0; c < n; c++) dst[k * NR + c] = src[(long)c * B.cs];
+        for (int c = n; c < NR; c++) dst[k * NR + c] = 0.0f;
+    }
+}
+
+// Bp (NR-column panels, each kc x NR) <- B[k0 : k0+kc, j0 : j0+nt]
+static void pack_b(float *Bp, StridedMat B, int k0, int kc, int j0, int nt) {
+    int full = nt / NR;
+    if (B.cs == 1) {
+        // row-major B: walk each row once, dealing its 16-float pieces out to the panels
+        for (int k = 0; k < kc; k++) {
+            const float *src = B.p + (long)(k0 + k) * B.rs + j0;
+            for (int jp = 0; jp < full; jp++) memcpy(Bp + ((long)jp * kc + k) * NR, src + jp * NR, NR * sizeof(float));
+        }
+    } else {
+        for (int jp = 0; jp < full; jp++) pack_b_panel(Bp + (long)jp * NR * kc, B, k0, kc, j0 + jp * NR, NR);
+    }
+    if (full * NR < nt) pack_b_panel(Bp + (long)full * NR * kc, B, k0, kc, j0 + full * NR, nt - full * NR);
+}
+
+// C (MR x NR tile, row stride ldc) = (load ? C : 0) + Ap (kc x MR) . Bp (kc x NR), one FMA per k in order.
+static void kernel_6x16(float *C, long ldc, const float *Ap, const float *Bp, int kc, int load) {
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load) {
+        c00 = _mm256_loadu_ps(C + 0 * ldc); c01 = _mm256_loadu_ps(C + 0 * ldc + 8);
+        c10 = _mm256_loadu_ps(C + 1 * ldc); c11 = _mm256_loadu_ps(C + 1 * ldc + 8);
+        c20 = _mm256_loadu_ps(C + 2 * ldc); c21 = _mm256_loadu_ps(C + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(C + 3 * ldc); c31 = _mm256_loadu_ps(C + 3 * ldc + 8);
+        c40 = _mm256_loadu_ps(C + 4 * ldc); c41 = _mm256_loadu_ps(C + 4 * ldc + 8);
+        c50 = _mm256_loadu_ps(C + 5 * ldc); c51 = _mm256_loadu_ps(C + 5 * ldc + 8);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(Bp), b1 = _mm256_load_ps(Bp + 8), a;
+        a = _mm256_broadcast_ss(Ap + 0); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(Ap + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(Ap + 2); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(Ap + 3); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+        a = _mm256_broadcast_ss(Ap + 4); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+        a = _mm256_broadcast_ss(Ap + 5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+        Ap += MR;
+        Bp += NR;
+    }
+    _mm256_storeu_ps(C + 0 * ldc, c00); _mm256_storeu_ps(C + 0 * ldc + 8, c01);
+    _mm256_storeu_ps(C + 1 * ldc, c10); _mm256_storeu_ps(C + 1 * ldc + 8, c11);
+    _mm256_storeu_ps(C + 2 * ldc, c20); _mm256_storeu_ps(C + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(C + 3 * ldc, c30); _mm256_storeu_ps(C + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(C + 4 * ldc, c40); _mm256_storeu_ps(C + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(C + 5 * ldc, c50); _mm256_storeu_ps(C + 5 * ldc + 8, c51);
+}
+
+// A partial tile (m < MR or n < NR) goes through a full 6x16 scratch tile; the padding is zeros, so
+// the valid elements see exactly the FMA chain they would see in a full tile.
+static void kernel_edge(float *C, long ldc, const float *Ap, const float *Bp, int kc, int load, int m, int n) {
+    _Alignas(32) float tile[MR * NR];
+    if (load) {
+        memset(tile, 0, sizeof tile);
+        for (int r = 0; r < m; r++) memcpy(tile + r * NR, C + r * ldc, (size_t)n * sizeof(float));
+    }
+    kernel_6x16(tile, NR, Ap, Bp, kc, load);
+    for (int r = 0; r < m; r++) memcpy(C + r * ldc, tile + r * NR, (size_t)n * sizeof(float));
+}
+
+// One output tile C[i0 : i0+mt, j0 : j0+nt] (mt <= MC, nt <= NC), over all of K in KC steps. A tile
+// packs its own A and B blocks, so tiles are independent: threads never wait on each other mid-way.
+static void gemm_tile(float *C, StridedMat A, StridedMat B, int i0, int mt, int j0, int nt, int K, int N,
+                      int accumulate, float *Ap, float *Bp) {
+    int n_panels = (nt + NR - 1) / NR;
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC;
+        int load = accumulate || pc > 0;   // later K blocks continue the chain from C
+        pack_a(Ap, A, i0, mt, pc, kc);
+        pack_b(Bp, B, pc, kc, j0, nt);
+        for (int jp = 0; jp < n_panels; jp++) {
+            int n = nt - jp * NR < NR ? nt - jp * NR : NR;
+            const float *bp = Bp + (long)jp * NR * kc;
+            for (int ip = 0; ip < mt; ip += MR) {
+                int m = mt - ip < MR ? mt - ip : MR;
+                float *c = C + (long)(i0 + ip) * N + j0 + jp * NR;
+                if (m == MR && n == NR) kernel_6x16(c, N, Ap + (long)ip * kc, bp, kc, load);
+                else kernel_edge(c, N, Ap + (long)ip * kc, bp, kc, load, m, n);
+            }
+        }
+    }
+}
+
+// A few rows (a decode step is one): packing would copy all of B to use it once, so read B in place.
+// Same chains as the packed path, fma(A[i,k], B[k,j], c) for k in order, so the same bits. Columns
+// [j0, j1) of C; B is row-major (cs == 1) or transposed (rs == 1, the nt form).
+enum { SMALL_M = 4 };
+static void gemm_small_m(float *C, StridedMat A, StridedMat B, int M, int K, int N, int accumulate, int j0, int j1) {
+    int j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        __m256 c[SMALL_M];
+        for (int i = 0; i < M; i++) c[i] = accumulate ? _mm256_loadu_ps(C + (long)i * N + j) : _mm256_setzero_ps();
+        int k = 0;
+        if (B.rs == 1) {
+            // B^T: the 8 columns are 8 rows of the weight; transpose 8 k at a time
+            const float *b = B.p + (long)j * B.cs;
+            long st = B.cs;
+            for (; k + 8 <= K; k += 8) {
+                __m256 o[8];
+                transpose8(o, _mm256_loadu_ps(b + k), _mm256_loadu_ps(b + st + k), _mm256_loadu_ps(b + 2 * st + k),
+                           _mm256_loadu_ps(b + 3 * st + k), _mm256_loadu_ps(b + 4 * st + k),
+                           _mm256_loadu_ps(b + 5 * st + k), _mm256_loadu_ps(b + 6 * st + k),
+                           _mm256_loadu_ps(b + 7 * st + k));
+                for (int q = 0; q < 8; q++)
+                    for (int i = 0; i < M; i++)
+                        c[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(A.p + i * A.rs + (long)(k + q) * A.cs), o[q], c[i]);
+            }
+        }
+        for (; k < K; k++) {
+            _Alignas(32) float bk[8];
+            for (int q = 0; q < 8; q++) bk[q] = B.p[(long)k * B.rs + (long)(j + q) * B.cs];
+            __m256 bv = _mm256_load_ps(bk);
+            for (int i = 0; i < M; i++)
+                c[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(A.p + i * A.rs + (long)k * A.cs), bv, c[i]);
+        }
+        for (int i = 0; i < M; i++) _mm256_storeu_ps(C + (long)i * N + j, c[i]);
+    }
+    // the last < 8 columns one by one: a scalar fmaf rounds exactly like one lane of the vector FMA
+    for (; j < j1; j++) {
+        for (int i = 0; i < M; i++) {
+            float acc = accumulate ? C[(long)i * N + j] : 0.0f;
+            for (int k = 0; k < K; k++)
+                acc = fmaf(A.p[i * A.rs + (long)k * A.cs], B.p[(long)k * B.rs + (long)j * B.cs], acc);
+            C[(long)i * N + j] = acc;
+        }
+    }
+}
+
+static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// C (M,N) (+)= A (M,K) . B (K,N), with A and B given through strides.
+static void gemm(float *C, StridedMat A, StridedMat B, int M, int K, int N, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) memset(C, 0, (size_t)M * N * sizeof(float));
+        return;
+    }
+    int par = (long)M * N * K >= MATMUL_PAR_MIN && !omp_in_parallel();
+    if (M <= SMALL_M && (B.cs == 1 || B.rs == 1)) {
+        // columns in chunks of 64, spread over the threads
+        int n_chunks = (N + 63) / 64;
+        #pragma omp parallel for if(par) schedule(dynamic, 1)
+        for (int ch = 0; ch < n_chunks; ch++) {
+            int j1 = (ch + 1) * 64 < N ? (ch + 1) * 64 : N;
+            gemm_small_m(C, A, B, M, K, N, accumulate, ch * 64, j1);
+        }
+        return;
+    }
+    int nth = par ? omp_get_max_threads() : 1;
+    // Tiles of up to MC x NC. With several threads, cut them smaller until there are about four per
+    // thread, so a thread that the OS delays does not hold up the others (dynamic schedule). The
+    // tiling never changes the bits: every element is the same chain over k whatever tile it is in.
+    int mt = M < MC ? M : MC, nt = N < NC ? N : NC;
+    int want = nth > 1 ? 4 * nth : 1;
+    int n_m = (M + mt - 1) / mt;
+    if (n_m * ((N + nt - 1) / nt) < want) {
+        int cols = (want + n_m - 1) / n_m;
+        nt = round_up((N + cols - 1) / cols, NR);
+        if (nt > N) nt = N;
+    }
+    int n_n = (N + nt - 1) / nt;
+    if (n_m * n_n < want && M > MR) {
+        int rows = (want + n_n - 1) / n_n;
+        mt = round_up((M + rows - 1) / rows, MR);
+        if (mt > M) mt = M;
+        n_m = (M + mt - 1) / mt;
+    }
+    #pragma omp parallel if(par)
+    {
+        // Packed blocks on each thread's own stack: no allocation, and safe when a chapter calls matmul
+        // from inside its own parallel loop over heads.
+        _Alignas(64) float Ap[MC * KC + 8];   // + 8: slack for pack_a's 8-wide stores
+        _Alignas(64) float Bp[KC * NC];
+        #pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < n_m * n_n; t++) {
+            int i0 = (t / n_n) * mt, j0 = (t % n_n) * nt;
+            int m = M - i0 < mt ? M - i0 : mt, n = N - j0 < nt ? N - j0 : nt;
+            gemm_tile(C, A, B, i0, m, j0, n, K, N, accumulate, Ap, Bp);
+        }
+    }
+}
+
+void matmul(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
+    // A (M,K) row-major: (i,k) at i*K + k; B (K,N): (k,j) at k*N + j
+    gemm(C, (StridedMat){A, K, 1}, (StridedMat){B, N, 1}, M, K, N, accumulate);
+}
+
+void matmul_nt(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
+    // B (N,K): (k,j) at j*K + k
+    gemm(C, (StridedMat){A, K, 1}, (StridedMat){B, 1, K}, M, K, N, accumulate);
+}
+
+void matmul_tn(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
+    // A (K,M): (i,k) at k*M + i
+    gemm(C, (StridedMat){A, 1, M}, (StridedMat){B, N, 1}, M, K, N, accumulate);
+}
+
+// ---- linear layer -------------------------------------------------------------------------------
+
+void linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    int N, int C, int OC) {
+    // out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC); the sum starts from the bias, as in llm.c
+    if (bias) {
+        for (int n = 0; n < N; n++) memcpy(out + (long)n * OC, bias, (size_t)OC * sizeof(float));
+    }
+    matmul_nt(out, inp, weight, N, C, OC, bias != NULL);
+}
+
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int C, int OC) {
+    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+    if (dinp) matmul(dinp, dout, weight, N, OC, C, 1);
+    // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
+    if (dweight) matmul_tn(dweight, dout, inp, OC, N, C, 1);
+    // dbias (OC) += column sums of dout; rows are summed in order, so no thread splits the sum
+    if (dbias) {
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (long)n * OC;
+            for (int o = 0; o < OC; o++) dbias[o] += d[o];
+        }
+    }
+}
+
+// ---- softmax ------------------------------------------------------------------------------------
+
+void softmax_row(float *p, const float *logits, const unsigned char *mask, int n) {
+    float maxv = -INFINITY;
+    for (int j = 0; j < n; j++)
+        if ((!mask || mask[j]) && logits[j] > maxv) maxv = logits[j];
+    // Nothing visible (or every visible logit is -inf): the row attends to nothing.
+    if (maxv == -INFINITY) {
+        for (int j = 0; j < n; j++) p[j] = 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        p[j] = (!mask || mask[j]) ? expf(logits[j] - maxv) : 0.0f;
+        sum += p[j];
+    }
+    float inv = 1.0f / sum;   // sum >= 1: the max contributes exp(0)
+    for (int j = 0; j < n; j++) p[j] *= inv;
+}
+
+void softmax_row_backward(float *dlogits, const float *p, const float *dp, int n) {
+    // d logit_j = p_j * (dp_j - sum_k p_k dp_k)
+    float dot = 0.0f;
+    for (int j = 0; j < n; j++) dot += p[j] * dp[j];
+    for (int j = 0; j < n; j++) dlogits[j] = p[j] * (dp[j] - dot);
+}
+
+// ---- masks --------------------------------------------------------------------------------------
+
+void mask_fill(unsigned char *mask, MaskKind kind, int T, int param) {
+    CHECK(kind != MASK_SLIDING || param >= 1, "sliding window must be >= 1, got %d", param);
+    CHECK(kind != MASK_PREFIX_LM || param >= 0, "prefix length must be >= 0, got %d", param);
+    for (int i = 0; i < T; i++) {
+        for (int j = 0; j < T; j++) {
+            int see;
+            switch (kind) {
+            case MASK_BIDIRECTIONAL: see = 1; break;
+            case MASK_CAUSAL: see = j <= i; break;
+            case MASK_PREFIX_LM: see = j < param || j <= i; break;
+            case MASK_SLIDING: see = j <= i && j > i - param; break;
+            default: see = 0; CHECK(0, "unknown mask kind %d", (int)kind);
+            }
+            mask[(long)i * T + j] = (unsigned char)see;
+        }
+    }
+}
+
+// ---- norms --------------------------------------------------------------------------------------
+
+// Row-wise work is parallel only past this many elements.
+#define ROWS_PAR_MIN (1L << 16)
+
+void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int d, float eps) {
+    // out (N,d), rstd (N), x (N,d), weight (d)
+    #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (long)n * d;
+        float *o = out + (long)n * d;
+        float ss = 0.0f;
+        for (int i = 0; i < d; i++) ss += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(ss / d + eps);
+        for (int i = 0; i < d; i++) o[i] = xr[i] * r * weight[i];
+        if (rstd) rstd[n] = r;
+    }
+}
+
+void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
+                      const float *weight, const float *rstd, int N, int d) {
+    // y_i = x_i r w_i, r = (mean(x^2) + eps)^-1/2, dr/dx_j = -r^3 x_j / d
+    // dx_j += r w_j g_j - r^3 x_j / d * sum_i g_i w_i x_i
+    CHECK(rstd != NULL, "rmsnorm_backward needs the rstd saved by the forward");
+    if (dx) {
+        #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
+            float *dxr = dx + (long)n * d;
+            float r = rstd[n], dot = 0.0f;
+            for (int i = 0; i < d; i++) dot += g[i] * weight[i] * xr[i];
+            float c = r * r * r * dot / d;
+            for (int i = 0; i < d; i++) dxr[i] += r * weight[i] * g[i] - c * xr[i];
+        }
+    }
+    // dweight sums over rows: one thread, rows in order
+    if (dweight) {
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
+            float r = rstd[n];
+            for (int i = 0; i < d; i++) dweight[i] += g[i] * xr[i] * r;
+        }
+    }
+}
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *weight,
+                       const float *bias, int N, int d, float eps) {
+    // out (N,d), mean (N), rstd (N), x (N,d), weight (d), bias (d)
+    #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (long)n * d;
+        float *o = out + (long)n * d;
+        float m = 0.0f;
+        for (int i = 0; i < d; i++) m += xr[i];
+        m /= d;
+        float v = 0.0f;
+        for (int i = 0; i < d; i++) v += (xr[i] - m) * (xr[i] - m);
+        v /= d;   // biased variance, as in PyTorch's LayerNorm
+        float r = 1.0f / sqrtf(v + eps);
+        for (int i = 0; i < d; i++) {
+            float y = (xr[i] - m) * r * weight[i];
+            o[i] = bias ? y + bias[i] : y;
+        }
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = r;
+    }
+}
+
+void layernorm_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
+                        const float *weight, const float *mean, const float *rstd, int N, int d) {
+    // with xhat = (x - mean) r and g' = g w:  dx += r (g' - mean(g') - xhat mean(g' xhat))
+    CHECK(mean != NULL && rstd != NULL, "layernorm_backward needs the mean and rstd saved by the forward");
+    if (dx) {
+        #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
+            float *dxr = dx + (long)n * d;
+            float m = mean[n], r = rstd[n];
+            float gmean = 0.0f, gxmean = 0.0f;
+            for (int i = 0; i < d; i++) {
+                float gw = g[i] * weight[i];
+                gmean += gw;
+                gxmean += gw * (xr[i] - m) * r;
+            }
+            gmean /= d;
+            gxmean /= d;
+            for (int i = 0; i < d; i++) {
+                float xhat = (xr[i] - m) * r;
+                dxr[i] += r * (g[i] * weight[i] - gmean - xhat * gxmean);
+            }
+        }
+    }
+    if (dweight || dbias) {
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
+            float m = mean[n], r = rstd[n];
+            for (int i = 0; i < d; i++) {
+                if (dweight) dweight[i] += g[i] * (xr[i] - m) * r;
+                if (dbias) dbias[i] += g[i];
+            }
+        }
+    }
+}
+
+// ---- RoPE ---------------------------------------------------------------------------------------
+
+void rope_apply(float *x, int pos, int n_rot, double theta, RopeStyle style, int inverse) {
+    // x (head_dim), rotate the first n_rot dims; pair i turns by pos * theta^(-2i/n_rot).
+    // Angles and the rotation are done in double: at pos ~ 1e4 a float angle is already off by ~1e-3.
+    CHECK(n_rot % 2 == 0, "rope_apply: n_rot must be even, got %d", n_rot);
+    int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        double freq = pow(theta, -2.0 * i / n_rot);
+        double ang = (double)pos * freq;
+        double c = cos(ang), s = inverse ? -sin(ang) : sin(ang);
+        int a = style == ROPE_INTERLEAVED ? 2 * i : i;
+        int b = style == ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+        double x0 = x[a], x1 = x[b];
+        x[a] = (float)(x0 * c - x1 * s);
+        x[b] = (float)(x0 * s + x1 * c);
+    }
+}
+
+// ---- activations --------------------------------------------------------------------------------
+
+#define ELEM_PAR_MIN (1L << 17)
+
+void silu_forward(float *out, const float *x, long n) {
+    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+    for (long i = 0; i < n; i++) out[i] = siluf_(x[i]);
+}
+
+void silu_backward(float *dx, const float *dout, const float *x, long n) {
+    // d/dx x s(x) = s (1 + x (1 - s))
+    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+    for (long i = 0; i < n; i++) {
+        float s = sigmoidf_(x[i]);
+        dx[i] += dout[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}
+
+// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+#define GELU_SCALE 0.7978845608028654f
+#define GELU_CUBE 0.044715f
+
+void gelu_forward(float *out, const float *x, long n) {
+    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+    for (long i = 0; i < n; i++) {
+        float v = x[i];
+        out[i] = 0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + GELU_CUBE * v * v * v)));
+    }
+}
+
+void gelu_backward(float *dx, const float *dout, const float *x, long n) {
+    // with u = s (x + c x^3), t = tanh u:  d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2)
+    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+    for (long i = 0; i < n; i++) {
+        float v = x[i];
+        float t = tanhf(GELU_SCALE * (v + GELU_CUBE * v * v * v));
+        float grad = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * v * v);
+        dx[i] += dout[i] * grad;
+    }
+}

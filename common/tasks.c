@@ -1,0 +1,444 @@
+// tasks.c: the synthetic tasks the tiny models learn (recall, induction, corpus).
+#include "tasks.h"
+#include "check.h"
+
+#include <cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Seeds of the fixed things every build shares: the grammar corpus and the chapter example sample.
+#define CORPUS_SEED 20240601u
+#define CORPUS_CHARS 120000
+#define EXAMPLE_SEED 7u
+
+static void task_clear(Task *t, TaskKind kind, const char *name, int seq_len) {
+    memset(t, 0, sizeof *t);
+    t->kind = kind;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->seq_len = seq_len;
+}
+
+static void vocab_set(Task *t, int id, const char *s) {
+    snprintf(t->vocab[id], TASK_TOKEN_CHARS, "%s", s);
+}
+
+// ---- recall -------------------------------------------------------------------------------------
+// Vocabulary: 0 '.' (filler), 1 ':' (queries start), then n_keys keys "A".., then n_values values
+// "0".."9","a"..  Layout of a sample (T = seq_len):
+//   k1 v1 k2 v2 ... kP vP  [gap x '.']  ':'  q1 a1 q2 a2 ...  [pad '.']
+// The target at each query key q is its value a; every other position is -1.
+enum { RECALL_FILL = 0, RECALL_SEP = 1, RECALL_KEY0 = 2 };
+static const char *VALUE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz";
+
+static int recall_n_queries(int seq_len, int n_pairs, int gap) {
+    int q = (seq_len - 2 * n_pairs - gap - 1) / 2;
+    return q < n_pairs ? q : n_pairs;
+}
+
+// 0 if the knobs make sense, else -1 with the reason in why.
+static int recall_check(int seq_len, int n_pairs, int n_keys, int n_values, int gap, char *why, size_t cap) {
+    if (n_keys < 1 || n_keys > 26) { snprintf(why, cap, "recall: n_keys must be in [1, 26], got %d", n_keys); return -1; }
+    if (n_values < 2 || n_values > 36) { snprintf(why, cap, "recall: n_values must be in [2, 36], got %d", n_values); return -1; }
+    if (n_pairs < 1 || n_pairs > n_keys) {
+        snprintf(why, cap, "recall: n_pairs must be in [1, n_keys = %d], got %d", n_keys, n_pairs);
+        return -1;
+    }
+    if (gap < 0) { snprintf(why, cap, "recall: gap must be >= 0, got %d", gap); return -1; }
+    if (recall_n_queries(seq_len, n_pairs, gap) < 1) {
+        snprintf(why, cap, "recall: %d pairs with gap %d need seq_len >= %d (pairs, gap, ':' and one query), got %d",
+                 n_pairs, gap, 2 * n_pairs + gap + 3, seq_len);
+        return -1;
+    }
+    return 0;
+}
+
+void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap) {
+    char why[256];
+    if (recall_check(seq_len, n_pairs, n_keys, n_values, gap, why, sizeof why) != 0) die_user("%s", why);
+    task_clear(t, TASK_RECALL, "recall", seq_len);
+    t->n_pairs = n_pairs;
+    t->n_keys = n_keys;
+    t->n_values = n_values;
+    t->gap = gap;
+    t->vocab_size = RECALL_KEY0 + n_keys + n_values;
+    vocab_set(t, RECALL_FILL, ".");
+    vocab_set(t, RECALL_SEP, ":");
+    for (int k = 0; k < n_keys; k++) {
+        char s[2] = {(char)('A' + k), 0};
+        vocab_set(t, RECALL_KEY0 + k, s);
+    }
+    for (int v = 0; v < n_values; v++) {
+        char s[2] = {VALUE_CHARS[v], 0};
+        vocab_set(t, RECALL_KEY0 + n_keys + v, s);
+    }
+}
+
+static void recall_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
+    int T = t->seq_len, P = t->n_pairs;
+    int keys[26], vals[26], order[26];
+    // P distinct keys: a partial Fisher-Yates shuffle of 0..n_keys-1
+    int pool[26];
+    for (int k = 0; k < t->n_keys; k++) pool[k] = k;
+    for (int i = 0; i < P; i++) {
+        int j = i + (int)rng_below(rng, (uint32_t)(t->n_keys - i));
+        int tmp = pool[i]; pool[i] = pool[j]; pool[j] = tmp;
+        keys[i] = pool[i];
+        vals[i] = (int)rng_below(rng, (uint32_t)t->n_values);
+        order[i] = i;
+    }
+    // queries ask the pairs in a random order
+    for (int i = P - 1; i > 0; i--) {
+        int j = (int)rng_below(rng, (uint32_t)(i + 1));
+        int tmp = order[i]; order[i] = order[j]; order[j] = tmp;
+    }
+    int vbase = RECALL_KEY0 + t->n_keys, pos = 0;
+    for (int i = 0; i < T; i++) { tok[i] = RECALL_FILL; tgt[i] = -1; }
+    for (int i = 0; i < P; i++) {
+        tok[pos++] = RECALL_KEY0 + keys[i];
+        tok[pos++] = vbase + vals[i];
+    }
+    pos += t->gap;
+    tok[pos++] = RECALL_SEP;
+    int nq = recall_n_queries(T, P, t->gap);
+    for (int q = 0; q < nq; q++) {
+        int i = order[q];
+        tok[pos] = RECALL_KEY0 + keys[i];
+        tgt[pos] = vbase + vals[i];          // at the key, predict its value
+        tok[pos + 1] = vbase + vals[i];
+        pos += 2;
+    }
+}
+
+// ---- induction ----------------------------------------------------------------------------------
+// Vocabulary: n_symbols letters "a".."z","A".."Z". A sample is [prefix p][segment s][segment s again]
+// with s drawn in [T/4, T/2] and p = T - 2s, so the copy's offset changes from sample to sample and
+// only "look up where this token was and copy its successor" works. Tokens of prefix and segment are
+// distinct when there are enough symbols, so the lookup is never ambiguous.
+static const char *SYMBOL_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+static int induction_check(int seq_len, int n_symbols, char *why, size_t cap) {
+    if (n_symbols < 2 || n_symbols > 52) {
+        snprintf(why, cap, "induction: n_symbols must be in [2, 52], got %d", n_symbols);
+        return -1;
+    }
+    if (seq_len < 6) { snprintf(why, cap, "induction: seq_len must be >= 6, got %d", seq_len); return -1; }
+    return 0;
+}
+
+void task_induction(Task *t, int seq_len, int n_symbols) {
+    char why[256];
+    if (induction_check(seq_len, n_symbols, why, sizeof why) != 0) die_user("%s", why);
+    task_clear(t, TASK_INDUCTION, "induction", seq_len);
+    t->n_symbols = n_symbols;
+    t->vocab_size = n_symbols;
+    for (int i = 0; i < n_symbols; i++) {
+        char s[2] = {SYMBOL_CHARS[i], 0};
+        vocab_set(t, i, s);
+    }
+}
+
+static void induction_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
+    int T = t->seq_len, S = t->n_symbols;
+    int smin = (T + 3) / 4, smax = T / 2;
+    int s = smin + (int)rng_below(rng, (uint32_t)(smax - smin + 1));
+    int p = T - 2 * s;
+    int pool[52];
+    for (int i = 0; i < S; i++) pool[i] = i;
+    for (int i = 0; i < p + s; i++) {
+        if (p + s <= S) {
+            int j = i + (int)rng_below(rng, (uint32_t)(S - i));
+            int tmp = pool[i]; pool[i] = pool[j]; pool[j] = tmp;
+            tok[i] = pool[i];
+        } else {
+            tok[i] = (int)rng_below(rng, (uint32_t)S);
+        }
+    }
+    for (int i = 0; i < s; i++) tok[p + s + i] = tok[p + i];
+    for (int i = 0; i < T; i++) tgt[i] = -1;
+    // inside the copy, the next token is known: it followed this token the first time
+    for (int i = p + s; i < T - 1; i++) tgt[i] = tok[i + 1];
+}
+
+// ---- corpus -------------------------------------------------------------------------------------
+// The grammar: sentence = subject verb [object | preposition place] '.', with optional adjectives
+// and an occasional "and" joining two clauses. Small enough that a 2-layer model learns spelling
+// and some word order; the vocabulary is ' ', '.' and 'a'..'z'.
+static const char *DETS[] = {"the", "a", "one", "every"};
+static const char *ADJS[] = {"small", "big", "red", "old", "quiet", "happy", "green", "lazy"};
+static const char *NOUNS[] = {"cat", "dog", "bird", "fox", "child", "farmer", "queen", "robot", "horse", "mouse"};
+static const char *PLACES[] = {"house", "river", "tree", "garden", "hill", "market", "bridge"};
+static const char *VERBS_T[] = {"sees", "likes", "finds", "chases", "watches", "helps", "follows"};
+static const char *VERBS_I[] = {"sleeps", "runs", "sings", "waits", "walks", "hides"};
+static const char *PREPS[] = {"near", "over", "under", "behind", "by"};
+#define PICK(r, a) (a[rng_below((r), (uint32_t)(sizeof(a) / sizeof(a[0])))])
+
+static void grammar_append(char *buf, long *n, long cap, const char *w) {
+    size_t len = strlen(w);
+    if (*n + (long)len + 1 >= cap) return;
+    if (*n > 0 && buf[*n - 1] != ' ' && w[0] != '.') buf[(*n)++] = ' ';
+    memcpy(buf + *n, w, len);
+    *n += (long)len;
+}
+
+static void grammar_noun_phrase(Rng *r, char *buf, long *n, long cap, int place) {
+    grammar_append(buf, n, cap, PICK(r, DETS));
+    if (rng_below(r, 3) == 0) grammar_append(buf, n, cap, PICK(r, ADJS));
+    grammar_append(buf, n, cap, place ? PICK(r, PLACES) : PICK(r, NOUNS));
+}
+
+static void grammar_clause(Rng *r, char *buf, long *n, long cap) {
+    grammar_noun_phrase(r, buf, n, cap, 0);
+    switch (rng_below(r, 3)) {
+    case 0: grammar_append(buf, n, cap, PICK(r, VERBS_T)); grammar_noun_phrase(r, buf, n, cap, 0); break;
+    case 1: grammar_append(buf, n, cap, PICK(r, VERBS_I)); grammar_append(buf, n, cap, PICK(r, PREPS));
+            grammar_noun_phrase(r, buf, n, cap, 1); break;
+    default: grammar_append(buf, n, cap, PICK(r, VERBS_I)); break;
+    }
+}
+
+static void byte_name(char *s, int b) {
+    if (b == ' ') snprintf(s, TASK_TOKEN_CHARS, "\xe2\x90\xa3");   // U+2423 open box: a visible space
+    else if (b == '\n') snprintf(s, TASK_TOKEN_CHARS, "\\n");
+    else if (b == '\t') snprintf(s, TASK_TOKEN_CHARS, "\\t");
+    else if (b > 32 && b < 127) snprintf(s, TASK_TOKEN_CHARS, "%c", b);
+    else snprintf(s, TASK_TOKEN_CHARS, "\\x%02x", b);
+}
+
+// Vocabulary from a set of bytes (present[b] != 0), in byte order; fills byte_to_id.
+static void corpus_vocab(Task *t, const unsigned char *present, int *byte_to_id) {
+    t->vocab_size = 0;
+    for (int b = 0; b < 256; b++) {
+        byte_to_id[b] = -1;
+        if (!present[b]) continue;
+        byte_to_id[b] = t->vocab_size;
+        byte_name(t->vocab[t->vocab_size], b);
+        t->vocab_size++;
+    }
+}
+
+static void corpus_set_text(Task *t, const unsigned char *bytes, long n) {
+    unsigned char present[256] = {0};
+    int byte_to_id[256];
+    if (!t->source[0] || strcmp(t->source, "grammar") == 0) {
+        // fixed vocabulary, whatever the generated text happens to use
+        present[' '] = present['.'] = 1;
+        for (int c = 'a'; c <= 'z'; c++) present[c] = 1;
+    } else {
+        for (long i = 0; i < n; i++) present[bytes[i]] = 1;
+    }
+    corpus_vocab(t, present, byte_to_id);
+    t->text = mallocCheck(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    for (long i = 0; i < n; i++) t->text[i] = byte_to_id[bytes[i]];
+    t->text_len = n;
+    t->train_len = n - n / 10;        // the last 10% is held out
+}
+
+void task_corpus(Task *t, int seq_len, const char *path) {
+    if (seq_len < 2) die_user("corpus: seq_len must be >= 2, got %d", seq_len);
+    task_clear(t, TASK_CORPUS, "corpus", seq_len);
+    unsigned char *bytes;
+    long n = 0;
+    if (!path) {
+        snprintf(t->source, sizeof t->source, "grammar");
+        bytes = mallocCheck(CORPUS_CHARS + 64);
+        Rng r;
+        rng_seed(&r, CORPUS_SEED);
+        char *buf = (char *)bytes;
+        while (n < CORPUS_CHARS - 80) {
+            grammar_clause(&r, buf, &n, CORPUS_CHARS);
+            if (rng_below(&r, 5) == 0) {
+                grammar_append(buf, &n, CORPUS_CHARS, "and");
+                grammar_clause(&r, buf, &n, CORPUS_CHARS);
+            }
+            grammar_append(buf, &n, CORPUS_CHARS, ".");
+        }
+    } else {
+        snprintf(t->source, sizeof t->source, "%s", path);
+        FILE *f = fopen(path, "rb");
+        if (!f) die_user("--corpus: cannot open '%s'", path);
+        fseek(f, 0, SEEK_END);
+        long size = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        if (size < 0) die_user("--corpus: cannot read '%s'", path);
+        bytes = mallocCheck((size_t)size + 1);
+        n = (long)fread(bytes, 1, (size_t)size, f);
+        fclose(f);
+        if (n != size) die_user("--corpus: short read on '%s'", path);
+        // both parts must hold at least one window of seq_len + 1 characters
+        if (n / 10 < seq_len + 1)
+            die_user("--corpus: '%s' has %ld bytes; seq_len %d needs at least %ld (10%% is held out)",
+                     path, n, seq_len, 10L * (seq_len + 1));
+    }
+    corpus_set_text(t, bytes, n);
+    free(bytes);
+}
+
+static void corpus_sample(const Task *t, Rng *rng, TaskSplit split, int *tok, int *tgt) {
+    int T = t->seq_len;
+    CHECK(t->text != NULL, "corpus task '%s' has no text (loaded from metadata only)", t->source);
+    long lo = split == SPLIT_TRAIN ? 0 : t->train_len;
+    long hi = split == SPLIT_TRAIN ? t->train_len : t->text_len;
+    long span = hi - lo - T;          // windows of T + 1 characters
+    CHECK(span >= 1, "corpus too short for seq_len %d", T);
+    long start = lo + (long)(rng_u64(rng) % (uint64_t)span);
+    for (int i = 0; i < T; i++) {
+        tok[i] = t->text[start + i];
+        tgt[i] = t->text[start + i + 1];
+    }
+}
+
+// ---- shared -------------------------------------------------------------------------------------
+
+void task_free(Task *t) {
+    free(t->text);
+    t->text = NULL;
+}
+
+void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets) {
+    switch (t->kind) {
+    case TASK_RECALL: recall_sample(t, rng, tokens, targets); break;
+    case TASK_INDUCTION: induction_sample(t, rng, tokens, targets); break;
+    case TASK_CORPUS: corpus_sample(t, rng, split, tokens, targets); break;
+    }
+}
+
+void task_batch(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets, int B) {
+    for (int b = 0; b < B; b++)
+        task_sample(t, rng, split, tokens + (long)b * t->seq_len, targets + (long)b * t->seq_len);
+}
+
+void task_example(const Task *t, int *tokens, int *targets) {
+    Rng r;
+    rng_seed(&r, EXAMPLE_SEED);
+    if (t->kind != TASK_CORPUS || !t->text) {
+        task_sample(t, &r, SPLIT_HELDOUT, tokens, targets);
+        return;
+    }
+    // corpus: the first sentence that starts inside the held-out part
+    long start = t->train_len;
+    int dot = -1;
+    for (int i = 0; i < t->vocab_size; i++)
+        if (strcmp(t->vocab[i], ".") == 0) dot = i;
+    for (long i = t->train_len; i + t->seq_len + 3 < t->text_len; i++) {
+        if (t->text[i] == dot) { start = i + 2; break; }
+    }
+    if (start + t->seq_len + 1 > t->text_len) start = t->train_len;
+    for (int i = 0; i < t->seq_len; i++) {
+        tokens[i] = t->text[start + i];
+        targets[i] = t->text[start + i + 1];
+    }
+}
+
+const char *task_token_str(const Task *t, int token) {
+    if (token < 0 || token >= t->vocab_size) return "?";
+    return t->vocab[token];
+}
+
+// ---- metadata -----------------------------------------------------------------------------------
+
+char *task_config_json(const Task *t) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "task", t->name);
+    cJSON_AddNumberToObject(o, "seq_len", t->seq_len);
+    switch (t->kind) {
+    case TASK_RECALL:
+        cJSON_AddNumberToObject(o, "n_pairs", t->n_pairs);
+        cJSON_AddNumberToObject(o, "n_keys", t->n_keys);
+        cJSON_AddNumberToObject(o, "n_values", t->n_values);
+        cJSON_AddNumberToObject(o, "gap", t->gap);
+        break;
+    case TASK_INDUCTION:
+        cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
+        break;
+    case TASK_CORPUS: {
+        cJSON_AddStringToObject(o, "source", t->source);
+        if (strcmp(t->source, "grammar") != 0) {
+            // the bytes of the vocabulary, so token names survive without the file
+            cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
+            for (int i = 0; i < t->vocab_size; i++) {
+                const char *s = t->vocab[i];
+                int b;
+                if (!strcmp(s, "\xe2\x90\xa3")) b = ' ';
+                else if (!strcmp(s, "\\n")) b = '\n';
+                else if (!strcmp(s, "\\t")) b = '\t';
+                else if (s[0] == '\\' && s[1] == 'x') b = (int)strtol(s + 2, NULL, 16);
+                else b = (unsigned char)s[0];
+                cJSON_AddItemToArray(bytes, cJSON_CreateNumber(b));
+            }
+        }
+        break;
+    }
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    CHECK(s != NULL, "cJSON_PrintUnformatted failed");
+    return s;
+}
+
+char *task_vocab_json(const Task *t) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < t->vocab_size; i++) cJSON_AddItemToArray(a, cJSON_CreateString(t->vocab[i]));
+    char *s = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    CHECK(s != NULL, "cJSON_PrintUnformatted failed");
+    return s;
+}
+
+// An integer field of o, or -1 with a message.
+static int json_int(const cJSON *o, const char *key, int *out, char *err, size_t cap) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) {
+        snprintf(err, cap, "task config: '%s' missing or not an integer", key);
+        return -1;
+    }
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+int task_from_json(Task *t, const char *json, char *err, size_t cap) {
+    cJSON *o = cJSON_Parse(json);
+    int rc = -1, seq_len = 0;
+    if (!cJSON_IsObject(o)) { snprintf(err, cap, "task config is not a JSON object"); goto done; }
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "task");
+    if (!cJSON_IsString(name)) { snprintf(err, cap, "task config: 'task' missing"); goto done; }
+    if (json_int(o, "seq_len", &seq_len, err, cap)) goto done;
+    if (seq_len < 2 || seq_len > 1 << 20) { snprintf(err, cap, "task config: seq_len %d out of range", seq_len); goto done; }
+    if (!strcmp(name->valuestring, "recall")) {
+        int p, k, v, gap;
+        if (json_int(o, "n_pairs", &p, err, cap) || json_int(o, "n_keys", &k, err, cap) ||
+            json_int(o, "n_values", &v, err, cap) || json_int(o, "gap", &gap, err, cap)) goto done;
+        if (recall_check(seq_len, p, k, v, gap, err, cap)) goto done;
+        task_recall(t, seq_len, p, k, v, gap);
+    } else if (!strcmp(name->valuestring, "induction")) {
+        int s;
+        if (json_int(o, "n_symbols", &s, err, cap)) goto done;
+        if (induction_check(seq_len, s, err, cap)) goto done;
+        task_induction(t, seq_len, s);
+    } else if (!strcmp(name->valuestring, "corpus")) {
+        const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "source");
+        if (!cJSON_IsString(src)) { snprintf(err, cap, "task config: corpus 'source' missing"); goto done; }
+        if (!strcmp(src->valuestring, "grammar")) {
+            task_corpus(t, seq_len, NULL);
+        } else {
+            const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(o, "bytes");
+            if (!cJSON_IsArray(bytes)) { snprintf(err, cap, "task config: corpus 'bytes' missing"); goto done; }
+            task_clear(t, TASK_CORPUS, "corpus", seq_len);
+            snprintf(t->source, sizeof t->source, "%s", src->valuestring);
+            const cJSON *b;
+            cJSON_ArrayForEach(b, bytes) {
+                if (!cJSON_IsNumber(b) || b->valueint < 0 || b->valueint > 255 || t->vocab_size >= TASK_MAX_VOCAB) {
+                    snprintf(err, cap, "task config: bad corpus byte list");
+                    goto done;
+                }
+                byte_name(t->vocab[t->vocab_size++], b->valueint);
+            }
+        }
+    } else {
+        snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction or corpus)", name->valuestring);
+        goto done;
+    }
+    rc = 0;
+done:
+    cJSON_Delete(o);
+    return rc;
+}

@@ -1,0 +1,120 @@
+// test_cli.c: every chapter program rejects bad input with one clear line and exit 2, prints --help,
+// and never leaves a half-written file behind.
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "check.h"
+#include "helpers.h"
+
+static const char *chapters[] = {"ch01", "ch02", "ch03"};
+#define N_CHAPTERS (int)(sizeof chapters / sizeof chapters[0])
+
+// Runs PROG ARGS, expects exit 2 and exactly one line of output that contains `needle`.
+static void expect_one_line_error(const char *prog, const char *args, const char *needle) {
+    char out[8192];
+    int rc = test_run(out, sizeof out, prog, args);
+    cr_expect_eq(rc, 2, "%s %s: exit %d, expected 2; output: %s", prog, args, rc, out);
+    cr_expect_eq(test_count_lines(out), 1, "%s %s: expected one line, got: %s", prog, args, out);
+    cr_expect(strstr(out, needle) != NULL, "%s %s: message lacks '%s': %s", prog, args, needle, out);
+    cr_expect(strncmp(out, prog, strlen(prog)) == 0, "%s %s: message should start with the program name: %s", prog, args, out);
+}
+
+Test(cli, help_exits_zero_with_usage) {
+    for (int i = 0; i < N_CHAPTERS; i++) {
+        char out[8192];
+        int rc = test_run(out, sizeof out, chapters[i], "--help");
+        cr_expect_eq(rc, 0, "%s --help exit %d", chapters[i], rc);
+        cr_expect(strstr(out, "usage:") && strstr(out, "--out") && strstr(out, "--format") && strstr(out, "--seed"),
+                  "%s --help lacks the common flags: %s", chapters[i], out);
+    }
+}
+
+Test(cli, bad_flags_give_one_line_and_exit_2) {
+    for (int i = 0; i < N_CHAPTERS; i++) {
+        const char *p = chapters[i];
+        expect_one_line_error(p, "--bogus", "unknown option '--bogus'");
+        expect_one_line_error(p, "--seed abc", "--seed: expected a non-negative integer");
+        expect_one_line_error(p, "--seed -3", "--seed");
+        expect_one_line_error(p, "--format jpg", "--format: expected one of png|svg|both");
+        expect_one_line_error(p, "--out", "--out: missing value");
+        expect_one_line_error(p, "--out=", "--out: empty folder name");
+        expect_one_line_error(p, "stray", "unexpected argument 'stray'");
+        expect_one_line_error(p, "--help=yes", "--help takes no value");
+    }
+}
+
+Test(cli, out_that_is_a_file_is_rejected_before_writing) {
+    char dir[256], file[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(file, sizeof file, "%s/not-a-folder", dir);
+    FILE *f = fopen(file, "w");
+    cr_assert(f);
+    fputs("x", f);
+    fclose(f);
+    for (int i = 0; i < N_CHAPTERS; i++) {
+        char args[600];
+        snprintf(args, sizeof args, "--out %s/sub", file);
+        expect_one_line_error(chapters[i], args, "is not a folder");
+    }
+    cr_expect_eq(test_count_files(dir), 1, "nothing but the file may exist");
+}
+
+Test(cli, unwritable_out_is_rejected) {
+    // /proc refuses new folders even for root, so this is unwritable on any Linux machine.
+    for (int i = 0; i < N_CHAPTERS; i++) expect_one_line_error(chapters[i], "--out /proc/attn-test/figs", "--out '/proc/attn-test/figs'");
+}
+
+// A figure whose final name is taken by a folder cannot be renamed into place: the program must fail
+// with one line and leave no temp file behind.
+Test(cli, failed_write_leaves_no_partial_file) {
+    char dir[256], blocker[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(blocker, sizeof blocker, "%s/01_heads.png", dir);
+    cr_assert_eq(mkdir(blocker, 0777), 0);
+    char out[8192], args[600];
+    snprintf(args, sizeof args, "--out %s --format png", dir);
+    int rc = test_run(out, sizeof out, "ch03", args);
+    cr_expect_eq(rc, 2, "exit %d: %s", rc, out);
+    cr_expect(strstr(out, "01_heads.png") != NULL, "message should name the file: %s", out);
+    cr_expect(!test_has_tmp_files(dir), "a temp file was left in %s", dir);
+}
+
+Test(cli, format_selects_files) {
+    char dir[256], out[8192], args[600];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(args, sizeof args, "--out %s --format svg", dir);
+    cr_assert_eq(test_run(out, sizeof out, "ch02", args), 0, "%s", out);
+    char p[600];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/02_mask_gallery.svg", dir);
+    cr_expect_eq(stat(p, &st), 0, "missing %s", p);
+    snprintf(p, sizeof p, "%s/02_mask_gallery.png", dir);
+    cr_expect_neq(stat(p, &st), 0, "--format svg wrote %s", p);
+}
+
+Test(check, fmt_bytes_uses_binary_units) {
+    char b[32];
+    cr_expect_str_eq(fmt_bytes(b, sizeof b, 512), "512 B");
+    cr_expect_str_eq(fmt_bytes(b, sizeof b, 1536), "1.50 KiB");
+    cr_expect_str_eq(fmt_bytes(b, sizeof b, 131072), "128 KiB");
+    cr_expect_str_eq(fmt_bytes(b, sizeof b, 16.0 * 1024 * 1024 * 1024), "16.0 GiB");
+}
+
+Test(check, atomic_write_replaces_whole_file) {
+    char dir[256], p[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/a.bin", dir);
+    atomic_write_all(p, "hello", 5);
+    atomic_write_all(p, "hi", 2);
+    FILE *f = fopen(p, "rb");
+    cr_assert(f);
+    char buf[16] = {0};
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    cr_expect_eq(n, 2);
+    cr_expect_str_eq(buf, "hi");
+    cr_expect(!test_has_tmp_files(dir));
+}
