@@ -13,7 +13,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra $(OPT) -fopenmp -Icommon -Ichapt
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lstb -lm -fopenmp
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CHAPTER_DIRS := $(sort $(wildcard chapters/[0-9][0-9]_*))
+CHAPTER_DIRS := $(sort $(patsubst %/main.c,%,$(wildcard chapters/[0-9][0-9]_*/main.c)))
 CHAPTERS     := $(foreach d,$(CHAPTER_DIRS),ch$(firstword $(subst _, ,$(notdir $(d)))))
 COMMON_SRC   := $(sort $(wildcard common/*.c))
 MECH_SRC     := $(sort $(filter-out %/main.c,$(wildcard chapters/*/*.c)) $(wildcard chapters/*.c))
@@ -79,7 +79,7 @@ test-run: $(BUILD)/tests/run $(BINS)
 
 # The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize: deps
-	@UBSAN_OPTIONS=print_stacktrace=1 $(MAKE) --no-print-directory BUILD=build/san \
+	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
 	    BINDIR=build/san/bin OPT="-O1 -g -march=x86-64-v3 -ffp-contract=off $(SAN)" test-run
 
 # ---- benchmarks, golden values, weights ---------------------------------------------------------------

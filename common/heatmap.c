@@ -72,17 +72,17 @@ static void value_rgb(float v, float vmin, float vmax, int diverging, unsigned c
     else colormap_viridis(t, rgb);
 }
 
-// Range of the unmasked finite values; a diverging range is symmetric around zero.
-static void data_range(const HeatPanel *p, int diverging, float *lo, float *hi) {
+// Widens [lo, hi] to the unmasked finite values of p.
+static void data_range(const HeatPanel *p, float *lo, float *hi) {
     for (int i = 0; i < p->rows * p->cols; i++) {
         float v = p->values[i];
         if ((p->mask && !p->mask[i]) || !isfinite(v)) continue;
         if (v < *lo) *lo = v;
         if (v > *hi) *hi = v;
     }
-    (void)diverging;
 }
 
+// An empty or flat range becomes usable; a diverging one symmetric around zero.
 static void finish_range(int diverging, float *lo, float *hi) {
     if (!(*lo <= *hi)) { *lo = 0; *hi = 1; }
     if (diverging) {
@@ -124,7 +124,7 @@ void heatmap_raw_png(const char *path, const float *values, const unsigned char 
         HeatPanel p = {.values = values, .mask = mask, .rows = rows, .cols = cols};
         vmin = INFINITY;
         vmax = -INFINITY;
-        data_range(&p, diverging, &vmin, &vmax);
+        data_range(&p, &vmin, &vmax);
         finish_range(diverging, &vmin, &vmax);
     }
     int w = cols * cell_px, h = rows * cell_px;
@@ -171,8 +171,9 @@ typedef struct {
     double w, h;               // slot
     double x, y;               // slot position on the canvas
     double gx, gy;             // grid position on the canvas
-    double gap_after, op_w;
-    int row, last_in_row;
+    double op_w;               // width of the arrow gap after this panel (0: no op_after)
+    double arrow_x0, arrow_x1;
+    int row;
 } PanelLayout;
 
 typedef struct {
@@ -247,7 +248,8 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
     // labels: as large as the cells allow (8..11.5), thinned to every 2nd, 4th... when cells are small
     P->lab_font = fmin(11.5, fmax(8.0, cs * 0.8));
     plot_font(cr, P->lab_font, 0);
-    P->row_step = pow2_step(P->lab_font * 1.15, cs);
+    // token labels as dense as the font allows; indices at least 24 pt apart (0, 4, 8, ... reads better)
+    P->row_step = pow2_step(p->row_labels ? P->lab_font * 1.15 : fmax(P->lab_font * 1.15, 24), cs);
     P->rowlab_w = 0;
     for (int i = 0; i < p->rows; i += P->row_step)
         P->rowlab_w = fmax(P->rowlab_w, plot_text_width(cr, row_label(P, i, buf, sizeof buf)));
@@ -256,7 +258,7 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
     for (int j = 0; j < p->cols; j++) colw = fmax(colw, plot_text_width(cr, col_label(P, j, buf, sizeof buf)));
     P->col_rotated = 0;
     if (!p->col_labels) {
-        P->col_step = pow2_step(colw + 5, cs);   // indices stay horizontal, thinned
+        P->col_step = pow2_step(fmax(colw + 5, 24), cs);   // indices stay horizontal, thinned
     } else if (colw + 4 <= cs) {
         P->col_step = 1;
     } else {
@@ -301,27 +303,47 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
     P->op_w = p->op_after && *p->op_after ? fmax(56, plot_text_width(cr, p->op_after) + 24) : 0;
 }
 
-// Positions panels in rows of ppr; returns the content width (panels + shared colorbar).
+// Positions panels in rows of ppr, grids aligned in columns (each column as wide as its widest
+// panel) and at the top of each row; returns the content width (panels + shared colorbar).
 static double heat_place(HeatLayout *L, int ppr, cairo_t *cr, double *content_h) {
-    double y = 0, maxw = 0;
+    double *left = callocCheck((size_t)ppr * 3 + 1, sizeof(double)), *right = left + ppr, *gap = right + ppr;
+    for (int i = 0; i < L->n; i++) {
+        const PanelLayout *P = &L->pl[i];
+        int c = i % ppr;
+        double l = P->ox + P->ylab_w + P->rowlab_w;
+        left[c] = fmax(left[c], l);
+        right[c] = fmax(right[c], P->w - l);
+        gap[c] = fmax(gap[c], P->op_w);
+    }
+    int ncols = L->n < ppr ? L->n : ppr;
+    double x = 0, y = 0, maxw = 0;
+    for (int c = 0; c < ncols; c++) {
+        if (gap[c] == 0 && c < ncols - 1) gap[c] = PANEL_GAP;
+        double next = x + left[c] + right[c] + gap[c];
+        left[c] += x;        // from here on: the grids' x in this column
+        x = next;
+    }
+    maxw = x;
     for (int r0 = 0; r0 < L->n; r0 += ppr) {
         int r1 = r0 + ppr < L->n ? r0 + ppr : L->n;
-        double x = 0, rh = 0;
+        double rh = 0;
         for (int i = r0; i < r1; i++) {
             PanelLayout *P = &L->pl[i];
             P->row = r0 / ppr;
-            P->last_in_row = i == r1 - 1;
-            P->x = x;
-            P->y = y;
-            P->gx = x + P->ox + P->ylab_w + P->rowlab_w;
+            P->gx = left[i - r0];
             P->gy = y + PANEL_TITLE_H;
-            P->gap_after = P->op_w > 0 ? P->op_w : (P->last_in_row ? 0 : PANEL_GAP);
-            x += P->w + P->gap_after;
+            P->x = P->gx - (P->ox + P->ylab_w + P->rowlab_w);
+            P->y = y;
             rh = fmax(rh, P->h);
         }
-        maxw = fmax(maxw, x);
+        for (int i = r0; i < r1; i++) {
+            PanelLayout *P = &L->pl[i];
+            P->arrow_x0 = P->x + P->w + 8;
+            P->arrow_x1 = i + 1 < r1 ? L->pl[i + 1].x - 8 : P->arrow_x0 + P->op_w - 16;
+        }
         y += rh + ROW_GAP;
     }
+    free(left);
     *content_h = y - ROW_GAP;
     if (!L->per_panel_cb) {
         double gh = 0;
@@ -333,6 +355,18 @@ static double heat_place(HeatLayout *L, int ppr, cairo_t *cr, double *content_h)
         maxw = L->cb_x + colorbar_width(cr, L->vmin, L->vmax, L->f->colorbar_label);
     }
     return maxw;
+}
+
+// Lays out ppr panels a row with the largest cell size from cs0 down to cs0 / 2 that fits MAX_WIDTH
+// (just cs0 when the caller fixed cell_px).
+static void heat_fit_cells(HeatLayout *L, int ppr, double cs0, cairo_t *cr, double *content_w, double *content_h) {
+    L->cs = cs0;
+    for (;;) {
+        for (int i = 0; i < L->n; i++) panel_measure(&L->pl[i], L, cr);
+        *content_w = heat_place(L, ppr, cr, content_h);
+        if (*content_w + 2 * HM_MARGIN <= MAX_WIDTH || L->f->cell_px > 0 || L->cs <= fmax(4, cs0 / 2)) return;
+        L->cs = fmax(4, floor(L->cs * 0.9));
+    }
 }
 
 static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
@@ -354,10 +388,10 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
         else if (f->colorbar_per_panel) {
             P->vmin = INFINITY;
             P->vmax = -INFINITY;
-            data_range(p, P->diverging, &P->vmin, &P->vmax);
+            data_range(p, &P->vmin, &P->vmax);
             finish_range(P->diverging, &P->vmin, &P->vmax);
         } else {
-            data_range(p, P->diverging, &pool_lo, &pool_hi);
+            data_range(p, &pool_lo, &pool_hi);
             pool_div |= P->diverging;
             P->vmin = NAN;   // filled from the pool below
         }
@@ -385,17 +419,18 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
     if (f->cell_px <= 0 && any_values) cs0 = fmax(cs0, 34);
     int ppr = f->panels_per_row > 0 && f->panels_per_row < L->n ? f->panels_per_row : (L->n > 0 ? L->n : 1);
     double content_w = 0, content_h = 0;
-    // shrink the cells (then wrap the panels) until the figure fits MAX_WIDTH
+    // shrink the cells (down to half), then wrap the panels, until the figure fits MAX_WIDTH
+    int wrapped = 0;
     for (;;) {
-        L->cs = cs0;
-        for (;;) {
-            for (int i = 0; i < L->n; i++) panel_measure(&L->pl[i], L, cr);
-            content_w = heat_place(L, ppr, cr, &content_h);
-            if (content_w + 2 * HM_MARGIN <= MAX_WIDTH || f->cell_px > 0 || L->cs <= fmax(4, cs0 / 2)) break;
-            L->cs = fmax(4, floor(L->cs * 0.9));
-        }
+        heat_fit_cells(L, ppr, cs0, cr, &content_w, &content_h);
         if (content_w + 2 * HM_MARGIN <= MAX_WIDTH || ppr <= 1) break;
         ppr--;
+        wrapped = 1;
+    }
+    // wrapped rows as even as possible: 16 panels that fit 7 a row go 6 + 6 + 4, not 7 + 7 + 2
+    if (wrapped) {
+        int balanced = (L->n + (L->n + ppr - 1) / ppr - 1) / ((L->n + ppr - 1) / ppr);
+        if (balanced != ppr) heat_fit_cells(L, balanced, cs0, cr, &content_w, &content_h);
     }
     // canvas: content centred, title and subtitle wrapped to the canvas
     L->w = fmax(content_w + 2 * HM_MARGIN, 640);
@@ -412,6 +447,7 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
     for (int i = 0; i < L->n; i++) {
         PanelLayout *P = &L->pl[i];
         P->x += ox; P->y += oy;
+        P->arrow_x0 += ox; P->arrow_x1 += ox;
         P->gx = floor(P->gx + ox); P->gy = floor(P->gy + oy);
     }
     L->cb_x = floor(L->cb_x + ox);
@@ -419,16 +455,31 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
 }
 
 // ---- annotated figure: drawing -----------------------------------------------------------------------
-// Diagonal hatching of one masked cell. The lines belong to one family x + y = k * spacing over the
-// whole canvas, so a masked region reads as one continuous hatched area.
-static void hatch_cell(cairo_t *cr, double x0, double y0, double s, double spacing) {
-    double c0 = x0 + y0, c = ceil(c0 / spacing) * spacing;
-    if (c <= c0) c += spacing;
-    for (; c < c0 + 2 * s; c += spacing) {
-        double xa = fmax(x0, c - (y0 + s)), xb = fmin(x0 + s, c - y0);
+// Diagonal hatching of the masked cells: lines x + y = k * spacing across the whole grid, clipped to
+// the masked cells, so a masked region reads as one continuous hatched area (and the SVG stays small).
+static void hatch_masked(cairo_t *cr, const HeatPanel *p, double gx, double gy, double cs) {
+    cairo_save(cr);
+    cairo_new_path(cr);
+    for (int i = 0; i < p->rows; i++)
+        for (int j = 0; j < p->cols;) {
+            if (p->mask[i * p->cols + j]) { j++; continue; }
+            int j1 = j;
+            while (j1 < p->cols && !p->mask[i * p->cols + j1]) j1++;
+            cairo_rectangle(cr, gx + j * cs, gy + i * cs, (j1 - j) * cs, cs);
+            j = j1;
+        }
+    cairo_clip(cr);
+    double gw = p->cols * cs, gh = p->rows * cs, spacing = cs >= 12 ? 6 : 3.5;
+    set_hex(cr, 0xBDBDBD);
+    cairo_set_line_width(cr, cs >= 12 ? 1.0 : 0.7);
+    for (double c = ceil((gx + gy) / spacing) * spacing; c < gx + gy + gw + gh; c += spacing) {
+        double xa = fmax(gx, c - (gy + gh)), xb = fmin(gx + gw, c - gy);
+        if (xb <= xa) continue;
         cairo_move_to(cr, xa, c - xa);
         cairo_line_to(cr, xb, c - xb);
     }
+    cairo_stroke(cr);
+    cairo_restore(cr);
 }
 
 static void draw_colorbar(cairo_t *cr, double x, double y, double h, float vmin, float vmax, int diverging,
@@ -496,6 +547,12 @@ static void draw_arrow(cairo_t *cr, double x0, double x1, double y, const char *
     plot_text(cr, (x0 + x1) / 2, y - 8, 0.5, 1, text);
 }
 
+// Colour of cell k: the colormap, or the light grey under the hatching of a masked cell.
+static void cell_rgb(const PanelLayout *P, int k, unsigned char rgb[3]) {
+    if (P->p->mask && !P->p->mask[k]) { rgb[0] = rgb[1] = rgb[2] = 0xEF; return; }
+    value_rgb(P->p->values[k], P->vmin, P->vmax, P->diverging, rgb);
+}
+
 static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, const PanelLayout *next) {
     const HeatPanel *p = P->p;
     double cs = L->cs, gx = P->gx, gy = P->gy;
@@ -504,29 +561,22 @@ static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, c
     set_hex(cr, 0x222222);
     plot_text(cr, gx + P->gw / 2, P->y + 2, 0.5, 0, p->title);
 
-    // cells: flat colour, no antialiasing so neighbouring blocks meet without seams
+    // cells: flat colour, no antialiasing so neighbouring blocks meet without seams; a run of equal
+    // colours in a row (masked cells, mostly) is one rectangle
     cairo_set_antialias(cr, CAIRO_ANTIALIAS_NONE);
     for (int i = 0; i < p->rows; i++)
-        for (int j = 0; j < p->cols; j++) {
-            int k = i * p->cols + j;
-            unsigned char rgb[3] = {0xEF, 0xEF, 0xEF};
-            if (!p->mask || p->mask[k]) value_rgb(p->values[k], P->vmin, P->vmax, P->diverging, rgb);
+        for (int j = 0; j < p->cols;) {
+            unsigned char rgb[3], next[3];
+            cell_rgb(P, i * p->cols + j, rgb);
+            int j1 = j + 1;
+            while (j1 < p->cols && (cell_rgb(P, i * p->cols + j1, next), !memcmp(next, rgb, 3))) j1++;
             cairo_set_source_rgb(cr, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
-            cairo_rectangle(cr, gx + j * cs, gy + i * cs, cs, cs);
+            cairo_rectangle(cr, gx + j * cs, gy + i * cs, (j1 - j) * cs, cs);
             cairo_fill(cr);
+            j = j1;
         }
     cairo_set_antialias(cr, CAIRO_ANTIALIAS_DEFAULT);
-    if (p->mask) {
-        cairo_save(cr);
-        cairo_rectangle(cr, gx, gy, P->gw, P->gh);
-        cairo_clip(cr);
-        set_hex(cr, 0xBDBDBD);
-        cairo_set_line_width(cr, cs >= 12 ? 1.0 : 0.7);
-        for (int k = 0; k < p->rows * p->cols; k++)
-            if (!p->mask[k]) hatch_cell(cr, gx + (k % p->cols) * cs, gy + (k / p->cols) * cs, cs, cs >= 12 ? 6 : 3.5);
-        cairo_stroke(cr);
-        cairo_restore(cr);
-    }
+    if (p->mask) hatch_masked(cr, p, gx, gy, cs);
     // white lines between cells when cells are big enough to read one by one
     if (cs >= 12) {
         cairo_set_source_rgb(cr, 1, 1, 1);
@@ -585,7 +635,7 @@ static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, c
         draw_colorbar(cr, gx + P->gw + CB_GAP, gy, P->cb_h, P->vmin, P->vmax, P->diverging, L->f->colorbar_label);
     if (P->op_w > 0) {
         double h = next && next->row == P->row ? fmin(P->gh, next->gh) : P->gh;
-        draw_arrow(cr, P->x + P->w + 8, P->x + P->w + P->gap_after - 8, gy + h / 2, p->op_after);
+        draw_arrow(cr, P->arrow_x0, P->arrow_x1, gy + h / 2, p->op_after);
     }
 }
 

@@ -48,6 +48,15 @@ static void cr_setup(cairo_t *cr) {
     plot_font(cr, 12, 0);
 }
 
+// fontconfig (under cairo) keeps its parsed configuration for the life of the process and never frees
+// it; LeakSanitizer calls this hook, when it exists, for its default suppressions, so the sanitizer
+// build (make sanitize) of every program that draws a figure reports only leaks of our own;
+// print_suppressions=0 keeps the note about it out of the programs' output.
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void) { return "leak:libfontconfig.so\n"; }
+const char *__lsan_default_options(void);
+const char *__lsan_default_options(void) { return "print_suppressions=0"; }
+
 cairo_t *plot_measure_context(void) {
     cairo_surface_t *s = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
     cairo_t *cr = cairo_create(s);
@@ -95,15 +104,26 @@ double plot_text_wrapped(cairo_t *cr, const char *s, double x, double y, double 
         if (!*p) break;
         const char *q = p;
         while (*q && *q != ' ') q++;
-        int wl = (int)(q - p);
-        if (line[0]) snprintf(trial, sizeof trial, "%s %.*s", line, wl, p);
-        else snprintf(trial, sizeof trial, "%.*s", wl, p);
-        if (line[0] && plot_text_width(cr, trial) > maxw) {
+        size_t wl = (size_t)(q - p), ll = strlen(line);
+        if (ll + 1 + wl >= sizeof trial) {   // absurdly long text: break here, cut the word
+            if (ll && draw) plot_text(cr, x, y + n_lines * line_h, 0, 0, line);
+            n_lines += ll > 0;
+            line[0] = '\0';
+            ll = 0;
+            if (wl >= sizeof line) wl = sizeof line - 1;
+        }
+        memcpy(trial, line, ll);
+        size_t tl = ll;
+        if (ll) trial[tl++] = ' ';
+        memcpy(trial + tl, p, wl);
+        trial[tl + wl] = '\0';
+        if (ll && plot_text_width(cr, trial) > maxw) {
             if (draw) plot_text(cr, x, y + n_lines * line_h, 0, 0, line);
             n_lines++;
-            snprintf(line, sizeof line, "%.*s", wl, p);
+            memcpy(line, p, wl);
+            line[wl] = '\0';
         } else {
-            memcpy(line, trial, strlen(trial) + 1);
+            memcpy(line, trial, tl + wl + 1);
         }
         p = q;
     }
@@ -206,7 +226,7 @@ void plot_write_figure(const char *path_no_ext, int png, int svg, double w, doub
 
 // ---- ticks ---------------------------------------------------------------------------------------------
 int plot_nice_ticks(double lo, double hi, double *ticks, int cap) {
-    if (!isfinite(lo) || !isfinite(hi) || cap < 2) return 0;
+    if (!isfinite(lo) || !isfinite(hi) || !isfinite(hi - lo) || cap < 2) return 0;
     if (hi < lo) { double t = lo; lo = hi; hi = t; }
     if (hi == lo) {
         double d = lo == 0 ? 1 : fabs(lo) * 0.1;
@@ -869,7 +889,8 @@ static void draw_bar_chart(cairo_t *cr, double w, double h, const void *ctx) {
         plot_font(cr, TICK_FONT, PLOT_BOLD);
         set_rgb(cr, 0x222222);
         bar_value_label(buf, sizeof buf, c, v);
-        plot_text(cr, xe + 6, ym, 0, 0.5, buf);
+        if (xe >= x0) plot_text(cr, xe + 6, ym, 0, 0.5, buf);
+        else plot_text(cr, xe - 6, ym, 1, 0.5, buf);   // a negative bar: its label on the left
     }
     // the value axis's spine is drawn by draw_axes; redraw the left one over the bars
     set_rgb(cr, 0x444444);

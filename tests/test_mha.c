@@ -221,6 +221,7 @@ static double fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n,
 
 static void gradcheck(int G, int W) {
     int B = 2, T = 5, d = 16, H = 4, dh = 4;
+    omp_set_num_threads(1);   // ~2500 tiny forwards: thread start-up would cost more than the work
     ModelGeometry g;
     make_geom(&g, d, H, G, dh);
     if (W) make_local(&g, W);
@@ -239,10 +240,10 @@ static void gradcheck(int G, int W) {
     for (int i = 0; i < n; i++) {
         size_t sz = (size_t)(t[i].shape[0] * t[i].shape[1]);
         double e = fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, sz, out, x, params, R, B, T);
-        cr_expect(e < 2e-3, "G=%d W=%d d%s: relative error %.3g", G, W, t[i].name, e);
+        cr_expect(e < 1e-3, "G=%d W=%d d%s: relative error %.3g", G, W, t[i].name, e);
     }
     double e = fd_rel_error(&m, x, dx, nx, out, x, params, R, B, T);
-    cr_expect(e < 2e-3, "G=%d W=%d dx: relative error %.3g", G, W, e);
+    cr_expect(e < 1e-3, "G=%d W=%d dx: relative error %.3g", G, W, e);
 
     // backward accumulates: a second call adds the same gradient again
     float *dx2 = mallocCheck(sizeof(float) * nx);
@@ -281,7 +282,8 @@ static void decode_matches_forward(int G, int W) {
             cr_assert(fabsf(step[i] - full[t * d + i]) <= 1e-5f * fmaxf(1, fabsf(full[t * d + i])),
                       "G=%d W=%d position %d dim %d: decode %.9g forward %.9g", G, W, t, i, (double)step[i],
                       (double)full[t * d + i]);
-        cr_assert_eq(gqa_mixer.cache_bytes(c), (size_t)4 * 2 * G * dh * (t + 1));
+        int held = W && W < t + 1 ? W : t + 1;   // a local layer's ring buffer stops at W tokens
+        cr_assert_eq(gqa_mixer.cache_bytes(c), (size_t)4 * 2 * G * dh * held);
     }
     gqa_mixer.cache_free(c);
     free(params); free(x); free(full); free(step);

@@ -75,15 +75,26 @@ static void figure_decode(const CliArgs *a, const Mixer *m, const float *params,
     }
     size_t bytes = m->ops->cache_bytes(c);
     m->ops->cache_free(c);
+    // draw the first 16 output dims so the cells stay readable; the difference is over all d dims
+    enum { SHOW = 16 };
+    float *fs = mallocCheck(sizeof(float) * T * SHOW), *ds = mallocCheck(sizeof(float) * T * SHOW);
+    float *dd = mallocCheck(sizeof(float) * T * SHOW), vmax = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < SHOW; i++) {
+            fs[t * SHOW + i] = full[t * d + i];
+            ds[t * SHOW + i] = dec[t * d + i];
+            dd[t * SHOW + i] = diff[t * d + i];
+            if (fabsf(full[t * d + i]) > vmax) vmax = fabsf(full[t * d + i]);
+        }
     char sub[256], b[32];
-    snprintf(sub, sizeof sub, "after %d decode steps the cache holds %s (2 x %d heads x %d dims x 4 bytes x %d tokens); largest difference %.1e",
-             T, fmt_bytes(b, sizeof b, (double)bytes), g->n_kv_heads, g->head_dim, T, maxdiff);
+    snprintf(sub, sizeof sub, "after %d decode steps the cache holds %s (K and V: 2 x %d heads x %d dims x 4 bytes x %d tokens); largest difference over all %d output dims: %.1e",
+             T, fmt_bytes(b, sizeof b, (double)bytes), g->n_kv_heads, g->head_dim, T, d, maxdiff);
     HeatPanel panels[3] = {
-        {.values = full, .rows = T, .cols = d, .title = "full forward: all 12 tokens at once", .row_labels = tokens,
-         .xlabel = "output dim", .ylabel = "token", .diverging = 1, .vmin = -0.3f, .vmax = 0.3f},
-        {.values = dec, .rows = T, .cols = d, .title = "decode: one token at a time + KV cache", .row_labels = tokens,
-         .xlabel = "output dim", .diverging = 1, .vmin = -0.3f, .vmax = 0.3f},
-        {.values = diff, .rows = T, .cols = d, .title = "|difference|", .row_labels = tokens, .xlabel = "output dim",
+        {.values = fs, .rows = T, .cols = SHOW, .title = "full forward (all tokens at once)", .row_labels = tokens,
+         .xlabel = "output dim", .ylabel = "token", .diverging = 1, .vmin = -vmax, .vmax = vmax},
+        {.values = ds, .rows = T, .cols = SHOW, .title = "decode (one token at a time + KV cache)", .row_labels = tokens,
+         .xlabel = "output dim", .diverging = 1, .vmin = -vmax, .vmax = vmax},
+        {.values = dd, .rows = T, .cols = SHOW, .title = "|difference|", .row_labels = tokens, .xlabel = "output dim",
          .vmin = 0, .vmax = 1e-5f},
     };
     HeatmapFigure f = {
@@ -94,12 +105,13 @@ static void figure_decode(const CliArgs *a, const Mixer *m, const float *params,
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "02_decode_equals_forward"), a->png, a->svg);
     printf("  cached decode vs full forward: max |difference| = %.2e\n", maxdiff);
-    free(act); free(full); free(dec); free(diff);
+    free(act); free(full); free(dec); free(diff); free(fs); free(ds); free(dd);
 }
 
 // Figure 3: KV-cache bytes vs context for real MHA models, read from their config.json.
 static void figure_kv_memory(const CliArgs *a, const char *configs) {
     static const char *files[] = {"gpt2.json", "olmo2-7b.json"};
+    static const char *names[] = {"GPT-2 small (124M)", "OLMo 2 7B"};
     enum { N = 2, NPTS = 8 };
     ModelGeometry g[N];
     double xs[NPTS], ys[N][NPTS];
@@ -110,6 +122,8 @@ static void figure_kv_memory(const CliArgs *a, const char *configs) {
         char path[1024], err[512];
         if (hfconfig_load(&g[m], path_join(path, sizeof path, configs, files[m]), err, sizeof err) != 0)
             die_user("%s", err);
+        snprintf(g[m].name, sizeof g[m].name, "%s", names[m]);
+        g[m].dtype_bytes = 2;   // count in bf16, how these models are served (OLMo 2's file says float32)
         double per_tok = kvcache_bytes_per_token(&g[m]);
         char b1[32], b2[32];
         for (int p = 0; p < NPTS; p++) {

@@ -85,22 +85,26 @@ static void rope_rows(float *x, int N, int T, int n_heads, int dh, double theta,
             rope_apply(x + ((size_t)r * n_heads + h) * dh, r % T, dh, theta, ROPE_HALF, inverse);
 }
 
-// One query against keys lo..hi (both included): p[lo..hi] = softmax(q . k_j * scale), o = sum_j p_j v_j.
-// q, o (dh); key j is k + j*stride, value j is v + j*stride; s (hi+1) is scratch for the logits.
-// Forward and decode both go through here, so the cached step does exactly the forward's arithmetic.
+// One query against the keys of positions lo..hi (both included):
+//   p[0..n) = softmax(q . k_j * scale) over j = lo..hi (n = hi - lo + 1),  o = sum_j p_j v_j.
+// q, o (dh); s (n) is scratch for the logits. Position j's key and value sit in row (j - base) % cap of
+// k and v (rows stride floats apart): base 0 and cap >= hi + 1 is a plain array (forward, a global
+// layer's cache); cap = W makes it the ring buffer of a local layer. The keys are always visited in
+// position order, so forward, decode and chunked prefill do exactly the same arithmetic.
 static void attend(float *o, float *p, float *s, const float *q, const float *k, const float *v,
-                   size_t stride, int lo, int hi, int dh, float scale) {
+                   size_t stride, int lo, int hi, int base, int cap, int dh, float scale) {
+    int n = hi - lo + 1;
     for (int j = lo; j <= hi; j++) {
-        const float *kj = k + j * stride;
+        const float *kj = k + (size_t)((j - base) % cap) * stride;
         float dot = 0.0f;
         for (int c = 0; c < dh; c++) dot += q[c] * kj[c];
-        s[j] = dot * scale;
+        s[j - lo] = dot * scale;
     }
-    softmax_row(p + lo, s + lo, NULL, hi - lo + 1);
+    softmax_row(p, s, NULL, n);
     for (int c = 0; c < dh; c++) o[c] = 0.0f;
     for (int j = lo; j <= hi; j++) {
-        const float *vj = v + j * stride;
-        for (int c = 0; c < dh; c++) o[c] += p[j] * vj[c];
+        const float *vj = v + (size_t)((j - base) % cap) * stride;
+        for (int c = 0; c < dh; c++) o[c] += p[j - lo] * vj[c];
     }
 }
 
@@ -180,9 +184,10 @@ static void gqa_forward(const Mixer *m, float *out, float *act, const float *x, 
                 for (int i = 0; i < T; i++) {
                     float *p = a.P + (((size_t)b * H + h) * T + i) * T;
                     size_t row = (size_t)b * T + i;
+                    int lo = first_key(i, W);
                     memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
-                    attend(a.o + row * qd + (size_t)h * dh, p, s, a.q + row * qd + (size_t)h * dh, kb, vb,
-                           (size_t)kvd, first_key(i, W), i, dh, scale);
+                    attend(a.o + row * qd + (size_t)h * dh, p + lo, s, a.q + row * qd + (size_t)h * dh, kb, vb,
+                           (size_t)kvd, lo, i, 0, T, dh, scale);
                 }
             }
         free(s);
@@ -264,46 +269,89 @@ static void gqa_backward(const Mixer *m, float *dx, float *dparams, const float 
 
 // ---- decode with a KV cache ----------------------------------------------------------------------
 
-// K and V of every past token, fp32, allocated once for max_T tokens. A LAYER_LOCAL layer keeps the
-// full history too and simply attends to its last W entries; the ring buffer that stops a local
-// layer's cache at W tokens comes in the sliding-window chapter.
+// K and V of the past tokens a query can still see, fp32.
+//   global layer: every token, rows 0..max_T-1 allocated once (position j in row j);
+//   local layer:  a ring buffer of W rows (position j in row j % W): token t overwrites token t - W,
+//                 the one key that has just left every future query's window. The cache stops
+//                 growing at W tokens, which is the whole memory argument for sliding windows.
+// Chunked prefill grows a local layer's buffer to W-1+c rows for one chunk of c tokens (the chunk's
+// first query still needs the W-1 keys before it) and shrinks it back to the last W afterwards.
 struct MixerCache {
-    int max_T, n;       // capacity, tokens held
+    int max_T;          // positions the sequence may reach
+    int window;         // W on a local layer, 0 on a global one
+    int n;              // tokens seen so far = the next token's position
+    int cap, base;      // rows in k and v; position j lives in row (j - base) % cap
     int kv_dim;         // G * dh
-    float *k, *v;       // (max_T, G*dh) each: keys after RoPE, values
+    int held_peak;      // the most tokens held at any moment (a prefill chunk's W-1+c)
+    float *k, *v;       // (cap, G*dh) each, one allocation: keys after RoPE, values
     float *q, *o;       // (H*dh) one step's query and head outputs (scratch)
-    float *s, *p;       // (max_T) one head's logits and weights (scratch)
+    float *s, *p;       // (most keys one query sees) one head's logits and weights (scratch)
 };
+
+// Rows a layer keeps between steps: all max_T tokens, or the last min(W, max_T) on a local layer.
+static int cache_rest_cap(const MixerCache *c) {
+    return c->window > 0 && c->window < c->max_T ? c->window : c->max_T;
+}
+
+// Tokens held now: every token seen, but no more than the ring's W on a local layer.
+static int cache_held(const MixerCache *c) {
+    int rest = cache_rest_cap(c);
+    return c->n < rest ? c->n : rest;
+}
+
+// Moves positions keep_from..n-1 into a new buffer of new_cap rows laid out from base new_base
+// (position j in row (j - new_base) % new_cap), freeing the old one.
+static void cache_relayout(MixerCache *c, int new_cap, int new_base, int keep_from) {
+    size_t kvd = (size_t)c->kv_dim;
+    float *k = mallocCheck(sizeof(float) * 2 * (size_t)new_cap * kvd), *v = k + (size_t)new_cap * kvd;
+    for (int j = keep_from; j < c->n; j++) {
+        size_t from = (size_t)((j - c->base) % c->cap) * kvd, to = (size_t)((j - new_base) % new_cap) * kvd;
+        memcpy(k + to, c->k + from, sizeof(float) * kvd);
+        memcpy(v + to, c->v + from, sizeof(float) * kvd);
+    }
+    free(c->k);
+    c->k = k;
+    c->v = v;
+    c->cap = new_cap;
+    c->base = new_base;
+}
 
 static MixerCache *gqa_cache_new(const Mixer *m, int max_T) {
     const ModelGeometry *g = m->g;
     geometry_check(g);
     CHECK(max_T > 0, "gqa: cache for %d tokens", max_T);
     size_t qd = (size_t)g->n_heads * g->head_dim, kvd = (size_t)g->n_kv_heads * g->head_dim;
-    MixerCache *c = mallocCheck(sizeof *c);
+    MixerCache *c = callocCheck(1, sizeof *c);
     c->max_T = max_T;
-    c->n = 0;
+    c->window = mha_layer_window(g, m->layer);
     c->kv_dim = (int)kvd;
-    c->k = callocCheck(2 * (size_t)max_T * kvd + 2 * qd + 2 * (size_t)max_T, sizeof(float));
-    c->v = c->k + (size_t)max_T * kvd;
-    c->q = c->v + (size_t)max_T * kvd;
+    c->cap = cache_rest_cap(c);
+    c->k = callocCheck(2 * (size_t)c->cap * kvd, sizeof(float));
+    c->v = c->k + (size_t)c->cap * kvd;
+    // a query sees at most cap keys (W on a local layer), so one row of logits is that long
+    c->q = callocCheck(2 * qd + 2 * (size_t)c->cap, sizeof(float));
     c->o = c->q + qd;
     c->s = c->o + qd;
-    c->p = c->s + max_T;
+    c->p = c->s + c->cap;
     return c;
 }
 
 static void gqa_cache_free(MixerCache *c) {
     if (!c) return;
     free(c->k);
+    free(c->q);
     free(c);
 }
 
-// Bytes of K and V actually holding tokens: 2 (K and V) * G * dh * 4 bytes (fp32) per token held, the
-// per-layer term of kvcache_total_bytes with dtype_bytes = 4. The capacity reserved up front and the
-// one-step scratch are not counted: they are not cache that grows with context.
+// Bytes of K and V actually holding tokens: 2 (K and V) * G * dh * 4 bytes (fp32) per token held, and
+// a local layer holds min(n, W) tokens: the per-layer term of kvcache_total_bytes with dtype_bytes = 4.
+// One-step scratch is not counted: it is not cache that grows with context.
 static size_t gqa_cache_bytes(const MixerCache *c) {
-    return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->n;
+    return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)cache_held(c);
+}
+
+size_t mha_cache_peak_bytes(const MixerCache *c) {
+    return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->held_peak;
 }
 
 static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
@@ -316,24 +364,77 @@ static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
 
-    // project the one new token; its k and v go straight into the cache's next slot
-    float *kt = c->k + (size_t)t * kvd, *vt = c->v + (size_t)t * kvd;
+    // project the one new token; its k and v go into row (t - base) % cap, which on a full ring is
+    // the row of token t - W: no query from here on can see that one
+    size_t row = (size_t)((t - c->base) % c->cap) * kvd;
+    float *kt = c->k + row, *vt = c->v + row;
     linear_forward(c->q, x, params + off[WQ], NULL, 1, d, qd);
     linear_forward(kt, x, params + off[WK], NULL, 1, d, kvd);
     linear_forward(vt, x, params + off[WV], NULL, 1, d, kvd);
     for (int h = 0; h < H; h++) rope_apply(c->q + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
     for (int h = 0; h < G; h++) rope_apply(kt + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
     c->n++;
+    if (cache_held(c) > c->held_peak) c->held_peak = cache_held(c);
 
     // one row of attention per query head, over the cached keys (the last W on a local layer)
-    int lo = first_key(t, mha_layer_window(g, m->layer));
+    int lo = first_key(t, c->window);
     float scale = 1.0f / sqrtf((float)dh);
     for (int h = 0; h < H; h++) {
         size_t kvh = (size_t)(h / group) * dh;
         attend(c->o + (size_t)h * dh, c->p, c->s, c->q + (size_t)h * dh, c->k + kvh, c->v + kvh,
-               (size_t)kvd, lo, t, dh, scale);
+               (size_t)kvd, lo, t, c->base, c->cap, dh, scale);
     }
     linear_forward(out, c->o, params + off[WO], NULL, 1, qd, d);
+}
+
+void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params, int n_tokens) {
+    const ModelGeometry *g = m->g;
+    int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
+    int qd = H * dh, kvd = G * dh, group = H / G, W = c->window, n0 = c->n;
+    CHECK(n_tokens >= 1 && n0 + n_tokens <= c->max_T, "gqa prefill: %d tokens after %d do not fit %d", n_tokens,
+          n0, c->max_T);
+    double theta = mha_layer_rope_theta(g, m->layer);
+    float scale = 1.0f / sqrtf((float)dh);
+    size_t off[N_WEIGHTS];
+    param_offsets(g, off);
+
+    // A local layer's chunk: the first query (position n0) needs the W-1 keys before it, the last
+    // one (n0+c-1) needs the chunk's own c keys, so the buffer holds W-1+c tokens while computing,
+    // laid out in position order from the oldest one kept.
+    if (W > 0) {
+        int keep = n0 < W - 1 ? n0 : W - 1;
+        cache_relayout(c, keep + n_tokens, n0 - keep, n0 - keep);
+    }
+    int held = (W > 0 ? c->cap : n0 + n_tokens);
+    if (held > c->held_peak) c->held_peak = held;
+
+    // the chunk's rows are contiguous in either layout: positions n0.. sit in rows n0 - base..
+    float *q = mallocCheck(sizeof(float) * 2 * (size_t)n_tokens * qd), *o = q + (size_t)n_tokens * qd;
+    float *kc = c->k + (size_t)(n0 - c->base) * kvd, *vc = c->v + (size_t)(n0 - c->base) * kvd;
+    linear_forward(q, x, params + off[WQ], NULL, n_tokens, d, qd);    // (c, H*dh)
+    linear_forward(kc, x, params + off[WK], NULL, n_tokens, d, kvd);  // (c, G*dh)
+    linear_forward(vc, x, params + off[WV], NULL, n_tokens, d, kvd);  // (c, G*dh)
+    for (int r = 0; r < n_tokens; r++) {
+        for (int h = 0; h < H; h++) rope_apply(q + (size_t)r * qd + (size_t)h * dh, n0 + r, dh, theta, ROPE_HALF, 0);
+        for (int h = 0; h < G; h++) rope_apply(kc + (size_t)r * kvd + (size_t)h * dh, n0 + r, dh, theta, ROPE_HALF, 0);
+    }
+    for (int r = 0; r < n_tokens; r++) {
+        int i = n0 + r, lo = first_key(i, W);
+        for (int h = 0; h < H; h++) {
+            size_t kvh = (size_t)(h / group) * dh, qh = (size_t)r * qd + (size_t)h * dh;
+            attend(o + qh, c->p, c->s, q + qh, c->k + kvh, c->v + kvh, (size_t)kvd, lo, i, c->base, c->cap, dh,
+                   scale);
+        }
+    }
+    linear_forward(out, o, params + off[WO], NULL, n_tokens, qd, d);   // (c, d)
+    free(q);
+    c->n = n0 + n_tokens;
+
+    // back to the ring: only the last W tokens stay
+    if (W > 0) {
+        int rest = cache_rest_cap(c);
+        cache_relayout(c, rest, 0, c->n > rest ? c->n - rest : 0);
+    }
 }
 
 // ---- what the chapters draw ----------------------------------------------------------------------

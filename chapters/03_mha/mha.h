@@ -8,7 +8,8 @@
 //   wq (H*dh, d), wk (G*dh, d), wv (G*dh, d), wo (d, H*dh)
 // RoPE: half-split pairs (i, i + dh/2) (ROPE_HALF, GPT-NeoX / Llama / Hugging Face), on every dim of
 // every query and key head, base rope_theta (rope_local_theta on LAYER_LOCAL layers when nonzero).
-// A LAYER_LOCAL layer sees the last sliding_window keys, itself included (i - W < j <= i).
+// A LAYER_LOCAL layer sees the last sliding_window keys, itself included (i - W < j <= i), and its
+// decode cache is a ring buffer of W rows: cache_bytes stops growing at W tokens (chapter 6).
 #pragma once
 #include "mixer.h"
 
@@ -23,3 +24,10 @@ double mha_layer_rope_theta(const ModelGeometry *g, int layer);
 // Convenience for chapter programs: P (H,T,T) = the attention weights of one sequence x (T,d).
 // Runs a full forward with its own (allocated, freed) buffers; not for hot paths.
 void mha_attention_probs(float *P, const float *x, const float *params, const Mixer *m, int T);
+
+// Chunked prefill: appends n_tokens tokens x (n_tokens, d) to the cache at once and writes their outputs
+// out (n_tokens, d), equal to forward at those positions. On a local layer the buffer holds W-1+n_tokens
+// tokens while the chunk computes and the last W afterwards; decode steps and prefill chunks mix freely.
+void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params, int n_tokens);
+// The most bytes of K/V the cache has held at any moment (a prefill chunk's peak included).
+size_t mha_cache_peak_bytes(const MixerCache *c);

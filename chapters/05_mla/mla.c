@@ -1,0 +1,585 @@
+// mla.c: multi-head latent attention (DeepSeek-V2/V3): forward, backward, two cached decode paths
+// (naive and absorbed), cache accounting and the attention matrices it draws.
+//
+// Dims used throughout: d = d_model, H heads, qr = q_lora_rank, dc = kv_lora_rank, dn = qk_nope_head_dim,
+// dr = qk_rope_head_dim, dv = v_head_dim; dqk = dn + dr (one head's query/key), dkv = dn + dv (one
+// head's rows of wkv_b: W_UK[h] then W_UV[h]). N = B*T rows.
+//
+// The forward (training, prefill) runs the naive form: it up-projects the latent into every head's
+// k_nope and v once for the whole sequence. Decode keeps only [c_kv | k_pe] per token (dc + dr
+// elements, DeepSeek-V3: 512 + 64 = 576) and either rebuilds the heads' K/V from it (naive) or folds
+// the up-projections into the query and the output (absorbed). All three give the same numbers.
+#include "05_mla/mla.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "03_mha/mha.h"   // mha_layer_window, mha_layer_rope_theta: layer kinds mean the same here
+#include "check.h"
+#include "mathx.h"
+
+typedef struct { int d, H, qr, dc, dn, dr, dv, dqk, dkv; } Dims;
+
+static Dims dims_of(const ModelGeometry *g) {
+    CHECK(g->attn == ATTN_MLA, "mla: geometry '%s' is not MLA", g->name);
+    Dims z = {.d = g->d_model, .H = g->n_heads, .qr = g->q_lora_rank, .dc = g->kv_lora_rank,
+              .dn = g->qk_nope_head_dim, .dr = g->qk_rope_head_dim, .dv = g->v_head_dim};
+    z.dqk = z.dn + z.dr;
+    z.dkv = z.dn + z.dv;
+    CHECK(z.d > 0 && z.H > 0 && z.dc > 0 && z.dv > 0 && z.qr >= 0 && z.dn >= 0 && z.dr >= 0 && z.dqk > 0,
+          "mla: impossible geometry d %d H %d q_lora %d dc %d dn %d dr %d dv %d", z.d, z.H, z.qr, z.dc, z.dn,
+          z.dr, z.dv);
+    CHECK(z.dr % 2 == 0, "mla: qk_rope_head_dim %d must be even (RoPE pairs)", z.dr);
+    return z;
+}
+
+// ---- parameters ----------------------------------------------------------------------------------
+
+enum { WQ, WQ_A, Q_NORM, WQ_B, WKV_A, KV_NORM, WKV_B, WO, N_SLOTS };
+static const char *const slot_names[N_SLOTS] = {"wq", "wq_a", "q_norm", "wq_b", "wkv_a", "kv_norm", "wkv_b", "wo"};
+
+// Shapes and offsets of the parameter tensors; ndim[s] = 0 for a tensor this geometry does not have
+// (wq with a query low-rank, wq_a/q_norm/wq_b without). Returns the total in floats.
+static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][2]) {
+    int64_t q_out = (int64_t)z->H * z->dqk;
+    int64_t s[N_SLOTS][2] = {
+        [WQ] = {q_out, z->d},           [WQ_A] = {z->qr, z->d},  [Q_NORM] = {z->qr, 1},
+        [WQ_B] = {q_out, z->qr},        [WKV_A] = {z->dc + z->dr, z->d}, [KV_NORM] = {z->dc, 1},
+        [WKV_B] = {(int64_t)z->H * z->dkv, z->dc}, [WO] = {z->d, (int64_t)z->H * z->dv},
+    };
+    size_t total = 0;
+    for (int i = 0; i < N_SLOTS; i++) {
+        int low_rank_q = i == WQ_A || i == Q_NORM || i == WQ_B;
+        ndim[i] = (i == WQ && z->qr > 0) || (low_rank_q && z->qr == 0) ? 0 : (i == Q_NORM || i == KV_NORM ? 1 : 2);
+        shape[i][0] = s[i][0];
+        shape[i][1] = s[i][1];
+        off[i] = total;
+        if (ndim[i]) total += (size_t)(s[i][0] * s[i][1]);
+    }
+    return total;
+}
+
+// The weights as pointers into a parameter (or gradient) slice; NULL where absent.
+typedef struct { float *wq, *wq_a, *q_norm, *wq_b, *wkv_a, *kv_norm, *wkv_b, *wo; } MlaWeights;
+
+static MlaWeights weights_at(const Dims *z, float *params) {
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS];
+    int64_t shape[N_SLOTS][2];
+    layout(z, off, nd, shape);
+    float *p[N_SLOTS];
+    for (int i = 0; i < N_SLOTS; i++) p[i] = nd[i] ? params + off[i] : NULL;
+    return (MlaWeights){p[WQ], p[WQ_A], p[Q_NORM], p[WQ_B], p[WKV_A], p[KV_NORM], p[WKV_B], p[WO]};
+}
+
+// ---- pieces shared by forward and decode -----------------------------------------------------------
+
+// q (N, H*dqk) from x (N,d). With a query low-rank also saves qa = x Wq_a^T and cq = q_norm(qa)
+// (N,qr) and the norm's rstd (N) (rstd may be NULL in decode).
+static void query_forward(float *q, float *qa, float *cq, float *rstd, const float *x, const MlaWeights *w,
+                          const Dims *z, int N) {
+    if (z->qr == 0) {
+        linear_forward(q, x, w->wq, NULL, N, z->d, z->H * z->dqk);
+        return;
+    }
+    linear_forward(qa, x, w->wq_a, NULL, N, z->d, z->qr);
+    rmsnorm_forward(cq, rstd, qa, w->q_norm, N, z->qr, MLA_NORM_EPS);
+    linear_forward(q, cq, w->wq_b, NULL, N, z->qr, z->H * z->dqk);
+}
+
+// [c_kv | k_pe] = x Wkv_a^T, as two products: rows 0..dc-1 of wkv_a make the latent, rows dc..dc+dr-1
+// the RoPE key. ckv_raw (N,dc) before kv_norm, ckv (N,dc) after, rstd (N) (may be NULL), kpe (N,dr)
+// not yet rotated.
+static void latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x,
+                           const MlaWeights *w, const Dims *z, int N) {
+    linear_forward(ckv_raw, x, w->wkv_a, NULL, N, z->d, z->dc);
+    linear_forward(kpe, x, w->wkv_a + (size_t)z->dc * z->d, NULL, N, z->d, z->dr);
+    rmsnorm_forward(ckv, rstd, ckv_raw, w->kv_norm, N, z->dc, MLA_NORM_EPS);
+}
+
+// RoPE (interleaved pairs, DeepSeek's convention) or its inverse (the backward) on the q_pe part of
+// every head of N query rows (N, H*dqk); row r is the token at position r % T.
+static void rope_queries(float *q, int N, int T, const Dims *z, double theta, int inverse) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z->H; h++)
+            rope_apply(q + ((size_t)r * z->H + h) * z->dqk + z->dn, r % T, z->dr, theta, ROPE_INTERLEAVED, inverse);
+}
+
+// The same on the shared RoPE keys k_pe (N, dr): one key per token, not one per head.
+static void rope_keys(float *kpe, int N, int T, int dr, double theta, int inverse) {
+    for (int r = 0; r < N; r++) rope_apply(kpe + (size_t)r * dr, r % T, dr, theta, ROPE_INTERLEAVED, inverse);
+}
+
+// First key query i may see: 0 for causal attention, i - W + 1 under a window of W keys.
+static int first_key(int i, int W) { return W > 0 && i - W + 1 > 0 ? i - W + 1 : 0; }
+
+// The naive form, one query head q = [q_nope (dn) | q_pe (dr)] against keys lo..hi:
+//   s_j = (q_nope . k_nope_j + q_pe . k_pe_j) * scale,  p = softmax(s),  o (dv) = sum_j p_j v_j.
+// Key j's [k_nope | v] (this head's dn + dv) is at kv + (j % ring) * kv_stride, its k_pe at
+// kpe + (j % ring) * dr: ring is a local layer's ring-buffer size in decode, and T (no wrap) in the
+// forward. p, s hold n = hi - lo + 1 entries. Forward and naive decode both come here.
+static void attend_naive(float *o, float *p, float *s, const float *q, const float *kv, size_t kv_stride,
+                         const float *kpe, int ring, int lo, int hi, const Dims *z, float scale) {
+    int n = hi - lo + 1;
+    for (int k = 0; k < n; k++) {
+        size_t slot = (size_t)((lo + k) % ring);
+        const float *kn = kv + slot * kv_stride, *kp = kpe + slot * z->dr;
+        float dot = 0.0f;
+        for (int c = 0; c < z->dn; c++) dot += q[c] * kn[c];
+        for (int c = 0; c < z->dr; c++) dot += q[z->dn + c] * kp[c];
+        s[k] = dot * scale;
+    }
+    softmax_row(p, s, NULL, n);
+    for (int c = 0; c < z->dv; c++) o[c] = 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float *v = kv + (size_t)((lo + k) % ring) * kv_stride + z->dn;
+        for (int c = 0; c < z->dv; c++) o[c] += p[k] * v[c];
+    }
+}
+
+// The absorbed form of the same head: the query lives in latent space, q_lat = W_UK[h]^T q_nope (dc),
+//   s_j = (q_lat . c_kv_j + q_pe . k_pe_j) * scale,  p = softmax(s),  u (dc) = sum_j p_j c_kv_j,
+// and the caller turns u into o_h = W_UV[h] u. Reads the cache directly: no per-head key or value.
+static void attend_absorbed(float *u, float *p, float *s, const float *q_lat, const float *q_pe, const float *ckv,
+                            const float *kpe, int ring, int lo, int hi, const Dims *z, float scale) {
+    int n = hi - lo + 1;
+    for (int k = 0; k < n; k++) {
+        size_t slot = (size_t)((lo + k) % ring);
+        const float *cj = ckv + slot * z->dc, *kp = kpe + slot * z->dr;
+        float dot = 0.0f;
+        for (int c = 0; c < z->dc; c++) dot += q_lat[c] * cj[c];
+        for (int c = 0; c < z->dr; c++) dot += q_pe[c] * kp[c];
+        s[k] = dot * scale;
+    }
+    softmax_row(p, s, NULL, n);
+    for (int c = 0; c < z->dc; c++) u[c] = 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float *cj = ckv + (size_t)((lo + k) % ring) * z->dc;
+        for (int c = 0; c < z->dc; c++) u[c] += p[k] * cj[c];
+    }
+}
+
+// ---- activations saved by forward -----------------------------------------------------------------
+
+// P comes first so batch 0's attention matrices sit at offset 0 whatever B is (mixing_matrix knows T).
+typedef struct {
+    float *P;        // (B,H,T,T) attention weights, exactly 0 where masked
+    float *q;        // (N,H*dqk) queries, q_pe rotated
+    float *qa, *cq;  // (N,qr) query latent before / after q_norm (only with q_lora_rank > 0)
+    float *rstd_q;   // (N)
+    float *ckv_raw;  // (N,dc) latent before kv_norm
+    float *ckv;      // (N,dc) latent after kv_norm: what decode caches
+    float *rstd_kv;  // (N)
+    float *kpe;      // (N,dr) shared RoPE keys, rotated: what decode caches
+    float *kv;       // (N,H*dkv) per head [k_nope | v] = c_kv [W_UK[h] | W_UV[h]]^T
+    float *o;        // (N,H*dv) head outputs, before wo
+} MlaAct;
+
+// Hands out the next n floats of base (NULL when only counting).
+static float *take(float *base, size_t *used, size_t n) {
+    float *p = base ? base + *used : NULL;
+    *used += n;
+    return p;
+}
+
+// Points a's fields into act (may be NULL) and returns the floats they need.
+static size_t act_carve(MlaAct *a, float *act, const Dims *z, int B, int T) {
+    size_t N = (size_t)B * T, used = 0, qr = (size_t)z->qr;
+    a->P = take(act, &used, (size_t)B * z->H * T * T);
+    a->q = take(act, &used, N * z->H * z->dqk);
+    a->qa = take(act, &used, N * qr);
+    a->cq = take(act, &used, N * qr);
+    a->rstd_q = take(act, &used, qr ? N : 0);
+    a->ckv_raw = take(act, &used, N * z->dc);
+    a->ckv = take(act, &used, N * z->dc);
+    a->rstd_kv = take(act, &used, N);
+    a->kpe = take(act, &used, N * z->dr);
+    a->kv = take(act, &used, N * z->H * z->dkv);
+    a->o = take(act, &used, N * z->H * z->dv);
+    return used;
+}
+
+// ---- MixerOps ------------------------------------------------------------------------------------
+
+static int mla_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
+    (void)layer;
+    Dims z = dims_of(g);
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS], n = 0;
+    int64_t shape[N_SLOTS][2];
+    layout(&z, off, nd, shape);
+    for (int i = 0; i < N_SLOTS; i++) {
+        if (!nd[i]) continue;
+        CHECK(n < cap, "mla: param_tensors needs more than %d slots", cap);
+        memset(&out[n], 0, sizeof out[n]);
+        snprintf(out[n].name, sizeof out[n].name, "%s", slot_names[i]);
+        out[n].ndim = nd[i];
+        out[n].shape[0] = shape[i][0];
+        if (nd[i] == 2) out[n].shape[1] = shape[i][1];
+        out[n].offset = off[i];
+        n++;
+    }
+    return n;
+}
+
+static void mla_init(const Mixer *m, float *params, Rng *rng) {
+    Dims z = dims_of(m->g);
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS];
+    int64_t shape[N_SLOTS][2];
+    layout(&z, off, nd, shape);
+    int L = m->g->n_layers > 0 ? m->g->n_layers : 1;
+    for (int i = 0; i < N_SLOTS; i++) {
+        long n = (long)(shape[i][0] * shape[i][1]);
+        if (!nd[i]) continue;
+        if (nd[i] == 1) {
+            for (long k = 0; k < n; k++) params[off[i] + k] = 1.0f;   // RMSNorm gains start at 1
+        } else {
+            // GPT-2: the projection back into the residual stream is scaled by 1/sqrt(2 * n_layers)
+            float std = i == WO ? 0.02f / sqrtf(2.0f * (float)L) : 0.02f;
+            rng_fill_normal(rng, params + off[i], n, std);
+        }
+    }
+}
+
+static size_t mla_act_floats(const ModelGeometry *g, int layer, int B, int T) {
+    (void)layer;
+    Dims z = dims_of(g);
+    MlaAct a;
+    return act_carve(&a, NULL, &z, B, T);
+}
+
+static void mla_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B,
+                        int T) {
+    const ModelGeometry *g = m->g;
+    Dims z = dims_of(g);
+    int N = B * T, W = mha_layer_window(g, m->layer);
+    double theta = mha_layer_rope_theta(g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);   // (dn + dr)^-0.5: the key is dn + dr wide
+    MlaWeights w = weights_at(&z, (float *)params);   // read only
+    MlaAct a;
+    act_carve(&a, act, &z, B, T);
+
+    query_forward(a.q, a.qa, a.cq, a.rstd_q, x, &w, &z, N);           // (N, H*dqk)
+    rope_queries(a.q, N, T, &z, theta, 0);
+    latent_forward(a.ckv, a.ckv_raw, a.rstd_kv, a.kpe, x, &w, &z, N);  // (N,dc), (N,dr)
+    rope_keys(a.kpe, N, T, z.dr, theta, 0);
+    // the naive form: every head's k_nope and v from the latent, for the whole sequence at once
+    linear_forward(a.kv, a.ckv, w.wkv_b, NULL, N, z.dc, z.H * z.dkv);  // (N, H*(dn+dv))
+
+    // Each (batch, head) is independent: threads split them, every output element has one writer.
+    size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
+    #pragma omp parallel
+    {
+        float *s = mallocCheck(sizeof(float) * (size_t)T);
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < z.H; h++)
+                for (int i = 0; i < T; i++) {
+                    size_t row = (size_t)b * T + i;
+                    float *p = a.P + (((size_t)b * z.H + h) * T + i) * T;
+                    int lo = first_key(i, W);
+                    memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
+                    attend_naive(a.o + row * o_row + (size_t)h * z.dv, p + lo, s, a.q + row * q_row + (size_t)h * z.dqk,
+                                 a.kv + (size_t)b * T * kv_row + (size_t)h * z.dkv, kv_row, a.kpe + (size_t)b * T * z.dr,
+                                 T, lo, i, &z, scale);
+                }
+        free(s);
+    }
+    linear_forward(out, a.o, w.wo, NULL, N, z.H * z.dv, z.d);   // (N, d)
+}
+
+static void mla_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                         const float *x, const float *params, int B, int T) {
+    const ModelGeometry *g = m->g;
+    Dims z = dims_of(g);
+    int N = B * T, W = mha_layer_window(g, m->layer);
+    double theta = mha_layer_rope_theta(g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);
+    MlaWeights w = weights_at(&z, (float *)params), dw = weights_at(&z, dparams);
+    MlaAct a;
+    act_carve(&a, (float *)act, &z, B, T);   // read only
+    size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
+
+    // Gradient buffers: the interface hands backward no scratch, so one zeroed block per call.
+    size_t n_scratch = (size_t)N * (q_row + kv_row + (size_t)z.H * z.dr + z.dr + 2 * (size_t)z.dc + o_row + 2 * (size_t)z.qr);
+    float *scratch = callocCheck(n_scratch, sizeof(float));
+    size_t used = 0;
+    float *dq = take(scratch, &used, (size_t)N * q_row);              // (N, H*dqk)
+    float *dkv = take(scratch, &used, (size_t)N * kv_row);            // (N, H*dkv)
+    float *dkpe_h = take(scratch, &used, (size_t)N * z.H * z.dr);     // (N, H, dr) each head's share
+    float *dkpe = take(scratch, &used, (size_t)N * z.dr);             // (N, dr)
+    float *dckv = take(scratch, &used, (size_t)N * z.dc);             // (N, dc) after kv_norm
+    float *dckv_raw = take(scratch, &used, (size_t)N * z.dc);         // (N, dc) before kv_norm
+    float *d_o = take(scratch, &used, (size_t)N * o_row);             // (N, H*dv)
+    float *dcq = take(scratch, &used, (size_t)N * z.qr);              // (N, qr) after q_norm
+    float *dqa = take(scratch, &used, (size_t)N * z.qr);              // (N, qr) before q_norm
+
+    // out = o wo^T
+    linear_backward(d_o, dw.wo, NULL, dout, a.o, w.wo, N, (int)o_row, z.d);
+
+    // The attention core, threads over (batch, head). The k_pe every head shares would be written
+    // by all heads at once, so each head adds into its own slot of dkpe_h, summed below in head order.
+    #pragma omp parallel
+    {
+        float *dp = mallocCheck(sizeof(float) * 2 * (size_t)T), *ds = dp + T;
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < z.H; h++)
+                for (int i = 0; i < T; i++) {
+                    size_t ri = (size_t)b * T + i;
+                    int lo = first_key(i, W), n = i - lo + 1;
+                    const float *p = a.P + (((size_t)b * z.H + h) * T + i) * T + lo;
+                    const float *q = a.q + ri * q_row + (size_t)h * z.dqk, *go = d_o + ri * o_row + (size_t)h * z.dv;
+                    float *gq = dq + ri * q_row + (size_t)h * z.dqk;
+                    // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j
+                    for (int k = 0; k < n; k++) {
+                        const float *v = a.kv + ((size_t)b * T + lo + k) * kv_row + (size_t)h * z.dkv + z.dn;
+                        float dot = 0.0f;
+                        for (int c = 0; c < z.dv; c++) dot += go[c] * v[c];
+                        dp[k] = dot;
+                    }
+                    softmax_row_backward(ds, p, dp, n);
+                    // s_j = ([q_nope|q_pe] . [k_nope_j|k_pe_j]) * scale; dv_j += p_j do_i
+                    for (int k = 0; k < n; k++) {
+                        size_t rj = (size_t)b * T + lo + k;
+                        const float *kn = a.kv + rj * kv_row + (size_t)h * z.dkv, *kp = a.kpe + rj * z.dr;
+                        float *gkv = dkv + rj * kv_row + (size_t)h * z.dkv;
+                        float *gkp = dkpe_h + (rj * z.H + h) * z.dr;
+                        float gs = ds[k] * scale;
+                        for (int c = 0; c < z.dn; c++) {
+                            gq[c] += gs * kn[c];
+                            gkv[c] += gs * q[c];
+                        }
+                        for (int c = 0; c < z.dr; c++) {
+                            gq[z.dn + c] += gs * kp[c];
+                            gkp[c] += gs * q[z.dn + c];
+                        }
+                        for (int c = 0; c < z.dv; c++) gkv[z.dn + c] += p[k] * go[c];
+                    }
+                }
+        free(dp);
+    }
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z.H; h++)
+            for (int c = 0; c < z.dr; c++) dkpe[(size_t)r * z.dr + c] += dkpe_h[((size_t)r * z.H + h) * z.dr + c];
+
+    // RoPE is a rotation: its backward is the inverse rotation at the same position.
+    rope_queries(dq, N, T, &z, theta, 1);
+    rope_keys(dkpe, N, T, z.dr, theta, 1);
+
+    // kv = c_kv wkv_b^T, c_kv = kv_norm(ckv_raw), [ckv_raw | kpe] = x wkv_a^T
+    linear_backward(dckv, dw.wkv_b, NULL, dkv, a.ckv, w.wkv_b, N, z.dc, (int)kv_row);
+    rmsnorm_backward(dckv_raw, dw.kv_norm, dckv, a.ckv_raw, w.kv_norm, a.rstd_kv, N, z.dc);
+    linear_backward(dx, dw.wkv_a, NULL, dckv_raw, x, w.wkv_a, N, z.d, z.dc);
+    size_t pe_rows = (size_t)z.dc * z.d;   // wkv_a's k_pe rows start after its dc latent rows
+    linear_backward(dx, dw.wkv_a + pe_rows, NULL, dkpe, x, w.wkv_a + pe_rows, N, z.d, z.dr);
+
+    // q = x wq^T, or q = q_norm(x wq_a^T) wq_b^T
+    if (z.qr == 0) {
+        linear_backward(dx, dw.wq, NULL, dq, x, w.wq, N, z.d, (int)q_row);
+    } else {
+        linear_backward(dcq, dw.wq_b, NULL, dq, a.cq, w.wq_b, N, z.qr, (int)q_row);
+        rmsnorm_backward(dqa, dw.q_norm, dcq, a.qa, w.q_norm, a.rstd_q, N, z.qr);
+        linear_backward(dx, dw.wq_a, NULL, dqa, x, w.wq_a, N, z.d, z.qr);
+    }
+    free(scratch);
+}
+
+// ---- decode: the cache holds only [c_kv | k_pe] per token ------------------------------------------
+
+struct MixerCache {
+    Dims z;
+    int max_T;        // tokens the cache can decode in total
+    int cap;          // slots: max_T, or the window W of a local layer (a ring buffer: slot = pos % cap)
+    int n;            // tokens decoded so far (the next position)
+    int absorbed;     // decode path: 1 absorbed, 0 naive
+    float *ckv;       // (cap, dc) latents after kv_norm      } the cache: dc + dr floats per token
+    float *kpe;       // (cap, dr) shared keys after RoPE     }
+    // one step's scratch (not cache: it does not grow with context)
+    float *qa, *cq;   // (qr)
+    float *q;         // (H*dqk)
+    float *ckv_raw;   // (dc)
+    float *q_lat;     // (dc) absorbed: one head's query in latent space
+    float *u;         // (dc) absorbed: one head's attention-weighted latent
+    float *o;         // (H*dv) head outputs
+    float *s, *p;     // (cap) one head's logits and weights
+    float *kvh;       // (cap, dn+dv) naive: one head's rebuilt [k_nope | v] of every held token
+};
+
+static MixerCache *mla_cache_new(const Mixer *m, int max_T) {
+    Dims z = dims_of(m->g);
+    CHECK(max_T > 0, "mla: cache for %d tokens", max_T);
+    int W = mha_layer_window(m->g, m->layer);
+    MixerCache *c = mallocCheck(sizeof *c);
+    c->z = z;
+    c->max_T = max_T;
+    c->cap = W > 0 && W < max_T ? W : max_T;
+    c->n = 0;
+    c->absorbed = 1;
+    size_t cap = (size_t)c->cap, sizes[] = {cap * z.dc, cap * z.dr, (size_t)z.qr, (size_t)z.qr,
+                                            (size_t)z.H * z.dqk, (size_t)z.dc, (size_t)z.dc, (size_t)z.dc,
+                                            (size_t)z.H * z.dv, cap, cap, cap * z.dkv};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    float *base = callocCheck(total, sizeof(float));
+    size_t used = 0;
+    float **fields[] = {&c->ckv, &c->kpe, &c->qa, &c->cq, &c->q, &c->ckv_raw, &c->q_lat, &c->u,
+                        &c->o, &c->s, &c->p, &c->kvh};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take(base, &used, sizes[i]);
+    return c;
+}
+
+static void mla_cache_free(MixerCache *c) {
+    if (!c) return;
+    free(c->ckv);   // the start of the one block
+    free(c);
+}
+
+static int held_tokens(const MixerCache *c) { return c->n < c->cap ? c->n : c->cap; }
+
+// (dc + dr) * 4 bytes (fp32) per token held: the per-layer term of kvcache_total_bytes with
+// dtype_bytes = 4. The reserved capacity and the one-step scratch are not counted.
+static size_t mla_cache_bytes(const MixerCache *c) {
+    return sizeof(float) * (size_t)(c->z.dc + c->z.dr) * (size_t)held_tokens(c);
+}
+
+void mla_set_decode_path(MixerCache *c, int absorbed) { c->absorbed = absorbed != 0; }
+int mla_decode_path(const MixerCache *c) { return c->absorbed; }
+
+static size_t slot_of(const MixerCache *c, int pos) {
+    CHECK(pos >= 0 && pos < c->n && pos >= c->n - c->cap, "mla: position %d is not held (%d decoded, %d slots)",
+          pos, c->n, c->cap);
+    return (size_t)(pos % c->cap);
+}
+const float *mla_cache_latent(const MixerCache *c, int pos) { return c->ckv + slot_of(c, pos) * c->z.dc; }
+const float *mla_cache_rope_key(const MixerCache *c, int pos) { return c->kpe + slot_of(c, pos) * c->z.dr; }
+
+static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+    const Dims z = c->z;
+    CHECK(c->n < c->max_T, "mla decode: cache is full (%d tokens)", c->max_T);
+    int t = c->n;   // this token's position
+    double theta = mha_layer_rope_theta(m->g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);
+    MlaWeights w = weights_at(&z, (float *)params);   // read only
+
+    // the new token: its query, and its [c_kv | k_pe] straight into the cache's next slot
+    size_t slot = (size_t)(t % c->cap);
+    float *ckv_t = c->ckv + slot * z.dc, *kpe_t = c->kpe + slot * z.dr;
+    query_forward(c->q, c->qa, c->cq, NULL, x, &w, &z, 1);
+    for (int h = 0; h < z.H; h++) rope_apply(c->q + (size_t)h * z.dqk + z.dn, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    latent_forward(ckv_t, c->ckv_raw, NULL, kpe_t, x, &w, &z, 1);
+    rope_apply(kpe_t, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    c->n++;
+
+    int lo = first_key(t, mha_layer_window(m->g, m->layer)), held = held_tokens(c);
+    for (int h = 0; h < z.H; h++) {
+        const float *qh = c->q + (size_t)h * z.dqk;
+        const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
+        const float *w_uv = w_uk + (size_t)z.dn * z.dc;            // W_UV[h] (dv, dc)
+        float *oh = c->o + (size_t)h * z.dv;
+        if (c->absorbed) {
+            // W_UK folds into the query: q_lat (1,dc) = q_nope (1,dn) W_UK[h] (dn,dc), so the scores
+            // read the dc-wide latents directly; W_UV folds into the output: o_h = W_UV[h] u.
+            matmul(c->q_lat, qh, w_uk, 1, z.dn, z.dc, 0);
+            attend_absorbed(c->u, c->p, c->s, c->q_lat, qh + z.dn, c->ckv, c->kpe, c->cap, lo, t, &z, scale);
+            linear_forward(oh, c->u, w_uv, NULL, 1, z.dc, z.dv);
+        } else {
+            // rebuild this head's k_nope and v for every held token: (held, dc) x (dc, dn+dv)
+            linear_forward(c->kvh, c->ckv, w_uk, NULL, held, z.dc, z.dkv);
+            attend_naive(oh, c->p, c->s, qh, c->kvh, (size_t)z.dkv, c->kpe, c->cap, lo, t, &z, scale);
+        }
+    }
+    linear_forward(out, c->o, w.wo, NULL, 1, z.H * z.dv, z.d);
+}
+
+// ---- what the chapters draw ----------------------------------------------------------------------
+
+static int mla_n_mix_heads(const ModelGeometry *g, int layer) {
+    (void)layer;
+    return g->n_heads;
+}
+
+static void mla_mixing_matrix(const Mixer *m, float *A, const float *act, const float *params, int T) {
+    (void)params;
+    memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
+}
+
+const MixerOps mla_mixer = {
+    .name = "mla",
+    .param_tensors = mla_param_tensors,
+    .init = mla_init,
+    .act_floats = mla_act_floats,
+    .forward = mla_forward,
+    .backward = mla_backward,
+    .cache_new = mla_cache_new,
+    .cache_free = mla_cache_free,
+    .cache_bytes = mla_cache_bytes,
+    .decode = mla_decode,
+    .n_mix_heads = mla_n_mix_heads,
+    .mixing_matrix = mla_mixing_matrix,
+};
+
+// ---- helpers for the chapter and the bench --------------------------------------------------------
+
+void mla_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads) {
+    geometry_init(g, "tiny-mla", n_layers, d_model, n_heads, n_heads);
+    int dh = d_model / n_heads;
+    g->attn = ATTN_MLA;
+    // DeepSeek-V3's proportions (dh 128): dn = dv = dh, dr = dh/2; its latent is 4*dh = d/14 and its
+    // query rank about d/5. At tiny d the latent must still be narrower than H*(dn+dv) to compress,
+    // so it is d/2, and the query rank 3d/4.
+    g->qk_nope_head_dim = dh;
+    g->v_head_dim = dh;
+    g->qk_rope_head_dim = dh / 2 >= 2 ? (dh / 2) & ~1 : 2;
+    g->kv_lora_rank = d_model / 2 > 0 ? d_model / 2 : 1;
+    g->q_lora_rank = 3 * d_model / 4;
+    g->head_dim = g->qk_nope_head_dim + g->qk_rope_head_dim;
+}
+
+void mla_attention_probs(float *P, const float *x, const float *params, const Mixer *m, int T) {
+    float *act = mallocCheck(sizeof(float) * mla_act_floats(m->g, m->layer, 1, T));
+    float *out = mallocCheck(sizeof(float) * (size_t)T * m->g->d_model);
+    mla_forward(m, out, act, x, params, 1, T);
+    mla_mixing_matrix(m, P, act, params, T);
+    free(act);
+    free(out);
+}
+
+double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int absorbed,
+                                    int reps) {
+    CHECK(context >= 0 && reps > 0, "mla timing: context %d, reps %d", context, reps);
+    Mixer m = {.ops = &mla_mixer, .g = g, .layer = 0};
+    MixerCache *c = mla_cache_new(&m, context + 1);
+    mla_set_decode_path(c, absorbed);
+    // random latents and RoPE keys stand in for `context` decoded tokens: the cost of a step does not
+    // depend on their values
+    Rng rng;
+    rng_seed(&rng, 5);
+    int held = context < c->cap ? context : c->cap;
+    rng_fill_normal(&rng, c->ckv, (long)held * c->z.dc, 1.0f);
+    rng_fill_normal(&rng, c->kpe, (long)held * c->z.dr, 1.0f);
+    float *x = mallocCheck(sizeof(float) * 2 * (size_t)g->d_model), *out = x + g->d_model;
+    rng_fill_normal(&rng, x, g->d_model, 1.0f);
+
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    c->n = context;
+    mla_decode(&m, c, out, x, params);   // warm-up: caches, page faults
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int r = 0; r < reps; r++) {
+        c->n = context;   // every step is the token at position `context`
+        mla_decode(&m, c, out, x, params);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    omp_set_num_threads(threads);
+    free(x);
+    mla_cache_free(c);
+    return ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / reps;
+}

@@ -1,0 +1,267 @@
+// kvcache: how much memory the decode cache of real models takes, from their Hugging Face config.json.
+//
+//   ./kvcache data/configs/llama3-8b.json data/configs/deepseek-v3.json --context 131072
+//
+// One row per model: layers (global / local), attention kind, KV bytes per token across all layers,
+// fixed state (linear layers), and the total for --batch sequences of --context tokens. Sliding-window
+// layers hold min(context, W) tokens, which is why a windowed model's total grows slower than
+// "bytes per token x context". --json prints the same numbers as JSON; --plot draws total vs context.
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "check.h"
+#include "cli.h"
+#include "geometry.h"
+#include "hfconfig.h"
+#include "kvcache.h"
+#include "plot.h"
+
+static const char *dtype_names[] = {"bf16", "fp16", "fp32", "fp8"};
+static const int dtype_bytes[] = {2, 2, 4, 1};
+
+typedef struct {
+    const char *path;
+    ModelGeometry g;
+    char dtype[24];          // "bf16" (from --dtype) or "fp32 (config)"
+    double per_token, fixed, total;
+} Model;
+
+// "128K" for 131072, "1M" for 1048576, else the plain number.
+static const char *fmt_tokens(char *buf, size_t cap, long n) {
+    if (n >= 1048576 && n % 1048576 == 0) snprintf(buf, cap, "%ldM", n / 1048576);
+    else if (n >= 1024 && n % 1024 == 0) snprintf(buf, cap, "%ldK", n / 1024);
+    else snprintf(buf, cap, "%ld", n);
+    return buf;
+}
+
+// "GQA 32q/8kv x 128", "MLA 512+64", "MLA 512+64, DSA key 128".
+static void describe_attention(char *buf, size_t cap, const ModelGeometry *g) {
+    int n;
+    if (g->attn == ATTN_MLA)
+        n = snprintf(buf, cap, "MLA %d+%d", g->kv_lora_rank, g->qk_rope_head_dim);
+    else
+        n = snprintf(buf, cap, "%s %dq/%dkv x %d", geometry_attn_name(g), g->n_heads, g->n_kv_heads, g->head_dim);
+    if (g->index_n_heads > 0 && n >= 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, ", DSA key %d", g->index_head_dim);
+}
+
+// "32 (32/0)", "62 (10/52, W 1024)", plus linear layers when there are any.
+static void describe_layers(char *buf, size_t cap, const ModelGeometry *g) {
+    int n_global = geometry_count(g, LAYER_GLOBAL), n_local = geometry_count(g, LAYER_LOCAL);
+    int n_linear = geometry_count(g, LAYER_LINEAR);
+    int n = snprintf(buf, cap, "%d (%d/%d", g->n_layers, n_global, n_local);
+    if (n_local > 0 && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", W %d", g->sliding_window);
+    if (n_linear > 0 && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", %d linear", n_linear);
+    if (n >= 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, ")");
+}
+
+// "128.00 KiB (131072 B)": human-readable, then exact.
+static const char *fmt_both(char *buf, size_t cap, double bytes) {
+    char h[32];
+    snprintf(buf, cap, "%s (%.0f B)", fmt_bytes(h, sizeof h, bytes), bytes);
+    return buf;
+}
+
+enum { N_COLS = 7, CELL = 64 };
+
+static void print_table(const Model *m, int n, long context, long batch) {
+    char tok[32];
+    int beyond = 0;   // some model's context limit is below `context`
+    char (*cells)[N_COLS][CELL] = callocCheck((size_t)n + 1, sizeof *cells);
+    snprintf(cells[0][0], CELL, "model");
+    snprintf(cells[0][1], CELL, "layers (global/local)");
+    snprintf(cells[0][2], CELL, "attention");
+    snprintf(cells[0][3], CELL, "dtype");
+    snprintf(cells[0][4], CELL, "KV bytes per token");
+    snprintf(cells[0][5], CELL, "fixed state");
+    snprintf(cells[0][6], CELL, "total at %s tokens x %ld", fmt_tokens(tok, sizeof tok, context), batch);
+    for (int i = 0; i < n; i++) {
+        char (*row)[CELL] = cells[i + 1];
+        snprintf(row[0], CELL, "%s", m[i].g.name);
+        describe_layers(row[1], CELL, &m[i].g);
+        describe_attention(row[2], CELL, &m[i].g);
+        snprintf(row[3], CELL, "%s", m[i].dtype);
+        fmt_both(row[4], CELL, m[i].per_token);
+        fmt_both(row[5], CELL, m[i].fixed);
+        fmt_both(row[6], CELL, m[i].total);
+        if (m[i].g.max_seq_len > 0 && context > m[i].g.max_seq_len) {
+            strcat(row[6], " *");
+            beyond = 1;
+        }
+    }
+    int width[N_COLS] = {0};
+    for (int r = 0; r <= n; r++)
+        for (int c = 0; c < N_COLS; c++)
+            if ((int)strlen(cells[r][c]) > width[c]) width[c] = (int)strlen(cells[r][c]);
+    for (int r = 0; r <= n; r++) {
+        for (int c = 0; c < N_COLS - 1; c++) printf("%-*s  ", width[c], cells[r][c]);
+        printf("%s", cells[r][N_COLS - 1]);
+        printf("\n");
+    }
+    printf("(local layers hold min(context, W) tokens; K = 1024 tokens; KiB, MiB, GiB are powers of 2)\n");
+    if (beyond) printf("* the context is longer than the model's max_position_embeddings\n");
+    free(cells);
+}
+
+static void print_json(const Model *m, int n, long context, long batch) {
+    cJSON *arr = cJSON_CreateArray();
+    CHECK(arr, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const ModelGeometry *g = &m[i].g;
+        char h[32];
+        cJSON *o = cJSON_CreateObject();
+        CHECK(o, "out of memory");
+        cJSON_AddStringToObject(o, "name", g->name);
+        cJSON_AddStringToObject(o, "config", m[i].path);
+        cJSON_AddNumberToObject(o, "layers", g->n_layers);
+        cJSON_AddNumberToObject(o, "global_layers", geometry_count(g, LAYER_GLOBAL));
+        cJSON_AddNumberToObject(o, "local_layers", geometry_count(g, LAYER_LOCAL));
+        cJSON_AddNumberToObject(o, "linear_layers", geometry_count(g, LAYER_LINEAR));
+        cJSON_AddNumberToObject(o, "sliding_window", g->sliding_window);
+        cJSON_AddStringToObject(o, "attention", geometry_attn_name(g));
+        cJSON_AddNumberToObject(o, "num_attention_heads", g->n_heads);
+        cJSON_AddNumberToObject(o, "num_key_value_heads", g->n_kv_heads);
+        cJSON_AddNumberToObject(o, "head_dim", g->head_dim);
+        if (g->attn == ATTN_MLA) {
+            cJSON_AddNumberToObject(o, "kv_lora_rank", g->kv_lora_rank);
+            cJSON_AddNumberToObject(o, "qk_rope_head_dim", g->qk_rope_head_dim);
+        }
+        if (g->index_n_heads > 0) cJSON_AddNumberToObject(o, "index_head_dim", g->index_head_dim);
+        cJSON_AddStringToObject(o, "dtype", m[i].dtype);
+        cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
+        cJSON_AddNumberToObject(o, "kv_bytes_per_token", m[i].per_token);
+        cJSON_AddNumberToObject(o, "fixed_state_bytes", m[i].fixed);
+        cJSON_AddNumberToObject(o, "context", (double)context);
+        cJSON_AddNumberToObject(o, "batch", (double)batch);
+        cJSON_AddNumberToObject(o, "total_bytes", m[i].total);
+        cJSON_AddStringToObject(o, "total", fmt_bytes(h, sizeof h, m[i].total));
+        cJSON_AddItemToArray(arr, o);
+    }
+    char *s = cJSON_Print(arr);
+    CHECK(s, "out of memory");
+    printf("%s\n", s);
+    free(s);
+    cJSON_Delete(arr);
+}
+
+// The palette colour of a model's curve: the mechanism that shapes it (indexer, then window, then kind).
+static int model_color(const ModelGeometry *g) {
+    if (g->index_n_heads > 0) return COLOR_DSA;
+    if (geometry_count(g, LAYER_LOCAL) > 0) return COLOR_SWA;
+    if (g->attn == ATTN_MLA) return COLOR_MLA;
+    if (g->n_kv_heads == g->n_heads) return COLOR_MHA;
+    return g->n_kv_heads == 1 ? COLOR_MQA : COLOR_GQA;
+}
+
+// The extension of --plot FILE picks the format; anything else is a user error (checked before any work).
+static void plot_format(const char *file, int *png, int *svg) {
+    size_t len = strlen(file);
+    *svg = len > 4 && strcasecmp(file + len - 4, ".svg") == 0;
+    *png = len > 4 && strcasecmp(file + len - 4, ".png") == 0;
+    if (!*svg && !*png) die_user("--plot: expected a file name ending in .svg or .png, got '%s'", file);
+}
+
+static void draw_plot(const Model *m, int n, const char *file, long batch, const char *dtype_label) {
+    int png, svg;
+    plot_format(file, &png, &svg);
+    size_t len = strlen(file);
+    char path[1024];
+    if (len - 4 >= sizeof path) die_user("--plot: file name too long");
+    snprintf(path, sizeof path, "%.*s", (int)(len - 4), file);
+
+    enum { NPTS = 41 };   // 1K .. 1M, four points per doubling, so window kinks show
+    double xs[NPTS];
+    for (int p = 0; p < NPTS; p++) xs[p] = round(1024.0 * pow(2.0, p / 4.0));
+    double (*ys)[NPTS] = mallocCheck(sizeof(*ys) * (size_t)n);
+    char (*labels)[160] = mallocCheck(sizeof(*labels) * (size_t)n);
+    PlotSeries *series = callocCheck((size_t)n, sizeof *series);
+    int used[COLOR_COUNT] = {0};
+    for (int i = 0; i < n; i++) {
+        char a[64], b[32];
+        for (int p = 0; p < NPTS; p++) ys[i][p] = kvcache_total_bytes(&m[i].g, (long)xs[p], batch);
+        describe_attention(a, sizeof a, &m[i].g);
+        snprintf(labels[i], sizeof labels[i], "%s (%s%s): %s/token", m[i].g.name, a,
+                 geometry_count(&m[i].g, LAYER_LOCAL) ? ", SWA" : "", fmt_bytes(b, sizeof b, m[i].per_token));
+        int color = model_color(&m[i].g);
+        // the same colour twice: tell the curves apart by dashes
+        series[i] = (PlotSeries){.label = labels[i], .x = xs, .y = ys[i], .n = NPTS, .color = color,
+                                 .dashed = used[color]++ % 2 == 1};
+    }
+    char subtitle[160];
+    snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens",
+             batch, dtype_label);
+    LineChart c = {
+        .title = "KV cache memory vs context length",
+        .subtitle = subtitle,
+        .xlabel = "context length (tokens, log scale)",
+        .ylabel = "KV cache (bytes, log scale)",
+        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
+        .xmin = 1024, .xmax = 1048576,
+        .series = series, .n_series = n,
+        .note = "geometry from each model's Hugging Face config.json (./kvcache)",
+        .legend_pos = n > 4 ? 3 : 0,
+    };
+    plot_line_chart(&c, path, png, svg);
+    free(ys);
+    free(labels);
+    free(series);
+}
+
+int main(int argc, char **argv) {
+    long context = 131072, batch = 1;
+    int dtype = -1, json = 0;
+    const char *plot = NULL;
+    CliOpt opts[] = {
+        {.name = "--context", .type = OPT_LONG, .dst = &context, .meta = "N",
+         .help = "tokens per sequence (default 131072 = 128K)", .min = 1, .max = 1e12},
+        {.name = "--batch", .type = OPT_LONG, .dst = &batch, .meta = "B",
+         .help = "sequences held at once (default 1)", .min = 1, .max = 1e9},
+        {.name = "--dtype", .type = OPT_CHOICE, .dst = &dtype, .meta = "bf16|fp16|fp32|fp8",
+         .help = "cache element type (default: the config's torch_dtype, else bf16)"},
+        {.name = "--json", .type = OPT_FLAG, .dst = &json, .help = "print JSON instead of a table"},
+        {.name = "--plot", .type = OPT_STRING, .dst = &plot, .meta = "FILE.svg|.png",
+         .help = "draw total cache vs context (1K..1M tokens) for all models"},
+    };
+    CliSpec spec = {
+        .prog = "kvcache",
+        .summary = "KV-cache memory of models from their Hugging Face config.json files.",
+        .usage_extra = "example:\n  ./kvcache data/configs/llama3-8b.json data/configs/gemma3-27b.json --context 32768 "
+                       "--plot kv.svg",
+        .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
+        .positional = "CONFIG.json...", .min_positional = 1,
+    };
+    CliArgs a;
+    cli_parse(&spec, &a, argc, argv);
+    if (plot) {
+        int png, svg;
+        plot_format(plot, &png, &svg);
+    }
+
+    Model *m = callocCheck((size_t)a.n_pos, sizeof *m);
+    for (int i = 0; i < a.n_pos; i++) {
+        char err[512];
+        m[i].path = a.pos[i];
+        if (hfconfig_load(&m[i].g, a.pos[i], err, sizeof err) != 0) die_user("%s", err);
+        if (dtype >= 0) {
+            m[i].g.dtype_bytes = dtype_bytes[dtype];
+            snprintf(m[i].dtype, sizeof m[i].dtype, "%s", dtype_names[dtype]);
+        } else {
+            int b = m[i].g.dtype_bytes;
+            snprintf(m[i].dtype, sizeof m[i].dtype, "%s (config)", b == 4 ? "fp32" : b == 1 ? "fp8" : "16-bit");
+        }
+        m[i].per_token = kvcache_bytes_per_token(&m[i].g);
+        m[i].fixed = kvcache_fixed_bytes(&m[i].g);
+        m[i].total = kvcache_total_bytes(&m[i].g, context, batch);
+    }
+    if (plot) draw_plot(m, a.n_pos, plot, batch, dtype >= 0 ? dtype_names[dtype] : "each config's torch_dtype");
+    if (json) print_json(m, a.n_pos, context, batch);
+    else print_table(m, a.n_pos, context, batch);
+    if (plot && !json) printf("wrote %s\n", plot);
+    free(m);
+    free(a.pos);
+    return 0;
+}

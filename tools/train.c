@@ -1,0 +1,161 @@
+// train: trains a tiny decoder-only model on a synthetic task and writes its weights as safetensors.
+//
+//   ./train --mixer mha --task recall --layers 2 --heads 1 --steps 1500 --out data/weights/x.safetensors
+//
+// The weights file carries everything a chapter needs to use the model without retraining: the
+// geometry (with the mixer of each layer), the task and its vocabulary, the seed, the final held-out
+// loss and accuracy, and the loss curve (tensor "train.loss_curve"). Same flags, same bytes.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "cli.h"
+#include "model.h"
+#include "registry.h"
+#include "tasks.h"
+#include "train.h"
+
+#define CURVE_POINTS 200
+
+// "--loss-plot x.png" -> path "x", png only; ".svg" -> svg only.
+static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, int *svg) {
+    size_t n = strlen(arg);
+    *png = n > 4 && strcmp(arg + n - 4, ".png") == 0;
+    *svg = n > 4 && strcmp(arg + n - 4, ".svg") == 0;
+    if (!*png && !*svg) die_user("--loss-plot: expected a file name ending in .png or .svg, got '%s'", arg);
+    if (n - 4 >= cap) die_user("--loss-plot: path too long");
+    memcpy(stem, arg, n - 4);
+    stem[n - 4] = '\0';
+}
+
+int main(int argc, char **argv) {
+    int mixer = 0, task_kind = 0, layers = 2, d_model = 64, heads = 4, kv_heads = 0, d_ff = 0;
+    int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, gap = 0, log_y = 0, quiet = 0;
+    double lr = 3e-3, wd = 0.1;
+    const char *corpus = NULL, *out = NULL, *loss_plot = NULL;
+    CliOpt opts[] = {
+        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head) (default mha)", 0, 0},
+        {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
+        {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
+        {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
+        {"--d-model", OPT_INT, &d_model, "N", "model width (default 64)", 2, 4096},
+        {"--heads", OPT_INT, &heads, "N", "query heads per layer (default 4)", 1, 256},
+        {"--kv-heads", OPT_INT, &kv_heads, "N", "key/value heads for gqa (default heads/2)", 1, 256},
+        {"--d-ff", OPT_INT, &d_ff, "N", "SwiGLU hidden width (default 2 * d_model)", 1, 65536},
+        {"--steps", OPT_INT, &steps, "N", "optimizer steps; 0 writes the untrained model (default 1000)", 0, 10000000},
+        {"--batch", OPT_INT, &batch, "N", "sequences per step (default 32)", 1, 4096},
+        {"--seq-len", OPT_INT, &seq_len, "N", "tokens per sequence (default 32; corpus 64)", 6, 4096},
+        {"--lr", OPT_DOUBLE, &lr, "X", "peak learning rate (default 3e-3)", 1e-7, 1.0},
+        {"--warmup", OPT_INT, &warmup, "N", "linear warmup steps (default 5% of steps)", 0, 10000000},
+        {"--weight-decay", OPT_DOUBLE, &wd, "X", "AdamW weight decay on matrices (default 0.1)", 0.0, 10.0},
+        {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
+        {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
+        {"--out", OPT_STRING, &out, "FILE", "weights to write (.safetensors), required", 0, 0},
+        {"--loss-plot", OPT_STRING, &loss_plot, "FILE", "also draw the loss curve (FILE.png or FILE.svg)", 0, 0},
+        {"--log-y", OPT_FLAG, &log_y, NULL, "loss plot on a log y axis", 0, 0},
+        {"--quiet", OPT_FLAG, &quiet, NULL, "no progress lines", 0, 0},
+    };
+    CliSpec spec = {
+        .prog = "train",
+        .summary = "Train a tiny decoder-only model (token embedding, pre-norm attention + SwiGLU blocks, RoPE) on a synthetic task.",
+        .usage_extra = "example:\n  ./train --mixer mha --task recall --heads 1 --steps 1500 --out data/weights/ch02_recall.safetensors",
+        .flags = CLI_SEED,
+        .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
+    };
+    CliArgs a;
+    cli_parse(&spec, &a, argc, argv);
+    static const char *mixer_flag[] = {"mha", "gqa", "mqa"};
+    static const char *task_names[] = {"recall", "induction", "corpus"};
+
+    // ---- validate the combination before any work -------------------------------------------------
+    if (!out) die_user("missing --out FILE (the .safetensors weights to write)");
+    if (corpus && task_kind != TASK_CORPUS) die_user("--corpus: only with --task corpus");
+    if (d_model % heads) die_user("--d-model %d is not divisible by --heads %d", d_model, heads);
+    if ((d_model / heads) % 2) die_user("head_dim = d_model / heads = %d must be even (RoPE rotates pairs)", d_model / heads);
+    if (mixer == 0) {
+        if (kv_heads && kv_heads != heads) die_user("--kv-heads %d: mha has one kv head per query head (%d); use --mixer gqa", kv_heads, heads);
+        kv_heads = heads;
+    } else if (mixer == 2) {
+        if (kv_heads && kv_heads != 1) die_user("--kv-heads %d: mqa has exactly 1 kv head; use --mixer gqa", kv_heads);
+        kv_heads = 1;
+    } else if (!kv_heads) {
+        kv_heads = heads >= 2 ? heads / 2 : 1;
+    }
+    if (heads % kv_heads) die_user("--heads %d is not divisible by --kv-heads %d", heads, kv_heads);
+    if (!seq_len) seq_len = task_kind == TASK_CORPUS ? 64 : 32;
+    if (!d_ff) d_ff = 2 * d_model;
+    if (loss_plot) {
+        char stem[1024];
+        int png, svg;
+        split_plot_path(loss_plot, stem, sizeof stem, &png, &svg);
+    }
+
+    Task task;
+    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap);
+    else if (task_kind == TASK_INDUCTION) task_induction(&task, seq_len, 26);
+    else task_corpus(&task, seq_len, corpus);
+
+    ModelGeometry g;
+    char name[96];
+    snprintf(name, sizeof name, "tiny-%s-%s", mixer_flag[mixer], task_names[task_kind]);
+    geometry_init(&g, name, layers, d_model, heads, kv_heads);
+    g.vocab_size = task.vocab_size;
+    g.d_ff = d_ff;
+    g.max_seq_len = seq_len;
+    g.dtype_bytes = 4;   // the tiny models compute and cache in fp32
+    const MixerOps *ops[GEOM_MAX_LAYERS];
+    for (int l = 0; l < layers; l++) ops[l] = mixer_by_name(mixer_flag[mixer]);
+    Model *m = model_new(&g, ops, a.seed);
+
+    TrainConfig tc;
+    train_config_default(&tc, steps, batch, a.seed);
+    tc.lr = lr;
+    tc.weight_decay = wd;
+    if (warmup >= 0) tc.warmup = warmup;
+    tc.progress = !quiet;
+    if (!quiet)
+        printf("train: %s, %d layers, d_model %d, %d heads (%d kv), head_dim %d, d_ff %d, vocab %d, %zu params; "
+               "%d steps x %d x %d tokens\n", name, layers, d_model, heads, kv_heads, g.head_dim, d_ff,
+               g.vocab_size, m->n_params, steps, batch, seq_len);
+    TrainResult r;
+    train_run(m, &task, &tc, &r);
+
+    ModelInfo info;
+    memset(&info, 0, sizeof info);
+    snprintf(info.task, sizeof info.task, "%s", task.name);
+    info.task_config = task_config_json(&task);
+    info.vocab = task_vocab_json(&task);
+    info.seed = a.seed;
+    info.steps = steps;
+    info.loss = r.eval_loss;
+    info.accuracy = r.eval_accuracy;
+    info.n_curve = train_loss_curve(&r, CURVE_POINTS, &info.curve);
+    model_save(m, &info, out);
+
+    char sz[32];
+    FILE *f = fopen(out, "rb");
+    long bytes = 0;
+    if (f) { fseek(f, 0, SEEK_END); bytes = ftell(f); fclose(f); }
+    printf("train: held-out loss %.4f, accuracy %.2f%% (%d samples); %d steps in %.1f s (%.0f tokens/s)\n",
+           r.eval_loss, 100.0 * r.eval_accuracy, tc.eval_samples, steps, r.seconds, r.tokens_per_s);
+    printf("train: wrote %s (%s)\n", out, fmt_bytes(sz, sizeof sz, (double)bytes));
+    if (loss_plot && info.n_curve > 0) {
+        char stem[1024], title[200], sub[300];
+        int png, svg;
+        split_plot_path(loss_plot, stem, sizeof stem, &png, &svg);
+        snprintf(title, sizeof title, "Training loss: %d-layer %s (%d heads, d_model %d) on %s", layers,
+                 mixer_flag[mixer], heads, d_model, task.name);
+        snprintf(sub, sizeof sub, "AdamW, lr %g with warmup and cosine decay, batch %d x %d tokens, seed %llu; "
+                 "held-out accuracy %.1f%%", lr, batch, seq_len, (unsigned long long)a.seed, 100.0 * r.eval_accuracy);
+        train_plot_loss(info.curve, info.n_curve, title, sub, stem, png, svg, log_y);
+        printf("train: wrote %s\n", loss_plot);
+    }
+    model_info_free(&info);
+    train_result_free(&r);
+    model_free(m);
+    task_free(&task);
+    free(a.pos);
+    return 0;
+}
