@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "03_mha/mha.h"
+#include "05_mla/mla.h"
+#include "07_dsa/dsa.h"
 
 static const struct {
     const char *name;
@@ -13,9 +15,11 @@ static const struct {
     {"gqa", &gqa_mixer},
     {"mha", &gqa_mixer},
     {"mqa", &gqa_mixer},
+    {"mla", &mla_mixer},
+    {"dsa", &dsa_mixer},
 };
 
-const char *const mixer_names[] = {"gqa", "mha", "mqa", NULL};
+const char *const mixer_names[] = {"gqa", "mha", "mqa", "mla", "dsa", NULL};
 
 const MixerOps *mixer_by_name(const char *name) {
     if (!name) return NULL;

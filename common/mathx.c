@@ -14,6 +14,13 @@
 #include <omp.h>
 #include <string.h>
 
+// Whether work of this size should be spread over threads. Entering an OpenMP region costs a few
+// microseconds even under if(0) (a decode step is about that long), so small calls and calls made
+// from inside a parallel region (a chapter's loop over heads) run straight on the calling thread.
+static int use_threads(long work, long min_work) {
+    return work >= min_work && omp_get_max_threads() > 1 && !omp_in_parallel();
+}
+
 // ---- matrix multiply: references ----------------------------------------------------------------
 
 void matmul_ref(float *C, const float *A, const float *B, int M, int K, int N, int accumulate) {
@@ -45,8 +52,9 @@ void matmul_nt_ref(float *C, const float *A, const float *B, int M, int K, int N
 // block of A (96 KiB) and the KC x NC block of B (256 KiB) of one tile stay in that core's L2.
 enum { MR = 6, NR = 16, KC = 256, MC = 96, NC = 256 };
 
-// Below this many multiply-adds a parallel region costs more than it saves.
-#define MATMUL_PAR_MIN (64L * 1024)
+// Below this many multiply-adds (~5 us on one core) a second thread saves less than the few
+// microseconds a parallel region costs to start (measured: 64x64x64 is faster on one thread).
+#define MATMUL_PAR_MIN (1L << 19)
 
 // A matrix seen through strides: element (r, c) is at p[r * rs + c * cs]. This is how one packed
 // GEMM serves all three forms: A or B transposed is just the strides swapped.
@@ -265,6 +273,21 @@ static void gemm_small_m(float *C, StridedMat A, StridedMat B, int M, int K, int
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// How the output is cut into tiles; every tile is computed by gemm_tile on one thread.
+typedef struct {
+    float *C;
+    StridedMat A, B;
+    int M, K, N, accumulate;
+    int mt, nt;     // tile size (rows <= MC, columns <= NC)
+    int n_m, n_n;   // tiles down and across
+} GemmPlan;
+
+static void gemm_run_tile(const GemmPlan *g, int t, float *Ap, float *Bp) {
+    int i0 = (t / g->n_n) * g->mt, j0 = (t % g->n_n) * g->nt;
+    int m = g->M - i0 < g->mt ? g->M - i0 : g->mt, n = g->N - j0 < g->nt ? g->N - j0 : g->nt;
+    gemm_tile(g->C, g->A, g->B, i0, m, j0, n, g->K, g->N, g->accumulate, Ap, Bp);
+}
+
 // C (M,N) (+)= A (M,K) . B (K,N), with A and B given through strides.
 static void gemm(float *C, StridedMat A, StridedMat B, int M, int K, int N, int accumulate) {
     if (M <= 0 || N <= 0) return;
@@ -272,48 +295,49 @@ static void gemm(float *C, StridedMat A, StridedMat B, int M, int K, int N, int 
         if (!accumulate) memset(C, 0, (size_t)M * N * sizeof(float));
         return;
     }
-    int par = (long)M * N * K >= MATMUL_PAR_MIN && !omp_in_parallel();
+    int par = use_threads((long)M * N * K, MATMUL_PAR_MIN);
     if (M <= SMALL_M && (B.cs == 1 || B.rs == 1)) {
-        // columns in chunks of 64, spread over the threads
-        int n_chunks = (N + 63) / 64;
-        #pragma omp parallel for if(par) schedule(dynamic, 1)
-        for (int ch = 0; ch < n_chunks; ch++) {
-            int j1 = (ch + 1) * 64 < N ? (ch + 1) * 64 : N;
-            gemm_small_m(C, A, B, M, K, N, accumulate, ch * 64, j1);
+        int n_chunks = (N + 63) / 64;   // columns in chunks of 64
+        if (par) {
+            #pragma omp parallel for schedule(dynamic, 1)
+            for (int ch = 0; ch < n_chunks; ch++)
+                gemm_small_m(C, A, B, M, K, N, accumulate, ch * 64, (ch + 1) * 64 < N ? (ch + 1) * 64 : N);
+        } else {
+            gemm_small_m(C, A, B, M, K, N, accumulate, 0, N);
         }
         return;
     }
-    int nth = par ? omp_get_max_threads() : 1;
     // Tiles of up to MC x NC. With several threads, cut them smaller until there are about four per
     // thread, so a thread that the OS delays does not hold up the others (dynamic schedule). The
     // tiling never changes the bits: every element is the same chain over k whatever tile it is in.
-    int mt = M < MC ? M : MC, nt = N < NC ? N : NC;
-    int want = nth > 1 ? 4 * nth : 1;
-    int n_m = (M + mt - 1) / mt;
-    if (n_m * ((N + nt - 1) / nt) < want) {
-        int cols = (want + n_m - 1) / n_m;
-        nt = round_up((N + cols - 1) / cols, NR);
-        if (nt > N) nt = N;
+    GemmPlan g = {C, A, B, M, K, N, accumulate, M < MC ? M : MC, N < NC ? N : NC, 0, 0};
+    int want = par ? 4 * omp_get_max_threads() : 1;
+    g.n_m = (M + g.mt - 1) / g.mt;
+    if (g.n_m * ((N + g.nt - 1) / g.nt) < want) {
+        int cols = (want + g.n_m - 1) / g.n_m;
+        g.nt = round_up((N + cols - 1) / cols, NR);
+        if (g.nt > N) g.nt = N;
     }
-    int n_n = (N + nt - 1) / nt;
-    if (n_m * n_n < want && M > MR) {
-        int rows = (want + n_n - 1) / n_n;
-        mt = round_up((M + rows - 1) / rows, MR);
-        if (mt > M) mt = M;
-        n_m = (M + mt - 1) / mt;
+    g.n_n = (N + g.nt - 1) / g.nt;
+    if (g.n_m * g.n_n < want && M > MR) {
+        int rows = (want + g.n_n - 1) / g.n_n;
+        g.mt = round_up((M + rows - 1) / rows, MR);
+        if (g.mt > M) g.mt = M;
+        g.n_m = (M + g.mt - 1) / g.mt;
     }
-    #pragma omp parallel if(par)
-    {
-        // Packed blocks on each thread's own stack: no allocation, and safe when a chapter calls matmul
-        // from inside its own parallel loop over heads.
-        _Alignas(64) float Ap[MC * KC + 8];   // + 8: slack for pack_a's 8-wide stores
-        _Alignas(64) float Bp[KC * NC];
-        #pragma omp for schedule(dynamic, 1)
-        for (int t = 0; t < n_m * n_n; t++) {
-            int i0 = (t / n_n) * mt, j0 = (t % n_n) * nt;
-            int m = M - i0 < mt ? M - i0 : mt, n = N - j0 < nt ? N - j0 : nt;
-            gemm_tile(C, A, B, i0, m, j0, n, K, N, accumulate, Ap, Bp);
+    if (par) {
+        #pragma omp parallel
+        {
+            // Each thread packs into its own stack: no allocation, nothing shared.
+            _Alignas(64) float Ap[MC * KC + 8];   // + 8: slack for pack_a's 8-wide stores
+            _Alignas(64) float Bp[KC * NC];
+            #pragma omp for schedule(dynamic, 1)
+            for (int t = 0; t < g.n_m * g.n_n; t++) gemm_run_tile(&g, t, Ap, Bp);
         }
+    } else {
+        _Alignas(64) float Ap[MC * KC + 8];
+        _Alignas(64) float Bp[KC * NC];
+        for (int t = 0; t < g.n_m * g.n_n; t++) gemm_run_tile(&g, t, Ap, Bp);
     }
 }
 
@@ -407,37 +431,54 @@ void mask_fill(unsigned char *mask, MaskKind kind, int T, int param) {
 
 // ---- norms --------------------------------------------------------------------------------------
 
-// Row-wise work is parallel only past this many elements.
+// Row-wise work is spread over threads only past this many elements.
 #define ROWS_PAR_MIN (1L << 16)
+
+// o (d) = x (d) * r * weight, r = 1/sqrt(mean(x^2) + eps); returns r
+static float rmsnorm_row(float *o, const float *x, const float *weight, int d, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < d; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / d + eps);
+    for (int i = 0; i < d; i++) o[i] = x[i] * r * weight[i];
+    return r;
+}
 
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int d, float eps) {
     // out (N,d), rstd (N), x (N,d), weight (d)
-    #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (long)n * d;
-        float *o = out + (long)n * d;
-        float ss = 0.0f;
-        for (int i = 0; i < d; i++) ss += xr[i] * xr[i];
-        float r = 1.0f / sqrtf(ss / d + eps);
-        for (int i = 0; i < d; i++) o[i] = xr[i] * r * weight[i];
-        if (rstd) rstd[n] = r;
+    if (use_threads((long)N * d, ROWS_PAR_MIN)) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float r = rmsnorm_row(out + (long)n * d, x + (long)n * d, weight, d, eps);
+            if (rstd) rstd[n] = r;
+        }
+    } else {
+        for (int n = 0; n < N; n++) {
+            float r = rmsnorm_row(out + (long)n * d, x + (long)n * d, weight, d, eps);
+            if (rstd) rstd[n] = r;
+        }
     }
+}
+
+// dx (d) += d out / d x for one row. With y_i = x_i r w_i and dr/dx_j = -r^3 x_j / d:
+// dx_j += r w_j g_j - r^3 x_j / d * sum_i g_i w_i x_i
+static void rmsnorm_row_backward(float *dx, const float *g, const float *x, const float *weight, float r, int d) {
+    float dot = 0.0f;
+    for (int i = 0; i < d; i++) dot += g[i] * weight[i] * x[i];
+    float c = r * r * r * dot / d;
+    for (int i = 0; i < d; i++) dx[i] += r * weight[i] * g[i] - c * x[i];
 }
 
 void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
                       const float *weight, const float *rstd, int N, int d) {
-    // y_i = x_i r w_i, r = (mean(x^2) + eps)^-1/2, dr/dx_j = -r^3 x_j / d
-    // dx_j += r w_j g_j - r^3 x_j / d * sum_i g_i w_i x_i
     CHECK(rstd != NULL, "rmsnorm_backward needs the rstd saved by the forward");
     if (dx) {
-        #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
-        for (int n = 0; n < N; n++) {
-            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
-            float *dxr = dx + (long)n * d;
-            float r = rstd[n], dot = 0.0f;
-            for (int i = 0; i < d; i++) dot += g[i] * weight[i] * xr[i];
-            float c = r * r * r * dot / d;
-            for (int i = 0; i < d; i++) dxr[i] += r * weight[i] * g[i] - c * xr[i];
+        if (use_threads((long)N * d, ROWS_PAR_MIN)) {
+            #pragma omp parallel for schedule(static)
+            for (int n = 0; n < N; n++)
+                rmsnorm_row_backward(dx + (long)n * d, dout + (long)n * d, x + (long)n * d, weight, rstd[n], d);
+        } else {
+            for (int n = 0; n < N; n++)
+                rmsnorm_row_backward(dx + (long)n * d, dout + (long)n * d, x + (long)n * d, weight, rstd[n], d);
         }
     }
     // dweight sums over rows: one thread, rows in order
@@ -450,53 +491,79 @@ void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float 
     }
 }
 
+// o (d) = (x - mean) * r * weight + bias, r = 1/sqrt(var + eps) (biased variance, as in PyTorch)
+static void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *weight,
+                          const float *bias, int d, float eps) {
+    float m = 0.0f;
+    for (int i = 0; i < d; i++) m += x[i];
+    m /= d;
+    float v = 0.0f;
+    for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
+    v /= d;
+    float r = 1.0f / sqrtf(v + eps);
+    for (int i = 0; i < d; i++) {
+        float y = (x[i] - m) * r * weight[i];
+        o[i] = bias ? y + bias[i] : y;
+    }
+    *mean = m;
+    *rstd = r;
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *weight,
                        const float *bias, int N, int d, float eps) {
     // out (N,d), mean (N), rstd (N), x (N,d), weight (d), bias (d)
-    #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (long)n * d;
-        float *o = out + (long)n * d;
-        float m = 0.0f;
-        for (int i = 0; i < d; i++) m += xr[i];
-        m /= d;
-        float v = 0.0f;
-        for (int i = 0; i < d; i++) v += (xr[i] - m) * (xr[i] - m);
-        v /= d;   // biased variance, as in PyTorch's LayerNorm
-        float r = 1.0f / sqrtf(v + eps);
-        for (int i = 0; i < d; i++) {
-            float y = (xr[i] - m) * r * weight[i];
-            o[i] = bias ? y + bias[i] : y;
+    if (use_threads((long)N * d, ROWS_PAR_MIN)) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float m, r;
+            layernorm_row(out + (long)n * d, &m, &r, x + (long)n * d, weight, bias, d, eps);
+            if (mean) mean[n] = m;
+            if (rstd) rstd[n] = r;
         }
-        if (mean) mean[n] = m;
-        if (rstd) rstd[n] = r;
+    } else {
+        for (int n = 0; n < N; n++) {
+            float m, r;
+            layernorm_row(out + (long)n * d, &m, &r, x + (long)n * d, weight, bias, d, eps);
+            if (mean) mean[n] = m;
+            if (rstd) rstd[n] = r;
+        }
+    }
+}
+
+// dx (d) += for one row; with xhat = (x - mean) r and g' = g w:
+// dx += r (g' - mean(g') - xhat mean(g' xhat))
+static void layernorm_row_backward(float *dx, const float *g, const float *x, const float *weight, float m,
+                                   float r, int d) {
+    float gmean = 0.0f, gxmean = 0.0f;
+    for (int i = 0; i < d; i++) {
+        float gw = g[i] * weight[i];
+        gmean += gw;
+        gxmean += gw * (x[i] - m) * r;
+    }
+    gmean /= d;
+    gxmean /= d;
+    for (int i = 0; i < d; i++) {
+        float xhat = (x[i] - m) * r;
+        dx[i] += r * (g[i] * weight[i] - gmean - xhat * gxmean);
     }
 }
 
 void layernorm_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                         const float *weight, const float *mean, const float *rstd, int N, int d) {
-    // with xhat = (x - mean) r and g' = g w:  dx += r (g' - mean(g') - xhat mean(g' xhat))
     CHECK(mean != NULL && rstd != NULL, "layernorm_backward needs the mean and rstd saved by the forward");
     if (dx) {
-        #pragma omp parallel for if((long)N * d >= ROWS_PAR_MIN) schedule(static)
-        for (int n = 0; n < N; n++) {
-            const float *xr = x + (long)n * d, *g = dout + (long)n * d;
-            float *dxr = dx + (long)n * d;
-            float m = mean[n], r = rstd[n];
-            float gmean = 0.0f, gxmean = 0.0f;
-            for (int i = 0; i < d; i++) {
-                float gw = g[i] * weight[i];
-                gmean += gw;
-                gxmean += gw * (xr[i] - m) * r;
-            }
-            gmean /= d;
-            gxmean /= d;
-            for (int i = 0; i < d; i++) {
-                float xhat = (xr[i] - m) * r;
-                dxr[i] += r * (g[i] * weight[i] - gmean - xhat * gxmean);
-            }
+        if (use_threads((long)N * d, ROWS_PAR_MIN)) {
+            #pragma omp parallel for schedule(static)
+            for (int n = 0; n < N; n++)
+                layernorm_row_backward(dx + (long)n * d, dout + (long)n * d, x + (long)n * d, weight, mean[n],
+                                       rstd[n], d);
+        } else {
+            for (int n = 0; n < N; n++)
+                layernorm_row_backward(dx + (long)n * d, dout + (long)n * d, x + (long)n * d, weight, mean[n],
+                                       rstd[n], d);
         }
     }
+    // dweight and dbias sum over rows: one thread, rows in order
     if (dweight || dbias) {
         for (int n = 0; n < N; n++) {
             const float *xr = x + (long)n * d, *g = dout + (long)n * d;
@@ -530,16 +597,32 @@ void rope_apply(float *x, int pos, int n_rot, double theta, RopeStyle style, int
 
 // ---- activations --------------------------------------------------------------------------------
 
+// Elementwise work is spread over threads past this many elements, in blocks of ELEM_BLOCK.
 #define ELEM_PAR_MIN (1L << 17)
+#define ELEM_BLOCK 4096L
 
-void silu_forward(float *out, const float *x, long n) {
-    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+// Applies fn to [0, n) in blocks: on this thread, or over the team when n is large.
+typedef void (*ElemFn)(float *out, const float *a, const float *x, long n);
+static void elementwise(ElemFn fn, float *out, const float *a, const float *x, long n) {
+    if (use_threads(n, ELEM_PAR_MIN)) {
+        long n_blocks = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+        #pragma omp parallel for schedule(static)
+        for (long b = 0; b < n_blocks; b++) {
+            long lo = b * ELEM_BLOCK, len = n - lo < ELEM_BLOCK ? n - lo : ELEM_BLOCK;
+            fn(out + lo, a ? a + lo : NULL, x + lo, len);
+        }
+    } else {
+        fn(out, a, x, n);
+    }
+}
+
+static void silu_fwd(float *out, const float *unused, const float *x, long n) {
+    (void)unused;
     for (long i = 0; i < n; i++) out[i] = siluf_(x[i]);
 }
 
-void silu_backward(float *dx, const float *dout, const float *x, long n) {
-    // d/dx x s(x) = s (1 + x (1 - s))
-    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+// d/dx x s(x) = s (1 + x (1 - s))
+static void silu_bwd(float *dx, const float *dout, const float *x, long n) {
     for (long i = 0; i < n; i++) {
         float s = sigmoidf_(x[i]);
         dx[i] += dout[i] * s * (1.0f + x[i] * (1.0f - s));
@@ -550,17 +633,16 @@ void silu_backward(float *dx, const float *dout, const float *x, long n) {
 #define GELU_SCALE 0.7978845608028654f
 #define GELU_CUBE 0.044715f
 
-void gelu_forward(float *out, const float *x, long n) {
-    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+static void gelu_fwd(float *out, const float *unused, const float *x, long n) {
+    (void)unused;
     for (long i = 0; i < n; i++) {
         float v = x[i];
         out[i] = 0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + GELU_CUBE * v * v * v)));
     }
 }
 
-void gelu_backward(float *dx, const float *dout, const float *x, long n) {
-    // with u = s (x + c x^3), t = tanh u:  d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2)
-    #pragma omp parallel for if(n >= ELEM_PAR_MIN) schedule(static)
+// with u = s (x + c x^3), t = tanh u:  d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2)
+static void gelu_bwd(float *dx, const float *dout, const float *x, long n) {
     for (long i = 0; i < n; i++) {
         float v = x[i];
         float t = tanhf(GELU_SCALE * (v + GELU_CUBE * v * v * v));
@@ -568,3 +650,8 @@ void gelu_backward(float *dx, const float *dout, const float *x, long n) {
         dx[i] += dout[i] * grad;
     }
 }
+
+void silu_forward(float *out, const float *x, long n) { elementwise(silu_fwd, out, NULL, x, n); }
+void silu_backward(float *dx, const float *dout, const float *x, long n) { elementwise(silu_bwd, dx, dout, x, n); }
+void gelu_forward(float *out, const float *x, long n) { elementwise(gelu_fwd, out, NULL, x, n); }
+void gelu_backward(float *dx, const float *dout, const float *x, long n) { elementwise(gelu_bwd, dx, dout, x, n); }

@@ -22,21 +22,55 @@ static void vocab_set(Task *t, int id, const char *s) {
     snprintf(t->vocab[id], TASK_TOKEN_CHARS, "%s", s);
 }
 
+// ---- copies (the induction task, and half of recall's training batches) ------------------------
+// A sample is [prefix p][segment s][segment s again] over n_symbols tokens starting at token `first`,
+// with s drawn in [T/4, T/2] and p = T - 2s, so the copy's offset changes from sample to sample and
+// only "look up where this token was and copy its successor" works. Tokens of prefix and segment are
+// distinct when there are enough symbols, so the lookup is never ambiguous. Scored on the copy.
+static void copy_sample(int *tok, int *tgt, int T, int first, int n_symbols, Rng *rng) {
+    int smin = (T + 3) / 4, smax = T / 2;
+    int s = smin + (int)rng_below(rng, (uint32_t)(smax - smin + 1));
+    int p = T - 2 * s;
+    int pool[64];
+    for (int i = 0; i < n_symbols; i++) pool[i] = i;
+    for (int i = 0; i < p + s; i++) {
+        if (p + s <= n_symbols) {
+            int j = i + (int)rng_below(rng, (uint32_t)(n_symbols - i));
+            int tmp = pool[i]; pool[i] = pool[j]; pool[j] = tmp;
+            tok[i] = first + pool[i];
+        } else {
+            tok[i] = first + (int)rng_below(rng, (uint32_t)n_symbols);
+        }
+    }
+    for (int i = 0; i < s; i++) tok[p + s + i] = tok[p + i];
+    for (int i = 0; i < T; i++) tgt[i] = -1;
+    // inside the copy, the next token is known: it followed this token the first time
+    for (int i = p + s; i < T - 1; i++) tgt[i] = tok[i + 1];
+}
+
 // ---- recall -------------------------------------------------------------------------------------
 // Vocabulary: 0 '.' (filler), 1 ':' (queries start), then n_keys keys "A".., then n_values values
 // "0".."9","a"..  Layout of a sample (T = seq_len):
-//   k1 v1 k2 v2 ... kP vP  [gap x '.']  ':'  q1 a1 q2 a2 ...  [pad '.']
-// The target at each query key q is its value a; every other position is -1.
+//   k1 v1 k2 v2 ... kP vP  [gap x '.']  ':'  q1 q2 q3 ... (to the end)
+// Every query is the key of a random pair (repeats allowed); its target is that pair's value, so the
+// answer can only come from recall, never from "the values not asked yet". Other targets are -1.
+//
+// Why training mixes in copies: answering needs the induction circuit (layer 1 writes "my previous
+// token was k" into the value's position, layer 2 finds that position from the query k). On recall
+// alone a 2-layer model sits for thousands of steps on the shortcut "answer some value seen so far"
+// (about 25% accuracy); on copies of the same tokens the circuit forms within a few hundred steps,
+// and recall reuses it. So a fraction copy_frac of the TRAINING samples are copies of key/value
+// tokens; held-out samples are always recall.
 enum { RECALL_FILL = 0, RECALL_SEP = 1, RECALL_KEY0 = 2 };
 static const char *VALUE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz";
 
 static int recall_n_queries(int seq_len, int n_pairs, int gap) {
-    int q = (seq_len - 2 * n_pairs - gap - 1) / 2;
-    return q < n_pairs ? q : n_pairs;
+    return seq_len - 2 * n_pairs - gap - 1;
 }
 
 // 0 if the knobs make sense, else -1 with the reason in why.
-static int recall_check(int seq_len, int n_pairs, int n_keys, int n_values, int gap, char *why, size_t cap) {
+static int recall_check(int seq_len, int n_pairs, int n_keys, int n_values, int gap, double copy_frac,
+                        char *why, size_t cap) {
     if (n_keys < 1 || n_keys > 26) { snprintf(why, cap, "recall: n_keys must be in [1, 26], got %d", n_keys); return -1; }
     if (n_values < 2 || n_values > 36) { snprintf(why, cap, "recall: n_values must be in [2, 36], got %d", n_values); return -1; }
     if (n_pairs < 1 || n_pairs > n_keys) {
@@ -44,22 +78,27 @@ static int recall_check(int seq_len, int n_pairs, int n_keys, int n_values, int 
         return -1;
     }
     if (gap < 0) { snprintf(why, cap, "recall: gap must be >= 0, got %d", gap); return -1; }
+    if (!(copy_frac >= 0.0 && copy_frac < 1.0)) {
+        snprintf(why, cap, "recall: copy_frac must be in [0, 1), got %g", copy_frac);
+        return -1;
+    }
     if (recall_n_queries(seq_len, n_pairs, gap) < 1) {
         snprintf(why, cap, "recall: %d pairs with gap %d need seq_len >= %d (pairs, gap, ':' and one query), got %d",
-                 n_pairs, gap, 2 * n_pairs + gap + 3, seq_len);
+                 n_pairs, gap, 2 * n_pairs + gap + 2, seq_len);
         return -1;
     }
     return 0;
 }
 
-void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap) {
+void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap, double copy_frac) {
     char why[256];
-    if (recall_check(seq_len, n_pairs, n_keys, n_values, gap, why, sizeof why) != 0) die_user("%s", why);
+    if (recall_check(seq_len, n_pairs, n_keys, n_values, gap, copy_frac, why, sizeof why) != 0) die_user("%s", why);
     task_clear(t, TASK_RECALL, "recall", seq_len);
     t->n_pairs = n_pairs;
     t->n_keys = n_keys;
     t->n_values = n_values;
     t->gap = gap;
+    t->copy_frac = copy_frac;
     t->vocab_size = RECALL_KEY0 + n_keys + n_values;
     vocab_set(t, RECALL_FILL, ".");
     vocab_set(t, RECALL_SEP, ":");
@@ -73,9 +112,13 @@ void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, in
     }
 }
 
-static void recall_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
+static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int *tok, int *tgt) {
     int T = t->seq_len, P = t->n_pairs;
-    int keys[26], vals[26], order[26];
+    if (split == SPLIT_TRAIN && t->copy_frac > 0.0 && rng_uniform(rng) < t->copy_frac) {
+        copy_sample(tok, tgt, T, RECALL_KEY0, t->n_keys + t->n_values, rng);
+        return;
+    }
+    int keys[26], vals[26];
     // P distinct keys: a partial Fisher-Yates shuffle of 0..n_keys-1
     int pool[26];
     for (int k = 0; k < t->n_keys; k++) pool[k] = k;
@@ -84,12 +127,6 @@ static void recall_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
         int tmp = pool[i]; pool[i] = pool[j]; pool[j] = tmp;
         keys[i] = pool[i];
         vals[i] = (int)rng_below(rng, (uint32_t)t->n_values);
-        order[i] = i;
-    }
-    // queries ask the pairs in a random order
-    for (int i = P - 1; i > 0; i--) {
-        int j = (int)rng_below(rng, (uint32_t)(i + 1));
-        int tmp = order[i]; order[i] = order[j]; order[j] = tmp;
     }
     int vbase = RECALL_KEY0 + t->n_keys, pos = 0;
     for (int i = 0; i < T; i++) { tok[i] = RECALL_FILL; tgt[i] = -1; }
@@ -101,19 +138,15 @@ static void recall_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
     tok[pos++] = RECALL_SEP;
     int nq = recall_n_queries(T, P, t->gap);
     for (int q = 0; q < nq; q++) {
-        int i = order[q];
+        int i = (int)rng_below(rng, (uint32_t)P);
         tok[pos] = RECALL_KEY0 + keys[i];
         tgt[pos] = vbase + vals[i];          // at the key, predict its value
-        tok[pos + 1] = vbase + vals[i];
-        pos += 2;
+        pos++;
     }
 }
 
 // ---- induction ----------------------------------------------------------------------------------
-// Vocabulary: n_symbols letters "a".."z","A".."Z". A sample is [prefix p][segment s][segment s again]
-// with s drawn in [T/4, T/2] and p = T - 2s, so the copy's offset changes from sample to sample and
-// only "look up where this token was and copy its successor" works. Tokens of prefix and segment are
-// distinct when there are enough symbols, so the lookup is never ambiguous.
+// Vocabulary: n_symbols letters "a".."z","A".."Z"; every sample is a copy (copy_sample above).
 static const char *SYMBOL_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 static int induction_check(int seq_len, int n_symbols, char *why, size_t cap) {
@@ -135,28 +168,6 @@ void task_induction(Task *t, int seq_len, int n_symbols) {
         char s[2] = {SYMBOL_CHARS[i], 0};
         vocab_set(t, i, s);
     }
-}
-
-static void induction_sample(const Task *t, Rng *rng, int *tok, int *tgt) {
-    int T = t->seq_len, S = t->n_symbols;
-    int smin = (T + 3) / 4, smax = T / 2;
-    int s = smin + (int)rng_below(rng, (uint32_t)(smax - smin + 1));
-    int p = T - 2 * s;
-    int pool[52];
-    for (int i = 0; i < S; i++) pool[i] = i;
-    for (int i = 0; i < p + s; i++) {
-        if (p + s <= S) {
-            int j = i + (int)rng_below(rng, (uint32_t)(S - i));
-            int tmp = pool[i]; pool[i] = pool[j]; pool[j] = tmp;
-            tok[i] = pool[i];
-        } else {
-            tok[i] = (int)rng_below(rng, (uint32_t)S);
-        }
-    }
-    for (int i = 0; i < s; i++) tok[p + s + i] = tok[p + i];
-    for (int i = 0; i < T; i++) tgt[i] = -1;
-    // inside the copy, the next token is known: it followed this token the first time
-    for (int i = p + s; i < T - 1; i++) tgt[i] = tok[i + 1];
 }
 
 // ---- corpus -------------------------------------------------------------------------------------
@@ -296,8 +307,8 @@ void task_free(Task *t) {
 
 void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets) {
     switch (t->kind) {
-    case TASK_RECALL: recall_sample(t, rng, tokens, targets); break;
-    case TASK_INDUCTION: induction_sample(t, rng, tokens, targets); break;
+    case TASK_RECALL: recall_sample(t, rng, split, tokens, targets); break;
+    case TASK_INDUCTION: copy_sample(tokens, targets, t->seq_len, 0, t->n_symbols, rng); break;
     case TASK_CORPUS: corpus_sample(t, rng, split, tokens, targets); break;
     }
 }
@@ -346,6 +357,7 @@ char *task_config_json(const Task *t) {
         cJSON_AddNumberToObject(o, "n_keys", t->n_keys);
         cJSON_AddNumberToObject(o, "n_values", t->n_values);
         cJSON_AddNumberToObject(o, "gap", t->gap);
+        cJSON_AddNumberToObject(o, "copy_frac", t->copy_frac);
         break;
     case TASK_INDUCTION:
         cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
@@ -407,8 +419,10 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
         int p, k, v, gap;
         if (json_int(o, "n_pairs", &p, err, cap) || json_int(o, "n_keys", &k, err, cap) ||
             json_int(o, "n_values", &v, err, cap) || json_int(o, "gap", &gap, err, cap)) goto done;
-        if (recall_check(seq_len, p, k, v, gap, err, cap)) goto done;
-        task_recall(t, seq_len, p, k, v, gap);
+        const cJSON *cf = cJSON_GetObjectItemCaseSensitive(o, "copy_frac");
+        double copy_frac = cJSON_IsNumber(cf) ? cf->valuedouble : 0.0;
+        if (recall_check(seq_len, p, k, v, gap, copy_frac, err, cap)) goto done;
+        task_recall(t, seq_len, p, k, v, gap, copy_frac);
     } else if (!strcmp(name->valuestring, "induction")) {
         int s;
         if (json_int(o, "n_symbols", &s, err, cap)) goto done;

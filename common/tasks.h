@@ -4,9 +4,10 @@
 // or -1 where nothing is scored. Every task also names its tokens ("A", "7", ":", "␣") so figures can
 // label their axes with what the model actually read.
 //
-//   recall     multi-query associative recall: "A 3 C 7 B 1 : C 7 A 3 B 1". Keys (A..Z) and values
-//              (0..9, a..z) come from disjoint ranges; after ':' each queried key must be answered with
-//              the value it was paired with. Scored on the answers only.
+//   recall     multi-query associative recall: "A 3 C 7 B 1 : C A A B ...". Keys (A..Z) and values
+//              (0..9, a..z) come from disjoint ranges; every key after ':' must be answered with the
+//              value it was paired with. Scored on the answers only. A fraction of the training samples
+//              are copies of the same tokens (see tasks.c: they teach the circuit recall needs).
 //   induction  a random segment, then the same segment again; scored on the copy, where predicting
 //              the next token means "find where the current token was before, output what came next".
 //   corpus     next-character prediction on a small English-like corpus made by a tiny grammar
@@ -28,8 +29,10 @@ typedef struct {
     int seq_len;                   // T of every sample
     int vocab_size;
     char vocab[TASK_MAX_VOCAB][TASK_TOKEN_CHARS];   // printable name of each token
-    // recall: n_pairs key-value pairs, then `gap` filler tokens, then ':' and the queries
+    // recall: n_pairs key-value pairs, then `gap` filler tokens, then ':' and the queries; copy_frac
+    // of the training samples are copies (held-out samples never are)
     int n_pairs, n_keys, n_values, gap;
+    double copy_frac;
     // induction: symbols the segments are drawn from
     int n_symbols;
     // corpus: token ids of the whole text; [0, train_len) trains, [train_len, text_len) is held out
@@ -39,8 +42,9 @@ typedef struct {
 } Task;
 
 // Builders (exit with a one-line user error when the knobs cannot make a sample of seq_len tokens).
-// Defaults used by tools/train: recall n_pairs 8, n_keys 16, n_values 16, gap 0; induction n_symbols 26.
-void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap);
+// Defaults used by tools/train: recall n_pairs 8, n_keys 16, n_values 16, gap 0, copy_frac 0.5;
+// induction n_symbols 26.
+void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap, double copy_frac);
 void task_induction(Task *t, int seq_len, int n_symbols);
 // path NULL: the grammar corpus (always the same text). Otherwise a text file, char (byte) level.
 void task_corpus(Task *t, int seq_len, const char *path);
@@ -54,8 +58,8 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap);
 // The vocabulary as a JSON array of token names (malloc'd).
 char *task_vocab_json(const Task *t);
 
-// One sample: tokens (T), targets (T). Synthetic tasks ignore split (callers use another seed for
-// held-out data); the corpus draws windows from its training or held-out part.
+// One sample: tokens (T), targets (T). Held-out data comes from another seed (callers pick it) and,
+// for the corpus, from the held-out part of the text; recall mixes copies into SPLIT_TRAIN only.
 void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets);
 // B samples back to back: tokens (B,T), targets (B,T).
 void task_batch(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets, int B);

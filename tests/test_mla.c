@@ -238,10 +238,10 @@ Test(mla, gradcheck_local_window) { gradcheck(8, 2); }
 
 // ---- both decode paths equal the full forward, and each other ----------------------------------------
 
-static void decode_matches_forward(int qr, int W) {
+static void decode_matches_forward(int qr, int W, int dr) {
     int T = 12;
     ModelGeometry g;
-    small_geom(&g, qr, W);
+    make_geom(&g, 32, 4, qr, 16, 8, dr, 6, 10000.0, W);
     int d = g.d_model;
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
@@ -272,9 +272,11 @@ static void decode_matches_forward(int qr, int W) {
     free(params); free(x); free(full); free(naive); free(absorbed);
 }
 
-Test(mla, decode_equals_forward_direct_query) { decode_matches_forward(0, 0); }
-Test(mla, decode_equals_forward_query_low_rank) { decode_matches_forward(24, 0); }
-Test(mla, decode_equals_forward_local_ring_buffer) { decode_matches_forward(24, 4); }
+Test(mla, decode_equals_forward_direct_query) { decode_matches_forward(0, 0, 4); }
+Test(mla, decode_equals_forward_query_low_rank) { decode_matches_forward(24, 0, 4); }
+Test(mla, decode_equals_forward_local_ring_buffer) { decode_matches_forward(24, 4, 4); }
+// Kimi Linear's MLA layers use no RoPE at all: qk_rope_head_dim = 0, the cache is the latent alone.
+Test(mla, decode_equals_forward_without_rope_key) { decode_matches_forward(0, 0, 0); }
 
 // Switching path mid-sequence reads the same cache: nothing path-specific is stored.
 Test(mla, decode_path_can_switch_mid_sequence) {

@@ -320,3 +320,24 @@ Test(swa, gemma3_27b_kv_memory_by_hand) {
     swa_make_all_global(&g);
     cr_assert_eq(kvcache_total_bytes(&g, ctx, 1), per_tok_layer * 62.0 * ctx);
 }
+
+// ---- the chapter program rejects bad input before writing anything -----------------------------------
+
+Test(swa, ch06_bad_input_exits_2_with_one_line) {
+    static const struct { const char *args, *needle; } cases[] = {
+        {"--samples 5", "--samples"},
+        {"--samples many", "--samples"},
+        {"--weights /nonexistent/x.safetensors", "/nonexistent/x.safetensors"},
+        {"--weights-dir /nonexistent", "/nonexistent/ch06_"},
+    };
+    for (int k = 0; k < 4; k++) {
+        char dir[256], args[600], out[8192];
+        test_tmpdir(dir, sizeof dir);
+        snprintf(args, sizeof args, "--out %s %s", dir, cases[k].args);
+        int rc = test_run(out, sizeof out, "ch06", args);
+        cr_expect_eq(rc, 2, "ch06 %s: exit %d: %s", cases[k].args, rc, out);
+        cr_expect_eq(test_count_lines(out), 1, "ch06 %s: expected one line: %s", cases[k].args, out);
+        cr_expect(strstr(out, cases[k].needle) && !strncmp(out, "ch06: ", 6), "ch06 %s: %s", cases[k].args, out);
+        cr_expect_eq(test_count_files(dir), 0, "ch06 %s wrote files before failing", cases[k].args);
+    }
+}

@@ -210,8 +210,15 @@ int main(int argc, char **argv) {
     };
     CliArgs args;
     cli_parse(&spec, &args, argc, argv);
-    int max_thr = omp_get_max_threads();
-    printf("bench: %d hardware threads available to OpenMP; OpenBLAS %s\n\n", max_thr, openblas_get_config());
+    double load[1] = {0.0};
+    int have_load = getloadavg(load, 1) == 1;
+    printf("bench: OpenMP max threads %d, load average %.2f; OpenBLAS %s\n", omp_get_max_threads(),
+           have_load ? load[0] : 0.0, openblas_get_config());
+    // Two threads on a busy 2-core machine wait for each other at every join: the numbers then say
+    // more about the scheduler than about the kernels.
+    if (have_load && load[0] > 0.5)
+        printf("warning: the machine is busy (load %.2f); the 2-thread rows will be unreliable\n", load[0]);
+    printf("\n");
     for (size_t i = 0; i < sizeof SECTIONS / sizeof SECTIONS[0]; i++) SECTIONS[i].run(&o);
     free(args.pos);
     return 0;

@@ -33,7 +33,7 @@ static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, i
 int main(int argc, char **argv) {
     int mixer = 0, task_kind = 0, layers = 2, d_model = 64, heads = 4, kv_heads = 0, d_ff = 0;
     int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, gap = 0, log_y = 0, quiet = 0;
-    double lr = 3e-3, wd = 0.1;
+    double lr = 3e-3, wd = 0.1, copy_frac = 0.5;
     const char *corpus = NULL, *out = NULL, *loss_plot = NULL;
     CliOpt opts[] = {
         {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head) (default mha)", 0, 0},
@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
         {"--weight-decay", OPT_DOUBLE, &wd, "X", "AdamW weight decay on matrices (default 0.1)", 0.0, 10.0},
         {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
         {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
+        {"--copy-frac", OPT_DOUBLE, &copy_frac, "X", "recall: fraction of training samples that are copies (default 0.5)", 0.0, 0.99},
         {"--out", OPT_STRING, &out, "FILE", "weights to write (.safetensors), required", 0, 0},
         {"--loss-plot", OPT_STRING, &loss_plot, "FILE", "also draw the loss curve (FILE.png or FILE.svg)", 0, 0},
         {"--log-y", OPT_FLAG, &log_y, NULL, "loss plot on a log y axis", 0, 0},
@@ -93,7 +94,7 @@ int main(int argc, char **argv) {
     }
 
     Task task;
-    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap);
+    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap, copy_frac);
     else if (task_kind == TASK_INDUCTION) task_induction(&task, seq_len, 26);
     else task_corpus(&task, seq_len, corpus);
 
@@ -145,8 +146,8 @@ int main(int argc, char **argv) {
         char stem[1024], title[200], sub[300];
         int png, svg;
         split_plot_path(loss_plot, stem, sizeof stem, &png, &svg);
-        snprintf(title, sizeof title, "Training loss: %d-layer %s (%d heads, d_model %d) on %s", layers,
-                 mixer_flag[mixer], heads, d_model, task.name);
+        snprintf(title, sizeof title, "Training loss: %d-layer %s (%d head%s, d_model %d) on %s", layers,
+                 mixer_flag[mixer], heads, heads == 1 ? "" : "s", d_model, task.name);
         snprintf(sub, sizeof sub, "AdamW, lr %g with warmup and cosine decay, batch %d x %d tokens, seed %llu; "
                  "held-out accuracy %.1f%%", lr, batch, seq_len, (unsigned long long)a.seed, 100.0 * r.eval_accuracy);
         train_plot_loss(info.curve, info.n_curve, title, sub, stem, png, svg, log_y);

@@ -6,9 +6,11 @@
 // generates causally, and a sliding window sees only the last W tokens (chapter 6).
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "02_self_attention/selfattn.h"
+#include "chapter.h"
 #include "check.h"
 #include "cli.h"
 #include "heatmap.h"
@@ -21,12 +23,57 @@
 
 static const char *tokens[T] = {"Your", "journey", "starts", "with", "one", "step", "today", "."};
 
+// Figure 3: what training does to one head. The shipped model (2 layers, 1 head each) learned
+// associative recall: after ':' it must answer each queried key with the value paired with it earlier.
+// Its layer-1 head learns to look from the query back to that key's pair; the untrained twin (same
+// seed, no training) spreads its attention evenly.
+static void figure_trained(const CliArgs *a) {
+    Trained t;
+    trained_load(&t, a->weights);
+    int n = t.n_tokens, L = t.model->g.n_layers;
+    float *A[3];
+    for (int k = 0; k < 3; k++) A[k] = mallocCheck(sizeof(float) * (size_t)(t.model->g.n_heads * n * n));
+    trained_attention(&t, 1, L - 1, A[0]);
+    trained_attention(&t, 0, 0, A[1]);
+    trained_attention(&t, 0, L - 1, A[2]);
+    unsigned char *causal = mallocCheck((size_t)(n * n));
+    mask_fill(causal, MASK_CAUSAL, n, 0);
+    char t0[64], t1[64], t2[64];
+    snprintf(t0, sizeof t0, "untrained, layer %d", L - 1);
+    snprintf(t1, sizeof t1, "trained, layer 0");
+    snprintf(t2, sizeof t2, "trained, layer %d", L - 1);
+    HeatPanel panels[3] = {
+        {.values = A[0], .mask = causal, .rows = n, .cols = n, .title = t0, .row_labels = t.labels,
+         .col_labels = t.labels, .xlabel = "key j", .ylabel = "query i"},
+        {.values = A[1], .mask = causal, .rows = n, .cols = n, .title = t1, .row_labels = t.labels,
+         .col_labels = t.labels, .xlabel = "key j"},
+        {.values = A[2], .mask = causal, .rows = n, .cols = n, .title = t2, .row_labels = t.labels,
+         .col_labels = t.labels, .xlabel = "key j"},
+    };
+    char sub[256], cap[160];
+    snprintf(sub, sizeof sub, "one head per layer on a recall example (pairs, then ':' and queried keys); %s",
+             trained_caption(&t, cap, sizeof cap));
+    HeatmapFigure f = {
+        .title = "A trained head learns where to look: from each queried key back to its pair",
+        .subtitle = sub, .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 0,
+        .colorbar_label = "attention weight",
+        .note = "untrained: same seed before any training step. Hatched cells are masked (future tokens).",
+    };
+    char path[1024];
+    heatmap_figure(&f, path_join(path, sizeof path, a->out, "03_trained_attention"), a->png, a->svg);
+    trained_plot_curve(&t, a, "04_training_curve", "Training the chapter-2 model on associative recall");
+    for (int k = 0; k < 3; k++) free(A[k]);
+    free(causal);
+    trained_free(&t);
+}
+
 int main(int argc, char **argv) {
     CliSpec spec = {
         .prog = "ch02",
         .summary = "Chapter 2: one self-attention head, the causal attention matrix and a gallery of masks.",
-        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED,
+        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
         .default_out = "figures/ch02",
+        .default_weights = "data/weights/ch02_recall.safetensors",
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
@@ -84,6 +131,7 @@ int main(int argc, char **argv) {
     };
     heatmap_figure(&f2, path_join(path, sizeof path, a.out, "02_mask_gallery"), a.png, a.svg);
 
-    printf("ch02: wrote figures to %s/ (01_causal_attention, 02_mask_gallery)\n", a.out);
+    figure_trained(&a);
+    printf("ch02: wrote figures to %s/ (01_causal_attention, 02_mask_gallery, 03_trained_attention, 04_training_curve)\n", a.out);
     return 0;
 }

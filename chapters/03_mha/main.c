@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "03_mha/mha.h"
+#include "chapter.h"
 #include "check.h"
 #include "cli.h"
 #include "heatmap.h"
@@ -21,91 +22,91 @@
 #include "plot.h"
 #include "rng.h"
 
-#define T 12
-
-static const char *tokens[T] = {"Mr", "and", "Mrs", "Dursley", "of", "number", "four", ",", "Privet", "Drive", ",", "were"};
-
-// Figure 1: each head's attention pattern, side by side.
-static void figure_heads(const CliArgs *a, const Mixer *m, const float *params, const float *x) {
-    const ModelGeometry *g = m->g;
-    int H = g->n_heads, d = g->d_model;
-    size_t na = m->ops->act_floats(g, m->layer, 1, T);
-    float *act = mallocCheck(sizeof(float) * na), *out = mallocCheck(sizeof(float) * T * d);
-    float *A = mallocCheck(sizeof(float) * H * T * T);
-    m->ops->forward(m, out, act, x, params, 1, T);
-    m->ops->mixing_matrix(m, A, act, params, T);
-    unsigned char causal[T * T];
+// Figure 1: each head's attention pattern, side by side, trained vs untrained. The shipped model
+// (2 layers x 4 heads) learned the induction task: a random segment, then the same segment again.
+// To continue the copy, a head must find where the current token appeared before and read the token
+// after it: the "induction stripe", a diagonal offset by the segment length.
+static void figure_heads(const CliArgs *a, Trained *t) {
+    const ModelGeometry *g = &t->model->g;
+    int H = g->n_heads, T = t->n_tokens, L = g->n_layers;
+    if (H > 8) die_user("%s: the figure draws at most 8 heads, the model has %d", t->path, H);
+    size_t hs = (size_t)H * T * T;
+    float *A = mallocCheck(sizeof(float) * hs * 3);
+    trained_attention(t, 0, 0, A);
+    trained_attention(t, 0, L - 1, A + hs);
+    trained_attention(t, 1, L - 1, A + 2 * hs);
+    unsigned char *causal = mallocCheck((size_t)(T * T));
     mask_fill(causal, MASK_CAUSAL, T, 0);
-    HeatPanel panels[16];
-    char titles[16][32];
-    for (int h = 0; h < H && h < 16; h++) {
-        snprintf(titles[h], sizeof titles[h], "head %d", h);
-        panels[h] = (HeatPanel){.values = &A[h * T * T], .mask = causal, .rows = T, .cols = T,
-                                .title = titles[h], .row_labels = tokens, .col_labels = tokens,
-                                .xlabel = "key j", .ylabel = h == 0 ? "query i" : NULL};
-    }
+    HeatPanel panels[24];
+    char titles[24][48];
+    static const char *row_name[3] = {"trained layer 0", "trained layer", "untrained layer"};
+    for (int r = 0; r < 3; r++)
+        for (int h = 0; h < H; h++) {
+            int k = r * H + h;
+            if (r == 0) snprintf(titles[k], sizeof titles[k], "%s, head %d", row_name[r], h);
+            else snprintf(titles[k], sizeof titles[k], "%s %d, head %d", row_name[r], L - 1, h);
+            panels[k] = (HeatPanel){.values = A + (size_t)k * T * T, .mask = causal, .rows = T, .cols = T,
+                                    .title = titles[k], .row_labels = t->labels, .col_labels = t->labels,
+                                    .xlabel = "key j", .ylabel = h == 0 ? "query i" : NULL};
+        }
+    char sub[300], cap[160];
+    snprintf(sub, sizeof sub, "%d heads per layer on an induction example (a segment, then the same segment again); %s",
+             H, trained_caption(t, cap, sizeof cap));
     HeatmapFigure f = {
-        .title = "Multi-head attention: every head has its own attention matrix",
-        .subtitle = "4 heads of one layer (d_model 32, head_dim 8), random weights (seeded); hatched cells are masked future tokens",
-        .panels = panels, .n_panels = H, .vmin = 0, .vmax = 1, .show_values = 0,
-        .colorbar_label = "attention weight",
+        .title = "Multi-head attention: every head learns its own pattern",
+        .subtitle = sub, .panels = panels, .n_panels = 3 * H, .panels_per_row = H, .vmin = 0, .vmax = 1,
+        .show_values = 0, .colorbar_label = "attention weight",
+        .note = "bottom row: the same model before training (same seed). Hatched cells are masked future tokens.",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_heads"), a->png, a->svg);
-    free(act); free(out); free(A);
+    free(A);
+    free(causal);
 }
 
-// Figure 2: decoding one token at a time against the KV cache gives the same output as the full
+// Figure 2: decoding one token at a time against the KV cache gives the same logits as the full
 // forward over the whole sequence.
-static void figure_decode(const CliArgs *a, const Mixer *m, const float *params, const float *x) {
-    const ModelGeometry *g = m->g;
-    int d = g->d_model;
-    float *act = mallocCheck(sizeof(float) * m->ops->act_floats(g, m->layer, 1, T));
-    float *full = mallocCheck(sizeof(float) * T * d), *dec = mallocCheck(sizeof(float) * T * d);
-    float *diff = mallocCheck(sizeof(float) * T * d);
-    m->ops->forward(m, full, act, x, params, 1, T);
-    MixerCache *c = m->ops->cache_new(m, T);
-    float maxdiff = 0;
-    for (int t = 0; t < T; t++) {
-        m->ops->decode(m, c, &dec[t * d], &x[t * d], params);
-        for (int i = 0; i < d; i++) {
-            diff[t * d + i] = fabsf(dec[t * d + i] - full[t * d + i]);
-            if (diff[t * d + i] > maxdiff) maxdiff = diff[t * d + i];
+static void figure_decode(const CliArgs *a, Trained *t) {
+    Model *m = t->model;
+    int T = t->n_tokens, V = m->g.vocab_size;
+    float *full = mallocCheck(sizeof(float) * T * V), *dec = mallocCheck(sizeof(float) * T * V);
+    float *diff = mallocCheck(sizeof(float) * T * V);
+    model_forward(m, t->tokens, NULL, 1, T);
+    memcpy(full, m->logits, sizeof(float) * T * V);
+    ModelCache *c = model_cache_new(m, T);
+    float maxdiff = 0, vmax = 0;
+    for (int i = 0; i < T; i++) {
+        model_decode(c, &dec[i * V], t->tokens[i]);
+        for (int v = 0; v < V; v++) {
+            diff[i * V + v] = fabsf(dec[i * V + v] - full[i * V + v]);
+            if (diff[i * V + v] > maxdiff) maxdiff = diff[i * V + v];
+            if (fabsf(full[i * V + v]) > vmax) vmax = fabsf(full[i * V + v]);
         }
     }
-    size_t bytes = m->ops->cache_bytes(c);
-    m->ops->cache_free(c);
-    // draw the first 16 output dims so the cells stay readable; the difference is over all d dims
-    enum { SHOW = 16 };
-    float *fs = mallocCheck(sizeof(float) * T * SHOW), *ds = mallocCheck(sizeof(float) * T * SHOW);
-    float *dd = mallocCheck(sizeof(float) * T * SHOW), vmax = 0;
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < SHOW; i++) {
-            fs[t * SHOW + i] = full[t * d + i];
-            ds[t * SHOW + i] = dec[t * d + i];
-            dd[t * SHOW + i] = diff[t * d + i];
-            if (fabsf(full[t * d + i]) > vmax) vmax = fabsf(full[t * d + i]);
-        }
-    char sub[256], b[32];
-    snprintf(sub, sizeof sub, "after %d decode steps the cache holds %s (K and V: 2 x %d heads x %d dims x 4 bytes x %d tokens); largest difference over all %d output dims: %.1e",
-             T, fmt_bytes(b, sizeof b, (double)bytes), g->n_kv_heads, g->head_dim, T, d, maxdiff);
+    size_t bytes = model_cache_bytes(c);
+    model_cache_free(c);
+    const char **vocab = mallocCheck(sizeof(char *) * (size_t)V);
+    for (int v = 0; v < V; v++) vocab[v] = task_token_str(&t->task, v);
+    char sub[300], b[32];
+    snprintf(sub, sizeof sub, "after %d decode steps the cache holds %s (%d layers x K and V x %d heads x %d dims x 4 bytes x %d tokens); largest difference %.1e",
+             T, fmt_bytes(b, sizeof b, (double)bytes), m->g.n_layers, m->g.n_kv_heads, m->g.head_dim, T, maxdiff);
     HeatPanel panels[3] = {
-        {.values = fs, .rows = T, .cols = SHOW, .title = "full forward (all tokens at once)", .row_labels = tokens,
-         .xlabel = "output dim", .ylabel = "token", .diverging = 1, .vmin = -vmax, .vmax = vmax},
-        {.values = ds, .rows = T, .cols = SHOW, .title = "decode (one token at a time + KV cache)", .row_labels = tokens,
-         .xlabel = "output dim", .diverging = 1, .vmin = -vmax, .vmax = vmax},
-        {.values = dd, .rows = T, .cols = SHOW, .title = "|difference|", .row_labels = tokens, .xlabel = "output dim",
-         .vmin = 0, .vmax = 1e-5f},
+        {.values = full, .rows = T, .cols = V, .title = "full forward: logits of all tokens at once", .row_labels = t->labels,
+         .col_labels = vocab, .xlabel = "next-token logit", .ylabel = "input token", .diverging = 1, .vmin = -vmax, .vmax = vmax},
+        {.values = dec, .rows = T, .cols = V, .title = "decode: one token at a time with a KV cache", .row_labels = t->labels,
+         .col_labels = vocab, .xlabel = "next-token logit", .diverging = 1, .vmin = -vmax, .vmax = vmax},
+        {.values = diff, .rows = T, .cols = V, .title = "|difference|", .row_labels = t->labels, .col_labels = vocab,
+         .xlabel = "next-token logit", .vmin = 0, .vmax = 1e-4f},
     };
     HeatmapFigure f = {
         .title = "Cached decode reproduces the full forward",
-        .subtitle = sub, .panels = panels, .n_panels = 3, .show_values = 0, .colorbar_per_panel = 1,
-        .colorbar_label = "value",
+        .subtitle = sub, .panels = panels, .n_panels = 3, .panels_per_row = 1, .show_values = 0,
+        .colorbar_per_panel = 1, .colorbar_label = "logit",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "02_decode_equals_forward"), a->png, a->svg);
-    printf("  cached decode vs full forward: max |difference| = %.2e\n", maxdiff);
-    free(act); free(full); free(dec); free(diff); free(fs); free(ds); free(dd);
+    printf("  cached decode vs full forward: max |logit difference| = %.2e, cache %zu bytes\n", maxdiff, bytes);
+    free(full); free(dec); free(diff); free(vocab);
 }
 
 // Figure 3: KV-cache bytes vs context for real MHA models, read from their config.json.
@@ -158,31 +159,21 @@ int main(int argc, char **argv) {
     CliSpec spec = {
         .prog = "ch03",
         .summary = "Chapter 3: multi-head attention, per-head heatmaps, cached decode, KV memory of MHA models.",
-        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED,
+        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
         .default_out = "figures/ch03",
+        .default_weights = "data/weights/ch03_induction.safetensors",
         .opts = opts, .n_opts = 1,
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
     ensure_out_dir(a.out);
-    Rng rng;
-    rng_seed(&rng, a.seed);
-
-    ModelGeometry g;
-    geometry_init(&g, "ch03 random MHA", 1, 32, 4, 4);
-    g.dtype_bytes = 4;
-    Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
-    size_t np = mixer_n_params(m.ops, &g, 0);
-    float *params = mallocCheck(sizeof(float) * np), *x = mallocCheck(sizeof(float) * T * g.d_model);
-    m.ops->init(&m, params, &rng);
-    // stronger random projections than training init, so the untrained heads show visible patterns
-    for (size_t i = 0; i < np; i++) params[i] *= 10.0f;
-    rng_fill_normal(&rng, x, T * g.d_model, 1.0f);
-
-    figure_heads(&a, &m, params, x);
-    figure_decode(&a, &m, params, x);
+    Trained t;
+    trained_load(&t, a.weights);
+    figure_heads(&a, &t);
+    figure_decode(&a, &t);
     figure_kv_memory(&a, configs);
-    printf("ch03: wrote figures to %s/ (01_heads, 02_decode_equals_forward, 03_kv_cache_vs_context)\n", a.out);
-    free(params); free(x);
+    trained_plot_curve(&t, &a, "04_training_curve", "Training the chapter-3 model on the induction task");
+    trained_free(&t);
+    printf("ch03: wrote figures to %s/ (01_heads, 02_decode_equals_forward, 03_kv_cache_vs_context, 04_training_curve)\n", a.out);
     return 0;
 }

@@ -48,14 +48,19 @@ static const char *const slot_names[N_SLOTS] = {"wq", "wq_a", "q_norm", "wq_b", 
 static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][2]) {
     int64_t q_out = (int64_t)z->H * z->dqk;
     int64_t s[N_SLOTS][2] = {
-        [WQ] = {q_out, z->d},           [WQ_A] = {z->qr, z->d},  [Q_NORM] = {z->qr, 1},
-        [WQ_B] = {q_out, z->qr},        [WKV_A] = {z->dc + z->dr, z->d}, [KV_NORM] = {z->dc, 1},
-        [WKV_B] = {(int64_t)z->H * z->dkv, z->dc}, [WO] = {z->d, (int64_t)z->H * z->dv},
+        [WQ] = {q_out, z->d},
+        [WQ_A] = {z->qr, z->d},
+        [Q_NORM] = {z->qr, 1},
+        [WQ_B] = {q_out, z->qr},
+        [WKV_A] = {z->dc + z->dr, z->d},
+        [KV_NORM] = {z->dc, 1},
+        [WKV_B] = {(int64_t)z->H * z->dkv, z->dc},
+        [WO] = {z->d, (int64_t)z->H * z->dv},
     };
     size_t total = 0;
     for (int i = 0; i < N_SLOTS; i++) {
-        int low_rank_q = i == WQ_A || i == Q_NORM || i == WQ_B;
-        ndim[i] = (i == WQ && z->qr > 0) || (low_rank_q && z->qr == 0) ? 0 : (i == Q_NORM || i == KV_NORM ? 1 : 2);
+        int present = i == WQ ? z->qr == 0 : (i == WQ_A || i == Q_NORM || i == WQ_B) ? z->qr > 0 : 1;
+        ndim[i] = !present ? 0 : (i == Q_NORM || i == KV_NORM) ? 1 : 2;
         shape[i][0] = s[i][0];
         shape[i][1] = s[i][1];
         off[i] = total;
@@ -115,6 +120,18 @@ static void rope_keys(float *kpe, int N, int T, int dr, double theta, int invers
     for (int r = 0; r < N; r++) rope_apply(kpe + (size_t)r * dr, r % T, dr, theta, ROPE_INTERLEAVED, inverse);
 }
 
+// a . b over n floats, as 8 interleaved partial sums added in a fixed order: the same bits on every
+// call, and the 8 sums fit one vector register. (One running sum is a chain of dependent adds, 4 cycles
+// each, which would hide the difference in work between the two decode paths.)
+static float dot(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
+    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // First key query i may see: 0 for causal attention, i - W + 1 under a window of W keys.
 static int first_key(int i, int W) { return W > 0 && i - W + 1 > 0 ? i - W + 1 : 0; }
 
@@ -129,10 +146,7 @@ static void attend_naive(float *o, float *p, float *s, const float *q, const flo
     for (int k = 0; k < n; k++) {
         size_t slot = (size_t)((lo + k) % ring);
         const float *kn = kv + slot * kv_stride, *kp = kpe + slot * z->dr;
-        float dot = 0.0f;
-        for (int c = 0; c < z->dn; c++) dot += q[c] * kn[c];
-        for (int c = 0; c < z->dr; c++) dot += q[z->dn + c] * kp[c];
-        s[k] = dot * scale;
+        s[k] = (dot(q, kn, z->dn) + dot(q + z->dn, kp, z->dr)) * scale;
     }
     softmax_row(p, s, NULL, n);
     for (int c = 0; c < z->dv; c++) o[c] = 0.0f;
@@ -151,10 +165,7 @@ static void attend_absorbed(float *u, float *p, float *s, const float *q_lat, co
     for (int k = 0; k < n; k++) {
         size_t slot = (size_t)((lo + k) % ring);
         const float *cj = ckv + slot * z->dc, *kp = kpe + slot * z->dr;
-        float dot = 0.0f;
-        for (int c = 0; c < z->dc; c++) dot += q_lat[c] * cj[c];
-        for (int c = 0; c < z->dr; c++) dot += q_pe[c] * kp[c];
-        s[k] = dot * scale;
+        s[k] = (dot(q_lat, cj, z->dc) + dot(q_pe, kp, z->dr)) * scale;
     }
     softmax_row(p, s, NULL, n);
     for (int c = 0; c < z->dc; c++) u[c] = 0.0f;
@@ -340,9 +351,7 @@ static void mla_backward(const Mixer *m, float *dx, float *dparams, const float 
                     // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j
                     for (int k = 0; k < n; k++) {
                         const float *v = a.kv + ((size_t)b * T + lo + k) * kv_row + (size_t)h * z.dkv + z.dn;
-                        float dot = 0.0f;
-                        for (int c = 0; c < z.dv; c++) dot += go[c] * v[c];
-                        dp[k] = dot;
+                        dp[k] = dot(go, v, z.dv);
                     }
                     softmax_row_backward(ds, p, dp, n);
                     // s_j = ([q_nope|q_pe] . [k_nope_j|k_pe_j]) * scale; dv_j += p_j do_i
@@ -484,11 +493,13 @@ static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x
         const float *w_uv = w_uk + (size_t)z.dn * z.dc;            // W_UV[h] (dv, dc)
         float *oh = c->o + (size_t)h * z.dv;
         if (c->absorbed) {
-            // W_UK folds into the query: q_lat (1,dc) = q_nope (1,dn) W_UK[h] (dn,dc), so the scores
-            // read the dc-wide latents directly; W_UV folds into the output: o_h = W_UV[h] u.
-            matmul(c->q_lat, qh, w_uk, 1, z.dn, z.dc, 0);
+            // W_UK folds into the query: q_lat (dc) = W_UK[h]^T q_nope, so the scores read the dc-wide
+            // latents directly; W_UV folds into the output: o_h (dv) = W_UV[h] u.
+            for (int k = 0; k < z.dc; k++) c->q_lat[k] = 0.0f;
+            for (int i = 0; i < z.dn; i++)
+                for (int k = 0; k < z.dc; k++) c->q_lat[k] += qh[i] * w_uk[(size_t)i * z.dc + k];
             attend_absorbed(c->u, c->p, c->s, c->q_lat, qh + z.dn, c->ckv, c->kpe, c->cap, lo, t, &z, scale);
-            linear_forward(oh, c->u, w_uv, NULL, 1, z.dc, z.dv);
+            for (int r = 0; r < z.dv; r++) oh[r] = dot(w_uv + (size_t)r * z.dc, c->u, z.dc);
         } else {
             // rebuild this head's k_nope and v for every held token: (held, dc) x (dc, dn+dv)
             linear_forward(c->kvh, c->ckv, w_uk, NULL, held, z.dc, z.dkv);

@@ -38,9 +38,9 @@ def st_read(path):
     data = raw[8 + n:]
     tensors = {}
     for name, e in header.items():
-        assert e["dtype"] == "F32", (name, e["dtype"])
+        dtype = {"F32": torch.float32, "I32": torch.int32}[e["dtype"]]
         b, end = e["data_offsets"]
-        t = torch.frombuffer(bytearray(data[b:end]), dtype=torch.float32)
+        t = torch.frombuffer(bytearray(data[b:end]), dtype=dtype)
         tensors[name] = t.reshape(e["shape"]).clone()
     return tensors, meta
 

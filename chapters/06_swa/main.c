@@ -1,0 +1,629 @@
+// Chapter 6: sliding-window attention.
+//
+// Article: the section on sliding-window attention. A local layer lets each token attend to only the
+// last W tokens (itself included) instead of the whole past. Its KV cache then stops growing at W
+// tokens, which is why Gemma 2 (1 local : 1 global, W 4096), Gemma 3 (5:1, W 1024), OLMo 3 (3:1)
+// and gpt-oss (1:1, W 128) interleave local layers with a few global ones: the global layers keep
+// long-range lookups possible, the local ones make most of the cache constant in context length.
+// Gemma 3's ablations found the ratio and the window barely move perplexity; the toy version here
+// shows the part perplexity hides: a lookup whose key lies beyond every window fails unless some
+// layer is global.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "03_mha/mha.h"
+#include "06_swa/swa.h"
+#include "check.h"
+#include "cli.h"
+#include "heatmap.h"
+#include "hfconfig.h"
+#include "kvcache.h"
+#include "mathx.h"
+#include "model.h"
+#include "plot.h"
+#include "registry.h"
+#include "rng.h"
+#include "tasks.h"
+
+// ---- Figure 1: the two masks ------------------------------------------------------------------------
+
+#define TM 12
+#define WM 4
+
+static const char *mask_tokens[TM] = {"The", "cat", "that", "the", "dog", "chased", "sat", "on", "the", "mat", "all", "day"};
+
+// With equal scores every visible key gets the same weight, so a cell shows 1 / (keys the query sees):
+// a global row spreads over i + 1 keys, a local row over at most W.
+static void uniform_weights(float *P, const unsigned char *mask, int T) {
+    for (int i = 0; i < T; i++) {
+        int n = 0;
+        for (int j = 0; j < T; j++) n += mask[i * T + j];
+        for (int j = 0; j < T; j++) P[i * T + j] = mask[i * T + j] ? 1.0f / (float)n : 0.0f;
+    }
+}
+
+static void figure_masks(const CliArgs *a) {
+    unsigned char causal[TM * TM], local[TM * TM], reach[TM * TM];
+    float Pc[TM * TM], Pl[TM * TM], Pr[TM * TM];
+    mask_fill(causal, MASK_CAUSAL, TM, 0);
+    mask_fill(local, MASK_SLIDING, TM, WM);
+    uniform_weights(Pc, causal, TM);
+    uniform_weights(Pl, local, TM);
+    // two local layers in a row mix tokens with P_local @ P_local: nonzero up to 2(W-1) keys back
+    for (int i = 0; i < TM; i++)
+        for (int j = 0; j < TM; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < TM; k++) acc += Pl[i * TM + k] * Pl[k * TM + j];
+            Pr[i * TM + j] = acc;
+            reach[i * TM + j] = acc > 0.0f;
+        }
+    HeatPanel panels[3] = {
+        {.values = Pc, .mask = causal, .rows = TM, .cols = TM, .title = "global layer: every past token",
+         .row_labels = mask_tokens, .col_labels = mask_tokens, .xlabel = "key j", .ylabel = "query i",
+         .vmin = 0, .vmax = 1},
+        {.values = Pl, .mask = local, .rows = TM, .cols = TM, .title = "local layer: the last W = 4 tokens",
+         .row_labels = mask_tokens, .col_labels = mask_tokens, .xlabel = "key j", .vmin = 0, .vmax = 1},
+        {.values = Pr, .mask = reach, .rows = TM, .cols = TM, .title = "two local layers stacked: reach 2(W-1) = 6 back",
+         .row_labels = mask_tokens, .col_labels = mask_tokens, .xlabel = "key j", .vmin = 0, .vmax = 1},
+    };
+    HeatmapFigure f = {
+        .title = "Global vs local (sliding-window) attention",
+        .subtitle = "left two: attention weights when every score is equal (1 / keys visible); a local row never "
+                    "spreads over more than W keys, itself included (i-W < j <= i). Right: the mixing matrix of two "
+                    "such local layers in a row (P x P): information travels up to W-1 tokens per layer. Hatched: "
+                    "masked or unreachable.",
+        .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 1,
+        .colorbar_label = "weight of key j in query i's output",
+    };
+    char path[1024];
+    heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_global_vs_local_mask"), a->png, a->svg);
+}
+
+// ---- the toy ablation: tiny models trained by `make weights` --------------------------------------
+
+// The models tools/make_weights.sh trains for this chapter, all on the same task, data and seed.
+static const char *ablation_files[] = {
+    "ch06_global.safetensors",
+    "ch06_1to1_w4.safetensors",
+    "ch06_3to1_w4.safetensors",
+    "ch06_3to1_w8.safetensors",
+    "ch06_local_w4.safetensors",
+    "ch06_local_w8.safetensors",
+    "ch06_local_w12.safetensors",
+    "ch06_local_w16.safetensors",
+};
+#define N_ABL (int)(sizeof ablation_files / sizeof ablation_files[0])
+#define HEATMAP_MODEL "ch06_3to1_w4.safetensors"
+#define MAX_DIST 64
+
+typedef struct {
+    Model *m;
+    Task task;
+    int ratio;                // local_per_global read back from the layer pattern
+    int window;               // 0 for all global
+    char pattern[GEOM_MAX_LAYERS + 1];
+    double loss, accuracy;    // on this program's held-out samples
+    double train_accuracy;    // what tools/train measured (file metadata)
+    int correct[MAX_DIST + 1], scored[MAX_DIST + 1];   // by distance query -> its key
+} Ablation;
+
+// local_per_global of a loaded model's pattern (SWA_ALL_LOCAL, 0, or R when layers repeat R L + 1 G).
+static int pattern_ratio(const ModelGeometry *g) {
+    int n_local = geometry_count(g, LAYER_LOCAL);
+    if (n_local == g->n_layers) return SWA_ALL_LOCAL;
+    if (n_local == 0) return 0;
+    return n_local / (g->n_layers - n_local);
+}
+
+// Distance from query position i back to its key: the FIRST position holding the same token. In the
+// copy task that is the token's one earlier occurrence (an induction head finds it and predicts what
+// followed it); in recall it is the key's place among the pairs, whose value comes right after.
+// -1 when the token did not occur before. A local layer of window W reaches that value (at j + 1)
+// directly iff i - j <= W.
+static int key_distance(const int *tok, int i) {
+    for (int j = 0; j < i; j++)
+        if (tok[j] == tok[i]) return i - j;
+    return -1;
+}
+
+static Model *load_model(const char *path, ModelInfo *info, Task *task) {
+    char err[1024];
+    Model *m = model_load(path, mixer_by_name, info, err, sizeof err);
+    if (!m) die_user("%s (run `make weights` to train the chapter's models)", err);
+    if (!info->task_config || task_from_json(task, info->task_config, err, sizeof err) != 0)
+        die_user("%s: no usable task in the metadata (%s)", path, info->task_config ? err : "task_config missing");
+    return m;
+}
+
+// Held-out evaluation: loss, accuracy, and accuracy by key distance. Batches of B sequences.
+static void evaluate(Ablation *A, int n_samples, uint64_t seed) {
+    enum { B = 32 };
+    const Task *t = &A->task;
+    int T = t->seq_len;
+    int *tok = mallocCheck(sizeof(int) * B * T), *tgt = mallocCheck(sizeof(int) * B * T);
+    Rng rng;
+    rng_seed(&rng, seed);
+    double loss_sum = 0;
+    long n_scored = 0, n_correct = 0;
+    for (int done = 0; done < n_samples; done += B) {
+        task_batch(t, &rng, SPLIT_HELDOUT, tok, tgt, B);
+        model_forward(A->m, tok, tgt, B, T);
+        int V = A->m->g.vocab_size, sc = 0;
+        for (int n = 0; n < B * T; n++) {
+            if (tgt[n] < 0) continue;
+            const float *lg = A->m->logits + (size_t)n * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (lg[v] > lg[best]) best = v;
+            int dist = key_distance(tok + (n / T) * T, n % T);
+            if (dist >= 0 && dist <= MAX_DIST) {
+                A->scored[dist]++;
+                A->correct[dist] += best == tgt[n];
+            }
+            n_correct += best == tgt[n];
+            sc++;
+        }
+        loss_sum += (double)A->m->loss * sc;
+        n_scored += sc;
+    }
+    A->loss = n_scored ? loss_sum / (double)n_scored : NAN;
+    A->accuracy = n_scored ? (double)n_correct / (double)n_scored : NAN;
+    free(tok);
+    free(tgt);
+}
+
+static void ablation_label(char *buf, size_t cap, const Ablation *A) {
+    char r[32];
+    if (A->ratio == 0) snprintf(buf, cap, "all global (%s)", A->pattern);
+    else snprintf(buf, cap, "%s (%s), W %d", swa_ratio_name(r, sizeof r, A->ratio), A->pattern, A->window);
+}
+
+// Figure: accuracy and loss vs window, one line per ratio; the all-global model as a dashed reference.
+static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n, int min_dist, int max_dist) {
+    static const int ratios[] = {SWA_ALL_LOCAL, 3, 1};
+    static const int colors[] = {COLOR_SWA, COLOR_GQA, COLOR_MLA};
+    enum { NR = 3 };
+    const Ablation *global = NULL;
+    for (int k = 0; k < n; k++)
+        if (abl[k].ratio == 0) global = &abl[k];
+    for (int which = 0; which < 2; which++) {   // 0 accuracy, 1 loss
+        double xs[NR][N_ABL], ys[NR][N_ABL], gx[2], gy[2];
+        char labels[NR + 1][400];
+        PlotSeries series[NR + 1];
+        int ns = 0, wmin = 1 << 30, wmax = 0;
+        for (int r = 0; r < NR; r++) {
+            int np = 0;
+            for (int w = 1; w <= MAX_DIST; w++)   // the models of this ratio, in window order
+                for (int k = 0; k < n; k++)
+                    if (abl[k].ratio == ratios[r] && abl[k].window == w) {
+                        xs[r][np] = w;
+                        ys[r][np] = which == 0 ? 100.0 * abl[k].accuracy : abl[k].loss;
+                        np++;
+                        if (w < wmin) wmin = w;
+                        if (w > wmax) wmax = w;
+                    }
+            if (!np) continue;
+            // the legend carries every point's number: "W 4: 10.1%, W 8: 95.6%, ..."
+            int len = snprintf(labels[ns], sizeof labels[ns], "%s", ratios[r] == SWA_ALL_LOCAL ? "all local (LLLL)"
+                               : ratios[r] == 3 ? "3 local : 1 global (LLLG)" : "1 local : 1 global (LGLG)");
+            for (int p = 0; p < np && len < (int)sizeof labels[ns]; p++)
+                len += snprintf(labels[ns] + len, sizeof labels[ns] - len, which == 0 ? "%s W %d: %.1f%%" : "%s W %d: %.3f",
+                                p ? "," : ";", (int)xs[r][p], ys[r][p]);
+            series[ns] = (PlotSeries){.label = labels[ns], .x = xs[r], .y = ys[r], .n = np, .color = colors[r],
+                                      .markers = 1};
+            ns++;
+        }
+        if (global && wmax > 0) {
+            gx[0] = wmin;
+            gx[1] = wmax;
+            gy[0] = gy[1] = which == 0 ? 100.0 * global->accuracy : global->loss;
+            snprintf(labels[ns], sizeof labels[ns], "all global (GGGG): %.1f%%, loss %.3f", 100.0 * global->accuracy,
+                     global->loss);
+            series[ns] = (PlotSeries){.label = labels[ns], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1};
+            ns++;
+        }
+        char sub[512];
+        snprintf(sub, sizeof sub, "4-layer models (d_model 32, 2 heads) trained on the same copy task with the same "
+                 "seed; each copied token's key lies %d to %d tokens back, so windows below that cannot see it "
+                 "directly. Held-out samples.", min_dist, max_dist);
+        LineChart c = {
+            .title = which == 0 ? "Toy Gemma 3 ablation: accuracy vs window and local:global ratio"
+                                : "Toy Gemma 3 ablation: held-out loss vs window and local:global ratio",
+            .subtitle = sub,
+            .xlabel = "sliding window W (tokens)",
+            .ylabel = which == 0 ? "held-out accuracy on the copied tokens (%)" : "held-out cross-entropy (nats)",
+            .series = series, .n_series = ns,
+            .ymin = 0, .ymax = which == 0 ? 100 : 0,
+            .legend_pos = 3,
+            .note = "with a global layer every model reaches 100% at any window: the global layer looks the key up "
+                    "directly. Local-only stacks can pass a token on at most 4 x (W-1) positions; whether training "
+                    "finds that relay is luck: at W 8 it did, at W 12 the model settled for the lookups inside its "
+                    "window (./ch06 prints accuracy inside and beyond W)",
+        };
+        char path[1024];
+        plot_line_chart(&c, path_join(path, sizeof path, a->out, which == 0 ? "05_ablation_accuracy_vs_window"
+                                                                             : "06_ablation_loss_vs_window"),
+                        a->png, a->svg);
+    }
+}
+
+// Figure: accuracy by distance to the key: the models of window W, every all-local model, and the
+// all-global reference.
+static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int n, int W, int min_dist,
+                                     int max_dist) {
+    static const int local_colors[] = {COLOR_SWA, COLOR_LINEAR, COLOR_DSA, COLOR_OTHER};
+    double xs[N_ABL][MAX_DIST + 1], ys[N_ABL][MAX_DIST + 1];
+    char labels[N_ABL][340];
+    PlotSeries series[N_ABL];
+    int ns = 0, n_local = 0, order[N_ABL], no = 0;
+    // all-local models first, the ones with global layers after, the all-global reference on top
+    for (int pass = 0; pass < 3; pass++)
+        for (int k = 0; k < n; k++) {
+            int r = abl[k].ratio;
+            if ((pass == 0 && r == SWA_ALL_LOCAL) || (pass == 1 && r > 0) || (pass == 2 && r == 0)) order[no++] = k;
+        }
+    for (int o = 0; o < no; o++) {
+        const Ablation *A = &abl[order[o]];
+        if (A->ratio != 0 && A->ratio != SWA_ALL_LOCAL && A->window != W) continue;
+        int np = 0;
+        for (int dd = 1; dd <= MAX_DIST; dd++)
+            if (A->scored[dd] >= 20) {
+                xs[ns][np] = dd;
+                ys[ns][np] = 100.0 * A->correct[dd] / A->scored[dd];
+                np++;
+            }
+        char base[300];
+        ablation_label(base, sizeof base, A);
+        snprintf(labels[ns], sizeof labels[ns], "%s: %.1f%% overall", base, 100.0 * A->accuracy);
+        int color = A->ratio == 0 ? COLOR_MHA : A->ratio == 3 ? COLOR_GQA : A->ratio == 1 ? COLOR_MLA
+                  : local_colors[n_local++ % 4];
+        series[ns] = (PlotSeries){.label = labels[ns], .x = xs[ns], .y = ys[ns], .n = np, .color = color,
+                                  .markers = 1, .dashed = A->ratio == 0};
+        ns++;
+    }
+    char sub[400];
+    snprintf(sub, sizeof sub, "accuracy on copied tokens, grouped by how far back the token's earlier occurrence "
+             "(its key) lies; a local layer of window W sees it directly only at distance <= W. The W = %d "
+             "models with a global layer, every all-local model, the all-global reference (dashed).", W);
+    LineChart c = {
+        .title = "Beyond the window, local-only stacks fail or must relay; one global layer makes every lookup direct",
+        .subtitle = sub,
+        .xlabel = "distance from the query back to its key (tokens)", .ylabel = "held-out accuracy (%)",
+        .series = series, .n_series = ns, .ymin = 0, .ymax = 100, .legend_pos = 3,
+        .xmin = min_dist - 0.5, .xmax = max_dist + 0.5,
+        .note = "4 layers each, same task, data and seed; the models with a global layer sit on the 100% line "
+                "under the dashed reference. A stack of local layers can pass a token on at most layers x (W-1) "
+                "positions: whether training finds such a relay is luck (see the printed table of ./ch06).",
+        .height = 680,
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "07_ablation_accuracy_by_distance"), a->png, a->svg);
+}
+
+// Figure: every head of every layer of one trained model on the task's fixed example.
+static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
+    ModelInfo info;
+    Task task;
+    Model *m = load_model(path, &info, &task);
+    const ModelGeometry *g = &m->g;
+    int T = task.seq_len, L = g->n_layers, H = g->n_heads;
+    if (L * H > 16) die_user("%s: %d layers x %d heads is more panels than this figure draws (16)", path, L, H);
+    int *tok = mallocCheck(sizeof(int) * T), *tgt = mallocCheck(sizeof(int) * T);
+    task_example(&task, tok, tgt);
+    model_forward(m, tok, NULL, 1, T);
+    const char **labels = mallocCheck(sizeof(char *) * T);
+    for (int i = 0; i < T; i++) labels[i] = task_token_str(&task, tok[i]);
+    float *A = mallocCheck(sizeof(float) * (size_t)L * H * T * T);
+    unsigned char *masks = mallocCheck((size_t)L * T * T);
+    HeatPanel panels[16];
+    char titles[16][64];
+    // rows of panels are heads, columns are layers, so each column reads as one layer
+    for (int l = 0; l < L; l++) {
+        model_mixing_matrix(m, l, A + (size_t)l * H * T * T);
+        int W = mha_layer_window(g, l);
+        if (W) mask_fill(masks + (size_t)l * T * T, MASK_SLIDING, T, W);
+        else mask_fill(masks + (size_t)l * T * T, MASK_CAUSAL, T, 0);
+    }
+    for (int h = 0; h < H; h++)
+        for (int l = 0; l < L; l++) {
+            int k = h * L + l, W = mha_layer_window(g, l);
+            if (W) snprintf(titles[k], sizeof titles[k], "layer %d, local W %d, head %d", l, W, h);
+            else snprintf(titles[k], sizeof titles[k], "layer %d, global, head %d", l, h);
+            panels[k] = (HeatPanel){.values = A + ((size_t)l * H + h) * T * T, .mask = masks + (size_t)l * T * T,
+                                    .rows = T, .cols = T, .title = titles[k], .row_labels = labels,
+                                    .col_labels = labels, .xlabel = "key j", .ylabel = l == 0 ? "query i" : NULL};
+        }
+    char pat[GEOM_MAX_LAYERS + 1], sub[512], title[400];
+    swa_pattern_string(pat, sizeof pat, g);
+    snprintf(title, sizeof title, "A trained local:global model (%s): what each layer attends to", pat);
+    snprintf(sub, sizeof sub, "%d layers, d_model %d, %d heads, trained on the copy task (a random segment, then "
+             "the same segment again); local layers only see a band of W = %d keys, the global layer reaches back "
+             "to the first copy. Held-out accuracy %.1f%%. Hatched: masked.",
+             L, g->d_model, H, g->sliding_window, 100.0 * info.accuracy);
+    HeatmapFigure f = {
+        .title = title, .subtitle = sub, .panels = panels, .n_panels = L * H, .panels_per_row = L,
+        .vmin = 0, .vmax = 1, .show_values = 0, .colorbar_label = "attention weight",
+    };
+    char out[1024];
+    heatmap_figure(&f, path_join(out, sizeof out, a->out, "02_trained_layer_heatmaps"), a->png, a->svg);
+    free(tok); free(tgt); free(labels); free(A); free(masks);
+    model_info_free(&info);
+    task_free(&task);
+    model_free(m);
+}
+
+static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
+    Ablation abl[N_ABL];
+    memset(abl, 0, sizeof abl);
+    int seq_len = 0, min_dist = 1 << 30, max_dist = 0;
+    printf("  %-28s %-8s %6s %9s %9s %11s %11s  %s\n", "model", "pattern", "window", "accuracy", "loss",
+           "key <= W", "key > W", "(train's eval)");
+    for (int k = 0; k < N_ABL; k++) {
+        Ablation *A = &abl[k];
+        char path[1024];
+        ModelInfo info;
+        A->m = load_model(path_join(path, sizeof path, dir, ablation_files[k]), &info, &A->task);
+        if (seq_len && A->task.seq_len != seq_len) die_user("%s: seq_len %d differs from the other models' %d", path,
+                                                            A->task.seq_len, seq_len);
+        seq_len = A->task.seq_len;
+        A->ratio = pattern_ratio(&A->m->g);
+        A->window = A->ratio == 0 ? 0 : A->m->g.sliding_window;
+        if (A->window > MAX_DIST) die_user("%s: window %d is larger than this figure's %d", path, A->window, MAX_DIST);
+        swa_pattern_string(A->pattern, sizeof A->pattern, &A->m->g);
+        A->train_accuracy = info.accuracy;
+        model_info_free(&info);
+        evaluate(A, n_samples, a->seed ^ 0x5eed5eedULL);
+        for (int dd = 1; dd <= MAX_DIST; dd++)
+            if (A->scored[dd]) {
+                if (dd < min_dist) min_dist = dd;
+                if (dd > max_dist) max_dist = dd;
+            }
+        // accuracy on the lookups a local layer could see directly (key distance <= W) and the rest
+        int ci = 0, si = 0, cb = 0, sb = 0;
+        for (int dd = 1; dd <= MAX_DIST; dd++) {
+            int in = A->window == 0 || dd <= A->window;
+            ci += in ? A->correct[dd] : 0; si += in ? A->scored[dd] : 0;
+            cb += in ? 0 : A->correct[dd]; sb += in ? 0 : A->scored[dd];
+        }
+        char in_s[16] = "-", out_s[16] = "-";
+        if (si) snprintf(in_s, sizeof in_s, "%.1f%%", 100.0 * ci / si);
+        if (sb) snprintf(out_s, sizeof out_s, "%.1f%%", 100.0 * cb / sb);
+        printf("  %-28s %-8s %6d %8.1f%% %9.4f %11s %11s  (%.1f%%)\n", ablation_files[k], A->pattern, A->window,
+               100.0 * A->accuracy, A->loss, in_s, out_s, 100.0 * A->train_accuracy);
+    }
+    figure_ablation_window(a, abl, N_ABL, min_dist, max_dist);
+    figure_ablation_distance(a, abl, N_ABL, 4, min_dist, max_dist);
+    for (int k = 0; k < N_ABL; k++) {
+        model_free(abl[k].m);
+        task_free(&abl[k].task);
+    }
+}
+
+// ---- KV memory of real models --------------------------------------------------------------------
+
+#define NCTX 23   // 64 .. 128K tokens in half-octave steps
+
+static void context_grid(double *xs) {
+    for (int p = 0; p < NCTX; p++) xs[p] = round(64.0 * pow(2.0, p / 2.0));
+}
+
+static void load_config(ModelGeometry *g, const char *dir, const char *file) {
+    char path[1024], err[512];
+    if (hfconfig_load(g, path_join(path, sizeof path, dir, file), err, sizeof err) != 0) die_user("%s", err);
+}
+
+// Figure: KV cache vs context for four sliding-window models, each against itself counted all-global.
+static void figure_kv_real(const CliArgs *a, const char *configs) {
+    static const char *files[] = {"gemma2-9b.json", "gemma3-27b.json", "olmo3-7b.json", "gpt-oss-20b.json"};
+    static const char *names[] = {"Gemma 2 9B", "Gemma 3 27B", "OLMo 3 7B", "gpt-oss-20b"};
+    static const int colors[] = {COLOR_GQA, COLOR_SWA, COLOR_MLA, COLOR_DSA};
+    enum { N = 4 };
+    double xs[NCTX], ys[2 * N][NCTX];
+    char labels[2 * N][200];
+    PlotSeries series[2 * N];
+    context_grid(xs);
+    printf("  %-14s %7s %-8s %8s %12s %14s %14s %7s\n", "model", "layers", "pattern", "window", "KV/token", "KV at 128K",
+           "all-global", "saving");
+    for (int m = 0; m < N; m++) {
+        ModelGeometry g, gg;
+        load_config(&g, configs, files[m]);
+        gg = g;
+        swa_make_all_global(&gg);
+        int nl = geometry_count(&g, LAYER_LOCAL), ng = g.n_layers - nl;
+        for (int p = 0; p < NCTX; p++) {
+            ys[2 * m][p] = kvcache_total_bytes(&g, (long)xs[p], 1);
+            ys[2 * m + 1][p] = kvcache_total_bytes(&gg, (long)xs[p], 1);
+        }
+        double at = ys[2 * m][NCTX - 1], full = ys[2 * m + 1][NCTX - 1];
+        char b1[32], b2[32], b3[32];
+        snprintf(labels[2 * m], sizeof labels[2 * m], "%s: %d local (W %d) + %d global layers, %s at 128K", names[m],
+                 nl, g.sliding_window, ng, fmt_bytes(b1, sizeof b1, at));
+        snprintf(labels[2 * m + 1], sizeof labels[2 * m + 1], "%s counted all-global: %s at 128K", names[m],
+                 fmt_bytes(b2, sizeof b2, full));
+        series[2 * m] = (PlotSeries){.label = labels[2 * m], .x = xs, .y = ys[2 * m], .n = NCTX, .color = colors[m]};
+        series[2 * m + 1] = (PlotSeries){.label = labels[2 * m + 1], .x = xs, .y = ys[2 * m + 1], .n = NCTX,
+                                         .color = colors[m], .dashed = 1};
+        char r[32];
+        printf("  %-14s %7d %-8s %8d %12s %14s %14s %6.1fx\n", names[m], g.n_layers,
+               swa_ratio_name(r, sizeof r, ng ? nl / ng : SWA_ALL_LOCAL), g.sliding_window,
+               fmt_bytes(b3, sizeof b3, kvcache_bytes_per_token(&g)), fmt_bytes(b1, sizeof b1, at),
+               fmt_bytes(b2, sizeof b2, full), full / at);
+    }
+    LineChart c = {
+        .title = "KV cache vs context: sliding-window layers stop growing at W",
+        .subtitle = "one sequence, bf16. Solid: as built (a local layer holds min(context, W) tokens, a global "
+                    "layer all of them); dashed: the same model with every layer global. Past the window only "
+                    "the global layers keep growing.",
+        .xlabel = "context length (tokens, log scale)", .ylabel = "KV cache (bytes, log scale)",
+        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
+        .series = series, .n_series = 2 * N, .legend_pos = 3,
+        .note = "bytes = sum over layers of 2 (K, V) x n_kv_heads x head_dim x 2 bytes x tokens held; numbers "
+                "from each model's config.json in data/configs/",
+        .height = 720,
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "03_kv_cache_real_models"), a->png, a->svg);
+}
+
+// Figure: Gemma 3 27B's cache at 128K tokens for other ratios and windows.
+static void figure_kv_sweep(const CliArgs *a, const char *configs) {
+    static const int ratios[] = {1, 3, 5, SWA_ALL_LOCAL};
+    static const int colors[] = {COLOR_GQA, COLOR_MLA, COLOR_SWA, COLOR_LINEAR};
+    static const int windows[] = {128, 512, 1024, 4096};
+    enum { NR = 4, NW = 4 };
+    const long ctx = 131072;
+    ModelGeometry base;
+    load_config(&base, configs, "gemma3-27b.json");
+    double xs[NW], ys[NR][NW], gx[2] = {windows[0], windows[NW - 1]}, gy[2], sx[1], sy[1];
+    char labels[NR + 2][200];
+    PlotSeries series[NR + 2];
+    for (int w = 0; w < NW; w++) xs[w] = windows[w];
+    printf("  Gemma 3 27B at 128K tokens:");
+    for (int r = 0; r < NR; r++) {
+        for (int w = 0; w < NW; w++) {
+            ModelGeometry g = base;
+            swa_set_pattern(&g, ratios[r], windows[w]);
+            ys[r][w] = kvcache_total_bytes(&g, ctx, 1);
+        }
+        char rn[32], b1[32], b2[32];
+        ModelGeometry g = base;
+        swa_set_pattern(&g, ratios[r], 1024);
+        snprintf(labels[r], sizeof labels[r], "%s: %d global layers of 62; %s (W 128) to %s (W 4096)",
+                 swa_ratio_name(rn, sizeof rn, ratios[r]), geometry_count(&g, LAYER_GLOBAL),
+                 fmt_bytes(b1, sizeof b1, ys[r][0]), fmt_bytes(b2, sizeof b2, ys[r][NW - 1]));
+        series[r] = (PlotSeries){.label = labels[r], .x = xs, .y = ys[r], .n = NW, .color = colors[r], .markers = 1};
+        printf(" %s %s (W 1024);", rn, fmt_bytes(b1, sizeof b1, ys[r][2]));
+    }
+    ModelGeometry gg = base;
+    swa_make_all_global(&gg);
+    gy[0] = gy[1] = kvcache_total_bytes(&gg, ctx, 1);
+    char b[32];
+    snprintf(labels[NR], sizeof labels[NR], "all 62 layers global: %s", fmt_bytes(b, sizeof b, gy[0]));
+    series[NR] = (PlotSeries){.label = labels[NR], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1};
+    sx[0] = base.sliding_window;
+    sy[0] = kvcache_total_bytes(&base, ctx, 1);
+    snprintf(labels[NR + 1], sizeof labels[NR + 1], "Gemma 3 27B as shipped (5:1, W %d): %s, %.1fx smaller",
+             base.sliding_window, fmt_bytes(b, sizeof b, sy[0]), gy[0] / sy[0]);
+    series[NR + 1] = (PlotSeries){.label = labels[NR + 1], .x = sx, .y = sy, .n = 1, .color = COLOR_OTHER, .markers = 1};
+    printf(" all global %s\n", fmt_bytes(b, sizeof b, gy[0]));
+    LineChart c = {
+        .title = "Gemma 3 27B at 128K context: the ratio matters more than the window",
+        .subtitle = "KV cache of one 131072-token sequence (bf16) for other local:global ratios and windows; "
+                    "at long context the global layers dominate, so fewer global layers save far more than a "
+                    "smaller window",
+        .xlabel = "sliding window W (tokens, log scale)", .ylabel = "KV cache at 128K tokens (bytes, log scale)",
+        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
+        .series = series, .n_series = NR + 2, .legend_pos = 3,
+        .note = "layer i is global iff (i+1) % (R+1) == 0 for R local : 1 global; 16 KV heads x 128 dims per layer",
+        .height = 680,
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "04_gemma3_ratio_and_window_sweep"), a->png, a->svg);
+}
+
+// ---- Figure: the running code's cache equals the formula ---------------------------------------------
+
+static void figure_measured_cache(const CliArgs *a) {
+    static const int ratios[] = {0, 1, 3, SWA_ALL_LOCAL};
+    static const int colors[] = {COLOR_MHA, COLOR_MLA, COLOR_GQA, COLOR_SWA};
+    enum { NR = 4, TT = 48, W = 8 };
+    double xs[TT], meas[NR][TT], form[NR][TT];
+    char labels[2 * NR][160];
+    PlotSeries series[2 * NR];
+    for (int t = 0; t < TT; t++) xs[t] = t + 1;
+    double worst = 0;
+    for (int r = 0; r < NR; r++) {
+        ModelGeometry g;
+        geometry_init(&g, "ch06 cache demo", 4, 32, 2, 2);
+        g.vocab_size = 16;
+        g.max_seq_len = TT;
+        g.dtype_bytes = 4;   // the tiny models cache fp32
+        swa_set_pattern(&g, ratios[r], W);
+        const MixerOps *ops[4] = {&gqa_mixer, &gqa_mixer, &gqa_mixer, &gqa_mixer};
+        Model *m = model_new(&g, ops, 1);
+        ModelCache *c = model_cache_new(m, TT);
+        float *logits = mallocCheck(sizeof(float) * g.vocab_size);
+        for (int t = 0; t < TT; t++) {
+            model_decode(c, logits, t % g.vocab_size);
+            meas[r][t] = (double)model_cache_bytes(c);
+            form[r][t] = kvcache_total_bytes(&g, t + 1, 1);
+            worst = fmax(worst, fabs(meas[r][t] - form[r][t]));
+        }
+        char pat[8], rn[32];
+        swa_pattern_string(pat, sizeof pat, &g);
+        snprintf(labels[2 * r], sizeof labels[2 * r], "%s (%s): measured cache_bytes", swa_ratio_name(rn, sizeof rn, ratios[r]), pat);
+        snprintf(labels[2 * r + 1], sizeof labels[2 * r + 1], "%s: kvcache formula", pat);
+        series[2 * r] = (PlotSeries){.label = labels[2 * r], .x = xs, .y = meas[r], .n = TT, .color = colors[r], .markers = 1};
+        series[2 * r + 1] = (PlotSeries){.label = labels[2 * r + 1], .x = xs, .y = form[r], .n = TT, .color = colors[r], .dashed = 1};
+        free(logits);
+        model_cache_free(c);
+        model_free(m);
+    }
+    CHECK(worst == 0, "measured cache differs from the formula by %g bytes", worst);
+    LineChart c = {
+        .title = "The ring buffer: a local layer's cache stops at W tokens",
+        .subtitle = "a 4-layer tiny model (2 KV heads x 16 dims, fp32) decoding 48 tokens with W = 8; dots: bytes "
+                    "the decode caches hold, dashed: kvcache_total_bytes from the geometry alone (equal at every "
+                    "step)",
+        .xlabel = "tokens decoded", .ylabel = "KV cache (bytes)", .yfmt = AXIS_BYTES,
+        .series = series, .n_series = 2 * NR, .legend_pos = 3,
+        .note = "per layer: 2 x n_kv_heads x head_dim x 4 bytes x min(tokens, W) for local layers, x tokens for global",
+        .height = 640,
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "08_ring_buffer_cache_measured"), a->png, a->svg);
+}
+
+int main(int argc, char **argv) {
+    const char *configs = "data/configs", *wdir = "data/weights";
+    int samples = 256;
+    CliOpt opts[] = {
+        {.name = "--configs", .type = OPT_STRING, .dst = &configs, .meta = "DIR",
+         .help = "folder of Hugging Face config.json files (default data/configs)"},
+        {.name = "--weights-dir", .type = OPT_STRING, .dst = &wdir, .meta = "DIR",
+         .help = "folder of the chapter's trained models ch06_*.safetensors (default data/weights)"},
+        {.name = "--samples", .type = OPT_INT, .dst = &samples, .meta = "N",
+         .help = "held-out samples per model for the ablation (default 256)", .min = 32, .max = 100000},
+    };
+    CliSpec spec = {
+        .prog = "ch06",
+        .summary = "Chapter 6: sliding-window attention: masks, trained local:global models, KV memory of "
+                   "Gemma 2/3, OLMo 3, gpt-oss, and a toy ratio/window ablation.",
+        .usage_extra = "--weights FILE draws figure 02 (per-layer heatmaps) from another trained model",
+        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
+        .default_out = "figures/ch06",
+        .default_weights = "data/weights/" HEATMAP_MODEL,
+        .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
+    };
+    CliArgs a;
+    cli_parse(&spec, &a, argc, argv);
+    ensure_out_dir(a.out);
+
+    // the heatmap model comes from --weights-dir unless --weights names another file
+    char heat[1024];
+    if (a.weights == spec.default_weights) path_join(heat, sizeof heat, wdir, HEATMAP_MODEL);
+    else snprintf(heat, sizeof heat, "%s", a.weights);
+
+    // every input is checked before the first figure is written, so a bad flag leaves nothing behind
+    for (int k = -1; k < N_ABL; k++) {
+        char path[1024];
+        const char *p = k < 0 ? heat : path_join(path, sizeof path, wdir, ablation_files[k]);
+        FILE *f = fopen(p, "rb");
+        if (!f) die_user("cannot read weights '%s' (run `make weights` to train the chapter's models)", p);
+        fclose(f);
+    }
+
+    figure_masks(&a);
+    figure_layer_heatmaps(&a, heat);
+    figure_kv_real(&a, configs);
+    figure_kv_sweep(&a, configs);
+    run_ablation(&a, wdir, samples);
+    figure_measured_cache(&a);
+    printf("ch06: wrote figures to %s/ (01_global_vs_local_mask, 02_trained_layer_heatmaps, 03_kv_cache_real_models, "
+           "04_gemma3_ratio_and_window_sweep, 05/06_ablation_*_vs_window, 07_ablation_accuracy_by_distance, "
+           "08_ring_buffer_cache_measured)\n", a.out);
+    free(a.pos);
+    return 0;
+}

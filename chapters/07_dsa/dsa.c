@@ -1,0 +1,836 @@
+// dsa.c: DeepSeek Sparse Attention (DeepSeek-V3.2): the lightning indexer, the top-k selector, MLA
+// attending to the selected keys only, the indexer's KL loss, and a decode step that keeps the
+// indexer keys beside MLA's cache.
+//
+// Dims: d = d_model, H heads, qr = q_lora_rank, dc = kv_lora_rank, dn = qk_nope_head_dim,
+// dr = qk_rope_head_dim, dv = v_head_dim, dqk = dn + dr, dkv = dn + dv (one head's rows of wkv_b);
+// indexer: Hi = index_n_heads, di = index_head_dim, ri = its rotated dims, topk = index_topk.
+// N = B*T rows; row r is the token at position r % T.
+//
+// The MLA part computes exactly what chapter 5's mla.c computes (same order of operations, so with
+// every key selected the two agree to the last bit); it is written again here because the sparse mask
+// sits inside the softmax, which MLA's interface has no way to take.
+#include "07_dsa/dsa.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "03_mha/mha.h"   // mha_layer_window, mha_layer_rope_theta
+#include "05_mla/mla.h"   // mla_mixer (parameters and init), mla_geometry_tiny
+#include "check.h"
+#include "mathx.h"
+
+static DsaPhase g_phase = DSA_SPARSE;
+static float g_kl_coef = 1.0f;
+
+void dsa_set_phase(DsaPhase phase) { g_phase = phase; }
+DsaPhase dsa_phase(void) { return g_phase; }
+void dsa_set_kl_coef(float coef) { g_kl_coef = coef; }
+float dsa_kl_coef(void) { return g_kl_coef; }
+
+typedef struct { int d, H, qr, dc, dn, dr, dv, dqk, dkv, Hi, di, ri, topk; } Dims;
+
+static Dims dims_of(const ModelGeometry *g, int layer) {
+    CHECK(g->attn == ATTN_MLA, "dsa: geometry '%s' is not MLA", g->name);
+    CHECK(g->index_n_heads > 0 && g->index_head_dim > 0 && g->index_topk > 0,
+          "dsa: geometry '%s' has no indexer (index_n_heads %d, index_head_dim %d, index_topk %d)", g->name,
+          g->index_n_heads, g->index_head_dim, g->index_topk);
+    CHECK(mha_layer_window(g, layer) == 0, "dsa: layer %d is a sliding-window layer; DSA layers are global", layer);
+    Dims z = {.d = g->d_model, .H = g->n_heads, .qr = g->q_lora_rank, .dc = g->kv_lora_rank,
+              .dn = g->qk_nope_head_dim, .dr = g->qk_rope_head_dim, .dv = g->v_head_dim,
+              .Hi = g->index_n_heads, .di = g->index_head_dim, .topk = g->index_topk};
+    z.dqk = z.dn + z.dr;
+    z.dkv = z.dn + z.dv;
+    z.ri = z.dr < z.di ? z.dr : z.di & ~1;   // DeepSeek rotates qk_rope_head_dim of the indexer's dims
+    CHECK(z.d > 0 && z.H > 0 && z.dc > 0 && z.dv > 0 && z.dqk > 0 && z.dr % 2 == 0,
+          "dsa: impossible MLA geometry d %d H %d dc %d dn %d dr %d dv %d", z.d, z.H, z.dc, z.dn, z.dr, z.dv);
+    return z;
+}
+
+// ---- parameters: MLA's tensors, then the indexer's ---------------------------------------------------
+
+enum { IX_WQ, IX_WK, IX_KNORM, IX_KBIAS, IX_WPROJ, N_IX };
+
+static int dsa_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
+    Dims z = dims_of(g, layer);
+    int n = mla_mixer.param_tensors(g, layer, out, cap);
+    CHECK(n + N_IX <= cap, "dsa: %d parameter tensors do not fit in %d", n + N_IX, cap);
+    size_t off = mixer_n_params(&mla_mixer, g, layer);
+    int q_in = z.qr > 0 ? z.qr : z.d;
+    struct { const char *name; int ndim; int64_t s0, s1; } t[N_IX] = {
+        [IX_WQ] = {z.qr > 0 ? "indexer.wq_b" : "indexer.wq", 2, (int64_t)z.Hi * z.di, q_in},
+        [IX_WK] = {"indexer.wk", 2, z.di, z.d},
+        [IX_KNORM] = {"indexer.k_norm", 1, z.di, 1},
+        [IX_KBIAS] = {"indexer.k_norm_bias", 1, z.di, 1},
+        [IX_WPROJ] = {"indexer.weights_proj", 2, z.Hi, z.d},
+    };
+    for (int i = 0; i < N_IX; i++) {
+        ParamTensor *p = &out[n++];
+        memset(p, 0, sizeof *p);
+        snprintf(p->name, sizeof p->name, "%s", t[i].name);
+        p->ndim = t[i].ndim;
+        p->shape[0] = t[i].s0;
+        if (t[i].ndim == 2) p->shape[1] = t[i].s1;
+        p->offset = off;
+        off += (size_t)(t[i].s0 * t[i].s1);
+    }
+    return n;
+}
+
+// The weights as pointers into a parameter (or gradient) slice; NULL where this geometry has none.
+typedef struct {
+    float *wq, *wq_a, *q_norm, *wq_b, *wkv_a, *kv_norm, *wkv_b, *wo;   // MLA (mla.h)
+    float *iwq;      // (Hi*di, qr or d) indexer queries
+    float *iwk;      // (di, d) the shared indexer key
+    float *ik_norm;  // (di) its LayerNorm gain
+    float *ik_bias;  // (di) and bias
+    float *iproj;    // (Hi, d) per-token head weights
+} DsaWeights;
+
+static DsaWeights weights_at(const ModelGeometry *g, int layer, float *params) {
+    ParamTensor t[24];
+    int n = dsa_param_tensors(g, layer, t, 24);
+    DsaWeights w;
+    memset(&w, 0, sizeof w);
+    const struct { const char *name; float **p; } map[] = {
+        {"wq", &w.wq}, {"wq_a", &w.wq_a}, {"q_norm", &w.q_norm}, {"wq_b", &w.wq_b}, {"wkv_a", &w.wkv_a},
+        {"kv_norm", &w.kv_norm}, {"wkv_b", &w.wkv_b}, {"wo", &w.wo}, {"indexer.wq_b", &w.iwq},
+        {"indexer.wq", &w.iwq}, {"indexer.wk", &w.iwk}, {"indexer.k_norm", &w.ik_norm},
+        {"indexer.k_norm_bias", &w.ik_bias}, {"indexer.weights_proj", &w.iproj},
+    };
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
+            if (strcmp(t[i].name, map[k].name) == 0) *map[k].p = params + t[i].offset;
+    CHECK(w.wkv_a && w.wkv_b && w.wo && w.iwq && w.iproj, "dsa: parameter tensors missing");
+    return w;
+}
+
+static void dsa_init(const Mixer *m, float *params, Rng *rng) {
+    Dims z = dims_of(m->g, m->layer);
+    mla_mixer.init(m, params, rng);   // the MLA slice leads: same init as chapter 5
+    DsaWeights w = weights_at(m->g, m->layer, params);
+    int q_in = z.qr > 0 ? z.qr : z.d;
+    rng_fill_normal(rng, w.iwq, (long)z.Hi * z.di * q_in, 0.02f);
+    rng_fill_normal(rng, w.iwk, (long)z.di * z.d, 0.02f);
+    rng_fill_normal(rng, w.iproj, (long)z.Hi * z.d, 0.02f);
+    for (int i = 0; i < z.di; i++) {
+        w.ik_norm[i] = 1.0f;
+        w.ik_bias[i] = 0.0f;
+    }
+}
+
+// ---- pieces shared by forward and decode -----------------------------------------------------------
+
+// a . b over n floats as 8 interleaved partial sums added in a fixed order (mla.c's dot): the same
+// bits on every call, so forward and decode score keys identically and select the same set.
+static float dot(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
+    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// MLA's query q (N, H*dqk) from x (N,d); with a query low-rank also qa, cq (N,qr) and rstd (N) (may
+// be NULL). q_pe is not yet rotated.
+static void query_forward(float *q, float *qa, float *cq, float *rstd, const float *x, const DsaWeights *w,
+                          const Dims *z, int N) {
+    if (z->qr == 0) {
+        linear_forward(q, x, w->wq, NULL, N, z->d, z->H * z->dqk);
+        return;
+    }
+    linear_forward(qa, x, w->wq_a, NULL, N, z->d, z->qr);
+    rmsnorm_forward(cq, rstd, qa, w->q_norm, N, z->qr, MLA_NORM_EPS);
+    linear_forward(q, cq, w->wq_b, NULL, N, z->qr, z->H * z->dqk);
+}
+
+// [c_kv | k_pe] = x Wkv_a^T: ckv_raw (N,dc), ckv = kv_norm(ckv_raw), rstd (N) (may be NULL), kpe (N,dr)
+// not yet rotated.
+static void latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x,
+                           const DsaWeights *w, const Dims *z, int N) {
+    linear_forward(ckv_raw, x, w->wkv_a, NULL, N, z->d, z->dc);
+    linear_forward(kpe, x, w->wkv_a + (size_t)z->dc * z->d, NULL, N, z->d, z->dr);
+    rmsnorm_forward(ckv, rstd, ckv_raw, w->kv_norm, N, z->dc, MLA_NORM_EPS);
+}
+
+// The indexer's projections of N rows: iq (N, Hi*di) from q_in (c_q, or x without a query low-rank),
+// ik_raw (N,di) = x Wk^T, ik (N,di) = LayerNorm(ik_raw) (mean, rstd (N) may be NULL), iw (N,Hi) the
+// scaled head weights. Then RoPE on the first ri dims of every query head and of the key, row r at
+// position pos0 + r % T.
+static void index_forward(float *iq, float *ik, float *ik_raw, float *mean, float *rstd, float *iw,
+                          const float *x, const float *q_in, const DsaWeights *w, const Dims *z, int N, int T,
+                          int pos0, double theta) {
+    linear_forward(iq, q_in, w->iwq, NULL, N, z->qr > 0 ? z->qr : z->d, z->Hi * z->di);
+    linear_forward(ik_raw, x, w->iwk, NULL, N, z->d, z->di);
+    layernorm_forward(ik, mean, rstd, ik_raw, w->ik_norm, w->ik_bias, N, z->di, DSA_LN_EPS);
+    linear_forward(iw, x, w->iproj, NULL, N, z->d, z->Hi);
+    float ws = 1.0f / sqrtf((float)z->Hi) / sqrtf((float)z->di);   // Hi^-0.5 * di^-0.5
+    for (long i = 0; i < (long)N * z->Hi; i++) iw[i] *= ws;
+    for (int r = 0; r < N; r++) {
+        int pos = pos0 + r % T;
+        for (int h = 0; h < z->Hi; h++)
+            rope_apply(iq + ((size_t)r * z->Hi + h) * z->di, pos, z->ri, theta, ROPE_INTERLEAVED, 0);
+        rope_apply(ik + (size_t)r * z->di, pos, z->ri, theta, ROPE_INTERLEAVED, 0);
+    }
+}
+
+// I_{t,s} = sum_h w_{t,h} ReLU(q^I_{t,h} . k^I_s) for one query (iq: Hi*di, iw: Hi) and one key (di).
+static float index_score(const float *iq, const float *iw, const float *k, const Dims *z) {
+    float acc = 0.0f;
+    for (int h = 0; h < z->Hi; h++) {
+        float s = dot(iq + (size_t)h * z->di, k, z->di);
+        if (s > 0.0f) acc += iw[h] * s;
+    }
+    return acc;
+}
+
+// ---- the selector ----------------------------------------------------------------------------------
+
+// Key a ranks before key b: a larger score, or the same score and a lower index (a strict total order,
+// so the top-k set is unique whatever algorithm finds it).
+static int ranks_before(const float *s, int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); }
+
+int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk) {
+    CHECK(n > 0 && topk > 0, "dsa_select_topk: n %d, topk %d", n, topk);
+    int k = topk < n ? topk : n;
+    if (k == n) {
+        for (int j = 0; j < n; j++) sel[j] = j;
+        return n;
+    }
+    // Quickselect (Hoare/Wirth, median-of-three pivot): afterwards work[k-1] is the k-th best key and
+    // work[0..k-1] are the k best, in no particular order.
+    for (int j = 0; j < n; j++) work[j] = j;
+    int lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        int a = work[lo], b = work[lo + (hi - lo) / 2], c = work[hi], pivot;
+        if (ranks_before(scores, a, b))
+            pivot = ranks_before(scores, b, c) ? b : ranks_before(scores, a, c) ? c : a;
+        else
+            pivot = ranks_before(scores, a, c) ? a : ranks_before(scores, b, c) ? c : b;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (ranks_before(scores, work[i], pivot)) i++;
+            while (ranks_before(scores, pivot, work[j])) j--;
+            if (i <= j) {
+                int tmp = work[i];
+                work[i++] = work[j];
+                work[j--] = tmp;
+            }
+        }
+        if (j < want) lo = i;
+        if (want < i) hi = j;
+    }
+    // one pass in index order lists the k best ascending: those ranking at or before the k-th
+    int kth = work[want], m = 0;
+    for (int j = 0; j < n; j++)
+        if (j == kth || ranks_before(scores, j, kth)) sel[m++] = j;
+    CHECK(m == k, "dsa_select_topk: selected %d of %d", m, k);
+    return k;
+}
+
+// The keys query t attends to in this phase, ascending, into keys; returns how many. scores: its
+// indexer scores I_{t,0..t}.
+static int attended_keys(int *keys, int *work, const float *scores, int t, const Dims *z, DsaPhase phase) {
+    int n = t + 1, k = z->topk < n ? z->topk : n;
+    if (phase == DSA_DENSE) {
+        for (int j = 0; j < n; j++) keys[j] = j;
+        return n;
+    }
+    if (phase == DSA_WINDOW) {
+        for (int i = 0; i < k; i++) keys[i] = n - k + i;
+        return k;
+    }
+    return dsa_select_topk(keys, work, scores, n, z->topk);
+}
+
+// The keys marked in one row of the saved attended mask (T floats, 1 or 0), ascending; returns the count.
+static int keys_of_row(int *keys, const float *row, int T) {
+    int n = 0;
+    for (int j = 0; j < T; j++)
+        if (row[j] != 0.0f) keys[n++] = j;
+    return n;
+}
+
+// ---- activations saved by forward -----------------------------------------------------------------
+
+// P leads (mixing_matrix and chapter programs read batch 0's (H,T,T) at offset 0).
+typedef struct {
+    float *P;          // (B,H,T,T) main attention weights, exactly 0 outside the attended set
+    float *I;          // (B,T,T) indexer scores, 0 above the diagonal
+    float *att;        // (B,T,T) 1 where query t attended to key s, else 0
+    float *q;          // (N,H*dqk) MLA queries, q_pe rotated
+    float *qa, *cq;    // (N,qr) query latent before / after q_norm (q_lora_rank > 0)
+    float *rstd_q;     // (N)
+    float *ckv_raw;    // (N,dc)
+    float *ckv;        // (N,dc) after kv_norm
+    float *rstd_kv;    // (N)
+    float *kpe;        // (N,dr) rotated
+    float *kv;         // (N,H*dkv) per head [k_nope | v]
+    float *o;          // (N,H*dv) head outputs, before wo
+    float *iq;         // (N,Hi*di) indexer queries, rotated
+    float *ik_raw;     // (N,di) indexer key before LayerNorm
+    float *ik_mean, *ik_rstd;   // (N)
+    float *ik;         // (N,di) indexer key after LayerNorm and RoPE: what decode caches
+    float *iw;         // (N,Hi) indexer head weights, scaled
+} DsaAct;
+
+static float *take(float *base, size_t *used, size_t n) {
+    float *p = base ? base + *used : NULL;
+    *used += n;
+    return p;
+}
+
+static size_t act_carve(DsaAct *a, float *act, const Dims *z, int B, int T) {
+    size_t N = (size_t)B * T, TT = (size_t)B * T * T, used = 0, qr = (size_t)z->qr;
+    a->P = take(act, &used, TT * z->H);
+    a->I = take(act, &used, TT);
+    a->att = take(act, &used, TT);
+    a->q = take(act, &used, N * z->H * z->dqk);
+    a->qa = take(act, &used, N * qr);
+    a->cq = take(act, &used, N * qr);
+    a->rstd_q = take(act, &used, qr ? N : 0);
+    a->ckv_raw = take(act, &used, N * z->dc);
+    a->ckv = take(act, &used, N * z->dc);
+    a->rstd_kv = take(act, &used, N);
+    a->kpe = take(act, &used, N * z->dr);
+    a->kv = take(act, &used, N * z->H * z->dkv);
+    a->o = take(act, &used, N * z->H * z->dv);
+    a->iq = take(act, &used, N * z->Hi * z->di);
+    a->ik_raw = take(act, &used, N * z->di);
+    a->ik_mean = take(act, &used, N);
+    a->ik_rstd = take(act, &used, N);
+    a->ik = take(act, &used, N * z->di);
+    a->iw = take(act, &used, N * z->Hi);
+    return used;
+}
+
+static size_t dsa_act_floats(const ModelGeometry *g, int layer, int B, int T) {
+    Dims z = dims_of(g, layer);
+    DsaAct a;
+    return act_carve(&a, NULL, &z, B, T);
+}
+
+// ---- forward --------------------------------------------------------------------------------------
+
+static void dsa_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B,
+                        int T) {
+    const ModelGeometry *g = m->g;
+    Dims z = dims_of(g, m->layer);
+    int N = B * T;
+    double theta = mha_layer_rope_theta(g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);
+    DsaWeights w = weights_at(g, m->layer, (float *)params);   // read only
+    DsaAct a;
+    act_carve(&a, act, &z, B, T);
+    DsaPhase phase = g_phase;
+
+    // MLA, as chapter 5: queries, the latent and the shared RoPE key, every head's k_nope and v
+    query_forward(a.q, a.qa, a.cq, a.rstd_q, x, &w, &z, N);
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z.H; h++)
+            rope_apply(a.q + ((size_t)r * z.H + h) * z.dqk + z.dn, r % T, z.dr, theta, ROPE_INTERLEAVED, 0);
+    latent_forward(a.ckv, a.ckv_raw, a.rstd_kv, a.kpe, x, &w, &z, N);
+    for (int r = 0; r < N; r++) rope_apply(a.kpe + (size_t)r * z.dr, r % T, z.dr, theta, ROPE_INTERLEAVED, 0);
+    linear_forward(a.kv, a.ckv, w.wkv_b, NULL, N, z.dc, z.H * z.dkv);
+
+    // the lightning indexer: its projections, then I (B,T,T) and the attended set, one row per query
+    index_forward(a.iq, a.ik, a.ik_raw, a.ik_mean, a.ik_rstd, a.iw, x, z.qr > 0 ? a.cq : x, &w, &z, N, T, 0, theta);
+    #pragma omp parallel
+    {
+        int *keys = mallocCheck(sizeof(int) * 2 * (size_t)T), *work = keys + T;
+        #pragma omp for schedule(static)
+        for (int r = 0; r < N; r++) {
+            int b = r / T, t = r % T;
+            float *Irow = a.I + (size_t)r * T, *att = a.att + (size_t)r * T;
+            const float *iq = a.iq + (size_t)r * z.Hi * z.di, *iw = a.iw + (size_t)r * z.Hi;
+            for (int s = 0; s < T; s++) {
+                Irow[s] = s <= t ? index_score(iq, iw, a.ik + ((size_t)b * T + s) * z.di, &z) : 0.0f;
+                att[s] = 0.0f;
+            }
+            int n = attended_keys(keys, work, Irow, t, &z, phase);
+            for (int k = 0; k < n; k++) att[keys[k]] = 1.0f;
+        }
+        free(keys);
+    }
+
+    // the main attention over the attended keys only; threads split (batch, head)
+    size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
+    #pragma omp parallel
+    {
+        int *keys = mallocCheck(sizeof(int) * (size_t)T);
+        float *s = mallocCheck(sizeof(float) * 2 * (size_t)T), *p = s + T;
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < z.H; h++)
+                for (int i = 0; i < T; i++) {
+                    size_t row = (size_t)b * T + i;
+                    int n = keys_of_row(keys, a.att + row * T, T);
+                    const float *q = a.q + row * q_row + (size_t)h * z.dqk;
+                    for (int k = 0; k < n; k++) {
+                        size_t rj = (size_t)b * T + keys[k];
+                        s[k] = (dot(q, a.kv + rj * kv_row + (size_t)h * z.dkv, z.dn) +
+                                dot(q + z.dn, a.kpe + rj * z.dr, z.dr)) * scale;
+                    }
+                    softmax_row(p, s, NULL, n);
+                    float *Prow = a.P + (((size_t)b * z.H + h) * T + i) * T;
+                    float *o = a.o + row * o_row + (size_t)h * z.dv;
+                    memset(Prow, 0, sizeof(float) * (size_t)T);   // keys outside the set: exactly 0
+                    for (int c = 0; c < z.dv; c++) o[c] = 0.0f;
+                    for (int k = 0; k < n; k++) {
+                        const float *v = a.kv + ((size_t)b * T + keys[k]) * kv_row + (size_t)h * z.dkv + z.dn;
+                        Prow[keys[k]] = p[k];
+                        for (int c = 0; c < z.dv; c++) o[c] += p[k] * v[c];
+                    }
+                }
+        free(keys);
+        free(s);
+    }
+    linear_forward(out, a.o, w.wo, NULL, N, z.H * z.dv, z.d);
+}
+
+// ---- the indexer's KL loss ----------------------------------------------------------------------------
+
+// One query's KL(p || q) over its attended keys (n of them): p_k = sum_h P_h(t, keys[k]) / H (each
+// head's row sums to 1 over the same set, so the head sum L1-normalises to the mean), q = softmax of
+// the indexer scores over the same keys. Writes p and q (n) when not NULL. Double precision.
+static double kl_row(float *p_out, float *q_out, const DsaAct *a, const Dims *z, int b, int t, int T,
+                     const int *keys, int n) {
+    const float *Irow = a->I + ((size_t)b * T + t) * T;
+    double mx = -INFINITY, sum = 0.0, kl = 0.0;
+    for (int k = 0; k < n; k++) mx = fmax(mx, (double)Irow[keys[k]]);
+    for (int k = 0; k < n; k++) sum += exp((double)Irow[keys[k]] - mx);
+    double log_sum = log(sum);
+    for (int k = 0; k < n; k++) {
+        double p = 0.0;
+        for (int h = 0; h < z->H; h++) p += a->P[(((size_t)b * z->H + h) * T + t) * T + keys[k]];
+        p /= z->H;
+        double log_q = (double)Irow[keys[k]] - mx - log_sum;
+        if (p > 0.0) kl += p * (log(p) - log_q);
+        if (p_out) p_out[k] = (float)p;
+        if (q_out) q_out[k] = (float)exp(log_q);
+    }
+    return kl;
+}
+
+double dsa_index_kl(const Mixer *m, const float *act, int B, int T) {
+    Dims z = dims_of(m->g, m->layer);
+    DsaAct a;
+    act_carve(&a, (float *)act, &z, B, T);
+    int *keys = mallocCheck(sizeof(int) * (size_t)T);
+    double total = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int n = keys_of_row(keys, a.att + ((size_t)b * T + t) * T, T);
+            total += kl_row(NULL, NULL, &a, &z, b, t, T, keys, n);
+        }
+    free(keys);
+    return total / ((double)B * T);
+}
+
+// Adds coef * d(mean KL)/d(indexer params) to dw. The indexer's inputs are detached: nothing flows
+// into dx or the MLA weights. dI_{t,s} = coef/(B*T) * (q_s - p_s) on the attended keys; then through
+// I = sum_h w_h ReLU(q_h . k_s) into the head weights, the queries and the shared keys, the RoPE, the
+// LayerNorm and the three projections.
+static void index_kl_backward(DsaWeights *dw, const DsaAct *a, const DsaWeights *w, const float *x, const Dims *z,
+                              int B, int T, double theta, float coef) {
+    int N = B * T, Hi = z->Hi, di = z->di;
+    size_t n_scratch = (size_t)N * T + (size_t)N * Hi * di + 2 * (size_t)N * di + (size_t)N * Hi;
+    float *scratch = callocCheck(n_scratch, sizeof(float));
+    size_t used = 0;
+    float *dI = take(scratch, &used, (size_t)N * T);             // (B,T,T)
+    float *diq = take(scratch, &used, (size_t)N * Hi * di);      // (N,Hi*di)
+    float *dik = take(scratch, &used, (size_t)N * di);           // (N,di) after LayerNorm and RoPE
+    float *dik_raw = take(scratch, &used, (size_t)N * di);       // (N,di) before LayerNorm
+    float *diw = take(scratch, &used, (size_t)N * Hi);           // (N,Hi)
+    float g_row = coef / (float)N;
+
+    // per query row: dI, and the gradients of its own head weights and queries
+    #pragma omp parallel
+    {
+        int *keys = mallocCheck(sizeof(int) * (size_t)T);
+        float *p = mallocCheck(sizeof(float) * 2 * (size_t)T), *q = p + T;
+        #pragma omp for schedule(static)
+        for (int r = 0; r < N; r++) {
+            int b = r / T, t = r % T;
+            int n = keys_of_row(keys, a->att + (size_t)r * T, T);
+            kl_row(p, q, a, z, b, t, T, keys, n);
+            const float *iq = a->iq + (size_t)r * Hi * di, *iw = a->iw + (size_t)r * Hi;
+            float *giq = diq + (size_t)r * Hi * di, *giw = diw + (size_t)r * Hi;
+            for (int k = 0; k < n; k++) {
+                float gI = g_row * (q[k] - p[k]);
+                dI[(size_t)r * T + keys[k]] = gI;
+                const float *ks = a->ik + ((size_t)b * T + keys[k]) * di;
+                for (int h = 0; h < Hi; h++) {
+                    float s = dot(iq + (size_t)h * di, ks, di);
+                    if (s <= 0.0f) continue;   // ReLU: no gradient where it is off
+                    giw[h] += gI * s;
+                    float gs = gI * iw[h];
+                    for (int c = 0; c < di; c++) giq[(size_t)h * di + c] += gs * ks[c];
+                }
+            }
+        }
+        free(keys);
+        free(p);
+    }
+    // per key: the shared key collects from every query that attended to it (t >= s, in order)
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        int b = r / T, s0 = r % T;
+        const float *ks = a->ik + (size_t)r * di;
+        float *gk = dik + (size_t)r * di;
+        for (int t = s0; t < T; t++) {
+            size_t rt = (size_t)b * T + t;
+            float gI = dI[rt * T + s0];
+            if (gI == 0.0f) continue;
+            const float *iq = a->iq + rt * Hi * di, *iw = a->iw + rt * Hi;
+            for (int h = 0; h < Hi; h++) {
+                const float *qh = iq + (size_t)h * di;
+                if (dot(qh, ks, di) <= 0.0f) continue;
+                float gs = gI * iw[h];
+                for (int c = 0; c < di; c++) gk[c] += gs * qh[c];
+            }
+        }
+    }
+    // RoPE's backward is the inverse rotation; then the LayerNorm and the projections (inputs detached)
+    for (int r = 0; r < N; r++) {
+        for (int h = 0; h < Hi; h++)
+            rope_apply(diq + ((size_t)r * Hi + h) * di, r % T, z->ri, theta, ROPE_INTERLEAVED, 1);
+        rope_apply(dik + (size_t)r * di, r % T, z->ri, theta, ROPE_INTERLEAVED, 1);
+    }
+    float ws = 1.0f / sqrtf((float)Hi) / sqrtf((float)di);   // iw = (x W_w^T) * ws
+    for (long i = 0; i < (long)N * Hi; i++) diw[i] *= ws;
+    linear_backward(NULL, dw->iproj, NULL, diw, x, w->iproj, N, z->d, Hi);
+    linear_backward(NULL, dw->iwq, NULL, diq, z->qr > 0 ? a->cq : x, w->iwq, N, z->qr > 0 ? z->qr : z->d, Hi * di);
+    layernorm_backward(dik_raw, dw->ik_norm, dw->ik_bias, dik, a->ik_raw, w->ik_norm, a->ik_mean, a->ik_rstd, N, di);
+    linear_backward(NULL, dw->iwk, NULL, dik_raw, x, w->iwk, N, z->d, di);
+    free(scratch);
+}
+
+// ---- backward -------------------------------------------------------------------------------------
+
+// The main path is chapter 5's MLA backward with P as saved: a key outside the attended set has
+// p = 0, so it gets no gradient and passes none (the selection is a constant mask). Then the
+// indexer's own KL gradient.
+static void dsa_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                         const float *x, const float *params, int B, int T) {
+    const ModelGeometry *g = m->g;
+    Dims z = dims_of(g, m->layer);
+    int N = B * T;
+    double theta = mha_layer_rope_theta(g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);
+    DsaWeights w = weights_at(g, m->layer, (float *)params), dw = weights_at(g, m->layer, dparams);
+    DsaAct a;
+    act_carve(&a, (float *)act, &z, B, T);   // read only
+    size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
+
+    size_t n_scratch = (size_t)N * (q_row + kv_row + (size_t)z.H * z.dr + z.dr + 2 * (size_t)z.dc + o_row + 2 * (size_t)z.qr);
+    float *scratch = callocCheck(n_scratch, sizeof(float));
+    size_t used = 0;
+    float *dq = take(scratch, &used, (size_t)N * q_row);              // (N, H*dqk)
+    float *dkv = take(scratch, &used, (size_t)N * kv_row);            // (N, H*dkv)
+    float *dkpe_h = take(scratch, &used, (size_t)N * z.H * z.dr);     // (N, H, dr) each head's share
+    float *dkpe = take(scratch, &used, (size_t)N * z.dr);             // (N, dr)
+    float *dckv = take(scratch, &used, (size_t)N * z.dc);             // (N, dc) after kv_norm
+    float *dckv_raw = take(scratch, &used, (size_t)N * z.dc);         // (N, dc) before kv_norm
+    float *d_o = take(scratch, &used, (size_t)N * o_row);             // (N, H*dv)
+    float *dcq = take(scratch, &used, (size_t)N * z.qr);              // (N, qr)
+    float *dqa = take(scratch, &used, (size_t)N * z.qr);              // (N, qr)
+
+    linear_backward(d_o, dw.wo, NULL, dout, a.o, w.wo, N, (int)o_row, z.d);
+
+    // attention core over the attended keys, threads over (batch, head); each head adds its share of
+    // the shared k_pe gradient into its own slot, summed below in head order
+    #pragma omp parallel
+    {
+        int *keys = mallocCheck(sizeof(int) * (size_t)T);
+        float *dp = mallocCheck(sizeof(float) * 3 * (size_t)T), *ds = dp + T, *p = ds + T;
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < z.H; h++)
+                for (int i = 0; i < T; i++) {
+                    size_t ri = (size_t)b * T + i;
+                    int n = keys_of_row(keys, a.att + ri * T, T);
+                    const float *Prow = a.P + (((size_t)b * z.H + h) * T + i) * T;
+                    const float *q = a.q + ri * q_row + (size_t)h * z.dqk, *go = d_o + ri * o_row + (size_t)h * z.dv;
+                    float *gq = dq + ri * q_row + (size_t)h * z.dqk;
+                    for (int k = 0; k < n; k++) {
+                        p[k] = Prow[keys[k]];
+                        dp[k] = dot(go, a.kv + ((size_t)b * T + keys[k]) * kv_row + (size_t)h * z.dkv + z.dn, z.dv);
+                    }
+                    softmax_row_backward(ds, p, dp, n);
+                    for (int k = 0; k < n; k++) {
+                        size_t rj = (size_t)b * T + keys[k];
+                        const float *kn = a.kv + rj * kv_row + (size_t)h * z.dkv, *kp = a.kpe + rj * z.dr;
+                        float *gkv = dkv + rj * kv_row + (size_t)h * z.dkv;
+                        float *gkp = dkpe_h + (rj * z.H + h) * z.dr;
+                        float gs = ds[k] * scale;
+                        for (int c = 0; c < z.dn; c++) {
+                            gq[c] += gs * kn[c];
+                            gkv[c] += gs * q[c];
+                        }
+                        for (int c = 0; c < z.dr; c++) {
+                            gq[z.dn + c] += gs * kp[c];
+                            gkp[c] += gs * q[z.dn + c];
+                        }
+                        for (int c = 0; c < z.dv; c++) gkv[z.dn + c] += p[k] * go[c];
+                    }
+                }
+        free(keys);
+        free(dp);
+    }
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z.H; h++)
+            for (int c = 0; c < z.dr; c++) dkpe[(size_t)r * z.dr + c] += dkpe_h[((size_t)r * z.H + h) * z.dr + c];
+    for (int r = 0; r < N; r++) {
+        for (int h = 0; h < z.H; h++)
+            rope_apply(dq + ((size_t)r * z.H + h) * z.dqk + z.dn, r % T, z.dr, theta, ROPE_INTERLEAVED, 1);
+        rope_apply(dkpe + (size_t)r * z.dr, r % T, z.dr, theta, ROPE_INTERLEAVED, 1);
+    }
+    linear_backward(dckv, dw.wkv_b, NULL, dkv, a.ckv, w.wkv_b, N, z.dc, (int)kv_row);
+    rmsnorm_backward(dckv_raw, dw.kv_norm, dckv, a.ckv_raw, w.kv_norm, a.rstd_kv, N, z.dc);
+    linear_backward(dx, dw.wkv_a, NULL, dckv_raw, x, w.wkv_a, N, z.d, z.dc);
+    size_t pe_rows = (size_t)z.dc * z.d;
+    linear_backward(dx, dw.wkv_a + pe_rows, NULL, dkpe, x, w.wkv_a + pe_rows, N, z.d, z.dr);
+    if (z.qr == 0) {
+        linear_backward(dx, dw.wq, NULL, dq, x, w.wq, N, z.d, (int)q_row);
+    } else {
+        linear_backward(dcq, dw.wq_b, NULL, dq, a.cq, w.wq_b, N, z.qr, (int)q_row);
+        rmsnorm_backward(dqa, dw.q_norm, dcq, a.qa, w.q_norm, a.rstd_q, N, z.qr);
+        linear_backward(dx, dw.wq_a, NULL, dqa, x, w.wq_a, N, z.d, z.qr);
+    }
+    free(scratch);
+
+    if (g_kl_coef != 0.0f) index_kl_backward(&dw, &a, &w, x, &z, B, T, theta, g_kl_coef);
+}
+
+// ---- decode: MLA's [c_kv | k_pe] plus the indexer key per token ----------------------------------------
+
+struct MixerCache {
+    Dims z;
+    int max_T;        // tokens the cache can hold
+    int n;            // tokens decoded so far (the next position)
+    float *ckv;       // (max_T, dc) latents after kv_norm        }
+    float *kpe;       // (max_T, dr) shared RoPE keys              } the cache: dc + dr + di floats per token
+    float *ik;        // (max_T, di) indexer keys (LayerNorm, RoPE) }
+    // one step's scratch (does not grow with the tokens held)
+    float *qa, *cq;   // (qr)
+    float *q;         // (H*dqk)
+    float *ckv_raw;   // (dc)
+    float *iq;        // (Hi*di)
+    float *ik_raw;    // (di)
+    float *iw;        // (Hi)
+    float *q_lat, *u; // (dc) one head's query in latent space, its attention-weighted latent
+    float *o;         // (H*dv)
+    float *score;     // (max_T) indexer scores of the held tokens
+    float *s, *p;     // (max_T) one head's logits and weights over the attended keys
+    int *keys, *work; // (max_T) the attended keys; the selector's scratch
+};
+
+static MixerCache *dsa_cache_new(const Mixer *m, int max_T) {
+    Dims z = dims_of(m->g, m->layer);
+    CHECK(max_T > 0, "dsa: cache for %d tokens", max_T);
+    MixerCache *c = mallocCheck(sizeof *c);
+    c->z = z;
+    c->max_T = max_T;
+    c->n = 0;
+    size_t cap = (size_t)max_T;
+    size_t sizes[] = {cap * z.dc, cap * z.dr, cap * z.di, (size_t)z.qr, (size_t)z.qr, (size_t)z.H * z.dqk,
+                      (size_t)z.dc, (size_t)z.Hi * z.di, (size_t)z.di, (size_t)z.Hi, (size_t)z.dc, (size_t)z.dc,
+                      (size_t)z.H * z.dv, cap, cap, cap};
+    float **fields[] = {&c->ckv, &c->kpe, &c->ik, &c->qa, &c->cq, &c->q, &c->ckv_raw, &c->iq, &c->ik_raw,
+                        &c->iw, &c->q_lat, &c->u, &c->o, &c->score, &c->s, &c->p};
+    size_t total = 0, n_fields = sizeof sizes / sizeof sizes[0];
+    for (size_t i = 0; i < n_fields; i++) total += sizes[i];
+    float *base = callocCheck(total, sizeof(float));
+    size_t used = 0;
+    for (size_t i = 0; i < n_fields; i++) *fields[i] = take(base, &used, sizes[i]);
+    c->keys = mallocCheck(sizeof(int) * 2 * cap);
+    c->work = c->keys + cap;
+    return c;
+}
+
+static void dsa_cache_free(MixerCache *c) {
+    if (!c) return;
+    free(c->ckv);   // the start of the one float block
+    free(c->keys);
+    free(c);
+}
+
+// (dc + dr + di) * 4 bytes (fp32) per token held: kvcache's per-layer term with dtype_bytes = 4.
+static size_t dsa_cache_bytes(const MixerCache *c) {
+    return sizeof(float) * (size_t)(c->z.dc + c->z.dr + c->z.di) * (size_t)c->n;
+}
+
+const float *dsa_cache_index_key(const MixerCache *c, int pos) {
+    CHECK(pos >= 0 && pos < c->n, "dsa: position %d is not held (%d decoded)", pos, c->n);
+    return c->ik + (size_t)pos * c->z.di;
+}
+
+static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+    const Dims z = c->z;
+    CHECK(c->n < c->max_T, "dsa decode: cache is full (%d tokens)", c->max_T);
+    int t = c->n;
+    double theta = mha_layer_rope_theta(m->g, m->layer);
+    float scale = 1.0f / sqrtf((float)z.dqk);
+    DsaWeights w = weights_at(m->g, m->layer, (float *)params);   // read only
+
+    // the new token: MLA's query, its [c_kv | k_pe], and its indexer query, weights and key, all
+    // cached entries straight into slot t
+    float *ckv_t = c->ckv + (size_t)t * z.dc, *kpe_t = c->kpe + (size_t)t * z.dr, *ik_t = c->ik + (size_t)t * z.di;
+    query_forward(c->q, c->qa, c->cq, NULL, x, &w, &z, 1);
+    for (int h = 0; h < z.H; h++) rope_apply(c->q + (size_t)h * z.dqk + z.dn, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    latent_forward(ckv_t, c->ckv_raw, NULL, kpe_t, x, &w, &z, 1);
+    rope_apply(kpe_t, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    index_forward(c->iq, ik_t, c->ik_raw, NULL, NULL, c->iw, x, z.qr > 0 ? c->cq : x, &w, &z, 1, 1, t, theta);
+    c->n++;
+
+    // the indexer scores every held token (O(T * Hi * di)); the selector keeps k of them
+    DsaPhase phase = g_phase;
+    if (phase == DSA_SPARSE && z.topk < t + 1)
+        for (int s = 0; s <= t; s++) c->score[s] = index_score(c->iq, c->iw, c->ik + (size_t)s * z.di, &z);
+    int n = attended_keys(c->keys, c->work, c->score, t, &z, phase);
+
+    // MLA's absorbed attention over the n attended entries only (O(n * H * (dc + dr)))
+    for (int h = 0; h < z.H; h++) {
+        const float *qh = c->q + (size_t)h * z.dqk;
+        const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
+        const float *w_uv = w_uk + (size_t)z.dn * z.dc;            // W_UV[h] (dv, dc)
+        for (int k = 0; k < z.dc; k++) c->q_lat[k] = 0.0f;
+        for (int i = 0; i < z.dn; i++)
+            for (int k = 0; k < z.dc; k++) c->q_lat[k] += qh[i] * w_uk[(size_t)i * z.dc + k];
+        for (int k = 0; k < n; k++) {
+            size_t j = (size_t)c->keys[k];
+            c->s[k] = (dot(c->q_lat, c->ckv + j * z.dc, z.dc) + dot(qh + z.dn, c->kpe + j * z.dr, z.dr)) * scale;
+        }
+        softmax_row(c->p, c->s, NULL, n);
+        for (int k = 0; k < z.dc; k++) c->u[k] = 0.0f;
+        for (int k = 0; k < n; k++) {
+            const float *cj = c->ckv + (size_t)c->keys[k] * z.dc;
+            for (int i = 0; i < z.dc; i++) c->u[i] += c->p[k] * cj[i];
+        }
+        float *oh = c->o + (size_t)h * z.dv;
+        for (int r = 0; r < z.dv; r++) oh[r] = dot(w_uv + (size_t)r * z.dc, c->u, z.dc);
+    }
+    linear_forward(out, c->o, w.wo, NULL, 1, z.H * z.dv, z.d);
+}
+
+// ---- what the chapters draw ----------------------------------------------------------------------
+
+static int dsa_n_mix_heads(const ModelGeometry *g, int layer) {
+    (void)layer;
+    return g->n_heads;
+}
+
+static void dsa_mixing_matrix(const Mixer *m, float *A, const float *act, const float *params, int T) {
+    (void)params;
+    memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
+}
+
+const MixerOps dsa_mixer = {
+    .name = "dsa",
+    .param_tensors = dsa_param_tensors,
+    .init = dsa_init,
+    .act_floats = dsa_act_floats,
+    .forward = dsa_forward,
+    .backward = dsa_backward,
+    .cache_new = dsa_cache_new,
+    .cache_free = dsa_cache_free,
+    .cache_bytes = dsa_cache_bytes,
+    .decode = dsa_decode,
+    .n_mix_heads = dsa_n_mix_heads,
+    .mixing_matrix = dsa_mixing_matrix,
+};
+
+void dsa_index_scores(const Mixer *m, float *I, const float *act, int B, int T) {
+    Dims z = dims_of(m->g, m->layer);
+    DsaAct a;
+    act_carve(&a, (float *)act, &z, B, T);
+    memcpy(I, a.I, sizeof(float) * (size_t)B * T * T);
+}
+
+void dsa_attended(const Mixer *m, unsigned char *mask, const float *act, int B, int T) {
+    Dims z = dims_of(m->g, m->layer);
+    DsaAct a;
+    act_carve(&a, (float *)act, &z, B, T);
+    for (size_t i = 0; i < (size_t)B * T * T; i++) mask[i] = a.att[i] != 0.0f;
+}
+
+// ---- helpers for the chapter, the bench and the trainer -------------------------------------------
+
+void dsa_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads, int index_n_heads,
+                       int index_head_dim, int index_topk) {
+    mla_geometry_tiny(g, n_layers, d_model, n_heads);
+    snprintf(g->name, sizeof g->name, "tiny-dsa");
+    g->index_n_heads = index_n_heads;
+    g->index_head_dim = index_head_dim;
+    g->index_topk = index_topk;
+}
+
+double dsa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps) {
+    CHECK(context >= 0 && reps > 0, "dsa timing: context %d, reps %d", context, reps);
+    Mixer m = {.ops = &dsa_mixer, .g = g, .layer = 0};
+    MixerCache *c = dsa_cache_new(&m, context + 1);
+    // random entries stand in for `context` decoded tokens: a step's cost does not depend on their values
+    // (uniform in [-1, 1): signed like real keys, so the indexer's ReLU branches as it would, and ten
+    // times cheaper to draw than normals at 64K tokens x 700 floats)
+    Rng rng;
+    rng_seed(&rng, 7);
+    float *fill[3] = {c->ckv, c->kpe, c->ik};
+    long width[3] = {c->z.dc, c->z.dr, c->z.di};
+    for (int f = 0; f < 3; f++)
+        for (long i = 0; i < (long)context * width[f]; i++) fill[f][i] = 2.0f * rng_uniform(&rng) - 1.0f;
+    float *x = mallocCheck(sizeof(float) * 2 * (size_t)g->d_model), *out = x + g->d_model;
+    rng_fill_normal(&rng, x, g->d_model, 1.0f);
+
+    DsaPhase phase = g_phase;
+    g_phase = DSA_SPARSE;
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    c->n = context;
+    dsa_decode(&m, c, out, x, params);   // warm-up
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int r = 0; r < reps; r++) {
+        c->n = context;
+        dsa_decode(&m, c, out, x, params);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    omp_set_num_threads(threads);
+    g_phase = phase;
+    free(x);
+    dsa_cache_free(c);
+    return ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / reps;
+}
+
+void dsa_train(Model *m, const Task *task, const TrainConfig *c, int dense_steps, TrainResult *r) {
+    CHECK(dense_steps >= 0 && dense_steps <= c->steps, "dsa_train: %d dense steps of %d", dense_steps, c->steps);
+    TrainConfig dense = *c, sparse = *c;
+    dense.steps = dense_steps;
+    dense.warmup = c->steps > 0 ? (int)((long)c->warmup * dense_steps / c->steps) : 0;
+    dense.eval_samples = 1;   // only the final model is evaluated for real
+    sparse.steps = c->steps - dense_steps;
+    sparse.warmup = c->warmup - dense.warmup;
+    sparse.seed = c->seed + 1;
+    TrainResult r1, r2;
+    dsa_set_phase(DSA_DENSE);
+    if (c->progress && dense_steps > 0) printf("dsa: stage 1, %d dense warm-up steps (the indexer imitates dense MLA)\n", dense_steps);
+    train_run(m, task, &dense, &r1);
+    dsa_set_phase(DSA_SPARSE);
+    if (c->progress) printf("dsa: stage 2, %d sparse steps (top-%d keys per query)\n", sparse.steps, m->g.index_topk);
+    train_run(m, task, &sparse, &r2);
+    *r = r2;
+    r->steps = c->steps;
+    r->losses = mallocCheck(sizeof(float) * (size_t)(c->steps > 0 ? c->steps : 1));
+    if (dense_steps) memcpy(r->losses, r1.losses, sizeof(float) * (size_t)dense_steps);
+    if (sparse.steps) memcpy(r->losses + dense_steps, r2.losses, sizeof(float) * (size_t)sparse.steps);
+    r->seconds = r1.seconds + r2.seconds;
+    r->tokens_per_s = r->seconds > 0 ? (double)c->steps * c->batch * task->seq_len / r->seconds : 0.0;
+    train_result_free(&r1);
+    train_result_free(&r2);
+}

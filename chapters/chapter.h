@@ -1,0 +1,32 @@
+// chapter.h: what the chapter programs share when they draw a trained tiny model.
+//
+// A weights file (data/weights/*.safetensors) carries the model, the task it learned (with its
+// vocabulary, so figures can label axes with real tokens), its held-out accuracy and its loss curve.
+// These helpers load one, rebuild its untrained twin (same seed, step 0) for contrast, run the task's
+// fixed example through both, and draw the training curve.
+#pragma once
+#include "cli.h"
+#include "model.h"
+#include "tasks.h"
+
+typedef struct {
+    const char *path;
+    Model *model;           // the trained model
+    Model *untrained;       // the same geometry and seed before any training step
+    ModelInfo info;         // task, seed, steps, accuracy, loss curve
+    Task task;              // rebuilt from the file's metadata
+    int n_tokens;           // length of the example
+    int tokens[1024], targets[1024];
+    const char *labels[1024];   // token names of the example, for axis labels
+} Trained;
+
+// Loads path (exits with one line naming the file if it is missing or malformed).
+void trained_load(Trained *t, const char *path);
+void trained_free(Trained *t);
+// Attention of layer `layer` on the task's example: A (n_heads, T, T), for the trained model or its
+// untrained twin. Returns the number of heads.
+int trained_attention(Trained *t, int untrained, int layer, float *A);
+// Accuracy (%) in words, e.g. "recall accuracy 99.8% on held-out samples".
+const char *trained_caption(const Trained *t, char *buf, int cap);
+// The training-loss figure NAME under the chapter's --out folder.
+void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, const char *title);
