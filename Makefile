@@ -11,6 +11,7 @@ PKGS    := cairo libcjson stb
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra $(OPT) -fopenmp -Icommon -Ichapters \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lstb -lm -fopenmp
+PYTHON  ?= /usr/bin/python3
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 CHAPTER_DIRS := $(sort $(patsubst %/main.c,%,$(wildcard chapters/[0-9][0-9]_*/main.c)))
@@ -75,7 +76,7 @@ test: deps
 	@$(MAKE) --no-print-directory test-run
 
 test-run: $(BUILD)/tests/run $(BINS)
-	ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
+	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
 
 # The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize: deps
@@ -89,10 +90,11 @@ $(BUILD)/bench: $(BUILD)/tools/bench.o $(LIBS)
 $(BUILD)/tools/bench.o: CFLAGS += $(shell pkg-config --cflags openblas 2>/dev/null)
 
 bench: deps
-	@$(MAKE) --no-print-directory $(BUILD)/bench
+	@$(MAKE) --no-print-directory $(BUILD)/bench build
+	@tools/deps.sh --golden
 	$(BUILD)/bench
+	PYTHON=$(PYTHON) tools/bench_train.sh
 
-PYTHON ?= /usr/bin/python3
 golden: deps build
 	@tools/deps.sh --golden
 	$(PYTHON) tests/reference/make_golden.py

@@ -54,3 +54,48 @@ void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, co
     train_plot_loss(t->info.curve, t->info.n_curve, title, sub, path_join(path, sizeof path, a->out, name),
                     a->png, a->svg, 1);
 }
+
+// ---- real models' memory ------------------------------------------------------------------------
+#include "hfconfig.h"
+#include "kvcache.h"
+#include "plot.h"
+
+void chapter_config(ModelGeometry *g, const char *dir, const char *file, const char *display_name) {
+    char path[1024], err[1024];
+    if (hfconfig_load(g, path_join(path, sizeof path, dir, file), err, sizeof err) != 0) die_user("%s", err);
+    if (display_name) snprintf(g->name, sizeof g->name, "%s", display_name);
+    g->dtype_bytes = 2;
+}
+
+void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
+                         const MemoryCurve *curves, int n, long max_context, const char *note) {
+    enum { MAX_CURVES = 12, MAX_PTS = 16 };
+    CHECK(n <= MAX_CURVES, "too many curves");
+    double xs[MAX_PTS], ys[MAX_CURVES][MAX_PTS];
+    char labels[MAX_CURVES][256];
+    PlotSeries series[MAX_CURVES];
+    int npts = 0;
+    for (long c = 1024; c <= max_context && npts < MAX_PTS; c *= 2) xs[npts++] = (double)c;
+    printf("  %-34s %12s %14s %14s\n", "model", "KV/token", "at 32K", "at max");
+    for (int m = 0; m < n; m++) {
+        const ModelGeometry *g = &curves[m].g;
+        for (int p = 0; p < npts; p++) ys[m][p] = kvcache_total_bytes(g, (long)xs[p], 1);
+        char b1[32], b2[32], b3[32];
+        fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(g));
+        if (curves[m].label) snprintf(labels[m], sizeof labels[m], "%s", curves[m].label);
+        else snprintf(labels[m], sizeof labels[m], "%s: %s/token", g->name, b1);
+        series[m] = (PlotSeries){.label = labels[m], .x = xs, .y = ys[m], .n = npts,
+                                 .color = curves[m].color, .dashed = curves[m].dashed, .markers = !curves[m].dashed};
+        printf("  %-34s %12s %14s %14s\n", g->name, b1, fmt_bytes(b2, sizeof b2, kvcache_total_bytes(g, 32768, 1)),
+               fmt_bytes(b3, sizeof b3, ys[m][npts - 1]));
+    }
+    LineChart chart = {
+        .title = title, .subtitle = subtitle,
+        .xlabel = "context length (tokens, log scale)", .ylabel = "KV cache per sequence (bytes, log scale)",
+        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
+        .series = series, .n_series = n, .legend_pos = 0,
+        .note = note ? note : "numbers from each model's Hugging Face config.json (data/configs/), bf16; ./kvcache computes them for any config",
+    };
+    char path[1024];
+    plot_line_chart(&chart, path_join(path, sizeof path, a->out, name), a->png, a->svg);
+}

@@ -30,3 +30,19 @@ int trained_attention(Trained *t, int untrained, int layer, float *A);
 const char *trained_caption(const Trained *t, char *buf, int cap);
 // The training-loss figure NAME under the chapter's --out folder.
 void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, const char *title);
+
+// ---- real models' memory ------------------------------------------------------------------------
+// Reads DIR/FILE (a Hugging Face config.json) into g with a display name, counted in bf16 (2 bytes per
+// number, how these models are served). Exits with one line naming the file on any problem.
+void chapter_config(ModelGeometry *g, const char *dir, const char *file, const char *display_name);
+
+typedef struct {
+    ModelGeometry g;
+    const char *label;      // legend text; NULL: "NAME (KIND): X/token" (kvcache_bytes_per_token)
+    int color, dashed;
+} MemoryCurve;
+
+// KV cache (windows and fixed state included) vs context, 1K .. max_context on log-log axes, one
+// series per curve; the figure NAME under --out. Also prints a table of the same numbers.
+void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
+                         const MemoryCurve *curves, int n, long max_context, const char *note);

@@ -159,19 +159,13 @@ const ModelTensor *model_find_tensor(const Model *m, const char *name) {
 
 // ---- activations --------------------------------------------------------------------------------
 
-// Carves the activation arena for (B,T); with base NULL only counts. Pieces are 64-byte aligned.
-static size_t carve(float *base, size_t *off, size_t n) {
-    size_t at = *off;
-    *off += (n + 15) & ~(size_t)15;
-    (void)base;
-    return at;
-}
-
+// Carves the activation arena for (B,T) into the pointers of m (with base NULL it only counts);
+// returns the floats needed. Every piece starts on a 64-byte boundary.
 static size_t model_layout_acts(Model *m, int B, int T, float *base) {
     const ModelGeometry *g = &m->g;
     size_t N = (size_t)B * T, d = (size_t)g->d_model, F = (size_t)g->d_ff, V = (size_t)g->vocab_size;
     size_t off = 0;
-#define PIECE(ptr, n) do { size_t at_ = carve(base, &off, (n)); if (base) (ptr) = base + at_; } while (0)
+#define PIECE(ptr, n) do { if (base) (ptr) = base + off; off += ((n) + 15) & ~(size_t)15; } while (0)
     for (int l = 0; l < g->n_layers; l++) {
         LayerActs *a = &m->la[l];
         PIECE(a->resid, N * d);
@@ -207,10 +201,13 @@ static void model_reserve(Model *m, int B, int T) {
     size_t need = model_layout_acts(m, B, T, NULL);
     if (need > m->acts_cap) {
         free(m->acts);
-        free(m->tokens);
         m->acts = mallocCheck(sizeof(float) * need);
         m->acts_cap = need;
+    }
+    if ((size_t)B * T > m->tokens_cap) {
+        free(m->tokens);
         m->tokens = mallocCheck(sizeof(int) * 2 * (size_t)B * T);
+        m->tokens_cap = (size_t)B * T;
     }
     m->targets = m->tokens + (size_t)B * T;
     model_layout_acts(m, B, T, m->acts);
@@ -298,6 +295,7 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
 }
 
 void model_count_correct(const Model *m, int *correct, int *scored) {
+    CHECK(m->loss >= 0.0f, "model_count_correct needs a forward with targets first");
     int N = m->B * m->T, V = m->g.vocab_size;
     *correct = *scored = 0;
     for (int n = 0; n < N; n++) {
@@ -647,6 +645,8 @@ static int load_info(const SafeTensors *st, ModelInfo *info, int vocab_size, cha
     if ((s = st_meta(st, "vocab"))) {
         cJSON *a = cJSON_Parse(s);
         int ok = cJSON_IsArray(a) && cJSON_GetArraySize(a) == vocab_size;
+        const cJSON *item;
+        if (ok) cJSON_ArrayForEach(item, a) ok &= cJSON_IsString(item);
         cJSON_Delete(a);
         if (!ok) {
             snprintf(err, cap, "%s: metadata 'vocab' must be a JSON array of %d token names", st->path, vocab_size);

@@ -66,6 +66,7 @@ typedef struct {
     float *logits, *probs;           // (N,vocab)
     float *d_resid, *d_xn, *d_h, *d_gate, *d_up, *d_logits, *scratch;   // backward/forward scratch
     int *tokens, *targets;           // (N) copies of the last inputs
+    size_t tokens_cap;               // N the tokens buffer holds
     float loss;                      // mean cross-entropy of the last forward with targets; -1 without
     int n_scored;                    // positions with a target >= 0
 } Model;

@@ -112,7 +112,9 @@ void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, in
     }
 }
 
-static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int *tok, int *tgt) {
+// distinct_first: the first queries ask every pair once, in random order (the chapter example, so
+// each pair's lookup shows up in the figure); otherwise every query picks a random pair.
+static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int distinct_first, int *tok, int *tgt) {
     int T = t->seq_len, P = t->n_pairs;
     if (split == SPLIT_TRAIN && t->copy_frac > 0.0 && rng_uniform(rng) < t->copy_frac) {
         copy_sample(tok, tgt, T, RECALL_KEY0, t->n_keys + t->n_values, rng);
@@ -137,8 +139,14 @@ static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int *tok, in
     pos += t->gap;
     tok[pos++] = RECALL_SEP;
     int nq = recall_n_queries(T, P, t->gap);
+    int order[26];
+    for (int i = 0; i < P; i++) order[i] = i;
+    for (int i = P - 1; i > 0 && distinct_first; i--) {
+        int j = (int)rng_below(rng, (uint32_t)(i + 1));
+        int tmp = order[i]; order[i] = order[j]; order[j] = tmp;
+    }
     for (int q = 0; q < nq; q++) {
-        int i = (int)rng_below(rng, (uint32_t)P);
+        int i = distinct_first && q < P ? order[q] : (int)rng_below(rng, (uint32_t)P);
         tok[pos] = RECALL_KEY0 + keys[i];
         tgt[pos] = vbase + vals[i];          // at the key, predict its value
         pos++;
@@ -307,7 +315,7 @@ void task_free(Task *t) {
 
 void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets) {
     switch (t->kind) {
-    case TASK_RECALL: recall_sample(t, rng, split, tokens, targets); break;
+    case TASK_RECALL: recall_sample(t, rng, split, 0, tokens, targets); break;
     case TASK_INDUCTION: copy_sample(tokens, targets, t->seq_len, 0, t->n_symbols, rng); break;
     case TASK_CORPUS: corpus_sample(t, rng, split, tokens, targets); break;
     }
@@ -321,6 +329,10 @@ void task_batch(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targ
 void task_example(const Task *t, int *tokens, int *targets) {
     Rng r;
     rng_seed(&r, EXAMPLE_SEED);
+    if (t->kind == TASK_RECALL) {
+        recall_sample(t, &r, SPLIT_HELDOUT, 1, tokens, targets);
+        return;
+    }
     if (t->kind != TASK_CORPUS || !t->text) {
         task_sample(t, &r, SPLIT_HELDOUT, tokens, targets);
         return;

@@ -542,7 +542,7 @@ Test(dsa, parameters_are_mla_then_indexer) {
 
 Test(dsa, two_stage_training_runs_both_phases_and_ends_sparse) {
     Task task;
-    task_recall(&task, 12, 2, 4, 4, 0);
+    task_recall(&task, 12, 2, 4, 4, 0, 0.5);
     ModelGeometry g;
     dsa_geometry_tiny(&g, 1, 16, 2, 2, 4, 3);
     g.vocab_size = task.vocab_size;

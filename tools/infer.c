@@ -11,12 +11,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "cli.h"
 #include "model.h"
 #include "registry.h"
 #include "safetensors.h"
+
+// Fails now, with one line, if FILE cannot be written later (missing folder, no permission, a folder
+// of that name), instead of after the work is done.
+static void check_writable(const char *flag, const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) die_user("%s: '%s' is a folder, expected a file name", flag, path);
+    AtomicFile af;
+    atomic_open(&af, path);   // exits 2 naming path when it cannot be created
+    atomic_abort(&af);
+}
 
 // "3,17,5" -> tokens; every id must be inside the vocabulary. Returns the count.
 static int parse_tokens(const char *s, int *out, int cap, int vocab, int max_T) {
@@ -39,6 +50,13 @@ static int parse_tokens(const char *s, int *out, int cap, int vocab, int max_T) 
     return n;
 }
 
+// Prints s left-aligned in `width` columns, counting UTF-8 characters, not bytes ("␣" is 3 bytes).
+static void print_padded(const char *s, int width) {
+    int cols = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) cols += (*p & 0xC0) != 0x80;
+    printf("%s%*s", s, width > cols ? width - cols : 0, "");
+}
+
 int main(int argc, char **argv) {
     const char *tokens_arg = NULL, *out = NULL;
     CliOpt opts[] = {
@@ -56,6 +74,7 @@ int main(int argc, char **argv) {
     cli_parse(&spec, &a, argc, argv);
     if (a.n_pos > 1) die_user("expected one WEIGHTS file, got %d arguments", a.n_pos);
     if (!tokens_arg) die_user("missing --tokens (comma-separated token ids, e.g. --tokens 3,17,5)");
+    if (out) check_writable("--out", out);
 
     char err[1024];
     ModelInfo info;
@@ -72,7 +91,7 @@ int main(int argc, char **argv) {
     char idbuf[2][16];
     #define NAME(i, slot) (vocab ? cJSON_GetArrayItem(vocab, (i))->valuestring \
                                  : (snprintf(idbuf[slot], sizeof idbuf[slot], "%d", (i)), idbuf[slot]))
-    printf("infer: %s, %d layers, d_model %d, %d heads (%d kv), task %s; %d tokens\n", g->name, g->n_layers,
+    printf("infer: %s, %d layers, d_model %d, query heads %d (kv %d), task %s; %d tokens\n", g->name, g->n_layers,
            g->d_model, g->n_heads, g->n_kv_heads, info.task[0] ? info.task : "?", T);
     printf("  %4s  %-8s  %-10s  %s\n", "pos", "token", "predicted", "p");
     for (int t = 0; t < T; t++) {
@@ -82,7 +101,11 @@ int main(int argc, char **argv) {
             if (lg[v] > lg[best]) best = v;
         double sum = 0.0;
         for (int v = 0; v < V; v++) sum += exp((double)lg[v] - lg[best]);
-        printf("  %4d  %-8s  %-10s  %.3f\n", t, NAME(tok[t], 0), NAME(best, 1), 1.0 / sum);
+        printf("  %4d  ", t);
+        print_padded(NAME(tok[t], 0), 8);
+        printf("  ");
+        print_padded(NAME(best, 1), 10);
+        printf("  %.3f\n", 1.0 / sum);
     }
 
     if (out) {

@@ -9,11 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "cli.h"
 #include "model.h"
+#include "06_swa/swa.h"
 #include "registry.h"
+#include "05_mla/mla.h"
 #include "tasks.h"
 #include "train.h"
 
@@ -30,19 +33,32 @@ static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, i
     stem[n - 4] = '\0';
 }
 
+// Fails now, with one line, if FILE cannot be written later (missing folder, no permission, a folder
+// of that name), instead of after the work is done.
+static void check_writable(const char *flag, const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) die_user("%s: '%s' is a folder, expected a file name", flag, path);
+    AtomicFile af;
+    atomic_open(&af, path);   // exits 2 naming path when it cannot be created
+    atomic_abort(&af);
+}
+
 int main(int argc, char **argv) {
     int mixer = 0, task_kind = 0, layers = 2, d_model = 64, heads = 4, kv_heads = 0, d_ff = 0;
     int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, gap = 0, log_y = 0, quiet = 0;
     double lr = 3e-3, wd = 0.1, copy_frac = 0.5;
-    const char *corpus = NULL, *out = NULL, *loss_plot = NULL;
+    const char *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
+    int window = 0;
     CliOpt opts[] = {
-        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head) (default mha)", 0, 0},
+        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa|mla", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head), MLA (latent kv_lora_rank = d_model/2) (default mha)", 0, 0},
         {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
         {"--d-model", OPT_INT, &d_model, "N", "model width (default 64)", 2, 4096},
         {"--heads", OPT_INT, &heads, "N", "query heads per layer (default 4)", 1, 256},
         {"--kv-heads", OPT_INT, &kv_heads, "N", "key/value heads for gqa (default heads/2)", 1, 256},
+        {"--pattern", OPT_STRING, &pattern, "P", "layer pattern: global (default), local, R (R local layers per global one), gemma2|gemma3|olmo3|gpt-oss", 0, 0},
+        {"--window", OPT_INT, &window, "W", "sliding window of the local layers (keys seen, itself included)", 1, 1 << 20},
         {"--d-ff", OPT_INT, &d_ff, "N", "SwiGLU hidden width (default 2 * d_model)", 1, 65536},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps; 0 writes the untrained model (default 1000)", 0, 10000000},
         {"--batch", OPT_INT, &batch, "N", "sequences per step (default 32)", 1, 4096},
@@ -67,7 +83,7 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    static const char *mixer_flag[] = {"mha", "gqa", "mqa"};
+    static const char *mixer_flag[] = {"mha", "gqa", "mqa", "mla"};
     static const char *task_names[] = {"recall", "induction", "corpus"};
 
     // ---- validate the combination before any work -------------------------------------------------
@@ -75,7 +91,7 @@ int main(int argc, char **argv) {
     if (corpus && task_kind != TASK_CORPUS) die_user("--corpus: only with --task corpus");
     if (d_model % heads) die_user("--d-model %d is not divisible by --heads %d", d_model, heads);
     if ((d_model / heads) % 2) die_user("head_dim = d_model / heads = %d must be even (RoPE rotates pairs)", d_model / heads);
-    if (mixer == 0) {
+    if (mixer == 0 || mixer == 3) {
         if (kv_heads && kv_heads != heads) die_user("--kv-heads %d: mha has one kv head per query head (%d); use --mixer gqa", kv_heads, heads);
         kv_heads = heads;
     } else if (mixer == 2) {
@@ -86,11 +102,18 @@ int main(int argc, char **argv) {
     }
     if (heads % kv_heads) die_user("--heads %d is not divisible by --kv-heads %d", heads, kv_heads);
     if (!seq_len) seq_len = task_kind == TASK_CORPUS ? 64 : 32;
+    int local_per_global;
+    if (swa_parse_pattern(pattern, &local_per_global) != 0)
+        die_user("--pattern: expected global, local, a ratio R or gemma2|gemma3|olmo3|gpt-oss, got '%s'", pattern);
+    if (local_per_global != 0 && !window) die_user("--pattern %s: local layers need --window W", pattern);
+    if (local_per_global == 0 && window) die_user("--window: only with a --pattern that has local layers");
     if (!d_ff) d_ff = 2 * d_model;
+    check_writable("--out", out);
     if (loss_plot) {
         char stem[1024];
         int png, svg;
         split_plot_path(loss_plot, stem, sizeof stem, &png, &svg);
+        check_writable("--loss-plot", loss_plot);
     }
 
     Task task;
@@ -106,6 +129,17 @@ int main(int argc, char **argv) {
     g.d_ff = d_ff;
     g.max_seq_len = seq_len;
     g.dtype_bytes = 4;   // the tiny models compute and cache in fp32
+    if (mixer == 3) {
+        // DeepSeek-V3's proportions at tiny size (chapters/05_mla/mla.h): latent d/2, RoPE key dh/2
+        mla_geometry_tiny(&g, layers, d_model, heads);
+        snprintf(g.name, sizeof g.name, "%s", name);
+        g.q_lora_rank = 0;
+        g.vocab_size = task.vocab_size;
+        g.d_ff = d_ff;
+        g.max_seq_len = seq_len;
+        g.dtype_bytes = 4;
+    }
+    if (local_per_global != 0) swa_set_pattern(&g, local_per_global, window);
     const MixerOps *ops[GEOM_MAX_LAYERS];
     for (int l = 0; l < layers; l++) ops[l] = mixer_by_name(mixer_flag[mixer]);
     Model *m = model_new(&g, ops, a.seed);
@@ -116,8 +150,12 @@ int main(int argc, char **argv) {
     tc.weight_decay = wd;
     if (warmup >= 0) tc.warmup = warmup;
     tc.progress = !quiet;
+    if (!quiet && local_per_global != 0) {
+        char pat[GEOM_MAX_LAYERS + 1];
+        printf("train: layer pattern %s (L: local, window %d; G: global)\n", swa_pattern_string(pat, sizeof pat, &g), window);
+    }
     if (!quiet)
-        printf("train: %s, %d layers, d_model %d, %d heads (%d kv), head_dim %d, d_ff %d, vocab %d, %zu params; "
+        printf("train: %s, %d layers, d_model %d, query heads %d (kv %d), head_dim %d, d_ff %d, vocab %d, %zu params; "
                "%d steps x %d x %d tokens\n", name, layers, d_model, heads, kv_heads, g.head_dim, d_ff,
                g.vocab_size, m->n_params, steps, batch, seq_len);
     TrainResult r;

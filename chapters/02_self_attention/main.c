@@ -54,10 +54,10 @@ static void figure_trained(const CliArgs *a) {
     snprintf(sub, sizeof sub, "one head per layer on a recall example (pairs, then ':' and queried keys); %s",
              trained_caption(&t, cap, sizeof cap));
     HeatmapFigure f = {
-        .title = "A trained head learns where to look: from each queried key back to its pair",
+        .title = "Training teaches a head where to look: each queried key finds the value stored after it",
         .subtitle = sub, .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 0,
         .colorbar_label = "attention weight",
-        .note = "untrained: same seed before any training step. Hatched cells are masked (future tokens).",
+        .note = "layer 0 learned to look one token back (so each value token knows its key); layer 1 then matches the query to that key. Untrained: same seed, no training. Hatched: masked future tokens.",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "03_trained_attention"), a->png, a->svg);

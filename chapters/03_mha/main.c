@@ -111,43 +111,19 @@ static void figure_decode(const CliArgs *a, Trained *t) {
 
 // Figure 3: KV-cache bytes vs context for real MHA models, read from their config.json.
 static void figure_kv_memory(const CliArgs *a, const char *configs) {
-    static const char *files[] = {"gpt2.json", "olmo2-7b.json"};
-    static const char *names[] = {"GPT-2 small (124M)", "OLMo 2 7B"};
-    enum { N = 2, NPTS = 8 };
-    ModelGeometry g[N];
-    double xs[NPTS], ys[N][NPTS];
-    char labels[N][1200];
-    PlotSeries series[N];
-    printf("  %-22s %8s %8s %10s %14s %14s\n", "model", "layers", "heads", "head_dim", "KV/token", "KV at 128K");
-    for (int m = 0; m < N; m++) {
-        char path[1024], err[512];
-        if (hfconfig_load(&g[m], path_join(path, sizeof path, configs, files[m]), err, sizeof err) != 0)
-            die_user("%s", err);
-        snprintf(g[m].name, sizeof g[m].name, "%s", names[m]);
-        g[m].dtype_bytes = 2;   // count in bf16, how these models are served (OLMo 2's file says float32)
-        double per_tok = kvcache_bytes_per_token(&g[m]);
-        char b1[32], b2[32];
-        for (int p = 0; p < NPTS; p++) {
-            xs[p] = 1024.0 * pow(2.0, p);
-            ys[m][p] = kvcache_total_bytes(&g[m], (long)xs[p], 1);
-        }
-        snprintf(labels[m], sizeof labels[m], "%s: %d layers x 2 x %d heads x %d dims = %s/token",
-                 g[m].name, g[m].n_layers, g[m].n_heads, g[m].head_dim, fmt_bytes(b1, sizeof b1, per_tok));
-        series[m] = (PlotSeries){.label = labels[m], .x = xs, .y = ys[m], .n = NPTS,
-                                 .color = m == 0 ? COLOR_MHA : COLOR_OTHER, .markers = 1};
-        printf("  %-22s %8d %8d %10d %14s %14s\n", g[m].name, g[m].n_layers, g[m].n_heads, g[m].head_dim,
-               fmt_bytes(b1, sizeof b1, per_tok), fmt_bytes(b2, sizeof b2, ys[m][NPTS - 1]));
+    MemoryCurve c[2] = {{.color = COLOR_MHA}, {.color = COLOR_OTHER}};
+    chapter_config(&c[0].g, configs, "gpt2.json", "GPT-2 small (124M)");
+    chapter_config(&c[1].g, configs, "olmo2-7b.json", "OLMo 2 7B");
+    char labels[2][1200], b[32];
+    for (int m = 0; m < 2; m++) {
+        const ModelGeometry *g = &c[m].g;
+        snprintf(labels[m], sizeof labels[m], "%s: %d layers x 2 x %d heads x %d dims x 2 B = %s/token", g->name,
+                 g->n_layers, g->n_heads, g->head_dim, fmt_bytes(b, sizeof b, kvcache_bytes_per_token(g)));
+        c[m].label = labels[m];
     }
-    LineChart c = {
-        .title = "KV cache of multi-head attention grows linearly with context",
-        .subtitle = "one sequence, bf16 (2 bytes per number); KV bytes per token = layers x 2 (K and V) x heads x head_dim x 2",
-        .xlabel = "context length (tokens, log scale)", .ylabel = "KV cache (bytes, log scale)",
-        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
-        .series = series, .n_series = N, .legend_pos = 0,
-        .note = "numbers from each model's Hugging Face config.json (data/configs/); ./kvcache computes them for any config",
-    };
-    char path[1024];
-    plot_line_chart(&c, path_join(path, sizeof path, a->out, "03_kv_cache_vs_context"), a->png, a->svg);
+    chapter_memory_plot(a, "03_kv_cache_vs_context", "KV cache of multi-head attention grows linearly with context",
+                        "one sequence, bf16; per token: layers x 2 (K and V) x heads x head_dim x 2 bytes",
+                        c, 2, 131072, NULL);
 }
 
 int main(int argc, char **argv) {

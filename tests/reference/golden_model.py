@@ -131,9 +131,11 @@ def load_model(path, dtype=torch.float64):
 
 # ---- a fixed batch ------------------------------------------------------------------------------
 def recall_batch(vocab, T):
-    """Two recall sequences ("A 3 C 7 ... : C 7 ..."), built from the file's vocabulary names."""
+    """Two recall sequences ("A 3 C 7 ... : C A C ..."), built from the file's vocabulary names: the
+    pairs, ':', then keys to answer (target: the key's value), as tasks.c lays them out."""
     idx = {s: i for i, s in enumerate(vocab)}
     rows = [("HBDAKFPC", "3a71f0c9"), ("CIEGMNLO", "e2b4d6f8")]
+    order = [5, 2, 7, 0, 3, 6, 1, 2, 4, 5, 0, 7, 7, 1, 6, 3]
     toks, tgts = [], []
     for keys, vals in rows:
         t = []
@@ -141,15 +143,9 @@ def recall_batch(vocab, T):
             t += [idx[k], idx[v]]
         t.append(idx[":"])
         y = [-1] * len(t)
-        order = [5, 2, 7, 0, 3, 6, 1]
-        for i in order:
-            if len(t) + 2 > T:
-                break
-            t += [idx[keys[i]], idx[vals[i]]]
-            y += [idx[vals[i]], -1]
-        while len(t) < T:
-            t.append(idx["."])
-            y.append(-1)
+        for i in order[:T - len(t)]:
+            t.append(idx[keys[i]])
+            y.append(idx[vals[i]])
         toks.append(t)
         tgts.append(y)
     return torch.tensor(toks), torch.tensor(tgts)

@@ -1,0 +1,351 @@
+// test_train.c: the optimizer pieces against hand-computed values, the synthetic tasks' structure,
+// that training lowers the loss and gives the same bytes for 1 and 2 threads, and the train/infer
+// tools end to end on a tiny model.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "03_mha/mha.h"
+#include "check.h"
+#include "helpers.h"
+#include "model.h"
+#include "safetensors.h"
+#include "tasks.h"
+#include "train.h"
+
+// The 2 cores are shared with the other tests (criterion -j2); OpenMP regions over tiny work only
+// wait on each other there, so these suites run on one thread. The thread test sets its own counts.
+static void one_thread(void) {
+    omp_set_num_threads(1);
+    setenv("OMP_NUM_THREADS", "1", 1);   // for the tools the tests run
+}
+TestSuite(train_optim, .init = one_thread);
+TestSuite(train_loop, .init = one_thread);
+TestSuite(train_tasks, .init = one_thread);
+TestSuite(train_tools, .init = one_thread);
+
+// ---- schedule, clipping, AdamW ------------------------------------------------------------------
+
+Test(train_optim, warmup_then_cosine) {
+    TrainConfig c;
+    train_config_default(&c, 100, 1, 0);
+    c.lr = 1.0;
+    c.warmup = 10;
+    c.min_lr_frac = 0.1;
+    cr_expect(fabs(train_lr_at(&c, 0) - 0.1) < 1e-12, "first warmup step: lr/warmup");
+    cr_expect(fabs(train_lr_at(&c, 4) - 0.5) < 1e-12);
+    cr_expect(fabs(train_lr_at(&c, 10) - 1.0) < 1e-12, "cosine starts at the peak");
+    cr_expect(fabs(train_lr_at(&c, 99) - 0.1) < 1e-12, "last step at lr * min_lr_frac, got %g", train_lr_at(&c, 99));
+    // halfway through the cosine: the mean of peak and floor
+    double mid = train_lr_at(&c, 10 + 89 / 2) + train_lr_at(&c, 10 + 89 - 89 / 2);
+    cr_expect(fabs(mid / 2 - 0.55) < 1e-3, "cosine midpoint %g", mid / 2);
+    for (int s = 11; s < 100; s++) cr_expect(train_lr_at(&c, s) <= train_lr_at(&c, s - 1) + 1e-15);
+}
+
+Test(train_optim, global_norm_clip) {
+    float g[3] = {3, 0, 4};
+    cr_expect(fabs(train_clip_grad_norm(g, 3, 10.0) - 5.0) < 1e-9);
+    cr_expect(g[0] == 3 && g[2] == 4, "below the limit nothing changes");
+    cr_expect(fabs(train_clip_grad_norm(g, 3, 1.0) - 5.0) < 1e-9);
+    cr_expect(fabs(g[0] - 0.6f) < 1e-7 && fabs(g[2] - 0.8f) < 1e-7, "scaled to norm 1: %g %g", g[0], g[2]);
+}
+
+static void tiny_geometry(ModelGeometry *g, int vocab, int T) {
+    geometry_init(g, "test train", 2, 16, 2, 1);
+    g->vocab_size = vocab;
+    g->d_ff = 32;
+    g->max_seq_len = T;
+    g->dtype_bytes = 4;
+}
+
+// Two AdamW steps on fixed gradients against the update written out in double: decay applies to a
+// matrix (lm_head), not to a norm gain (norm_f).
+Test(train_optim, adamw_matches_the_formula) {
+    ModelGeometry g;
+    tiny_geometry(&g, 10, 8);
+    const MixerOps *ops[2] = {&gqa_mixer, &gqa_mixer};
+    Model *m = model_new(&g, ops, 1);
+    model_zero_grad(m);
+    TrainConfig c;
+    train_config_default(&c, 10, 1, 0);
+    c.weight_decay = 0.5;
+    AdamW o;
+    adamw_init(&o, m->n_params);
+    const ModelTensor *head = model_find_tensor(m, "lm_head"), *norm = model_find_tensor(m, "norm_f");
+    cr_assert(head && norm && head->decay && !norm->decay);
+    size_t idx[2] = {head->offset + 3, norm->offset + 1};
+    double p[2], mo[2] = {0, 0}, v[2] = {0, 0}, wd[2] = {0.5, 0.0};
+    for (int k = 0; k < 2; k++) p[k] = m->params[idx[k]];
+    double grads[2][2] = {{0.3, -0.1}, {-2.0, 0.05}};   // [step][element]
+    double lrs[2] = {0.01, 0.02};
+    for (int s = 0; s < 2; s++) {
+        for (int k = 0; k < 2; k++) m->grads[idx[k]] = (float)grads[s][k];
+        adamw_step(&o, m, lrs[s], &c);
+        for (int k = 0; k < 2; k++) {
+            double gr = grads[s][k];
+            mo[k] = 0.9 * mo[k] + 0.1 * gr;
+            v[k] = 0.95 * v[k] + 0.05 * gr * gr;
+            double mh = mo[k] / (1 - pow(0.9, s + 1)), vh = v[k] / (1 - pow(0.95, s + 1));
+            p[k] -= lrs[s] * (mh / (sqrt(vh) + 1e-8) + wd[k] * p[k]);
+            cr_expect(fabs(m->params[idx[k]] - p[k]) < 1e-6 * fmax(1.0, fabs(p[k])),
+                      "step %d element %d: %.8f vs %.8f", s, k, m->params[idx[k]], p[k]);
+        }
+    }
+    adamw_free(&o);
+    model_free(m);
+}
+
+Test(train_optim, loss_curve_windows) {
+    float losses[10];
+    for (int i = 0; i < 10; i++) losses[i] = (float)(i + 1);
+    TrainResult r = {.losses = losses, .steps = 10};
+    float *c;
+    int n = train_loss_curve(&r, 4, &c);
+    cr_assert_eq(n, 4);
+    float steps[4] = {2, 5, 7, 10}, means[4] = {1.5f, 4.0f, 6.5f, 9.0f};
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(c[i], steps[i], "point %d step %g", i, c[i]);
+        cr_expect(fabs(c[4 + i] - means[i]) < 1e-6, "point %d mean %g", i, c[4 + i]);
+    }
+    free(c);
+}
+
+// ---- training -----------------------------------------------------------------------------------
+
+Test(train_loop, a_few_steps_lower_the_loss) {
+    // recall answers are always values (16 of the 34 tokens): even the first steps must find that
+    Task task;
+    task_recall(&task, 16, 4, 16, 16, 0, 0.0);
+    ModelGeometry g;
+    tiny_geometry(&g, task.vocab_size, 16);
+    const MixerOps *ops[2] = {&gqa_mixer, &gqa_mixer};
+    Model *m = model_new(&g, ops, 3);
+    double before, after, acc;
+    train_evaluate(m, &task, 99, 64, &before, &acc);
+    cr_expect(fabs(before - log(34.0)) < 0.05, "an untrained model is uniform: loss %g vs ln 34", before);
+    TrainConfig c;
+    train_config_default(&c, 60, 16, 3);
+    c.lr = 1e-2;
+    c.progress = 0;
+    c.eval_samples = 64;
+    TrainResult r;
+    train_run(m, &task, &c, &r);
+    train_evaluate(m, &task, 99, 64, &after, &acc);
+    cr_expect(after < log(16.0) + 0.1, "60 steps: held-out loss %g -> %g", before, after);
+    cr_expect(r.losses[59] < r.losses[0], "training loss %g -> %g", r.losses[0], r.losses[59]);
+    train_result_free(&r);
+    model_free(m);
+    task_free(&task);
+}
+
+// The whole training step (batches, forward, backward, clip, AdamW) for 1 and for 2 threads, at a
+// size where the matmuls and the attention really run in parallel: the weights must be identical.
+Test(train_threads, same_bytes_for_1_and_2_threads) {
+    Task task;
+    task_recall(&task, 32, 8, 16, 16, 0, 0.5);
+    ModelGeometry g;
+    geometry_init(&g, "thread test", 2, 64, 4, 2);
+    g.vocab_size = task.vocab_size;
+    g.d_ff = 128;
+    g.max_seq_len = 32;
+    const MixerOps *ops[2] = {&gqa_mixer, &gqa_mixer};
+    float *w[2];
+    size_t n = 0;
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        Model *m = model_new(&g, ops, 11);
+        TrainConfig c;
+        train_config_default(&c, 4, 16, 11);
+        c.progress = 0;
+        c.eval_samples = 16;
+        TrainResult r;
+        train_run(m, &task, &c, &r);
+        n = m->n_params;
+        w[k] = malloc(sizeof(float) * n);
+        memcpy(w[k], m->params, sizeof(float) * n);
+        train_result_free(&r);
+        model_free(m);
+    }
+    cr_expect(memcmp(w[0], w[1], sizeof(float) * n) == 0, "weights after 4 steps differ between 1 and 2 threads");
+    free(w[0]);
+    free(w[1]);
+    task_free(&task);
+}
+
+// ---- tasks --------------------------------------------------------------------------------------
+
+Test(train_tasks, recall_structure) {
+    Task t;
+    task_recall(&t, 32, 8, 16, 16, 2, 0.5);
+    cr_assert_eq(t.vocab_size, 34);
+    cr_expect_str_eq(task_token_str(&t, 0), ".");
+    cr_expect_str_eq(task_token_str(&t, 1), ":");
+    cr_expect_str_eq(task_token_str(&t, 2), "A");
+    cr_expect_str_eq(task_token_str(&t, 18), "0");
+    cr_expect_str_eq(task_token_str(&t, 33), "f");
+    cr_expect_str_eq(task_token_str(&t, 34), "?");
+    Rng r;
+    rng_seed(&r, 1);
+    int tok[32], tgt[32], copies = 0;
+    for (int s = 0; s < 200; s++) {
+        TaskSplit split = s % 2 ? SPLIT_TRAIN : SPLIT_HELDOUT;
+        task_sample(&t, &r, split, tok, tgt);
+        if (tok[18] != 1) {   // no ':' after 8 pairs + gap 2: a copy sample
+            cr_expect_eq(split, SPLIT_TRAIN, "a held-out sample must be recall");
+            copies++;
+            continue;
+        }
+        int value_of[16], seen = 0;
+        for (int k = 0; k < 16; k++) value_of[k] = -1;
+        for (int i = 0; i < 8; i++) {
+            int k = tok[2 * i] - 2, v = tok[2 * i + 1];
+            cr_assert(k >= 0 && k < 16 && v >= 18 && v < 34, "pair %d: %d %d", i, tok[2 * i], v);
+            cr_expect_eq(value_of[k], -1, "key %d repeated", k);
+            value_of[k] = v;
+            cr_expect_eq(tgt[2 * i], -1);
+            cr_expect_eq(tgt[2 * i + 1], -1);
+        }
+        cr_expect(tok[16] == 0 && tok[17] == 0, "gap of 2 fillers");
+        for (int i = 19; i < 32; i++) {
+            int k = tok[i] - 2;
+            cr_assert(k >= 0 && k < 16 && value_of[k] >= 0, "query %d is not a key of this sample", tok[i]);
+            cr_expect_eq(tgt[i], value_of[k], "query at %d answered with %d, paired with %d", i, tgt[i], value_of[k]);
+            seen++;
+        }
+        cr_expect_eq(seen, 13);
+    }
+    cr_expect(copies > 30 && copies < 70, "about half of the 100 training samples are copies, got %d", copies);
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect(u.n_pairs == 8 && u.gap == 2 && u.copy_frac == 0.5 && u.vocab_size == 34 && u.seq_len == 32);
+    free(js);
+}
+
+Test(train_tasks, induction_copies_its_segment) {
+    Task t;
+    task_induction(&t, 32, 26);
+    Rng r;
+    rng_seed(&r, 2);
+    int tok[32], tgt[32];
+    for (int s = 0; s < 50; s++) {
+        task_sample(&t, &r, SPLIT_TRAIN, tok, tgt);
+        int first = 0;
+        while (first < 32 && tgt[first] < 0) first++;
+        cr_assert(first < 31, "nothing scored");
+        int len = 32 - first;   // the copy runs to the end: segment length
+        cr_expect(len >= 8 && len <= 16, "segment length %d", len);
+        for (int i = first; i < 32; i++) cr_expect_eq(tok[i], tok[i - len], "position %d is not a copy", i);
+        for (int i = first; i < 31; i++) cr_expect_eq(tgt[i], tok[i + 1]);
+        cr_expect_eq(tgt[31], -1);
+        for (int i = 0; i < first; i++) cr_expect_eq(tgt[i], -1);
+    }
+}
+
+Test(train_tasks, corpus_grammar_and_file) {
+    Task t;
+    task_corpus(&t, 64, NULL);
+    cr_expect_eq(t.vocab_size, 28);
+    cr_expect_str_eq(task_token_str(&t, 0), "\xe2\x90\xa3");
+    cr_expect_str_eq(task_token_str(&t, 1), ".");
+    int a[64], at[64], b[64], bt[64];
+    Rng r1, r2;
+    rng_seed(&r1, 5);
+    rng_seed(&r2, 5);
+    task_sample(&t, &r1, SPLIT_TRAIN, a, at);
+    task_sample(&t, &r2, SPLIT_TRAIN, b, bt);
+    cr_expect(memcmp(a, b, sizeof a) == 0 && memcmp(at, bt, sizeof at) == 0, "same seed, same window");
+    for (int i = 0; i < 63; i++) cr_expect_eq(at[i], a[i + 1], "targets are the next character");
+    int ex[64], ext[64];
+    task_example(&t, ex, ext);
+    cr_expect_eq(ex[0] != 0 && ex[0] != 1, 1, "the example starts at a word");
+    task_free(&t);
+
+    char dir[256], path[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    for (int i = 0; i < 60; i++) fputs("abc ab\n", f);
+    fclose(f);
+    task_corpus(&t, 16, path);
+    cr_expect_eq(t.vocab_size, 5, "bytes \\n ' ' a b c");
+    cr_expect_str_eq(task_token_str(&t, 0), "\\n");
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(u.vocab_size, 5);
+    cr_expect_str_eq(task_token_str(&u, 4), "c");
+    free(js);
+    task_free(&t);
+}
+
+Test(train_tasks, bad_config_json) {
+    Task t;
+    char err[256];
+    cr_expect_eq(task_from_json(&t, "{\"task\":\"poetry\",\"seq_len\":8}", err, sizeof err), -1);
+    cr_expect(strstr(err, "unknown task 'poetry'"), "%s", err);
+    cr_expect_eq(task_from_json(&t, "{\"task\":\"recall\",\"seq_len\":8,\"n_pairs\":8,\"n_keys\":16,\"n_values\":16,\"gap\":0}",
+                                err, sizeof err), -1);
+    cr_expect(strstr(err, "seq_len"), "%s", err);
+    cr_expect_eq(task_from_json(&t, "[1]", err, sizeof err), -1);
+}
+
+// ---- the tools end to end -----------------------------------------------------------------------
+
+Test(train_tools, train_then_infer) {
+    char dir[256], args[1024], out[16384];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(args, sizeof args, "--task induction --d-model 16 --heads 2 --steps 20 --batch 4 --seq-len 12 "
+             "--out %s/m.safetensors --loss-plot %s/loss.svg", dir, dir);
+    int rc = test_run(out, sizeof out, "train", args);
+    cr_assert_eq(rc, 0, "train failed: %s", out);
+    cr_expect(strstr(out, "step 20/20") && strstr(out, "held-out loss"), "progress and metrics: %s", out);
+    // not a terminal: about one progress line per 10% of the steps
+    int lines = 0;
+    for (const char *p = out; (p = strstr(p, "step ")); p++) lines++;
+    cr_expect(lines >= 9 && lines <= 12, "%d progress lines: %s", lines, out);
+    cr_expect(!test_has_tmp_files(dir), "a temp file was left behind");
+    cr_expect_eq(test_count_files(dir), 2, "weights and loss.svg");
+
+    snprintf(args, sizeof args, "%s/m.safetensors --tokens 0,1,2,3,0,1 --out %s/run.safetensors", dir, dir);
+    rc = test_run(out, sizeof out, "infer", args);
+    cr_assert_eq(rc, 0, "infer failed: %s", out);
+    cr_expect(strstr(out, "predicted"), "%s", out);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/run.safetensors", dir);
+    SafeTensors st;
+    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s", err);
+    int64_t ls[2] = {6, 26}, as[3] = {2, 6, 6};
+    cr_expect(st_get_f32(&st, "logits", 2, ls, err, sizeof err) != NULL, "%s", err);
+    const float *A = st_get_f32(&st, "attn.1", 3, as, err, sizeof err);
+    cr_assert(A, "%s", err);
+    for (int i = 0; i < 6; i++) {
+        double s = 0;
+        for (int j = 0; j < 6; j++) s += A[i * 6 + j];
+        cr_expect(fabs(s - 1.0) < 1e-5, "attention row %d sums to %g", i, s);
+    }
+    st_free(&st);
+
+    // same command, same bytes
+    char first[512], second[512];
+    snprintf(first, sizeof first, "%s/m.safetensors", dir);
+    snprintf(args, sizeof args, "--task induction --d-model 16 --heads 2 --steps 20 --batch 4 --seq-len 12 "
+             "--quiet --out %s/m2.safetensors", dir);
+    cr_assert_eq(test_run(out, sizeof out, "train", args), 0, "%s", out);
+    snprintf(second, sizeof second, "%s/m2.safetensors", dir);
+    FILE *f1 = fopen(first, "rb"), *f2 = fopen(second, "rb");
+    cr_assert(f1 && f2);
+    int same = 1, c1, c2;
+    do {
+        c1 = fgetc(f1);
+        c2 = fgetc(f2);
+        if (c1 != c2) same = 0;
+    } while (same && c1 != EOF);
+    fclose(f1);
+    fclose(f2);
+    cr_expect(same, "two runs of the same command wrote different weights");
+}

@@ -1,0 +1,55 @@
+#!/bin/sh
+# make_weights.sh: retrains every shipped tiny model (`make weights` runs this after `make build`).
+#
+# Training is deterministic: the same command writes the same bytes on every run and for any
+# OMP_NUM_THREADS, so a diff of data/weights/ after this script means the code changed, not luck.
+# The models are tiny, so two trainings side by side on one thread each use 2 cores far better than
+# one training on two threads. The "untrained" model of every figure is rebuilt by the chapters from
+# the seed stored in each file, so it is not shipped.
+set -eu
+BIN=${BINDIR:-.}
+OUT=data/weights
+JOBS=${JOBS:-2}
+mkdir -p "$OUT" tests/golden
+export OMP_NUM_THREADS=1
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+
+# name | flags. Every recall model of the chapter-4/5 comparison uses the same data, steps and seed.
+RECALL="--task recall --layers 2 --d-model 64 --heads 4 --steps 4000 --seed 1337"
+cat > "$log/jobs" <<JOBS
+ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
+ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
+ch04_recall_g4|--mixer mha $RECALL
+ch04_recall_g2|--mixer gqa --kv-heads 2 $RECALL
+ch04_recall_g1|--mixer mqa $RECALL
+ch05_recall_mla|--mixer mla $RECALL
+JOBS
+[ -f tools/weights_extra.txt ] && cat tools/weights_extra.txt >> "$log/jobs"
+
+run() {  # name flags...
+    name=$1; shift
+    start=$(date +%s)
+    if "$BIN/train" "$@" --quiet --out "$OUT/$name.safetensors" > "$log/$name.out" 2>&1; then
+        echo "  $name: $(grep -o 'accuracy [0-9.]*%' "$log/$name.out" | tail -1) ($(( $(date +%s) - start )) s)"
+    else
+        echo "make_weights: training $name failed:" >&2; cat "$log/$name.out" >&2; touch "$log/FAILED"
+    fi
+}
+
+echo "make_weights: $(grep -c . "$log/jobs") models, $JOBS at a time"
+n=0
+while IFS='|' read -r name flags; do
+    [ -z "$name" ] && continue
+    # shellcheck disable=SC2086
+    run "$name" $flags &
+    n=$((n + 1))
+    if [ $((n % JOBS)) -eq 0 ]; then wait; fi
+done < "$log/jobs"
+wait
+[ -e "$log/FAILED" ] && exit 1
+# Input of the PyTorch golden test (tests/reference/golden_model.py): a small GQA model (4 query heads
+# sharing 2 KV heads), briefly trained so its gradients are not those of a random model.
+"$BIN/train" --mixer gqa --task recall --layers 2 --d-model 32 --heads 4 --kv-heads 2 --steps 300 --seed 7 \
+    --quiet --out tests/golden/model_gqa.safetensors > /dev/null
+echo "make_weights: done"
