@@ -20,6 +20,7 @@ RECALL="--task recall --layers 2 --d-model 64 --heads 4 --steps 4000 --seed 1337
 cat > "$log/jobs" <<JOBS
 ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
 ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
+ch03_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 4 --steps 2000 --seed 1337
 ch04_recall_g4|--mixer mha $RECALL
 ch04_recall_g2|--mixer gqa --kv-heads 2 $RECALL
 ch04_recall_g1|--mixer mqa $RECALL
