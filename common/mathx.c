@@ -578,15 +578,56 @@ void layernorm_backward(float *dx, float *dweight, float *dbias, const float *do
 
 // ---- RoPE ---------------------------------------------------------------------------------------
 
+// The rotation angles depend only on (pos, i, n_rot, theta), and the tiny models ask for the same few
+// thousand of them millions of times. Each thread remembers, for its last two (n_rot, theta) pairs,
+// cos and sin of the first ROPE_TAB_POS positions, computed by exactly the expression below, so a
+// table hit gives the same bits as computing afresh.
+#define ROPE_TAB_POS 256
+#define ROPE_TAB_HALF 64
+typedef struct {
+    int n_rot, n_pos;                             // n_pos rows filled (0: empty slot)
+    double theta;
+    double cs[ROPE_TAB_POS][ROPE_TAB_HALF][2];    // [pos][i] = {cos, sin}
+} RopeTable;
+static _Thread_local RopeTable rope_tab[2];
+static _Thread_local int rope_tab_next;
+
+static void rope_angle(double *c, double *s, int pos, int i, int n_rot, double theta) {
+    double freq = pow(theta, -2.0 * i / n_rot);
+    double ang = (double)pos * freq;
+    *c = cos(ang);
+    *s = sin(ang);
+}
+
+static const double (*rope_row(int pos, int n_rot, double theta))[2] {
+    if (pos < 0 || pos >= ROPE_TAB_POS || n_rot / 2 > ROPE_TAB_HALF) return NULL;
+    RopeTable *t = NULL;
+    for (int k = 0; k < 2; k++)
+        if (rope_tab[k].n_pos && rope_tab[k].n_rot == n_rot && rope_tab[k].theta == theta) t = &rope_tab[k];
+    if (!t) {
+        t = &rope_tab[rope_tab_next];
+        rope_tab_next ^= 1;
+        t->n_rot = n_rot;
+        t->theta = theta;
+        t->n_pos = 0;
+    }
+    for (; t->n_pos <= pos; t->n_pos++)
+        for (int i = 0; i < n_rot / 2; i++)
+            rope_angle(&t->cs[t->n_pos][i][0], &t->cs[t->n_pos][i][1], t->n_pos, i, n_rot, theta);
+    return t->cs[pos];
+}
+
 void rope_apply(float *x, int pos, int n_rot, double theta, RopeStyle style, int inverse) {
     // x (head_dim), rotate the first n_rot dims; pair i turns by pos * theta^(-2i/n_rot).
     // Angles and the rotation are done in double: at pos ~ 1e4 a float angle is already off by ~1e-3.
     CHECK(n_rot % 2 == 0, "rope_apply: n_rot must be even, got %d", n_rot);
     int half = n_rot / 2;
+    const double (*row)[2] = rope_row(pos, n_rot, theta);
     for (int i = 0; i < half; i++) {
-        double freq = pow(theta, -2.0 * i / n_rot);
-        double ang = (double)pos * freq;
-        double c = cos(ang), s = inverse ? -sin(ang) : sin(ang);
+        double c, s;
+        if (row) { c = row[i][0]; s = row[i][1]; }
+        else rope_angle(&c, &s, pos, i, n_rot, theta);
+        if (inverse) s = -s;
         int a = style == ROPE_INTERLEAVED ? 2 * i : i;
         int b = style == ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
         double x0 = x[a], x1 = x[b];
