@@ -85,7 +85,7 @@ void cli_parse(const CliSpec *s, CliArgs *a, int argc, char **argv) {
     a->png = a->svg = 1;
     a->seed = 1337;
     a->weights = s->default_weights;
-    a->pos = mallocCheck(sizeof(char *) * (size_t)(argc + 1));
+    a->pos = mallocCheck(sizeof(char *) * (size_t)(argc + 1));   // the caller frees it
     for (int i = 1; i < argc; i++) {
         char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {

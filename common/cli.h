@@ -45,7 +45,7 @@ typedef struct {
     uint64_t seed;
     const char *weights;
     int n_pos;
-    char **pos;                // positional arguments
+    char **pos;                // positional arguments (malloc'd: free(args.pos) when done)
 } CliArgs;
 
 // Parses argv into args and the option destinations. Prints usage on --help (exit 0).

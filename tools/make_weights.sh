@@ -17,6 +17,9 @@ trap 'rm -rf "$log"' EXIT
 
 # name | flags. Every recall model of the chapter-4/5 comparison uses the same data, steps and seed.
 RECALL="--task recall --layers 2 --d-model 64 --heads 4 --steps 4000 --seed 1337"
+# Chapter 6, the toy Gemma 3 ablation: same copy task (each copied token's key lies 8..16 tokens back),
+# data, steps and seed; only the layer pattern (local:global ratio) and the window change.
+SWA="--mixer mha --task induction --seq-len 32 --layers 4 --d-model 32 --heads 2 --batch 16 --steps 2500 --seed 1337"
 cat > "$log/jobs" <<JOBS
 ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
 ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
@@ -25,6 +28,14 @@ ch04_recall_g4|--mixer mha $RECALL
 ch04_recall_g2|--mixer gqa --kv-heads 2 $RECALL
 ch04_recall_g1|--mixer mqa $RECALL
 ch05_recall_mla|--mixer mla $RECALL
+ch06_global|$SWA
+ch06_1to1_w4|$SWA --pattern 1 --window 4
+ch06_3to1_w4|$SWA --pattern 3 --window 4
+ch06_3to1_w8|$SWA --pattern 3 --window 8
+ch06_local_w4|$SWA --pattern local --window 4
+ch06_local_w8|$SWA --pattern local --window 8
+ch06_local_w12|$SWA --pattern local --window 12
+ch06_local_w16|$SWA --pattern local --window 16
 JOBS
 [ -f tools/weights_extra.txt ] && cat tools/weights_extra.txt >> "$log/jobs"
 

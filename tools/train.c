@@ -140,6 +140,7 @@ int main(int argc, char **argv) {
         g.dtype_bytes = 4;
     }
     if (local_per_global != 0) swa_set_pattern(&g, local_per_global, window);
+    if (!strcmp(pattern, "gemma3")) swa_set_gemma3_rope(&g);   // RoPE base 1e4 on local layers, 1e6 on global
     const MixerOps *ops[GEOM_MAX_LAYERS];
     for (int l = 0; l < layers; l++) ops[l] = mixer_by_name(mixer_flag[mixer]);
     Model *m = model_new(&g, ops, a.seed);

@@ -13,6 +13,7 @@
 // The weights are random (seeded); chapter 2 shows what training does to P.
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -156,5 +157,6 @@ int main(int argc, char **argv) {
 
     figure_why_scale(&a, &rng);
     printf("ch01: wrote figures to %s/ (01_x_to_qkv, 02_scores_softmax, 02_attention_raw.png, 03_why_scale)\n", a.out);
+    free(a.pos);
     return 0;
 }

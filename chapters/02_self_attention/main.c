@@ -133,5 +133,6 @@ int main(int argc, char **argv) {
 
     figure_trained(&a);
     printf("ch02: wrote figures to %s/ (01_causal_attention, 02_mask_gallery, 03_trained_attention, 04_training_curve)\n", a.out);
+    free(a.pos);
     return 0;
 }

@@ -151,5 +151,6 @@ int main(int argc, char **argv) {
     trained_plot_curve(&t, &a, "04_training_curve", "Training the chapter-3 model on the induction task");
     trained_free(&t);
     printf("ch03: wrote figures to %s/ (01_heads, 02_decode_equals_forward, 03_kv_cache_vs_context, 04_training_curve)\n", a.out);
+    free(a.pos);
     return 0;
 }

@@ -166,5 +166,6 @@ int main(int argc, char **argv) {
     figure_sarvam(&a, configs);
     figure_accuracy(&a, weights_dir);
     printf("ch04: wrote figures to %s/ (01_grouped_heads, 02_kv_vs_groups, 03_sarvam_gqa_vs_mla, 04_accuracy_vs_kv_heads)\n", a.out);
+    free(a.pos);
     return 0;
 }

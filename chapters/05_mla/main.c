@@ -205,5 +205,6 @@ int main(int argc, char **argv) {
     trained_free(&t);
     figure_ablation(&a, weights_dir);
     printf("ch05: wrote figures to %s/\n", a.out);
+    free(a.pos);
     return 0;
 }

@@ -578,14 +578,14 @@ static void figure_measured_cache(const CliArgs *a) {
 
 int main(int argc, char **argv) {
     const char *configs = "data/configs", *wdir = "data/weights";
-    int samples = 256;
+    int samples = 128;
     CliOpt opts[] = {
         {.name = "--configs", .type = OPT_STRING, .dst = &configs, .meta = "DIR",
          .help = "folder of Hugging Face config.json files (default data/configs)"},
         {.name = "--weights-dir", .type = OPT_STRING, .dst = &wdir, .meta = "DIR",
          .help = "folder of the chapter's trained models ch06_*.safetensors (default data/weights)"},
         {.name = "--samples", .type = OPT_INT, .dst = &samples, .meta = "N",
-         .help = "held-out samples per model for the ablation (default 256)", .min = 32, .max = 100000},
+         .help = "held-out samples per model for the ablation (default 128)", .min = 32, .max = 100000},
     };
     CliSpec spec = {
         .prog = "ch06",
