@@ -36,6 +36,7 @@ ch06_local_w4|$SWA --pattern local --window 4
 ch06_local_w8|$SWA --pattern local --window 8
 ch06_local_w12|$SWA --pattern local --window 12
 ch06_local_w16|$SWA --pattern local --window 16
+ch07_dsa_recall|--mixer dsa --task recall --pairs 4 --layers 2 --d-model 64 --heads 4 --topk 4 --index-heads 4 --index-dim 16 --steps 4000 --dense-steps 1000 --seed 1337
 JOBS
 [ -f tools/weights_extra.txt ] && cat tools/weights_extra.txt >> "$log/jobs"
 

@@ -17,6 +17,7 @@
 #include "06_swa/swa.h"
 #include "registry.h"
 #include "05_mla/mla.h"
+#include "07_dsa/dsa.h"
 #include "tasks.h"
 #include "train.h"
 
@@ -48,9 +49,9 @@ int main(int argc, char **argv) {
     int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, gap = 0, log_y = 0, quiet = 0;
     double lr = 3e-3, wd = 0.1, copy_frac = 0.5;
     const char *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
-    int window = 0;
+    int window = 0, topk = 4, index_heads = 4, index_dim = 16, dense_steps = -1;
     CliOpt opts[] = {
-        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa|mla", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head), MLA (latent kv_lora_rank = d_model/2) (default mha)", 0, 0},
+        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa|mla|dsa", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head), MLA (latent kv_lora_rank = d_model/2), DSA (MLA + a top-k lightning indexer) (default mha)", 0, 0},
         {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
@@ -69,6 +70,10 @@ int main(int argc, char **argv) {
         {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
         {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
         {"--copy-frac", OPT_DOUBLE, &copy_frac, "X", "recall: fraction of training samples that are copies (default 0.5)", 0.0, 0.99},
+        {"--topk", OPT_INT, &topk, "K", "dsa: keys each query attends to (index_topk, default 4)", 1, 1 << 20},
+        {"--index-heads", OPT_INT, &index_heads, "N", "dsa: lightning indexer heads (default 4)", 1, 256},
+        {"--index-dim", OPT_INT, &index_dim, "N", "dsa: width of the indexer's heads and shared key (default 16)", 2, 4096},
+        {"--dense-steps", OPT_INT, &dense_steps, "N", "dsa: dense warm-up steps before the sparse ones (default steps/4)", 0, 10000000},
         {"--out", OPT_STRING, &out, "FILE", "weights to write (.safetensors), required", 0, 0},
         {"--loss-plot", OPT_STRING, &loss_plot, "FILE", "also draw the loss curve (FILE.png or FILE.svg)", 0, 0},
         {"--log-y", OPT_FLAG, &log_y, NULL, "loss plot on a log y axis", 0, 0},
@@ -83,7 +88,7 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    static const char *mixer_flag[] = {"mha", "gqa", "mqa", "mla"};
+    static const char *mixer_flag[] = {"mha", "gqa", "mqa", "mla", "dsa"};
     static const char *task_names[] = {"recall", "induction", "corpus"};
 
     // ---- validate the combination before any work -------------------------------------------------
@@ -91,7 +96,7 @@ int main(int argc, char **argv) {
     if (corpus && task_kind != TASK_CORPUS) die_user("--corpus: only with --task corpus");
     if (d_model % heads) die_user("--d-model %d is not divisible by --heads %d", d_model, heads);
     if ((d_model / heads) % 2) die_user("head_dim = d_model / heads = %d must be even (RoPE rotates pairs)", d_model / heads);
-    if (mixer == 0 || mixer == 3) {
+    if (mixer == 0 || mixer == 3 || mixer == 4) {
         if (kv_heads && kv_heads != heads) die_user("--kv-heads %d: mha has one kv head per query head (%d); use --mixer gqa", kv_heads, heads);
         kv_heads = heads;
     } else if (mixer == 2) {
@@ -129,7 +134,7 @@ int main(int argc, char **argv) {
     g.d_ff = d_ff;
     g.max_seq_len = seq_len;
     g.dtype_bytes = 4;   // the tiny models compute and cache in fp32
-    if (mixer == 3) {
+    if (mixer == 3 || mixer == 4) {
         // DeepSeek-V3's proportions at tiny size (chapters/05_mla/mla.h): latent d/2, RoPE key dh/2
         mla_geometry_tiny(&g, layers, d_model, heads);
         snprintf(g.name, sizeof g.name, "%s", name);
@@ -139,6 +144,13 @@ int main(int argc, char **argv) {
         g.max_seq_len = seq_len;
         g.dtype_bytes = 4;
     }
+    if (mixer == 4) {   // chapter 7: DeepSeek-V3.2's lightning indexer on top of that MLA
+        g.index_n_heads = index_heads;
+        g.index_head_dim = index_dim;
+        g.index_topk = topk;
+    }
+    if (mixer == 4 && local_per_global != 0) die_user("--pattern: dsa layers are global (no sliding window)");
+    if (mixer == 4 && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
     if (local_per_global != 0) swa_set_pattern(&g, local_per_global, window);
     if (!strcmp(pattern, "gemma3")) swa_set_gemma3_rope(&g);   // RoPE base 1e4 on local layers, 1e6 on global
     const MixerOps *ops[GEOM_MAX_LAYERS];
@@ -160,7 +172,8 @@ int main(int argc, char **argv) {
                "%d steps x %d x %d tokens\n", name, layers, d_model, heads, kv_heads, g.head_dim, d_ff,
                g.vocab_size, m->n_params, steps, batch, seq_len);
     TrainResult r;
-    train_run(m, &task, &tc, &r);
+    if (mixer == 4) dsa_train(m, &task, &tc, dense_steps >= 0 ? dense_steps : steps / 4, &r);
+    else train_run(m, &task, &tc, &r);
 
     ModelInfo info;
     memset(&info, 0, sizeof info);

@@ -162,7 +162,7 @@ static void figure_indexer(const CliArgs *a, Trained *tr) {
     snprintf(sub, sizeof sub,
              "layer %d of the trained model on a recall example. I(t,s) = sum over %d indexer heads of w(t,h) * ReLU(q(t,h) . k(s)), "
              "with ONE %d-wide key per token. The indexer is trained to make softmax(I) match the model's attention "
-             "(summed over the %d heads and normalised): here KL = %.2f nats per query, against the dense attention.",
+             "(summed over the %d heads and normalised): here KL = %.3f nats per query, against the dense attention.",
              l, g->index_n_heads, g->index_head_dim, H, kl);
     snprintf(note, sizeof note, "Hatched: future keys (causal). Scores are drawn on a diverging scale: I can be negative, "
              "because the head weights w(t,h) are signed.");
