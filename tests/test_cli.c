@@ -9,7 +9,7 @@
 #include "check.h"
 #include "helpers.h"
 
-static const char *chapters[] = {"ch01", "ch02", "ch03", "ch06", "ch07"};
+static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07"};
 #define N_CHAPTERS (int)(sizeof chapters / sizeof chapters[0])
 
 // Runs PROG ARGS, expects exit 2 and exactly one line of output that contains `needle`.
@@ -43,6 +43,27 @@ Test(cli, bad_flags_give_one_line_and_exit_2) {
         expect_one_line_error(p, "--out=", "--out: empty folder name");
         expect_one_line_error(p, "stray", "unexpected argument 'stray'");
         expect_one_line_error(p, "--help=yes", "--help takes no value");
+    }
+}
+
+// Chapters 2 onwards draw trained models: a missing or corrupt weights file is named in one line,
+// and nothing is written.
+Test(cli, bad_weights_are_named_and_nothing_is_written) {
+    char dir[256], bad[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(bad, sizeof bad, "%s/corrupt.safetensors", dir);
+    FILE *f = fopen(bad, "wb");
+    cr_assert(f);
+    fputs("\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ", f);
+    fclose(f);
+    for (int i = 1; i < N_CHAPTERS; i++) {
+        char out_dir[400], args[1200];
+        snprintf(out_dir, sizeof out_dir, "%s/out-%s", dir, chapters[i]);
+        snprintf(args, sizeof args, "--out %s --weights %s/missing.safetensors", out_dir, dir);
+        expect_one_line_error(chapters[i], args, "missing.safetensors");
+        snprintf(args, sizeof args, "--out %s --weights %s", out_dir, bad);
+        expect_one_line_error(chapters[i], args, "corrupt.safetensors");
+        cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before failing", chapters[i]);
     }
 }
 

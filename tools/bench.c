@@ -5,6 +5,12 @@
 // Each section is one function that prints one table; add a section by writing bench_<name>() and
 // listing it in SECTIONS. Times are the median of several repetitions; each repetition runs the
 // operation enough times to last a few milliseconds.
+// The chapters' headers come before cblas.h: OpenBLAS pulls in <complex.h>, whose macro I would break
+// dsa.h's parameter named I.
+#include "03_mha/mha.h"
+#include "05_mla/mla.h"
+#include "07_dsa/dsa.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -15,7 +21,9 @@
 
 #include "check.h"
 #include "cli.h"
+#include "geometry.h"
 #include "mathx.h"
+#include "mixer.h"
 #include "rng.h"
 
 typedef struct {
@@ -185,6 +193,168 @@ static void bench_matmul(const BenchOpts *o) {
     fflush(stdout);
 }
 
+// ---- section: MLA decode, naive vs absorbed ------------------------------------------------------
+
+// Contexts the decode sections measure: 1K, 4K, 16K, 64K (--quick: 1K, 4K).
+static const int DECODE_CONTEXTS[] = {1024, 4096, 16384, 65536};
+
+static int decode_n_contexts(const BenchOpts *o) {
+    return o->quick ? 2 : (int)(sizeof DECODE_CONTEXTS / sizeof DECODE_CONTEXTS[0]);
+}
+
+// One MLA layer's parameters (n floats) for g, initialised by the mixer itself.
+static float *mixer_params_new(const MixerOps *ops, const ModelGeometry *g, uint64_t seed) {
+    Mixer m = {.ops = ops, .g = g, .layer = 0};
+    float *params = mallocCheck(sizeof(float) * mixer_n_params(ops, g, 0));
+    Rng rng;
+    rng_seed(&rng, seed);
+    ops->init(&m, params, &rng);
+    return params;
+}
+
+static void bench_mla_decode(const BenchOpts *o) {
+    ModelGeometry g;
+    mla_geometry_tiny(&g, 1, 1024, 16);   // d 1024, 16 heads: dn = dv = 64, dr = 32, dc = 512
+    g.q_lora_rank = 0;
+    g.max_seq_len = DECODE_CONTEXTS[decode_n_contexts(o) - 1] + 1;
+    float *params = mixer_params_new(&mla_mixer, &g, 5);
+    printf("mla_decode: one MLA layer (d 1024, 16 heads, kv_lora_rank %d, rope %d), ms per decoded token, "
+           "1 thread\n", g.kv_lora_rank, g.qk_rope_head_dim);
+    printf("%10s %12s %12s %8s\n", "context", "naive", "absorbed", "ratio");
+    // The naive path rebuilds every head's keys and values from all T latents: it grows as T * H *
+    // (dn+dv) * dc. Beyond 16K it is measured only if the last step predicts it stays under ~2 s.
+    double naive_prev = 0.0;
+    int ctx_prev = 0;
+    for (int i = 0; i < decode_n_contexts(o); i++) {
+        int T = DECODE_CONTEXTS[i];
+        int reps = T >= 65536 ? 1 : (o->quick ? 2 : 3);
+        double absorbed = 1e3 * mla_decode_seconds_per_token(&g, params, T, 1, reps);
+        double predicted = ctx_prev ? naive_prev * T / ctx_prev : 0.0;   // ms
+        double naive = -1.0;
+        if (T <= 16384 || predicted <= 2000.0) naive = 1e3 * mla_decode_seconds_per_token(&g, params, T, 0, reps);
+        if (naive >= 0.0) {
+            printf("%10d %12.3f %12.3f %7.1fx\n", T, naive, absorbed, naive / absorbed);
+            naive_prev = naive;
+            ctx_prev = T;
+        } else {
+            printf("%10d %12s %12.3f %8s   (naive skipped: ~%.0f ms predicted)\n", T, "-", absorbed, "-", predicted);
+        }
+        fflush(stdout);
+    }
+    printf("\n");
+    free(params);
+}
+
+// ---- section: decode time per token vs context, four mechanisms ---------------------------------
+
+// Seconds per decode step of a gqa layer with `context` tokens already cached, or -1 if filling the
+// cache would take longer than budget_sec. The cache is filled by mha_prefill in chunks of 1024
+// random tokens (mha.h has no way to write K/V directly); then `reps` steps are timed on one thread.
+static double gqa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps,
+                                           double budget_sec) {
+    enum { CHUNK = 1024 };
+    int d = g->d_model;
+    Mixer m = {.ops = &gqa_mixer, .g = g, .layer = 0};
+    MixerCache *c = gqa_mixer.cache_new(&m, context + reps + 1);
+    float *x = mallocCheck(sizeof(float) * 2 * (size_t)CHUNK * d), *out = x + (size_t)CHUNK * d;
+    Rng rng;
+    rng_seed(&rng, 7);
+    rng_fill_normal(&rng, x, (long)CHUNK * d, 1.0f);
+    double t0 = now_sec(), result = -1.0;
+    int filled = 0;
+    while (filled < context && now_sec() - t0 <= budget_sec) {
+        int n = context - filled < CHUNK ? context - filled : CHUNK;
+        mha_prefill(&m, c, out, x, params, n);
+        filled += n;
+    }
+    if (filled == context) {
+        int threads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        gqa_mixer.decode(&m, c, out, x, params);   // warm-up: caches, page faults
+        double t1 = now_sec();
+        for (int r = 0; r < reps; r++) gqa_mixer.decode(&m, c, out, x + (size_t)(r + 1) * d, params);
+        result = (now_sec() - t1) / reps;
+        omp_set_num_threads(threads);
+    }
+    free(x);
+    gqa_mixer.cache_free(c);
+    return result;
+}
+
+static void print_ms(double sec) {
+    if (sec < 0.0) printf(" %12s", "-");
+    else printf(" %12.3f", 1e3 * sec);
+}
+
+static void bench_attn_decode(const BenchOpts *o) {
+    int n_ctx = decode_n_contexts(o), max_ctx = DECODE_CONTEXTS[n_ctx - 1];
+    int reps = o->quick ? 2 : 4;
+    // filling a full-attention cache costs T^2/2 query-key pairs: past this many seconds, print "-"
+    double budget = o->quick ? 20.0 : 60.0;
+
+    ModelGeometry full, swa, mla, dsa;
+    geometry_init(&full, "mha", 1, 1024, 16, 16);   // head_dim 64
+    full.max_seq_len = max_ctx + reps + 1;
+    swa = full;
+    swa.layer_kind[0] = LAYER_LOCAL;
+    swa.sliding_window = 1024;
+    mla_geometry_tiny(&mla, 1, 1024, 16);            // dc 512, dr 32
+    mla.q_lora_rank = 0;
+    mla.max_seq_len = max_ctx + 1;
+    // DeepSeek-V3.2's per-head widths with fewer heads, as chapter 7's decode figure: 8 attention heads,
+    // 4 indexer heads of 128, top-2048
+    dsa_geometry_tiny(&dsa, 1, 1024, 8, 4, 128, 2048);
+    dsa.dtype_bytes = 4;
+    dsa.max_seq_len = max_ctx + 1;
+    float *p_full = mixer_params_new(&gqa_mixer, &full, 11);
+    float *p_swa = mixer_params_new(&gqa_mixer, &swa, 11);
+    float *p_mla = mixer_params_new(&mla_mixer, &mla, 12);
+    float *p_dsa = mixer_params_new(&dsa_mixer, &dsa, 13);
+
+    printf("attn_decode: ms per decoded token of one layer, d_model 1024, ONE thread (mean of %d steps)\n",
+           reps);
+    printf("  full: MHA 16 heads x 64; swa: the same with sliding_window 1024; mla: absorbed, 16 heads, dc 512 + dr 32;\n"
+           "  dsa: 8 heads, dc 512 + dr 32, indexer 4 x 128, top-%d. full/swa caches are filled by mha_prefill\n"
+           "  (chunks of 1024, '-' = filling would take over %.0f s); mla/dsa caches are filled with random latents.\n",
+           dsa.index_topk, budget);
+    printf("%10s %12s %12s %12s %12s\n", "context", "full", "swa", "mla", "dsa");
+    int threads = omp_get_max_threads();
+    double full_prev = 0.0;
+    int ctx_prev = 0;
+    for (int i = 0; i < n_ctx; i++) {
+        int T = DECODE_CONTEXTS[i];
+        // predicted fill time grows as T^2 (each prefilled query reads all earlier keys): skip early
+        double t_full = -1.0;
+        double predicted = ctx_prev ? full_prev * (double)T * T / ((double)ctx_prev * ctx_prev) : 0.0;
+        if (predicted <= budget) {
+            double t0 = now_sec();
+            t_full = gqa_decode_seconds_per_token(&full, p_full, T, reps, budget);
+            if (t_full >= 0.0) {
+                full_prev = now_sec() - t0;
+                ctx_prev = T;
+            }
+        }
+        double t_swa = gqa_decode_seconds_per_token(&swa, p_swa, T, reps, budget);
+        omp_set_num_threads(1);   // the mla/dsa helpers pin one thread themselves; stated here too
+        double t_mla = mla_decode_seconds_per_token(&mla, p_mla, T, 1, reps);
+        double t_dsa = dsa_decode_seconds_per_token(&dsa, p_dsa, T, reps);
+        omp_set_num_threads(threads);
+        printf("%10d", T);
+        print_ms(t_full);
+        print_ms(t_swa);
+        print_ms(t_mla);
+        print_ms(t_dsa);
+        printf("\n");
+        fflush(stdout);
+    }
+    printf("timings are for one thread; full grows with T, swa stays flat past its window, dsa's attention\n"
+           "stops growing at top-k and only its small indexer still reads all T.\n\n");
+    free(p_full);
+    free(p_swa);
+    free(p_mla);
+    free(p_dsa);
+}
+
 // ---- sections -----------------------------------------------------------------------------------
 
 typedef struct {
@@ -194,6 +364,8 @@ typedef struct {
 
 static const BenchSection SECTIONS[] = {
     {"matmul", bench_matmul},
+    {"mla_decode", bench_mla_decode},
+    {"attn_decode", bench_attn_decode},
 };
 
 int main(int argc, char **argv) {

@@ -78,6 +78,7 @@ int main(int argc, char **argv) {
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
     ensure_out_dir(a.out);
+    figure_trained(&a);   // first: a bad --weights fails before any figure is written
     Rng rng;
     rng_seed(&rng, a.seed);
 
@@ -131,7 +132,6 @@ int main(int argc, char **argv) {
     };
     heatmap_figure(&f2, path_join(path, sizeof path, a.out, "02_mask_gallery"), a.png, a.svg);
 
-    figure_trained(&a);
     printf("ch02: wrote figures to %s/ (01_causal_attention, 02_mask_gallery, 03_trained_attention, 04_training_curve)\n", a.out);
     free(a.pos);
     return 0;

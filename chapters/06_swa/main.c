@@ -615,8 +615,8 @@ int main(int argc, char **argv) {
         fclose(f);
     }
 
+    figure_layer_heatmaps(&a, heat);   // first: a corrupt --weights fails before any figure is written
     figure_masks(&a);
-    figure_layer_heatmaps(&a, heat);
     figure_kv_real(&a, configs);
     figure_kv_sweep(&a, configs);
     run_ablation(&a, wdir, samples);
