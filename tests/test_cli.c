@@ -139,3 +139,17 @@ Test(check, atomic_write_replaces_whole_file) {
     cr_expect_str_eq(buf, "hi");
     cr_expect(!test_has_tmp_files(dir));
 }
+
+// The figures a chapter writes are valid files: every PNG passes pngcheck and every SVG renders with
+// rsvg-convert (both installed by `make test`'s dependency step).
+Test(cli, chapter_figures_pass_pngcheck_and_render) {
+    char dir[256], out[8192], args[400], cmd[1200];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(args, sizeof args, "--out %s", dir);
+    cr_assert_eq(test_run(out, sizeof out, "ch02", args), 0, "%s", out);
+    cr_expect_geq(test_count_files(dir), 8, "ch02 wrote %d files", test_count_files(dir));
+    snprintf(cmd, sizeof cmd, "pngcheck -q %s/*.png > /dev/null", dir);
+    cr_expect_eq(system(cmd), 0, "pngcheck failed on %s", dir);
+    snprintf(cmd, sizeof cmd, "for f in %s/*.svg; do rsvg-convert \"$f\" > /dev/null || exit 1; done", dir);
+    cr_expect_eq(system(cmd), 0, "an SVG in %s does not render", dir);
+}
