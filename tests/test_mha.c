@@ -506,3 +506,26 @@ Test(mha, pytorch_golden) {
     golden_case(&st, "mqa_local", 2, 8, 32, 4, 1, 8, 100.0, 3);
     st_free(&st);
 }
+
+// The benchmark's shortcut: a cache filled with random K/V counts as holding those tokens (the formula's
+// bytes, min(n, W) on a local layer), and decoding after it still works and stays finite.
+Test(mha, fill_random_holds_the_formulas_tokens) {
+    for (int W = 0; W <= 5; W += 5) {
+        ModelGeometry g;
+        make_geom(&g, 16, 4, 2, 4);
+        if (W) make_local(&g, W);
+        Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
+        Rng r;
+        rng_seed(&r, 3);
+        float *params = randn(&r, mixer_n_params(&gqa_mixer, &g, 0), 0.2f), *x = randn(&r, 16, 1.0f), out[16];
+        MixerCache *c = gqa_mixer.cache_new(&m, 40);
+        mha_cache_fill_random(c, 20, &r);
+        cr_expect_eq(gqa_mixer.cache_bytes(c), (size_t)kvcache_total_bytes(&g, 20, 1), "W %d", W);
+        gqa_mixer.decode(&m, c, out, x, params);
+        cr_expect_eq(gqa_mixer.cache_bytes(c), (size_t)kvcache_total_bytes(&g, 21, 1), "W %d after decode", W);
+        for (int i = 0; i < 16; i++) cr_expect(isfinite(out[i]));
+        gqa_mixer.cache_free(c);
+        free(params);
+        free(x);
+    }
+}

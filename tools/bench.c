@@ -247,36 +247,27 @@ static void bench_mla_decode(const BenchOpts *o) {
 
 // ---- section: decode time per token vs context, four mechanisms ---------------------------------
 
-// Seconds per decode step of a gqa layer with `context` tokens already cached, or -1 if filling the
-// cache would take longer than budget_sec. The cache is filled by mha_prefill in chunks of 1024
-// random tokens (mha.h has no way to write K/V directly); then `reps` steps are timed on one thread.
-static double gqa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps,
-                                           double budget_sec) {
-    enum { CHUNK = 1024 };
+// Seconds per decode step of a gqa layer with `context` tokens already cached. The cache is filled with
+// random keys and values (mha_cache_fill_random: prefilling 64K tokens would cost T^2/2 dot products),
+// then `reps` steps are timed on one thread.
+static double gqa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps) {
     int d = g->d_model;
     Mixer m = {.ops = &gqa_mixer, .g = g, .layer = 0};
     MixerCache *c = gqa_mixer.cache_new(&m, context + reps + 1);
-    float *x = mallocCheck(sizeof(float) * 2 * (size_t)CHUNK * d), *out = x + (size_t)CHUNK * d;
+    float *x = mallocCheck(sizeof(float) * (size_t)(reps + 1) * d), *out = mallocCheck(sizeof(float) * d);
     Rng rng;
     rng_seed(&rng, 7);
-    rng_fill_normal(&rng, x, (long)CHUNK * d, 1.0f);
-    double t0 = now_sec(), result = -1.0;
-    int filled = 0;
-    while (filled < context && now_sec() - t0 <= budget_sec) {
-        int n = context - filled < CHUNK ? context - filled : CHUNK;
-        mha_prefill(&m, c, out, x, params, n);
-        filled += n;
-    }
-    if (filled == context) {
-        int threads = omp_get_max_threads();
-        omp_set_num_threads(1);
-        gqa_mixer.decode(&m, c, out, x, params);   // warm-up: caches, page faults
-        double t1 = now_sec();
-        for (int r = 0; r < reps; r++) gqa_mixer.decode(&m, c, out, x + (size_t)(r + 1) * d, params);
-        result = (now_sec() - t1) / reps;
-        omp_set_num_threads(threads);
-    }
+    rng_fill_normal(&rng, x, (long)(reps + 1) * d, 1.0f);
+    mha_cache_fill_random(c, context, &rng);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gqa_mixer.decode(&m, c, out, x, params);   // warm-up: caches, page faults
+    double t1 = now_sec();
+    for (int r = 0; r < reps; r++) gqa_mixer.decode(&m, c, out, x + (size_t)(r + 1) * d, params);
+    double result = (now_sec() - t1) / reps;
+    omp_set_num_threads(threads);
     free(x);
+    free(out);
     gqa_mixer.cache_free(c);
     return result;
 }
@@ -289,8 +280,6 @@ static void print_ms(double sec) {
 static void bench_attn_decode(const BenchOpts *o) {
     int n_ctx = decode_n_contexts(o), max_ctx = DECODE_CONTEXTS[n_ctx - 1];
     int reps = o->quick ? 2 : 4;
-    // filling a full-attention cache costs T^2/2 query-key pairs: past this many seconds, print "-"
-    double budget = o->quick ? 20.0 : 60.0;
 
     ModelGeometry full, swa, mla, dsa;
     geometry_init(&full, "mha", 1, 1024, 16, 16);   // head_dim 64
@@ -314,27 +303,15 @@ static void bench_attn_decode(const BenchOpts *o) {
     printf("attn_decode: ms per decoded token of one layer, d_model 1024, ONE thread (mean of %d steps)\n",
            reps);
     printf("  full: MHA 16 heads x 64; swa: the same with sliding_window 1024; mla: absorbed, 16 heads, dc 512 + dr 32;\n"
-           "  dsa: 8 heads, dc 512 + dr 32, indexer 4 x 128, top-%d. full/swa caches are filled by mha_prefill\n"
-           "  (chunks of 1024, '-' = filling would take over %.0f s); mla/dsa caches are filled with random latents.\n",
-           dsa.index_topk, budget);
+           "  dsa: 8 heads, dc 512 + dr 32, indexer 4 x 128, top-%d. Every cache is filled with random\n"
+           "  keys/values or latents: the cost of a step does not depend on them.\n",
+           dsa.index_topk);
     printf("%10s %12s %12s %12s %12s\n", "context", "full", "swa", "mla", "dsa");
     int threads = omp_get_max_threads();
-    double full_prev = 0.0;
-    int ctx_prev = 0;
     for (int i = 0; i < n_ctx; i++) {
         int T = DECODE_CONTEXTS[i];
-        // predicted fill time grows as T^2 (each prefilled query reads all earlier keys): skip early
-        double t_full = -1.0;
-        double predicted = ctx_prev ? full_prev * (double)T * T / ((double)ctx_prev * ctx_prev) : 0.0;
-        if (predicted <= budget) {
-            double t0 = now_sec();
-            t_full = gqa_decode_seconds_per_token(&full, p_full, T, reps, budget);
-            if (t_full >= 0.0) {
-                full_prev = now_sec() - t0;
-                ctx_prev = T;
-            }
-        }
-        double t_swa = gqa_decode_seconds_per_token(&swa, p_swa, T, reps, budget);
+        double t_full = gqa_decode_seconds_per_token(&full, p_full, T, reps);
+        double t_swa = gqa_decode_seconds_per_token(&swa, p_swa, T, reps);
         omp_set_num_threads(1);   // the mla/dsa helpers pin one thread themselves; stated here too
         double t_mla = mla_decode_seconds_per_token(&mla, p_mla, T, 1, reps);
         double t_dsa = dsa_decode_seconds_per_token(&dsa, p_dsa, T, reps);

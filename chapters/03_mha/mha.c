@@ -288,6 +288,16 @@ struct MixerCache {
     float *s, *p;       // (most keys one query sees) one head's logits and weights (scratch)
 };
 
+void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
+    CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mha_cache_fill_random: %d more tokens exceed max_T %d",
+          n_tokens, c->max_T);
+    int rows = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    rng_fill_normal(rng, c->k, (long)rows * c->kv_dim, 1.0f);
+    rng_fill_normal(rng, c->v, (long)rows * c->kv_dim, 1.0f);
+    c->n += n_tokens;
+    if (rows > c->held_peak) c->held_peak = rows;
+}
+
 // Rows a layer keeps between steps: all max_T tokens, or the last min(W, max_T) on a local layer.
 static int cache_rest_cap(const MixerCache *c) {
     return c->window > 0 && c->window < c->max_T ? c->window : c->max_T;

@@ -31,3 +31,8 @@ void mha_attention_probs(float *P, const float *x, const float *params, const Mi
 void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params, int n_tokens);
 // The most bytes of K/V the cache has held at any moment (a prefill chunk's peak included).
 size_t mha_cache_peak_bytes(const MixerCache *c);
+
+// For benchmarks: acts as if n_tokens more tokens had been decoded, writing random keys and values
+// instead of computing them (filling a 64K-token cache by prefill costs T^2/2 dot products). The
+// contents are meaningless; the cost of the next decode step is the real one.
+void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng);
