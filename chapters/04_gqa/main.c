@@ -86,14 +86,7 @@ static void figure_sarvam(const CliArgs *a, const char *configs) {
     c[0].color = COLOR_GQA;
     c[1].color = COLOR_MLA;
     for (int k = 0; k < 2; k++) {
-        const ModelGeometry *src = &c[k].g;
-        ModelGeometry *m = &c[2 + k].g;
-        // the MHA twin: every query head caches its own K (nope + rope dims for MLA) and V
-        geometry_init(m, "", src->n_layers, src->d_model, src->n_heads, src->n_heads);
-        m->head_dim = src->attn == ATTN_MLA ? (src->qk_nope_head_dim + src->qk_rope_head_dim + src->v_head_dim) / 2
-                                            : src->head_dim;
-        m->dtype_bytes = 2;
-        snprintf(m->name, sizeof m->name, "%s as MHA", k == 0 ? "Sarvam 30B" : "Sarvam 105B");
+        chapter_mha_twin(&c[2 + k].g, &c[k].g, k == 0 ? "Sarvam 30B as MHA" : "Sarvam 105B as MHA");
         c[2 + k].color = c[k].color;
         c[2 + k].dashed = 1;
     }

@@ -53,13 +53,9 @@ static void figure_memory(const CliArgs *a, const char *configs) {
     c[0].color = COLOR_MLA;
     c[1].color = COLOR_DSA;
     for (int k = 0; k < 2; k++) {
-        const ModelGeometry *src = &c[k].g;
-        ModelGeometry *m = &c[2 + k].g;
-        // the MHA twin caches, per head, a key of nope + rope dims and a value of v_head_dim
-        geometry_init(m, "", src->n_layers, src->d_model, src->n_heads, src->n_heads);
-        m->head_dim = (src->qk_nope_head_dim + src->qk_rope_head_dim + src->v_head_dim) / 2;
-        m->dtype_bytes = 2;
-        snprintf(m->name, sizeof m->name, "%s as MHA (%d heads)", k == 0 ? "DeepSeek-V3" : "Kimi K2", src->n_heads);
+        char name[96];
+        snprintf(name, sizeof name, "%s as MHA (%d heads)", k == 0 ? "DeepSeek-V3" : "Kimi K2", c[k].g.n_heads);
+        chapter_mha_twin(&c[2 + k].g, &c[k].g, name);
         c[2 + k].color = c[k].color;
         c[2 + k].dashed = 1;
     }
