@@ -102,10 +102,10 @@ void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, 
 
 void chapter_mha_twin(ModelGeometry *twin, const ModelGeometry *src, const char *name) {
     geometry_init(twin, "", src->n_layers, src->d_model, src->n_heads, src->n_heads);
-    // kvcache counts 2 * heads * head_dim per token per layer: for MLA, K and V widths differ, so
-    // head_dim takes their mean and the product stays exact
-    twin->head_dim = src->attn == ATTN_MLA ? (src->qk_nope_head_dim + src->qk_rope_head_dim + src->v_head_dim) / 2
-                                           : src->head_dim;
+    // an MLA model's MHA twin has per-head keys of qk_nope_head_dim and values of v_head_dim (RoPE then
+    // rotates the key itself, so no decoupled RoPE key); kvcache counts 2 * heads * head_dim, so
+    // head_dim takes the mean of the two widths and the product stays exact
+    twin->head_dim = src->attn == ATTN_MLA ? (src->qk_nope_head_dim + src->v_head_dim) / 2 : src->head_dim;
     twin->dtype_bytes = 2;
     snprintf(twin->name, sizeof twin->name, "%s", name);
 }

@@ -48,5 +48,5 @@ void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, 
                          const MemoryCurve *curves, int n, long max_context, const char *note);
 
 // The same model with plain MHA: every query head caching its own key and value (for MLA, a key of
-// qk_nope_head_dim + qk_rope_head_dim and a value of v_head_dim), bf16. The dashed "as MHA" curves.
+// qk_nope_head_dim and a value of v_head_dim), bf16. The dashed "as MHA" curves.
 void chapter_mha_twin(ModelGeometry *twin, const ModelGeometry *src, const char *name);

@@ -60,7 +60,7 @@ static void figure_memory(const CliArgs *a, const char *configs) {
         c[2 + k].dashed = 1;
     }
     chapter_memory_plot(a, "02_memory_vs_context", "MLA: DeepSeek-V3 and Kimi K2 against the same models with MHA",
-                        "one sequence, bf16; MLA caches 576 numbers per token per layer, MHA would cache heads x (192 + 128)",
+                        "one sequence, bf16; MLA caches 576 numbers per token per layer, MHA would cache heads x (128 + 128). Both have 61 MLA layers, so their solid lines coincide (Kimi K2 drawn on top)",
                         c, 4, 131072, NULL);
 }
 
