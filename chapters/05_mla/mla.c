@@ -70,7 +70,6 @@ static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int6
 }
 
 // The weights as pointers into a parameter (or gradient) slice; NULL where absent.
-typedef struct { float *wq, *wq_a, *q_norm, *wq_b, *wkv_a, *kv_norm, *wkv_b, *wo; } MlaWeights;
 
 static MlaWeights weights_at(const Dims *z, float *params) {
     size_t off[N_SLOTS];
@@ -507,6 +506,20 @@ static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x
         }
     }
     linear_forward(out, c->o, w.wo, NULL, 1, z.H * z.dv, z.d);
+}
+
+// ---- for mechanisms built on MLA ------------------------------------------------------------------
+
+void mla_query_forward(float *q, float *qa, float *cq, float *rstd, const float *x, const MlaWeights *w,
+                       const ModelGeometry *g, int N) {
+    Dims z = dims_of(g);
+    query_forward(q, qa, cq, rstd, x, w, &z, N);
+}
+
+void mla_latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x, const MlaWeights *w,
+                        const ModelGeometry *g, int N) {
+    Dims z = dims_of(g);
+    latent_forward(ckv, ckv_raw, rstd, kpe, x, w, &z, N);
 }
 
 // ---- what the chapters draw ----------------------------------------------------------------------

@@ -55,3 +55,16 @@ void mla_attention_probs(float *P, const float *x, const float *params, const Mi
 // position `context`. Runs on one thread, so the two paths compare work, not parallelism.
 double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int absorbed,
                                     int reps);
+
+// ---- for mechanisms built on MLA (DSA, chapter 7) ---------------------------------------------------
+// Views of one layer's MLA weights (NULL where the geometry has no such tensor), and MLA's two input
+// projections, so a mechanism on top of MLA reuses them instead of copying them.
+typedef struct { float *wq, *wq_a, *q_norm, *wq_b, *wkv_a, *kv_norm, *wkv_b, *wo; } MlaWeights;
+// q (N, H*(dn+dr)) from x (N,d), before RoPE. With q_lora_rank > 0 also saves qa = x Wq_a^T and
+// cq = q_norm(qa) (N, q_lora_rank) and the norm's rstd (N) (rstd may be NULL in decode).
+void mla_query_forward(float *q, float *qa, float *cq, float *rstd, const float *x, const MlaWeights *w,
+                       const ModelGeometry *g, int N);
+// c_kv (N,dc) = kv_norm(x Wkv_a[:dc]^T), saving the raw latent and rstd (may be NULL); k_pe (N,dr) =
+// x Wkv_a[dc:]^T, before RoPE.
+void mla_latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x, const MlaWeights *w,
+                        const ModelGeometry *g, int N);

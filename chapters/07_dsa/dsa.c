@@ -84,7 +84,7 @@ static int dsa_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out
 
 // The weights as pointers into a parameter (or gradient) slice; NULL where this geometry has none.
 typedef struct {
-    float *wq, *wq_a, *q_norm, *wq_b, *wkv_a, *kv_norm, *wkv_b, *wo;   // MLA (mla.h)
+    MlaWeights mla;  // chapter 5's MLA weights (05_mla/mla.h)
     float *iwq;      // (Hi*di, qr or d) indexer queries
     float *iwk;      // (di, d) the shared indexer key
     float *ik_norm;  // (di) its LayerNorm gain
@@ -98,15 +98,16 @@ static DsaWeights weights_at(const ModelGeometry *g, int layer, float *params) {
     DsaWeights w;
     memset(&w, 0, sizeof w);
     const struct { const char *name; float **p; } map[] = {
-        {"wq", &w.wq}, {"wq_a", &w.wq_a}, {"q_norm", &w.q_norm}, {"wq_b", &w.wq_b}, {"wkv_a", &w.wkv_a},
-        {"kv_norm", &w.kv_norm}, {"wkv_b", &w.wkv_b}, {"wo", &w.wo}, {"indexer.wq_b", &w.iwq},
+        {"wq", &w.mla.wq}, {"wq_a", &w.mla.wq_a}, {"q_norm", &w.mla.q_norm}, {"wq_b", &w.mla.wq_b},
+        {"wkv_a", &w.mla.wkv_a}, {"kv_norm", &w.mla.kv_norm}, {"wkv_b", &w.mla.wkv_b}, {"wo", &w.mla.wo},
+        {"indexer.wq_b", &w.iwq},
         {"indexer.wq", &w.iwq}, {"indexer.wk", &w.iwk}, {"indexer.k_norm", &w.ik_norm},
         {"indexer.k_norm_bias", &w.ik_bias}, {"indexer.weights_proj", &w.iproj},
     };
     for (int i = 0; i < n; i++)
         for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
             if (strcmp(t[i].name, map[k].name) == 0) *map[k].p = params + t[i].offset;
-    CHECK(w.wkv_a && w.wkv_b && w.wo && w.iwq && w.iproj, "dsa: parameter tensors missing");
+    CHECK(w.mla.wkv_a && w.mla.wkv_b && w.mla.wo && w.iwq && w.iproj, "dsa: parameter tensors missing");
     return w;
 }
 
@@ -135,28 +136,6 @@ static float dot(const float *a, const float *b, int n) {
         for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
     for (; c < n; c++) acc[c % 8] += a[c] * b[c];
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-// MLA's query q (N, H*dqk) from x (N,d); with a query low-rank also qa, cq (N,qr) and rstd (N) (may
-// be NULL). q_pe is not yet rotated.
-static void query_forward(float *q, float *qa, float *cq, float *rstd, const float *x, const DsaWeights *w,
-                          const Dims *z, int N) {
-    if (z->qr == 0) {
-        linear_forward(q, x, w->wq, NULL, N, z->d, z->H * z->dqk);
-        return;
-    }
-    linear_forward(qa, x, w->wq_a, NULL, N, z->d, z->qr);
-    rmsnorm_forward(cq, rstd, qa, w->q_norm, N, z->qr, MLA_NORM_EPS);
-    linear_forward(q, cq, w->wq_b, NULL, N, z->qr, z->H * z->dqk);
-}
-
-// [c_kv | k_pe] = x Wkv_a^T: ckv_raw (N,dc), ckv = kv_norm(ckv_raw), rstd (N) (may be NULL), kpe (N,dr)
-// not yet rotated.
-static void latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x,
-                           const DsaWeights *w, const Dims *z, int N) {
-    linear_forward(ckv_raw, x, w->wkv_a, NULL, N, z->d, z->dc);
-    linear_forward(kpe, x, w->wkv_a + (size_t)z->dc * z->d, NULL, N, z->d, z->dr);
-    rmsnorm_forward(ckv, rstd, ckv_raw, w->kv_norm, N, z->dc, MLA_NORM_EPS);
 }
 
 // The indexer's projections of N rows: iq (N, Hi*di) from q_in (c_q, or x without a query low-rank),
@@ -331,13 +310,13 @@ static void dsa_forward(const Mixer *m, float *out, float *act, const float *x, 
     DsaPhase phase = g_phase;
 
     // MLA, as chapter 5: queries, the latent and the shared RoPE key, every head's k_nope and v
-    query_forward(a.q, a.qa, a.cq, a.rstd_q, x, &w, &z, N);
+    mla_query_forward(a.q, a.qa, a.cq, a.rstd_q, x, &w.mla, g, N);
     for (int r = 0; r < N; r++)
         for (int h = 0; h < z.H; h++)
             rope_apply(a.q + ((size_t)r * z.H + h) * z.dqk + z.dn, r % T, z.dr, theta, ROPE_INTERLEAVED, 0);
-    latent_forward(a.ckv, a.ckv_raw, a.rstd_kv, a.kpe, x, &w, &z, N);
+    mla_latent_forward(a.ckv, a.ckv_raw, a.rstd_kv, a.kpe, x, &w.mla, g, N);
     for (int r = 0; r < N; r++) rope_apply(a.kpe + (size_t)r * z.dr, r % T, z.dr, theta, ROPE_INTERLEAVED, 0);
-    linear_forward(a.kv, a.ckv, w.wkv_b, NULL, N, z.dc, z.H * z.dkv);
+    linear_forward(a.kv, a.ckv, w.mla.wkv_b, NULL, N, z.dc, z.H * z.dkv);
 
     // the lightning indexer: its projections, then I (B,T,T) and the attended set, one row per query
     index_forward(a.iq, a.ik, a.ik_raw, a.ik_mean, a.ik_rstd, a.iw, x, z.qr > 0 ? a.cq : x, &w, &z, N, T, 0, theta);
@@ -391,7 +370,7 @@ static void dsa_forward(const Mixer *m, float *out, float *act, const float *x, 
         free(keys);
         free(s);
     }
-    linear_forward(out, a.o, w.wo, NULL, N, z.H * z.dv, z.d);
+    linear_forward(out, a.o, w.mla.wo, NULL, N, z.H * z.dv, z.d);
 }
 
 // ---- the indexer's KL loss ----------------------------------------------------------------------------
@@ -542,7 +521,7 @@ static void dsa_backward(const Mixer *m, float *dx, float *dparams, const float 
     float *dcq = take(scratch, &used, (size_t)N * z.qr);              // (N, qr)
     float *dqa = take(scratch, &used, (size_t)N * z.qr);              // (N, qr)
 
-    linear_backward(d_o, dw.wo, NULL, dout, a.o, w.wo, N, (int)o_row, z.d);
+    linear_backward(d_o, dw.mla.wo, NULL, dout, a.o, w.mla.wo, N, (int)o_row, z.d);
 
     // attention core over the attended keys, threads over (batch, head); each head adds its share of
     // the shared k_pe gradient into its own slot, summed below in head order
@@ -592,17 +571,17 @@ static void dsa_backward(const Mixer *m, float *dx, float *dparams, const float 
             rope_apply(dq + ((size_t)r * z.H + h) * z.dqk + z.dn, r % T, z.dr, theta, ROPE_INTERLEAVED, 1);
         rope_apply(dkpe + (size_t)r * z.dr, r % T, z.dr, theta, ROPE_INTERLEAVED, 1);
     }
-    linear_backward(dckv, dw.wkv_b, NULL, dkv, a.ckv, w.wkv_b, N, z.dc, (int)kv_row);
-    rmsnorm_backward(dckv_raw, dw.kv_norm, dckv, a.ckv_raw, w.kv_norm, a.rstd_kv, N, z.dc);
-    linear_backward(dx, dw.wkv_a, NULL, dckv_raw, x, w.wkv_a, N, z.d, z.dc);
+    linear_backward(dckv, dw.mla.wkv_b, NULL, dkv, a.ckv, w.mla.wkv_b, N, z.dc, (int)kv_row);
+    rmsnorm_backward(dckv_raw, dw.mla.kv_norm, dckv, a.ckv_raw, w.mla.kv_norm, a.rstd_kv, N, z.dc);
+    linear_backward(dx, dw.mla.wkv_a, NULL, dckv_raw, x, w.mla.wkv_a, N, z.d, z.dc);
     size_t pe_rows = (size_t)z.dc * z.d;
-    linear_backward(dx, dw.wkv_a + pe_rows, NULL, dkpe, x, w.wkv_a + pe_rows, N, z.d, z.dr);
+    linear_backward(dx, dw.mla.wkv_a + pe_rows, NULL, dkpe, x, w.mla.wkv_a + pe_rows, N, z.d, z.dr);
     if (z.qr == 0) {
-        linear_backward(dx, dw.wq, NULL, dq, x, w.wq, N, z.d, (int)q_row);
+        linear_backward(dx, dw.mla.wq, NULL, dq, x, w.mla.wq, N, z.d, (int)q_row);
     } else {
-        linear_backward(dcq, dw.wq_b, NULL, dq, a.cq, w.wq_b, N, z.qr, (int)q_row);
-        rmsnorm_backward(dqa, dw.q_norm, dcq, a.qa, w.q_norm, a.rstd_q, N, z.qr);
-        linear_backward(dx, dw.wq_a, NULL, dqa, x, w.wq_a, N, z.d, z.qr);
+        linear_backward(dcq, dw.mla.wq_b, NULL, dq, a.cq, w.mla.wq_b, N, z.qr, (int)q_row);
+        rmsnorm_backward(dqa, dw.mla.q_norm, dcq, a.qa, w.mla.q_norm, a.rstd_q, N, z.qr);
+        linear_backward(dx, dw.mla.wq_a, NULL, dqa, x, w.mla.wq_a, N, z.d, z.qr);
     }
     free(scratch);
 
@@ -683,9 +662,9 @@ static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
     // the new token: MLA's query, its [c_kv | k_pe], and its indexer query, weights and key, all
     // cached entries straight into slot t
     float *ckv_t = c->ckv + (size_t)t * z.dc, *kpe_t = c->kpe + (size_t)t * z.dr, *ik_t = c->ik + (size_t)t * z.di;
-    query_forward(c->q, c->qa, c->cq, NULL, x, &w, &z, 1);
+    mla_query_forward(c->q, c->qa, c->cq, NULL, x, &w.mla, m->g, 1);
     for (int h = 0; h < z.H; h++) rope_apply(c->q + (size_t)h * z.dqk + z.dn, t, z.dr, theta, ROPE_INTERLEAVED, 0);
-    latent_forward(ckv_t, c->ckv_raw, NULL, kpe_t, x, &w, &z, 1);
+    mla_latent_forward(ckv_t, c->ckv_raw, NULL, kpe_t, x, &w.mla, m->g, 1);
     rope_apply(kpe_t, t, z.dr, theta, ROPE_INTERLEAVED, 0);
     index_forward(c->iq, ik_t, c->ik_raw, NULL, NULL, c->iw, x, z.qr > 0 ? c->cq : x, &w, &z, 1, 1, t, theta);
     c->n++;
@@ -699,7 +678,7 @@ static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
     // MLA's absorbed attention over the n attended entries only (O(n * H * (dc + dr)))
     for (int h = 0; h < z.H; h++) {
         const float *qh = c->q + (size_t)h * z.dqk;
-        const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
+        const float *w_uk = w.mla.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
         const float *w_uv = w_uk + (size_t)z.dn * z.dc;            // W_UV[h] (dv, dc)
         for (int k = 0; k < z.dc; k++) c->q_lat[k] = 0.0f;
         for (int i = 0; i < z.dn; i++)
@@ -717,7 +696,7 @@ static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
         float *oh = c->o + (size_t)h * z.dv;
         for (int r = 0; r < z.dv; r++) oh[r] = dot(w_uv + (size_t)r * z.dc, c->u, z.dc);
     }
-    linear_forward(out, c->o, w.wo, NULL, 1, z.H * z.dv, z.d);
+    linear_forward(out, c->o, w.mla.wo, NULL, 1, z.H * z.dv, z.d);
 }
 
 // ---- what the chapters draw ----------------------------------------------------------------------
