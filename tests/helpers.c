@@ -2,10 +2,13 @@
 #include "helpers.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+
+#include "check.h"
 
 const char *test_bindir(void) {
     const char *d = getenv("ATTN_BINDIR");
@@ -67,4 +70,31 @@ int test_count_files(const char *dir) {
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
     closedir(d);
     return n;
+}
+
+double test_mixer_loss(const Mixer *m, float *out, const float *x, const float *params, const float *R, int B, int T) {
+    float *act = mallocCheck(sizeof(float) * m->ops->act_floats(m->g, m->layer, B, T));
+    m->ops->forward(m, out, act, x, params, B, T);
+    free(act);
+    double l = 0;
+    for (int i = 0; i < B * T * m->g->d_model; i++) l += (double)out[i] * R[i];
+    return l;
+}
+
+double test_mixer_fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n, float *out, const float *x,
+                               const float *params, const float *R, int B, int T) {
+    const float h = 1e-2f;
+    double num2 = 0, den2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        float keep = v[i];
+        v[i] = keep + h;
+        double lp = test_mixer_loss(m, out, x, params, R, B, T);
+        v[i] = keep - h;
+        double lm = test_mixer_loss(m, out, x, params, R, B, T);
+        v[i] = keep;
+        double num = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
+        num2 += (num - ana[i]) * (num - ana[i]);
+        den2 += (double)ana[i] * ana[i];
+    }
+    return sqrt(num2 / (den2 > 0 ? den2 : 1e-30));
 }

@@ -2,6 +2,8 @@
 #pragma once
 #include <stddef.h>
 
+#include "mixer.h"
+
 // Folder of the built programs (ATTN_BINDIR, set by `make test-run`) and of the repository (ATTN_ROOT).
 const char *test_bindir(void);
 const char *test_root(void);
@@ -16,3 +18,10 @@ const char *test_tmpdir(char *buf, size_t cap);
 int test_has_tmp_files(const char *dir);
 // Number of entries in dir (0 if it does not exist).
 int test_count_files(const char *dir);
+
+// Gradient checks through the mixer interface. The loss is sum(out * R) over a forward of x (B,T,d),
+// accumulated in double; the error is ||num - ana|| / ||ana|| for one tensor v (n floats, a slice of
+// params or x), num by central differences of step 1e-2.
+double test_mixer_loss(const Mixer *m, float *out, const float *x, const float *params, const float *R, int B, int T);
+double test_mixer_fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n, float *out, const float *x,
+                               const float *params, const float *R, int B, int T);

@@ -192,33 +192,6 @@ Test(mha, gqa_equals_mha_with_repeated_kv_heads) {
 
 // ---- backward against central finite differences ---------------------------------------------------
 
-// loss = sum(out * R), accumulated in double.
-static double loss_of(const Mixer *m, float *out, const float *x, const float *params, const float *R, int B, int T) {
-    run_forward(m, out, NULL, x, params, B, T);
-    double l = 0;
-    for (int i = 0; i < B * T * m->g->d_model; i++) l += (double)out[i] * R[i];
-    return l;
-}
-
-// Relative error ||num - ana|| / ||ana|| of one tensor, num by central differences on v[0..n).
-static double fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n, float *out, const float *x,
-                           const float *params, const float *R, int B, int T) {
-    const float h = 1e-2f;
-    double num2 = 0, den2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        float keep = v[i];
-        v[i] = keep + h;
-        double lp = loss_of(m, out, x, params, R, B, T);
-        v[i] = keep - h;
-        double lm = loss_of(m, out, x, params, R, B, T);
-        v[i] = keep;
-        double num = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
-        num2 += (num - ana[i]) * (num - ana[i]);
-        den2 += (double)ana[i] * ana[i];
-    }
-    return sqrt(num2 / (den2 > 0 ? den2 : 1e-30));
-}
-
 static void gradcheck(int G, int W) {
     int B = 2, T = 5, d = 16, H = 4, dh = 4;
     omp_set_num_threads(1);   // ~2500 tiny forwards: thread start-up would cost more than the work
@@ -239,10 +212,10 @@ static void gradcheck(int G, int W) {
     int n = gqa_mixer.param_tensors(&g, 0, t, 8);
     for (int i = 0; i < n; i++) {
         size_t sz = (size_t)(t[i].shape[0] * t[i].shape[1]);
-        double e = fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, sz, out, x, params, R, B, T);
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, sz, out, x, params, R, B, T);
         cr_expect(e < 1e-3, "G=%d W=%d d%s: relative error %.3g", G, W, t[i].name, e);
     }
-    double e = fd_rel_error(&m, x, dx, nx, out, x, params, R, B, T);
+    double e = test_mixer_fd_rel_error(&m, x, dx, nx, out, x, params, R, B, T);
     cr_expect(e < 1e-3, "G=%d W=%d dx: relative error %.3g", G, W, e);
 
     // backward accumulates: a second call adds the same gradient again
