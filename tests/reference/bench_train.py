@@ -9,7 +9,6 @@ weight decay 0.1 on matrices only, global-norm clip 1.0), recall batches of the 
 front, so batch generation is not timed). Prints the tokens/s of the optimizer steps after a warm-up.
 """
 import argparse
-import math
 import os
 import random
 import sys

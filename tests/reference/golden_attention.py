@@ -15,13 +15,13 @@ tests/golden/attention.safetensors (written with struct + json only, atomically)
 
 Run:  /usr/bin/python3 tests/reference/golden_attention.py   (from the repository root)
 """
-import json
 import math
 import os
-import struct
 import sys
 
 import torch
+
+from safetensors_io import write_safetensors
 
 CASES = [
     # name, B, T, d, H, G, dh, theta, window (0: causal)
@@ -60,26 +60,6 @@ def attention(x, wq, wk, wv, wo, H, G, dh, theta, window):
     P = torch.softmax(s, dim=-1)
     o = (P @ v).transpose(1, 2).reshape(B, T, H * dh)     # (B, T, H*dh)
     return o @ wo.T, P
-
-
-def write_safetensors(path, tensors, meta):
-    """tensors: list of (name, float32 tensor). Header padded with spaces to a multiple of 8."""
-    header = {"__metadata__": meta}
-    blobs, pos = [], 0
-    for name, t in tensors:
-        b = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + len(b)]}
-        blobs.append(b)
-        pos += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 def main():

@@ -23,12 +23,12 @@ tests/golden/dsa.safetensors (struct + json, atomic write). Per-case geometry in
 
 Run:  /usr/bin/python3 tests/reference/golden_dsa.py   (from the repository root)
 """
-import json
 import os
-import struct
 import sys
 
 import torch
+
+from safetensors_io import write_safetensors
 
 RMS_EPS = 1e-6
 LN_EPS = 1e-6
@@ -130,25 +130,6 @@ def dsa(x, W, phase, H, qr, dc, dn, dr, dv, theta, Hi, di, topk):
                         torch.zeros_like(p))
     kl = terms.sum() / (B * T)
     return out, P, I, att, kI, kl
-
-
-def write_safetensors(path, tensors, meta):
-    header = {"__metadata__": meta}
-    blobs, pos = [], 0
-    for name, t in tensors:
-        b = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + len(b)]}
-        blobs.append(b)
-        pos += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 def main():

@@ -21,12 +21,12 @@ the metadata as "<case>.<key>".
 
 Run:  /usr/bin/python3 tests/reference/golden_mla.py   (from the repository root)
 """
-import json
 import os
-import struct
 import sys
 
 import torch
+
+from safetensors_io import write_safetensors
 
 EPS = 1e-6
 
@@ -77,26 +77,6 @@ def mla(x, W, H, qr, dc, dn, dr, dv, theta, window):
     P = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
     o = (P @ v).transpose(1, 2).reshape(B, T, H * dv)
     return o @ W["wo"].T, P, c_kv, k_pe
-
-
-def write_safetensors(path, tensors, meta):
-    """tensors: list of (name, tensor) stored as F32. Header padded with spaces to a multiple of 8."""
-    header = {"__metadata__": meta}
-    blobs, pos = [], 0
-    for name, t in tensors:
-        b = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + len(b)]}
-        blobs.append(b)
-        pos += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 def main():
