@@ -87,15 +87,49 @@ int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
 
     if (g->sliding_window < 0)
         return fail(why, cap, "sliding_window must not be negative, got %d", g->sliding_window);
-    if (g->linear_state_elems < 0)
-        return fail(why, cap, "linear_state_elems must not be negative, got %ld", g->linear_state_elems);
+    // Gated attention (Qwen3-Next).
+    if (g->attn_output_gate < GATE_NONE || g->attn_output_gate > GATE_HEADWISE)
+        return fail(why, cap, "unknown attention output gate kind %d", g->attn_output_gate);
+    if (g->qk_norm < QK_NORM_NONE || g->qk_norm > QK_NORM_ZERO_CENTRED)
+        return fail(why, cap, "unknown qk norm kind %d", g->qk_norm);
+    if (g->partial_rotary_factor < 0.0 || g->partial_rotary_factor > 1.0)
+        return fail(why, cap, "partial_rotary_factor must be in (0, 1], got %g", g->partial_rotary_factor);
+    // RoPE rotates pairs, so the rotated part of a head must be even.
+    if (g->attn == ATTN_GQA) {
+        double rot = geometry_rotary_fraction(g) * g->head_dim;
+        if (rot != (double)(int)rot || ((int)rot) % 2 != 0)
+            return fail(why, cap, "partial_rotary_factor %g of head_dim %d does not give an even number of "
+                                  "rotated dims", geometry_rotary_fraction(g), g->head_dim);
+    }
+
+    // Linear layers: a kind and every state dimension, or nothing.
+    int n_linear = geometry_count(g, LAYER_LINEAR);
+    if (g->linear_kind < LINEAR_NONE || g->linear_kind > LINEAR_MAMBA2)
+        return fail(why, cap, "unknown linear layer kind %d", g->linear_kind);
+    if (n_linear > 0 && g->linear_kind == LINEAR_NONE)
+        return fail(why, cap, "the model has linear layers but no linear layer kind");
+    if (g->linear_kind != LINEAR_NONE) {
+        if (g->linear_num_key_heads <= 0 || g->linear_num_value_heads <= 0 || g->linear_key_head_dim <= 0 ||
+            g->linear_value_head_dim <= 0)
+            return fail(why, cap, "linear_num_key_heads (%d), linear_num_value_heads (%d), linear_key_head_dim "
+                                  "(%d) and linear_value_head_dim (%d) must all be positive",
+                        g->linear_num_key_heads, g->linear_num_value_heads, g->linear_key_head_dim,
+                        g->linear_value_head_dim);
+        // Value head h reads key head h / (Hv/Hk), like GQA.
+        if (g->linear_num_value_heads % g->linear_num_key_heads != 0)
+            return fail(why, cap, "linear_num_value_heads (%d) is not divisible by linear_num_key_heads (%d)",
+                        g->linear_num_value_heads, g->linear_num_key_heads);
+        if (g->linear_conv_kernel_dim < 0 || g->linear_conv_kernel_dim == 1)
+            return fail(why, cap, "linear_conv_kernel_dim must be 0 (no conv) or at least 2, got %d",
+                        g->linear_conv_kernel_dim);
+    }
+    if (g->state_dtype_bytes < 0 || g->state_dtype_bytes > 8)
+        return fail(why, cap, "state_dtype_bytes must be 1..8, got %d", g->state_dtype_bytes);
     for (int l = 0; l < g->n_layers; l++) {
         int k = g->layer_kind[l];
         if (k > LAYER_COMPRESSED) return fail(why, cap, "layer %d has unknown kind %d", l, k);
         if (k == LAYER_LOCAL && g->sliding_window <= 0)
             return fail(why, cap, "layer %d is a sliding-window layer but sliding_window is not set", l);
-        if (k == LAYER_LINEAR && g->linear_state_elems <= 0)
-            return fail(why, cap, "layer %d is a linear layer but linear_state_elems is not set", l);
     }
     return 1;
 }
@@ -112,4 +146,34 @@ const char *geometry_attn_name(const ModelGeometry *g) {
     if (g->n_kv_heads == g->n_heads) return "MHA";
     if (g->n_kv_heads == 1) return "MQA";
     return "GQA";
+}
+
+long geometry_linear_state_elems(const ModelGeometry *g) {
+    if (g->linear_kind == LINEAR_NONE) return 0;
+    return (long)g->linear_num_value_heads * g->linear_key_head_dim * g->linear_value_head_dim;
+}
+
+long geometry_linear_conv_elems(const ModelGeometry *g) {
+    if (g->linear_kind == LINEAR_NONE || g->linear_conv_kernel_dim < 2) return 0;
+    long channels = 2L * g->linear_num_key_heads * g->linear_key_head_dim +
+                    (long)g->linear_num_value_heads * g->linear_value_head_dim;
+    return channels * (g->linear_conv_kernel_dim - 1);
+}
+
+int geometry_state_dtype_bytes(const ModelGeometry *g) {
+    return g->state_dtype_bytes > 0 ? g->state_dtype_bytes : 4;
+}
+
+const char *geometry_linear_name(const ModelGeometry *g) {
+    switch (g->linear_kind) {
+    case LINEAR_GDN: return "Gated DeltaNet";
+    case LINEAR_KDA: return "KDA";
+    case LINEAR_LIGHTNING: return "Lightning";
+    case LINEAR_MAMBA2: return "Mamba-2";
+    default: return "";
+    }
+}
+
+double geometry_rotary_fraction(const ModelGeometry *g) {
+    return g->partial_rotary_factor > 0.0 ? g->partial_rotary_factor : 1.0;
 }

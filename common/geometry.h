@@ -15,6 +15,35 @@ typedef enum {
     ATTN_MLA = 1,    // multi-head latent attention (DeepSeek-V2/V3): caches kv_lora_rank + qk_rope_head_dim
 } AttnKind;
 
+// Output gate of gated attention (Qwen3-Next): o_h <- o_h * sigmoid(g_h) before Wo.
+typedef enum {
+    GATE_NONE = 0,
+    GATE_ELEMENTWISE = 1,     // one gate per channel of each head (Qwen3-Next)
+    GATE_HEADWISE = 2,        // one scalar gate per head (the gated-attention paper's cheaper variant)
+} GateKind;
+
+// Normalisation of each query and key head before RoPE.
+typedef enum {
+    QK_NORM_NONE = 0,
+    QK_NORM_RMS = 1,          // RMSNorm with weight w (Qwen3)
+    QK_NORM_ZERO_CENTRED = 2, // RMSNorm with weight 1 + w, w initialised to 0 (Qwen3-Next)
+} QkNormKind;
+
+// What the linear (fixed-state) layers of a hybrid are. One model has one kind of linear layer.
+// All of them keep, per value head, a state of linear_key_head_dim x linear_value_head_dim elements:
+//   Gated DeltaNet  q,k heads linear_num_key_heads, v heads linear_num_value_heads (Qwen3-Next)
+//   KDA             the same with a per-channel decay (Kimi Linear: key heads = value heads)
+//   Lightning       key heads = value heads = n_heads, dk = dv = head_dim, no conv (MiniMax-01)
+//   Mamba-2         key heads = n_groups (B, C), value heads = mamba_num_heads, dk = ssm_state_size N,
+//                   dv = mamba_head_dim P (Nemotron-H)
+typedef enum {
+    LINEAR_NONE = 0,
+    LINEAR_GDN = 1,
+    LINEAR_KDA = 2,
+    LINEAR_LIGHTNING = 3,
+    LINEAR_MAMBA2 = 4,
+} LinearKind;
+
 // What each layer is. Global attention sees every past token; local (sliding-window) attention sees the
 // last sliding_window tokens; linear layers keep a fixed-size state; compressed layers (DeepSeek V4)
 // keep one entry per group of tokens.
@@ -49,8 +78,18 @@ typedef struct {
     double rope_local_theta;  // RoPE base of local layers (Gemma 3: 1e4); 0: same as rope_theta
     // DeepSeek Sparse Attention lightning indexer (0 when absent)
     int index_n_heads, index_head_dim, index_topk;
-    // linear-attention / state-space layers: state per layer in elements (filled by later chapters)
-    long linear_state_elems;
+    // gated attention (Qwen3-Next); zero (and 1.0) for plain attention
+    int attn_output_gate;     // GateKind
+    int qk_norm;              // QkNormKind
+    double partial_rotary_factor; // fraction of head_dim that RoPE rotates (0 means 1.0; Qwen3-Next 0.25)
+    // linear-attention / state-space layers (layer_kind LAYER_LINEAR); zero when there are none
+    int linear_kind;          // LinearKind
+    int linear_num_key_heads;    // heads of q and k (Mamba-2: n_groups of B and C)
+    int linear_num_value_heads;  // heads of v and of the state (Mamba-2: mamba_num_heads)
+    int linear_key_head_dim;     // dk (Mamba-2: ssm_state_size N)
+    int linear_value_head_dim;   // dv (Mamba-2: mamba_head_dim P)
+    int linear_conv_kernel_dim;  // width of the short causal conv on q,k,v (0: none, Lightning)
+    int state_dtype_bytes;    // bytes per element of the recurrent state (fp32: 4; 0 means 4)
     int dtype_bytes;          // bytes per cached element (bf16: 2)
 } ModelGeometry;
 
@@ -62,5 +101,17 @@ void geometry_init(ModelGeometry *g, const char *name, int n_layers, int d_model
 int geometry_validate(const ModelGeometry *g, char *why, size_t cap);
 // Number of layers of one kind.
 int geometry_count(const ModelGeometry *g, LayerKind kind);
+// Per linear layer: elements of the recurrent state, Hv * dk * dv (0 without linear layers).
+long geometry_linear_state_elems(const ModelGeometry *g);
+// Per linear layer: elements of the short-conv state, the last K-1 inputs of the conv channels,
+// (2 * Hk * dk + Hv * dv) * (K - 1) (0 without a conv). Stored in dtype_bytes like the KV cache.
+long geometry_linear_conv_elems(const ModelGeometry *g);
+// Bytes per element of the recurrent state (state_dtype_bytes, 4 when unset).
+int geometry_state_dtype_bytes(const ModelGeometry *g);
+// "Gated DeltaNet", "KDA", "Lightning", "Mamba-2" ("" for LINEAR_NONE).
+const char *geometry_linear_name(const ModelGeometry *g);
+// The fraction of head_dim RoPE rotates (partial_rotary_factor, 1.0 when unset).
+double geometry_rotary_fraction(const ModelGeometry *g);
+
 // "MHA", "GQA", "MQA" or "MLA": the attention kind the way the article names it (from n_kv_heads).
 const char *geometry_attn_name(const ModelGeometry *g);

@@ -7,7 +7,8 @@
 // How many tokens a layer holds:
 //   LAYER_GLOBAL      every token: context
 //   LAYER_LOCAL       the last sliding_window tokens: min(context, sliding_window)
-//   LAYER_LINEAR      no tokens; a fixed state of linear_state_elems instead
+//   LAYER_LINEAR      no tokens; a fixed state: the recurrent state (state_dtype_bytes per element)
+//                     plus the short-conv state (dtype_bytes), geometry_linear_*_elems
 //   LAYER_COMPRESSED  not counted yet (DeepSeek V4 CSA/HCA: one entry per group of m tokens); asking
 //                     for it is an internal error, and the config reader rejects such configs.
 // Bytes = elements * dtype_bytes; a batch of sequences multiplies everything.
@@ -33,7 +34,9 @@ double kvcache_bytes_per_token(const ModelGeometry *g) {
 }
 
 double kvcache_fixed_bytes(const ModelGeometry *g) {
-    return (double)geometry_count(g, LAYER_LINEAR) * (double)g->linear_state_elems * g->dtype_bytes;
+    double per_layer = (double)geometry_linear_state_elems(g) * geometry_state_dtype_bytes(g) +
+                       (double)geometry_linear_conv_elems(g) * g->dtype_bytes;
+    return (double)geometry_count(g, LAYER_LINEAR) * per_layer;
 }
 
 double kvcache_total_bytes(const ModelGeometry *g, long context, long batch) {

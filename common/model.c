@@ -474,7 +474,25 @@ char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers)
     cJSON_AddNumberToObject(o, "index_n_heads", g->index_n_heads);
     cJSON_AddNumberToObject(o, "index_head_dim", g->index_head_dim);
     cJSON_AddNumberToObject(o, "index_topk", g->index_topk);
-    cJSON_AddNumberToObject(o, "linear_state_elems", (double)g->linear_state_elems);
+    // Written for readers of the metadata (derived from the linear_* fields; ignored on load).
+    cJSON_AddNumberToObject(o, "linear_state_elems", (double)geometry_linear_state_elems(g));
+    // Chapter 8+ fields, written only when set, so older models' metadata stays as it was.
+    static const struct { const char *key; size_t off; } extra[] = {
+        {"attn_output_gate", offsetof(ModelGeometry, attn_output_gate)},
+        {"qk_norm", offsetof(ModelGeometry, qk_norm)},
+        {"linear_kind", offsetof(ModelGeometry, linear_kind)},
+        {"linear_num_key_heads", offsetof(ModelGeometry, linear_num_key_heads)},
+        {"linear_num_value_heads", offsetof(ModelGeometry, linear_num_value_heads)},
+        {"linear_key_head_dim", offsetof(ModelGeometry, linear_key_head_dim)},
+        {"linear_value_head_dim", offsetof(ModelGeometry, linear_value_head_dim)},
+        {"linear_conv_kernel_dim", offsetof(ModelGeometry, linear_conv_kernel_dim)},
+        {"state_dtype_bytes", offsetof(ModelGeometry, state_dtype_bytes)},
+    };
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
+        int v = *(const int *)((const char *)g + extra[i].off);
+        if (v) cJSON_AddNumberToObject(o, extra[i].key, v);
+    }
+    if (g->partial_rotary_factor > 0.0) cJSON_AddNumberToObject(o, "partial_rotary_factor", g->partial_rotary_factor);
     cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_kind");
     cJSON *names = cJSON_AddArrayToObject(o, "mixers");
@@ -528,6 +546,15 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         {"index_head_dim", 0, offsetof(ModelGeometry, index_head_dim)},
         {"index_topk", 0, offsetof(ModelGeometry, index_topk)},
         {"dtype_bytes", 0, offsetof(ModelGeometry, dtype_bytes)},
+        {"attn_output_gate", 0, offsetof(ModelGeometry, attn_output_gate)},
+        {"qk_norm", 0, offsetof(ModelGeometry, qk_norm)},
+        {"linear_kind", 0, offsetof(ModelGeometry, linear_kind)},
+        {"linear_num_key_heads", 0, offsetof(ModelGeometry, linear_num_key_heads)},
+        {"linear_num_value_heads", 0, offsetof(ModelGeometry, linear_num_value_heads)},
+        {"linear_key_head_dim", 0, offsetof(ModelGeometry, linear_key_head_dim)},
+        {"linear_value_head_dim", 0, offsetof(ModelGeometry, linear_value_head_dim)},
+        {"linear_conv_kernel_dim", 0, offsetof(ModelGeometry, linear_conv_kernel_dim)},
+        {"state_dtype_bytes", 0, offsetof(ModelGeometry, state_dtype_bytes)},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         long v;
@@ -538,8 +565,8 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
     if (geo_int(o, "attn", 0, &v, err, cap)) goto done;
     if (v != ATTN_GQA && v != ATTN_MLA) { snprintf(err, cap, "geometry: unknown attn kind %ld", v); goto done; }
     g->attn = (AttnKind)v;
-    const cJSON *ls = cJSON_GetObjectItemCaseSensitive(o, "linear_state_elems");
-    g->linear_state_elems = cJSON_IsNumber(ls) ? (long)ls->valuedouble : 0;
+    const cJSON *prf = cJSON_GetObjectItemCaseSensitive(o, "partial_rotary_factor");
+    g->partial_rotary_factor = cJSON_IsNumber(prf) ? prf->valuedouble : 0.0;
     const cJSON *th = cJSON_GetObjectItemCaseSensitive(o, "rope_theta");
     g->rope_theta = cJSON_IsNumber(th) ? th->valuedouble : 10000.0;
     const cJSON *lth = cJSON_GetObjectItemCaseSensitive(o, "rope_local_theta");

@@ -168,13 +168,19 @@ Test(kvcache, linear_layers_add_fixed_state) {
     ModelGeometry g;
     geometry_init(&g, "hybrid", 4, 64, 4, 2);   // head_dim 16; layer: 2 x 2 x 16 = 64 elements per token
     g.layer_kind[0] = g.layer_kind[1] = g.layer_kind[2] = LAYER_LINEAR;
-    g.linear_state_elems = 1000;
+    // Gated DeltaNet: 2 key heads, 4 value heads, dk 8, dv 10, conv kernel 4
+    g.linear_kind = LINEAR_GDN;
+    g.linear_num_key_heads = 2; g.linear_num_value_heads = 4;
+    g.linear_key_head_dim = 8; g.linear_value_head_dim = 10; g.linear_conv_kernel_dim = 4;
     char why[256];
     cr_assert(geometry_validate(&g, why, sizeof why), "%s", why);
+    cr_expect_eq(geometry_linear_state_elems(&g), 4 * 8 * 10);
+    cr_expect_eq(geometry_linear_conv_elems(&g), (2 * 2 * 8 + 4 * 10) * 3);
+    double fixed = 3 * (4 * 8 * 10 * 4.0 + (2 * 2 * 8 + 4 * 10) * 3 * 2.0);   // fp32 state, bf16 conv
     cr_expect_eq(kvcache_elems_per_token_layer(&g, 0), 0);
     cr_expect_eq(kvcache_bytes_per_token(&g), 64 * 2.0);
-    cr_expect_eq(kvcache_fixed_bytes(&g), 3 * 1000 * 2.0);
-    cr_expect_eq(kvcache_total_bytes(&g, 100, 2), 2 * (100 * 64 * 2.0 + 3 * 1000 * 2.0));
+    cr_expect_eq(kvcache_fixed_bytes(&g), fixed);
+    cr_expect_eq(kvcache_total_bytes(&g, 100, 2), 2 * (100 * 64 * 2.0 + fixed));
 }
 
 // ---- geometry_validate -----------------------------------------------------------------------------
@@ -199,7 +205,9 @@ Test(geometry, validate_names_the_problem) {
     g = ok; g.kv_lora_rank = 512; expect_invalid(&g, "MLA fields");
     g = ok; g.attn = ATTN_MLA; expect_invalid(&g, "kv_lora_rank");
     g = ok; g.layer_kind[2] = LAYER_LOCAL; expect_invalid(&g, "sliding_window");
-    g = ok; g.layer_kind[1] = LAYER_LINEAR; expect_invalid(&g, "linear_state_elems");
+    g = ok; g.layer_kind[1] = LAYER_LINEAR; expect_invalid(&g, "no linear layer kind");
+    g = ok; g.linear_kind = LINEAR_GDN; expect_invalid(&g, "linear_num_key_heads");
+    g = ok; g.partial_rotary_factor = 0.3; expect_invalid(&g, "partial_rotary_factor");
     g = ok; g.index_n_heads = 64; expect_invalid(&g, "index_head_dim");
     g = ok; g.dtype_bytes = 0; expect_invalid(&g, "dtype_bytes");
 }

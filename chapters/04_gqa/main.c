@@ -58,14 +58,14 @@ static void figure_groups(const CliArgs *a) {
     static const int G[4] = {32, 8, 4, 1};
     static const int color[4] = {COLOR_MHA, COLOR_GQA, COLOR_GQA, COLOR_MQA};
     MemoryCurve c[4];
-    char labels[4][2048];
+    char labels[4][160];
     for (int k = 0; k < 4; k++) {
         memset(&c[k], 0, sizeof c[k]);
         geometry_init(&c[k].g, "", 32, 4096, 32, G[k]);
         snprintf(c[k].g.name, sizeof c[k].g.name, "%s, %d KV head%s", G[k] == 32 ? "MHA" : G[k] == 1 ? "MQA" : "GQA", G[k],
                  G[k] == 1 ? "" : "s");
         char b[32];
-        snprintf(labels[k], sizeof labels[k], "%s: %s/token (%dx smaller)", c[k].g.name,
+        snprintf(labels[k], sizeof labels[k], "%.95s: %.31s/token (%dx smaller)", c[k].g.name,
                  fmt_bytes(b, sizeof b, kvcache_bytes_per_token(&c[k].g)), 32 / G[k]);
         c[k].label = labels[k];
         c[k].color = color[k];
