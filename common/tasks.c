@@ -3,6 +3,7 @@
 #include "check.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -112,6 +113,13 @@ void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, in
     }
 }
 
+void task_recall_vary_pairs(Task *t, int n_pairs_min) {
+    if (t->kind != TASK_RECALL) die_user("--pairs-min: only with --task recall");
+    if (n_pairs_min < 1 || n_pairs_min > t->n_pairs)
+        die_user("--pairs-min %d: must be in [1, --pairs %d]", n_pairs_min, t->n_pairs);
+    t->n_pairs_min = n_pairs_min;
+}
+
 // distinct_first: the first queries ask every pair once, in random order (the chapter example, so
 // each pair's lookup shows up in the figure); otherwise every query picks a random pair.
 static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int distinct_first, int *tok, int *tgt) {
@@ -120,6 +128,8 @@ static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int distinct
         copy_sample(tok, tgt, T, RECALL_KEY0, t->n_keys + t->n_values, rng);
         return;
     }
+    if (t->n_pairs_min > 0 && !distinct_first)   // the chapter example keeps the full count
+        P = t->n_pairs_min + (int)rng_below(rng, (uint32_t)(t->n_pairs - t->n_pairs_min + 1));
     int keys[26], vals[26];
     // P distinct keys: a partial Fisher-Yates shuffle of 0..n_keys-1
     int pool[26];
@@ -370,6 +380,7 @@ char *task_config_json(const Task *t) {
         cJSON_AddNumberToObject(o, "n_values", t->n_values);
         cJSON_AddNumberToObject(o, "gap", t->gap);
         cJSON_AddNumberToObject(o, "copy_frac", t->copy_frac);
+        if (t->n_pairs_min > 0) cJSON_AddNumberToObject(o, "n_pairs_min", t->n_pairs_min);
         break;
     case TASK_INDUCTION:
         cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
@@ -435,6 +446,15 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
         double copy_frac = cJSON_IsNumber(cf) ? cf->valuedouble : 0.0;
         if (recall_check(seq_len, p, k, v, gap, copy_frac, err, cap)) goto done;
         task_recall(t, seq_len, p, k, v, gap, copy_frac);
+        const cJSON *pm = cJSON_GetObjectItemCaseSensitive(o, "n_pairs_min");
+        if (pm) {
+            if (!cJSON_IsNumber(pm) || pm->valuedouble < 1 || pm->valuedouble > p ||
+                pm->valuedouble != floor(pm->valuedouble)) {
+                snprintf(err, cap, "task config: n_pairs_min must be an integer in [1, n_pairs = %d]", p);
+                goto done;
+            }
+            t->n_pairs_min = (int)pm->valuedouble;
+        }
     } else if (!strcmp(name->valuestring, "induction")) {
         int s;
         if (json_int(o, "n_symbols", &s, err, cap)) goto done;

@@ -32,6 +32,7 @@ typedef struct {
     // recall: n_pairs key-value pairs, then `gap` filler tokens, then ':' and the queries; copy_frac
     // of the training samples are copies (held-out samples never are)
     int n_pairs, n_keys, n_values, gap;
+    int n_pairs_min;               // > 0: each sample draws its pair count uniformly in [n_pairs_min, n_pairs]
     double copy_frac;
     // induction: symbols the segments are drawn from
     int n_symbols;
@@ -45,6 +46,10 @@ typedef struct {
 // Defaults used by tools/train: recall n_pairs 8, n_keys 16, n_values 16, gap 0, copy_frac 0.5;
 // induction n_symbols 26.
 void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, int gap, double copy_frac);
+// Recall with a pair count that varies per sample, uniformly in [n_pairs_min, t->n_pairs] (both
+// splits), so one model can be measured at every count (chapters 9 and 10: state capacity). Exits with
+// a user error unless 1 <= n_pairs_min <= n_pairs.
+void task_recall_vary_pairs(Task *t, int n_pairs_min);
 void task_induction(Task *t, int seq_len, int n_symbols);
 // path NULL: the grammar corpus (always the same text). Otherwise a text file, char (byte) level.
 void task_corpus(Task *t, int seq_len, const char *path);

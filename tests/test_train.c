@@ -349,3 +349,62 @@ Test(train_tools, train_then_infer) {
     fclose(f2);
     cr_expect(same, "two runs of the same command wrote different weights");
 }
+
+// Chapters 9-10 train one model at many pair counts: the count varies per sample, inside the bounds,
+// covering every count; the chapter's fixed example keeps the full count; the knob survives the JSON.
+Test(train_tasks, recall_with_varying_pair_counts) {
+    Task t;
+    task_recall(&t, 40, 12, 16, 16, 0, 0.0);
+    task_recall_vary_pairs(&t, 3);
+    Rng r;
+    rng_seed(&r, 7);
+    int tok[40], tgt[40], seen[13] = {0};
+    for (int s = 0; s < 400; s++) {
+        task_sample(&t, &r, SPLIT_HELDOUT, tok, tgt);
+        int p = 0;
+        while (tok[p] != 1) p++;          // ':' follows 2 * n_pairs tokens
+        cr_assert(p % 2 == 0, "':' at odd position %d", p);
+        int n = p / 2;
+        cr_assert(n >= 3 && n <= 12, "pair count %d outside [3, 12]", n);
+        seen[n]++;
+        for (int i = p + 1; i < 40; i++) cr_expect(tgt[i] >= 18, "every query is scored");
+    }
+    for (int n = 3; n <= 12; n++) cr_expect(seen[n] > 10, "count %d drawn only %d times", n, seen[n]);
+    task_example(&t, tok, tgt);
+    cr_expect_eq(tok[24], 1, "the example keeps all 12 pairs");
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(u.n_pairs_min, 3);
+    free(js);
+    cr_expect_eq(task_from_json(&u, "{\"task\":\"recall\",\"seq_len\":40,\"n_pairs\":8,\"n_keys\":16,\"n_values\":16,"
+                                "\"gap\":0,\"n_pairs_min\":9}", err, sizeof err), -1);
+    cr_expect(strstr(err, "n_pairs_min"), "%s", err);
+}
+
+// The --mixer list and the flags that belong to one kind of layer: one line naming the problem.
+Test(train_tools, mixer_list_errors) {
+    static const struct { const char *args, *needle; } cases[] = {
+        {"--mixer gdn,xyz --layers 2", "unknown mixer 'xyz'"},
+        {"--mixer gdn,gated --layers 3", "do not divide --layers 3"},
+        {"--mixer mha,gqa", "one kind of attention layer"},
+        {"--mixer gdn,mamba2", "one kind of linear layer"},
+        {"--mixer mha --gate none", "--gate: only with a gated layer"},
+        {"--mixer mha --conv 4", "only with a linear layer"},
+        {"--mixer gated --gate sideways", "--gate: expected none|elementwise|headwise"},
+        {"--mixer gated --heads 4 --d-model 32 --rotary-fraction 0.3", "--rotary-fraction"},
+        {"--mixer mha --task induction --pairs-min 2", "--pairs-min: only with --task recall"},
+        {"--mixer mha --pairs 4 --pairs-min 6", "--pairs-min 6"},
+        {"--mixer gdn,gdn --layers 2 --pattern 1 --window 4", "linear layers do not mix"},
+    };
+    char dir[256], args[1024], out[4096];
+    test_tmpdir(dir, sizeof dir);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "%s --steps 1 --out %s/m.safetensors", cases[i].args, dir);
+        int rc = test_run(out, sizeof out, "train", args);
+        cr_expect_eq(rc, 2, "'%s' exited %d: %s", cases[i].args, rc, out);
+        cr_expect(strstr(out, cases[i].needle) != NULL, "'%s': expected '%s' in: %s", cases[i].args, cases[i].needle, out);
+        cr_expect_eq(test_count_lines(out), 1, "'%s': one line, got: %s", cases[i].args, out);
+    }
+    cr_expect_eq(test_count_files(dir), 0, "nothing written");
+}

@@ -44,22 +44,109 @@ static void check_writable(const char *flag, const char *path) {
     atomic_abort(&af);
 }
 
+// What a --mixer list asks for, checked once: which mixer each layer gets and what that implies.
+typedef enum { KV_NONE, KV_ALL, KV_ONE, KV_CHOICE } KvRule;   // how --kv-heads is decided
+typedef struct {
+    const MixerOps *ops[GEOM_MAX_LAYERS];
+    int linear[GEOM_MAX_LAYERS];   // 1: a fixed-state layer
+    int linear_kind;               // LinearKind of the linear layers (0: none)
+    KvRule kv_rule;
+    const char *attn_name;         // the attention mixer's name ("" without attention)
+    int has_mla, has_dsa, has_gated;
+    char short_name[64];           // "mha", or "gdn,gdn,gdn,gated" as given
+} MixerPlan;
+
+static void plan_parse(MixerPlan *p, const char *list, int layers) {
+    static const struct { const char *name; int linear_kind; KvRule kv; } known[] = {
+        {"mha", 0, KV_ALL}, {"gqa", 0, KV_CHOICE}, {"mqa", 0, KV_ONE}, {"mla", 0, KV_ALL}, {"dsa", 0, KV_ALL},
+        {"gated", 0, KV_CHOICE}, {"gdn", LINEAR_GDN, KV_NONE}, {"kda", LINEAR_KDA, KV_NONE},
+        {"lightning", LINEAR_LIGHTNING, KV_NONE}, {"mamba2", LINEAR_MAMBA2, KV_NONE},
+    };
+    memset(p, 0, sizeof *p);
+    p->attn_name = "";
+    if (!*list) die_user("--mixer: empty list");
+    snprintf(p->short_name, sizeof p->short_name, "%s", list);
+    char names[GEOM_MAX_LAYERS][16];
+    int n = 0;
+    for (const char *s = list; ; ) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 0 || len >= sizeof names[0]) die_user("--mixer '%s': expected names separated by commas", list);
+        if (n >= layers) die_user("--mixer '%s': more names than --layers %d", list, layers);
+        memcpy(names[n], s, len);
+        names[n++][len] = '\0';
+        if (!e) break;
+        s = e + 1;
+    }
+    if (layers % n) die_user("--mixer '%s': %d names do not divide --layers %d (the list repeats over the layers)", list, n, layers);
+    for (int l = 0; l < layers; l++) {
+        const char *nm = names[l % n];
+        size_t k = 0;
+        while (k < sizeof known / sizeof known[0] && strcmp(known[k].name, nm)) k++;
+        if (k == sizeof known / sizeof known[0] || !mixer_by_name(nm))
+            die_user("--mixer: unknown mixer '%s' (mha|gqa|mqa|mla|dsa|gated|gdn|kda|lightning|mamba2)", nm);
+        p->ops[l] = mixer_by_name(nm);
+        if (known[k].linear_kind) {
+            if (p->linear_kind && p->linear_kind != known[k].linear_kind)
+                die_user("--mixer '%s': one kind of linear layer per model", list);
+            p->linear_kind = known[k].linear_kind;
+            p->linear[l] = 1;
+            continue;
+        }
+        if (*p->attn_name && strcmp(p->attn_name, nm))
+            die_user("--mixer '%s': one kind of attention layer per model (%s and %s)", list, p->attn_name, nm);
+        p->attn_name = known[k].name;
+        p->kv_rule = known[k].kv;
+        p->has_mla |= !strcmp(nm, "mla") || !strcmp(nm, "dsa");
+        p->has_dsa |= !strcmp(nm, "dsa");
+        p->has_gated |= !strcmp(nm, "gated");
+    }
+    if (p->has_dsa && p->linear_kind) die_user("--mixer '%s': dsa layers do not mix with linear layers here", list);
+}
+
+// Index of word in "a|b|c", or a user error naming the flag.
+static int parse_word(const char *flag, const char *word, const char *choices) {
+    int i = 0;
+    for (const char *s = choices; ; i++) {
+        const char *e = strchr(s, '|');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (strlen(word) == len && !strncmp(word, s, len)) return i;
+        if (!e) break;
+        s = e + 1;
+    }
+    die_user("%s: expected %s, got '%s'", flag, choices, word);
+    return -1;
+}
+
 int main(int argc, char **argv) {
-    int mixer = 0, task_kind = 0, layers = 2, d_model = 64, heads = 4, kv_heads = 0, d_ff = 0;
-    int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, gap = 0, log_y = 0, quiet = 0;
-    double lr = 3e-3, wd = 0.1, copy_frac = 0.5;
-    const char *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
+    int task_kind = 0, layers = 2, d_model = 64, heads = 4, kv_heads = 0, d_ff = 0;
+    int steps = 1000, batch = 32, seq_len = 0, warmup = -1, pairs = 8, pairs_min = 0, gap = 0, log_y = 0, quiet = 0;
+    double lr = 3e-3, wd = 0.1, copy_frac = 0.5, rotary_fraction = 0.0;
+    const char *mixer_list = "mha", *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
+    const char *gate = NULL, *qk_norm = NULL;
     int window = 0, topk = 4, index_heads = 4, index_dim = 16, dense_steps = -1;
+    int linear_heads = 0, linear_key_heads = 0, linear_key_dim = 0, linear_value_dim = 0, conv = -1;
     CliOpt opts[] = {
-        {"--mixer", OPT_CHOICE, &mixer, "mha|gqa|mqa|mla|dsa", "attention: MHA (kv heads = heads), GQA, MQA (1 kv head), MLA (latent kv_lora_rank = d_model/2), DSA (MLA + a top-k lightning indexer) (default mha)", 0, 0},
+        {"--mixer", OPT_STRING, &mixer_list, "M[,M...]", "token mixer of each layer, a comma list cycled over the layers (default mha). "
+         "Attention: mha (kv heads = heads), gqa, mqa (1 kv head), mla (latent d_model/2), dsa (MLA + a top-k lightning indexer), "
+         "gated (Qwen3-Next gated attention). Linear: gdn (Gated DeltaNet), kda (Kimi Delta Attention), lightning (MiniMax-01), "
+         "mamba2. Example: gdn,gdn,gdn,gated with --layers 4 is Qwen3-Next's 3:1 hybrid", 0, 0},
         {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
         {"--d-model", OPT_INT, &d_model, "N", "model width (default 64)", 2, 4096},
-        {"--heads", OPT_INT, &heads, "N", "query heads per layer (default 4)", 1, 256},
-        {"--kv-heads", OPT_INT, &kv_heads, "N", "key/value heads for gqa (default heads/2)", 1, 256},
+        {"--heads", OPT_INT, &heads, "N", "query heads per attention layer (default 4)", 1, 256},
+        {"--kv-heads", OPT_INT, &kv_heads, "N", "key/value heads for gqa and gated (default heads/2)", 1, 256},
         {"--pattern", OPT_STRING, &pattern, "P", "layer pattern: global (default), local, R (R local layers per global one), gemma2|gemma3|olmo3|gpt-oss", 0, 0},
         {"--window", OPT_INT, &window, "W", "sliding window of the local layers (keys seen, itself included)", 1, 1 << 20},
+        {"--gate", OPT_STRING, &gate, "G", "gated: output gate none|elementwise|headwise (default elementwise)", 0, 0},
+        {"--qk-norm", OPT_STRING, &qk_norm, "N", "gated: RMSNorm of q and k heads none|rms|zero (weight 1+w; default zero)", 0, 0},
+        {"--rotary-fraction", OPT_DOUBLE, &rotary_fraction, "F", "gated: fraction of head_dim RoPE rotates (default 0.25)", 0.0, 1.0},
+        {"--linear-heads", OPT_INT, &linear_heads, "N", "linear layers: value heads (default heads)", 1, 256},
+        {"--linear-key-heads", OPT_INT, &linear_key_heads, "N", "linear layers: query/key heads (default linear heads)", 1, 256},
+        {"--linear-key-dim", OPT_INT, &linear_key_dim, "N", "linear layers: key head dim, the state's rows (default d_model/heads)", 1, 4096},
+        {"--linear-value-dim", OPT_INT, &linear_value_dim, "N", "linear layers: value head dim, the state's columns (default d_model/heads)", 1, 4096},
+        {"--conv", OPT_INT, &conv, "K", "linear layers: short causal conv width, 0 for none (default 4; lightning has none)", 0, 64},
         {"--d-ff", OPT_INT, &d_ff, "N", "SwiGLU hidden width (default 2 * d_model)", 1, 65536},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps; 0 writes the untrained model (default 1000)", 0, 10000000},
         {"--batch", OPT_INT, &batch, "N", "sequences per step (default 32)", 1, 4096},
@@ -68,6 +155,7 @@ int main(int argc, char **argv) {
         {"--warmup", OPT_INT, &warmup, "N", "linear warmup steps (default 5% of steps)", 0, 10000000},
         {"--weight-decay", OPT_DOUBLE, &wd, "X", "AdamW weight decay on matrices (default 0.1)", 0.0, 10.0},
         {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
+        {"--pairs-min", OPT_INT, &pairs_min, "N", "recall: vary the pair count per sample in [N, --pairs] (default: always --pairs)", 1, 26},
         {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
         {"--copy-frac", OPT_DOUBLE, &copy_frac, "X", "recall: fraction of training samples that are copies (default 0.5)", 0.0, 0.99},
         {"--topk", OPT_INT, &topk, "K", "dsa: keys each query attends to (index_topk, default 4)", 1, 1 << 20},
@@ -81,37 +169,50 @@ int main(int argc, char **argv) {
     };
     CliSpec spec = {
         .prog = "train",
-        .summary = "Train a tiny decoder-only model (token embedding, pre-norm attention + SwiGLU blocks, RoPE) on a synthetic task.",
-        .usage_extra = "example:\n  ./train --mixer mha --task recall --heads 1 --steps 1500 --out data/weights/ch02_recall.safetensors",
+        .summary = "Train a tiny decoder-only model (token embedding, pre-norm token mixer + SwiGLU blocks, RoPE) on a synthetic task.",
+        .usage_extra = "examples:\n  ./train --mixer mha --task recall --heads 1 --steps 1500 --out data/weights/ch02_recall.safetensors\n"
+                       "  ./train --mixer gdn,gdn,gdn,gated --layers 4 --task recall --out hybrid.safetensors",
         .flags = CLI_SEED,
         .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    static const char *mixer_flag[] = {"mha", "gqa", "mqa", "mla", "dsa"};
     static const char *task_names[] = {"recall", "induction", "corpus"};
+
+    // ---- the mixer of each layer ------------------------------------------------------------------
+    MixerPlan plan;
+    plan_parse(&plan, mixer_list, layers);
 
     // ---- validate the combination before any work -------------------------------------------------
     if (!out) die_user("missing --out FILE (the .safetensors weights to write)");
     if (corpus && task_kind != TASK_CORPUS) die_user("--corpus: only with --task corpus");
+    if (pairs_min && task_kind != TASK_RECALL) die_user("--pairs-min: only with --task recall");
     if (d_model % heads) die_user("--d-model %d is not divisible by --heads %d", d_model, heads);
     if ((d_model / heads) % 2) die_user("head_dim = d_model / heads = %d must be even (RoPE rotates pairs)", d_model / heads);
-    if (mixer == 0 || mixer == 3 || mixer == 4) {
-        if (kv_heads && kv_heads != heads) die_user("--kv-heads %d: mha has one kv head per query head (%d); use --mixer gqa", kv_heads, heads);
+    if (plan.kv_rule == KV_ALL) {
+        if (kv_heads && kv_heads != heads) die_user("--kv-heads %d: %s has one kv head per query head (%d); use --mixer gqa", kv_heads, plan.attn_name, heads);
         kv_heads = heads;
-    } else if (mixer == 2) {
+    } else if (plan.kv_rule == KV_ONE) {
         if (kv_heads && kv_heads != 1) die_user("--kv-heads %d: mqa has exactly 1 kv head; use --mixer gqa", kv_heads);
         kv_heads = 1;
-    } else if (!kv_heads) {
-        kv_heads = heads >= 2 ? heads / 2 : 1;
+    } else if (plan.kv_rule == KV_CHOICE) {
+        if (!kv_heads) kv_heads = heads >= 2 ? heads / 2 : 1;
+    } else {
+        if (kv_heads) die_user("--kv-heads: the model has no attention layer");
+        kv_heads = heads;
     }
     if (heads % kv_heads) die_user("--heads %d is not divisible by --kv-heads %d", heads, kv_heads);
+    if (!plan.has_gated && (gate || qk_norm || rotary_fraction > 0.0))
+        die_user("%s: only with a gated layer (--mixer gated)", gate ? "--gate" : qk_norm ? "--qk-norm" : "--rotary-fraction");
+    if (!plan.linear_kind && (linear_heads || linear_key_heads || linear_key_dim || linear_value_dim || conv >= 0))
+        die_user("--linear-*/--conv: only with a linear layer (--mixer gdn|kda|lightning|mamba2)");
     if (!seq_len) seq_len = task_kind == TASK_CORPUS ? 64 : 32;
     int local_per_global;
     if (swa_parse_pattern(pattern, &local_per_global) != 0)
         die_user("--pattern: expected global, local, a ratio R or gemma2|gemma3|olmo3|gpt-oss, got '%s'", pattern);
     if (local_per_global != 0 && !window) die_user("--pattern %s: local layers need --window W", pattern);
     if (local_per_global == 0 && window) die_user("--window: only with a --pattern that has local layers");
+    if (local_per_global != 0 && plan.linear_kind) die_user("--pattern: sliding windows and linear layers do not mix here");
     if (!d_ff) d_ff = 2 * d_model;
     check_writable("--out", out);
     if (loss_plot) {
@@ -125,16 +226,17 @@ int main(int argc, char **argv) {
     if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap, copy_frac);
     else if (task_kind == TASK_INDUCTION) task_induction(&task, seq_len, 26);
     else task_corpus(&task, seq_len, corpus);
+    if (pairs_min) task_recall_vary_pairs(&task, pairs_min);
 
     ModelGeometry g;
     char name[96];
-    snprintf(name, sizeof name, "tiny-%s-%s", mixer_flag[mixer], task_names[task_kind]);
+    snprintf(name, sizeof name, "tiny-%s-%s", plan.short_name, task_names[task_kind]);
     geometry_init(&g, name, layers, d_model, heads, kv_heads);
     g.vocab_size = task.vocab_size;
     g.d_ff = d_ff;
     g.max_seq_len = seq_len;
     g.dtype_bytes = 4;   // the tiny models compute and cache in fp32
-    if (mixer == 3 || mixer == 4) {
+    if (plan.has_mla) {
         // DeepSeek-V3's proportions at tiny size (chapters/05_mla/mla.h): latent d/2, RoPE key dh/2
         mla_geometry_tiny(&g, layers, d_model, heads);
         snprintf(g.name, sizeof g.name, "%s", name);
@@ -144,18 +246,45 @@ int main(int argc, char **argv) {
         g.max_seq_len = seq_len;
         g.dtype_bytes = 4;
     }
-    if (mixer == 4) {   // chapter 7: DeepSeek-V3.2's lightning indexer on top of that MLA
+    if (plan.has_dsa) {   // chapter 7: DeepSeek-V3.2's lightning indexer on top of that MLA
         g.index_n_heads = index_heads;
         g.index_head_dim = index_dim;
         g.index_topk = topk;
     }
-    if (mixer == 4 && local_per_global != 0) die_user("--pattern: dsa layers are global (no sliding window)");
-    if (mixer == 4 && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
+    if (plan.has_gated) {   // chapter 8: Qwen3-Next's gated attention
+        g.attn_output_gate = gate ? parse_word("--gate", gate, "none|elementwise|headwise") : GATE_ELEMENTWISE;
+        g.qk_norm = qk_norm ? parse_word("--qk-norm", qk_norm, "none|rms|zero") : QK_NORM_ZERO_CENTRED;
+        g.partial_rotary_factor = rotary_fraction > 0.0 ? rotary_fraction : 0.25;
+        double rot = g.partial_rotary_factor * g.head_dim;
+        if (rot != (double)(int)rot || (int)rot % 2)
+            die_user("--rotary-fraction %g: %g of head_dim %d must be an even number of dims", g.partial_rotary_factor, rot, g.head_dim);
+    }
+    if (plan.linear_kind) {   // chapters 9-10: fixed-state layers
+        g.linear_kind = plan.linear_kind;
+        g.linear_num_value_heads = linear_heads ? linear_heads : heads;
+        g.linear_num_key_heads = linear_key_heads ? linear_key_heads : g.linear_num_value_heads;
+        g.linear_key_head_dim = linear_key_dim ? linear_key_dim : d_model / heads;
+        g.linear_value_head_dim = linear_value_dim ? linear_value_dim : d_model / heads;
+        if (plan.linear_kind == LINEAR_LIGHTNING) {
+            if (conv > 0) die_user("--conv %d: lightning layers have no short conv", conv);
+            g.linear_conv_kernel_dim = 0;
+        } else {
+            g.linear_conv_kernel_dim = conv >= 0 ? conv : 4;
+            if (g.linear_conv_kernel_dim == 1) die_user("--conv 1: a conv needs width >= 2 (0 turns it off)");
+        }
+        g.state_dtype_bytes = 4;
+        if (g.linear_num_value_heads % g.linear_num_key_heads)
+            die_user("--linear-heads %d is not divisible by --linear-key-heads %d", g.linear_num_value_heads, g.linear_num_key_heads);
+        for (int l = 0; l < layers; l++)
+            if (plan.linear[l]) g.layer_kind[l] = LAYER_LINEAR;
+    }
+    if (plan.has_dsa && local_per_global != 0) die_user("--pattern: dsa layers are global (no sliding window)");
+    if (plan.has_dsa && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
     if (local_per_global != 0) swa_set_pattern(&g, local_per_global, window);
     if (!strcmp(pattern, "gemma3")) swa_set_gemma3_rope(&g);   // RoPE base 1e4 on local layers, 1e6 on global
-    const MixerOps *ops[GEOM_MAX_LAYERS];
-    for (int l = 0; l < layers; l++) ops[l] = mixer_by_name(mixer_flag[mixer]);
-    Model *m = model_new(&g, ops, a.seed);
+    char why[256];
+    if (!geometry_validate(&g, why, sizeof why)) die_user("model geometry: %s", why);
+    Model *m = model_new(&g, plan.ops, a.seed);
 
     TrainConfig tc;
     train_config_default(&tc, steps, batch, a.seed);
@@ -171,8 +300,12 @@ int main(int argc, char **argv) {
         printf("train: %s, %d layers, d_model %d, query heads %d (kv %d), head_dim %d, d_ff %d, vocab %d, %zu params; "
                "%d steps x %d x %d tokens\n", name, layers, d_model, heads, kv_heads, g.head_dim, d_ff,
                g.vocab_size, m->n_params, steps, batch, seq_len);
+    if (!quiet && plan.linear_kind)
+        printf("train: %s layers with %d value heads (%d key heads), state %d x %d per head, conv %d\n",
+               geometry_linear_name(&g), g.linear_num_value_heads, g.linear_num_key_heads, g.linear_key_head_dim,
+               g.linear_value_head_dim, g.linear_conv_kernel_dim);
     TrainResult r;
-    if (mixer == 4) dsa_train(m, &task, &tc, dense_steps >= 0 ? dense_steps : steps / 4, &r);
+    if (plan.has_dsa) dsa_train(m, &task, &tc, dense_steps >= 0 ? dense_steps : steps / 4, &r);
     else train_run(m, &task, &tc, &r);
 
     ModelInfo info;
@@ -199,7 +332,7 @@ int main(int argc, char **argv) {
         int png, svg;
         split_plot_path(loss_plot, stem, sizeof stem, &png, &svg);
         snprintf(title, sizeof title, "Training loss: %d-layer %s (%d head%s, d_model %d) on %s", layers,
-                 mixer_flag[mixer], heads, heads == 1 ? "" : "s", d_model, task.name);
+                 plan.short_name, heads, heads == 1 ? "" : "s", d_model, task.name);
         snprintf(sub, sizeof sub, "AdamW, lr %g with warmup and cosine decay, batch %d x %d tokens, seed %llu; "
                  "held-out accuracy %.1f%%", lr, batch, seq_len, (unsigned long long)a.seed, 100.0 * r.eval_accuracy);
         train_plot_loss(info.curve, info.n_curve, title, sub, stem, png, svg, log_y);
