@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "plot.h"
 #include "registry.h"
 #include "train.h"
 
@@ -53,6 +54,54 @@ void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, co
     snprintf(sub, sizeof sub, "%s; model %s", trained_caption(t, cap, sizeof cap), t->model->g.name);
     train_plot_loss(t->info.curve, t->info.n_curve, title, sub, path_join(path, sizeof path, a->out, name),
                     a->png, a->svg, 1);
+}
+
+// ---- state capacity ---------------------------------------------------------------------------------
+
+#define CAPACITY_SEED 0xCA9AC17ULL   // one held-out stream for every model and count
+
+void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, double *acc) {
+    if (t->task.kind != TASK_RECALL) die_user("%s: a capacity curve needs a recall model, this one learned %s", t->path, t->task.name);
+    for (int n = n_lo; n <= n_hi; n++) {
+        if (n < 1 || n > t->task.n_keys || 2 * n + 2 > t->task.seq_len)
+            die_user("%s: %d pairs do not fit its recall task (%d keys, %d tokens)", t->path, n, t->task.n_keys, t->task.seq_len);
+        Task fixed = t->task;   // the same vocabulary and length, exactly n pairs
+        fixed.n_pairs = n;
+        fixed.n_pairs_min = 0;
+        double loss;
+        train_evaluate(t->model, &fixed, CAPACITY_SEED + (uint64_t)n, n_samples, &loss, &acc[n - n_lo]);
+    }
+}
+
+void chapter_capacity_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
+                           int n_lo, int n_hi, const CapacityCurve *curves, int n, double chance, const char *note) {
+    int np = n_hi - n_lo + 1;
+    double *x = mallocCheck(sizeof(double) * (size_t)np * (size_t)(n + 1));
+    double *y = x + np;
+    PlotSeries *s = mallocCheck(sizeof(PlotSeries) * (size_t)(n + 1));
+    for (int i = 0; i < np; i++) x[i] = n_lo + i;
+    for (int c = 0; c < n; c++) {
+        for (int i = 0; i < np; i++) y[c * np + i] = 100.0 * curves[c].acc[i];
+        s[c] = (PlotSeries){.label = curves[c].label, .x = x, .y = y + c * np, .n = np, .color = curves[c].color,
+                            .dashed = curves[c].dashed, .markers = 1};
+    }
+    double cx[2] = {n_lo, n_hi}, cy[2] = {100.0 * chance, 100.0 * chance};
+    s[n] = (PlotSeries){.label = "chance (a random value)", .x = cx, .y = cy, .n = 2, .color = COLOR_OTHER, .dashed = 1};
+    LineChart ch = {.title = title, .subtitle = subtitle, .xlabel = "key-value pairs to remember (per sequence)",
+                    .ylabel = "recall accuracy (% of queries answered)", .xmin = n_lo, .xmax = n_hi, .ymin = 0,
+                    .ymax = 100, .series = s, .n_series = n + 1, .note = note, .legend_pos = 3};
+    char path[1024];
+    plot_line_chart(&ch, path_join(path, sizeof path, a->out, name), a->png, a->svg);
+    printf("  %s: recall accuracy (%%) by number of pairs\n  %-44s", name, "pairs");
+    for (int i = 0; i < np; i++) printf(" %5d", n_lo + i);
+    printf("\n");
+    for (int c = 0; c < n; c++) {
+        printf("  %-44.44s", curves[c].label);
+        for (int i = 0; i < np; i++) printf(" %5.1f", 100.0 * curves[c].acc[i]);
+        printf("\n");
+    }
+    free(s);
+    free(x);
 }
 
 // ---- real models' memory ------------------------------------------------------------------------

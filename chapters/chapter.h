@@ -31,6 +31,22 @@ const char *trained_caption(const Trained *t, char *buf, int cap);
 // The training-loss figure NAME under the chapter's --out folder.
 void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, const char *title);
 
+// ---- state capacity (chapters 9 and 10) -------------------------------------------------------------
+// Recall accuracy (0..1) of t's model with exactly n key-value pairs per sample, for n = n_lo..n_hi:
+// acc[n - n_lo]. n_samples held-out samples per count, drawn from one fixed seed, so every model is
+// measured on the same sequences. Exits with one line if t's task is not recall or a count does not fit.
+void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, double *acc);
+
+typedef struct {
+    const char *label;      // legend text
+    const double *acc;      // (n_hi - n_lo + 1) accuracies in 0..1
+    int color, dashed;
+} CapacityCurve;
+// Accuracy (%) vs number of pairs, one line per model, a dotted chance line at 1 / n_values; the figure
+// NAME under --out.
+void chapter_capacity_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
+                           int n_lo, int n_hi, const CapacityCurve *curves, int n, double chance, const char *note);
+
 // ---- real models' memory ------------------------------------------------------------------------
 // Reads DIR/FILE (a Hugging Face config.json) into g with a display name, counted in bf16 (2 bytes per
 // number, how these models are served). Exits with one line naming the file on any problem.
