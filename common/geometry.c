@@ -108,6 +108,9 @@ int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
         return fail(why, cap, "unknown linear layer kind %d", g->linear_kind);
     if (n_linear > 0 && g->linear_kind == LINEAR_NONE)
         return fail(why, cap, "the model has linear layers but no linear layer kind");
+    // A model whose every layer is MLP-only has nothing to attend with.
+    if (g->n_layers > 0 && g->n_layers <= GEOM_MAX_LAYERS && geometry_count(g, LAYER_NONE) == g->n_layers)
+        return fail(why, cap, "every layer is an MLP-only layer: the model has no attention or linear layer");
     if (g->linear_kind != LINEAR_NONE) {
         if (g->linear_num_key_heads <= 0 || g->linear_num_value_heads <= 0 || g->linear_key_head_dim <= 0 ||
             g->linear_value_head_dim <= 0)
@@ -127,7 +130,7 @@ int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
         return fail(why, cap, "state_dtype_bytes must be 1..8, got %d", g->state_dtype_bytes);
     for (int l = 0; l < g->n_layers; l++) {
         int k = g->layer_kind[l];
-        if (k > LAYER_COMPRESSED) return fail(why, cap, "layer %d has unknown kind %d", l, k);
+        if (k > LAYER_NONE) return fail(why, cap, "layer %d has unknown kind %d", l, k);
         if (k == LAYER_LOCAL && g->sliding_window <= 0)
             return fail(why, cap, "layer %d is a sliding-window layer but sliding_window is not set", l);
     }
@@ -176,4 +179,17 @@ const char *geometry_linear_name(const ModelGeometry *g) {
 
 double geometry_rotary_fraction(const ModelGeometry *g) {
     return g->partial_rotary_factor > 0.0 ? g->partial_rotary_factor : 1.0;
+}
+
+void geometry_all_attention(const ModelGeometry *in, ModelGeometry *out) {
+    ModelGeometry g = *in;   // a copy first, so in == out works
+    int top = g.n_layers < GEOM_MAX_LAYERS ? g.n_layers : GEOM_MAX_LAYERS;
+    for (int l = 0; l < top; l++)
+        if (g.layer_kind[l] == LAYER_LINEAR) g.layer_kind[l] = LAYER_GLOBAL;
+    g.linear_kind = LINEAR_NONE;
+    g.linear_num_key_heads = g.linear_num_value_heads = 0;
+    g.linear_key_head_dim = g.linear_value_head_dim = g.linear_conv_kernel_dim = 0;
+    g.state_dtype_bytes = 0;
+    snprintf(g.name, sizeof g.name, "%.*s (all attention)", (int)(sizeof g.name - 17), in->name);
+    *out = g;
 }

@@ -52,6 +52,7 @@ typedef enum {
     LAYER_LOCAL = 1,
     LAYER_LINEAR = 2,
     LAYER_COMPRESSED = 3,
+    LAYER_NONE = 4,           // no token mixer, so no cache: an MLP- or MoE-only layer (Nemotron-H '-', 'E')
 } LayerKind;
 
 typedef struct {
@@ -115,3 +116,7 @@ double geometry_rotary_fraction(const ModelGeometry *g);
 
 // "MHA", "GQA", "MQA" or "MLA": the attention kind the way the article names it (from n_kv_heads).
 const char *geometry_attn_name(const ModelGeometry *g);
+// The "all-attention version" of a hybrid, for comparisons: out is in with every linear layer replaced
+// by the model's own (global) attention layer and the linear fields cleared; LAYER_NONE layers stay
+// (they hold no mixer). The name gets " (all attention)". in and out may be the same geometry.
+void geometry_all_attention(const ModelGeometry *in, ModelGeometry *out);

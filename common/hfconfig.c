@@ -4,6 +4,13 @@
 // the top level (where torch_dtype usually lives). JSON null counts as absent, as in transformers.
 // When a family's config.json leaves a key out, transformers falls back to its config class default;
 // the few defaults that change the cache are in `families` below (e.g. Gemma 3's 5:1 local:global).
+//
+// Hybrid models (section "linear layers" below) describe their fixed-state layers in one of four ways:
+//   Qwen3-Next / Qwen3.5  linear_* keys + layer_types or full_attention_interval   -> Gated DeltaNet
+//   Kimi Linear           linear_attn_config {kda_layers (1-based), num_heads, ...} -> KDA
+//   MiniMax-01            attn_type_list (0 lightning, 1 softmax) or layer_types   -> Lightning
+//   Nemotron-H            hybrid_override_pattern ('M' Mamba-2, '*' attention, '-' MLP, 'E' MoE)
+//                         + mamba_num_heads, mamba_head_dim, ssm_state_size, n_groups, conv_kernel
 #include "hfconfig.h"
 
 #include <cJSON.h>
@@ -31,25 +38,43 @@ static const Family families[] = {
     {"gemma3", 6, 262208, 131072, 1e6, 1e4, 0},
 };
 
+// Hybrid families: what their "linear_attention" layers are, and what transformers does without a key.
+typedef struct {
+    const char *model_type;
+    int linear_kind;           // LinearKind
+    int gated_zero_norm;       // q_proj always emits an output gate (no config key is read) and the q/k
+                               // norms are zero-centred (1 + w): Qwen3NextAttention and Qwen3.5
+    int full_every;            // default full_attention_interval (Qwen3NextConfig: 4); 0: none
+    int alternate_default;     // MiniMaxConfig without layer_types: layer i full iff (i + 1) % 2 != 0
+} Hybrid;
+
+static const Hybrid hybrids[] = {
+    {"qwen3_next", LINEAR_GDN, 1, 4, 0},
+    {"qwen3_5", LINEAR_GDN, 1, 4, 0},
+    {"qwen3_5_text", LINEAR_GDN, 1, 4, 0},
+    {"qwen3_5_moe", LINEAR_GDN, 1, 4, 0},
+    {"qwen3_5_moe_text", LINEAR_GDN, 1, 4, 0},
+    {"kimi_linear", LINEAR_KDA, 0, 0, 0},
+    {"minimax", LINEAR_LIGHTNING, 0, 0, 1},
+    {"minimax_text_01", LINEAR_LIGHTNING, 0, 0, 0},
+    {"minimax_m1", LINEAR_LIGHTNING, 0, 0, 0},
+    {"nemotron_h", LINEAR_MAMBA2, 0, 0, 0},
+};
+
 // Keys whose presence means layers this project cannot count yet; `what` goes into the message.
 static const struct { const char *key, *what; } unsupported_keys[] = {
-    {"linear_num_value_heads", "linear-attention layers"},   // Qwen3-Next Gated DeltaNet
-    {"linear_num_key_heads", "linear-attention layers"},
-    {"linear_key_head_dim", "linear-attention layers"},
-    {"linear_value_head_dim", "linear-attention layers"},
-    {"linear_conv_kernel_dim", "linear-attention layers"},
-    {"linear_attn_config", "linear-attention layers"},       // Kimi Linear (KDA)
-    {"attn_type_list", "lightning-attention layers"},        // MiniMax-01
     {"compress_ratios", "compressed-attention layers"},      // DeepSeek V4 CSA/HCA
-    {"hybrid_override_pattern", "state-space layers"},       // Nemotron-H
     {"layers_block_type", "state-space layers"},
     {"attn_layer_period", "state-space layers"},             // Jamba
     {"attention_chunk_size", "chunked-attention layers"},    // Llama 4
     {"num_kv_shared_layers", "cross-layer KV sharing"},      // Gemma 3n
     {"indexer_types", "shared-indexer layers"},              // GLM-5.x
 };
-// Key prefixes of state-space models (mamba_d_state, mamba_num_heads, ssm_state_size, ...).
+// Key prefixes of state-space models (mamba_d_state, mamba_num_heads, ssm_state_size, ...): read only in
+// a Nemotron-H config (one with hybrid_override_pattern); elsewhere (Jamba, Falcon-H1, Zamba, ...) their
+// layout is unknown to the reader and they are errors. The state dtype keys are fine anywhere.
 static const char *unsupported_prefixes[] = {"mamba", "ssm_"};
+static const char *state_dtype_keys[] = {"mamba_ssm_dtype", "mamba_ssm_cache_dtype"};
 
 typedef struct {
     const cJSON *root, *cfg;   // cfg: text_config when present, else root
@@ -144,15 +169,20 @@ static int is_set(const cJSON *v) {
     return 1;
 }
 
-static void reject_unsupported(Reader *r, const cJSON *obj) {
+static void reject_unsupported(Reader *r, const cJSON *obj, int mamba_ok) {
     for (const cJSON *it = obj ? obj->child : NULL; it && !r->failed; it = it->next) {
         if (!it->string || !is_set(it)) continue;
         for (size_t k = 0; k < sizeof unsupported_keys / sizeof unsupported_keys[0]; k++)
             if (strcmp(it->string, unsupported_keys[k].key) == 0)
                 bad(r, "key '%s' (%s) is not supported yet", it->string, unsupported_keys[k].what);
+        int dtype_key = 0;
+        for (size_t k = 0; k < sizeof state_dtype_keys / sizeof state_dtype_keys[0]; k++)
+            dtype_key |= strcmp(it->string, state_dtype_keys[k]) == 0;
+        if (mamba_ok || dtype_key) continue;
         for (size_t k = 0; k < sizeof unsupported_prefixes / sizeof unsupported_prefixes[0]; k++)
             if (strncmp(it->string, unsupported_prefixes[k], strlen(unsupported_prefixes[k])) == 0)
-                bad(r, "key '%s' (state-space layers) is not supported yet", it->string);
+                bad(r, "key '%s' (state-space layers without hybrid_override_pattern) is not supported yet",
+                    it->string);
     }
 }
 
@@ -166,16 +196,44 @@ static const Family *find_family(Reader *r) {
     return NULL;
 }
 
+static const Hybrid *find_hybrid(Reader *r) {
+    const char *types[2];
+    types[0] = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->cfg, "model_type"));
+    types[1] = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->root, "model_type"));
+    for (int t = 0; t < 2; t++)
+        for (size_t f = 0; types[t] && f < sizeof hybrids / sizeof hybrids[0]; f++)
+            if (strcmp(types[t], hybrids[f].model_type) == 0) return &hybrids[f];
+    return NULL;
+}
+
+// A dtype name ("bfloat16", "torch.float32", ...) -> bytes per element; 0 if unknown.
+static int dtype_name_bytes(const char *s) {
+    if (strncmp(s, "torch.", 6) == 0) s += 6;
+    if (!strcmp(s, "bfloat16") || !strcmp(s, "float16") || !strcmp(s, "half")) return 2;
+    if (!strcmp(s, "float32") || !strcmp(s, "float")) return 4;
+    if (!strncmp(s, "float8", 6)) return 1;
+    return 0;
+}
+
 // torch_dtype (or transformers >= 4.56's "dtype") -> bytes per cached element. Absent: bf16.
 static int read_dtype_bytes(Reader *r) {
     const char *key = which(r, "torch_dtype", "dtype");
     const char *s = key ? get_string(r, key) : NULL;
     if (!s) return 2;
-    if (strncmp(s, "torch.", 6) == 0) s += 6;
-    if (!strcmp(s, "bfloat16") || !strcmp(s, "float16") || !strcmp(s, "half")) return 2;
-    if (!strcmp(s, "float32") || !strcmp(s, "float")) return 4;
-    if (!strncmp(s, "float8", 6)) return 1;
-    return bad(r, "key '%s' is '%s', expected bfloat16, float16, float32 or float8_*", key, s), 2;
+    int bytes = dtype_name_bytes(s);
+    if (bytes == 0) return bad(r, "key '%s' is '%s', expected bfloat16, float16, float32 or float8_*", key, s), 2;
+    return bytes;
+}
+
+// The recurrent state's dtype (vLLM / Qwen3.5 "mamba_ssm_dtype"); absent: fp32, what the reference
+// kernels keep the state in.
+static int read_state_dtype_bytes(Reader *r) {
+    const char *key = which(r, state_dtype_keys[0], state_dtype_keys[1]);
+    const char *s = key ? get_string(r, key) : NULL;
+    if (!s) return 4;
+    int bytes = dtype_name_bytes(s);
+    if (bytes == 0) return bad(r, "key '%s' is '%s', expected bfloat16, float16 or float32", key, s), 4;
+    return bytes;
 }
 
 // "layer_types": ["sliding_attention", "full_attention", ...] (Gemma 3, OLMo 3, gpt-oss, Qwen3).
@@ -195,14 +253,14 @@ static void read_layer_types(Reader *r, const cJSON *lt, ModelGeometry *g) {
         if (!s) bad(r, "key 'layer_types' entry %d must be a string, got %s", l, json_type(it));
         else if (!strcmp(s, "full_attention")) g->layer_kind[l] = LAYER_GLOBAL;
         else if (!strcmp(s, "sliding_attention")) g->layer_kind[l] = LAYER_LOCAL;
-        else if (!strcmp(s, "linear_attention"))
-            bad(r, "key 'layer_types' entry 'linear_attention' (linear-attention layers) is not supported yet");
+        else if (!strcmp(s, "linear_attention")) g->layer_kind[l] = LAYER_LINEAR;   // which kind: read_linear
         else if (!strcmp(s, "chunked_attention"))
             bad(r, "key 'layer_types' entry 'chunked_attention' (chunked-attention layers) is not supported yet");
         else if (strstr(s, "mamba") || strstr(s, "conv"))
             bad(r, "key 'layer_types' entry '%s' (state-space / convolution layers) is not supported yet", s);
         else
-            bad(r, "key 'layer_types' entry %d is '%s', expected 'full_attention' or 'sliding_attention'", l, s);
+            bad(r, "key 'layer_types' entry %d is '%s', expected 'full_attention', 'sliding_attention' or "
+                   "'linear_attention'", l, s);
     }
 }
 
@@ -254,6 +312,231 @@ static void read_mla_dsa(Reader *r, ModelGeometry *g) {
         g->index_head_dim = get_required(r, "index_head_dim", NULL);
         g->index_topk = get_required(r, "index_topk", NULL);
     }
+}
+
+// ---- linear layers ---------------------------------------------------------------------------------
+
+// An integer member of a nested object ("linear_attn_config"), named "parent.key" in errors.
+static int member_int(Reader *r, const cJSON *obj, const char *parent, const char *key, int required) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) bad(r, "key '%s.%s' is missing", parent, key);
+        return 0;
+    }
+    if (!cJSON_IsNumber(v)) return bad(r, "key '%s.%s' must be an integer, got %s", parent, key, json_type(v)), 0;
+    double d = v->valuedouble;
+    if (d != floor(d) || d <= 0 || d > INT_MAX)
+        return bad(r, "key '%s.%s' must be a positive integer, got %g", parent, key, d), 0;
+    return (int)d;
+}
+
+// Sets the four linear-layer dimensions and the conv width in one place, so every family reads alike.
+static void set_linear(ModelGeometry *g, int kind, int hk, int hv, int dk, int dv, int conv) {
+    g->linear_kind = kind;
+    g->linear_num_key_heads = hk;
+    g->linear_num_value_heads = hv;
+    g->linear_key_head_dim = dk;
+    g->linear_value_head_dim = dv;
+    g->linear_conv_kernel_dim = conv;
+}
+
+// Qwen3-Next / Qwen3.5 Gated DeltaNet: q,k heads linear_num_key_heads, v heads linear_num_value_heads.
+// Without layer_types, layer l is full attention iff (l + 1) % full_attention_interval == 0
+// (Qwen3NextConfig), the rest linear.
+static void read_gdn(Reader *r, const Hybrid *hyb, ModelGeometry *g, int have_layer_types) {
+    int hk = get_required(r, "linear_num_key_heads", NULL);
+    int hv = get_required(r, "linear_num_value_heads", NULL);
+    int dk = get_required(r, "linear_key_head_dim", NULL);
+    int dv = get_required(r, "linear_value_head_dim", NULL);
+    int conv = get_required(r, "linear_conv_kernel_dim", NULL);
+    if (r->failed) return;
+    set_linear(g, LINEAR_GDN, hk, hv, dk, dv, conv);
+    if (have_layer_types) return;   // read_layer_types already marked the linear layers
+    int every = hyb ? hyb->full_every : 0;
+    if (find(r, "full_attention_interval")) every = get_int(r, "full_attention_interval", 0);
+    else if (every == 0) {
+        bad(r, "keys 'layer_types' and 'full_attention_interval' are both missing: which layers are linear?");
+        return;
+    }
+    if (every <= 0) {
+        bad(r, "key 'full_attention_interval' must be positive");
+        return;
+    }
+    for (int l = 0; l < g->n_layers; l++) g->layer_kind[l] = (l + 1) % every == 0 ? LAYER_GLOBAL : LAYER_LINEAR;
+}
+
+// Marks the 1-based layer numbers listed in linear_attn_config.<key> as `kind`; a layer listed twice (in
+// this list or the other) is an error.
+static void read_layer_list(Reader *r, const cJSON *lac, const char *key, int kind, unsigned char *seen,
+                            ModelGeometry *g) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(lac, key);
+    if (!list || cJSON_IsNull(list)) return;
+    if (!cJSON_IsArray(list)) {
+        bad(r, "key 'linear_attn_config.%s' must be an array of layer numbers, got %s", key, json_type(list));
+        return;
+    }
+    int i = 0;
+    for (const cJSON *it = list->child; it && !r->failed; it = it->next, i++) {
+        double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!cJSON_IsNumber(it) || d != floor(d) || d < 1 || d > g->n_layers) {
+            if (cJSON_IsNumber(it))
+                bad(r, "key 'linear_attn_config.%s' entry %d is %g, out of range: layer numbers are 1-based, "
+                       "1..%d", key, i, d, g->n_layers);
+            else
+                bad(r, "key 'linear_attn_config.%s' entry %d must be a layer number, got %s", key, i, json_type(it));
+            return;
+        }
+        int l = (int)d - 1;
+        if (seen[l]) {
+            bad(r, "key 'linear_attn_config.%s' lists layer %d, which is already listed", key, (int)d);
+            return;
+        }
+        seen[l] = 1;
+        g->layer_kind[l] = (unsigned char)kind;
+    }
+}
+
+// Kimi Linear: linear_attn_config {kda_layers, full_attn_layers, num_heads, head_dim,
+// short_conv_kernel_size}. The layer lists are 1-based: KimiLinearConfig.is_kda_layer(i) is
+// (i + 1) in kda_layers. A layer in neither list is full attention (MLA), as in that code.
+static void read_kda(Reader *r, const cJSON *lac, ModelGeometry *g) {
+    if (!cJSON_IsObject(lac)) {
+        bad(r, "key 'linear_attn_config' must be an object, got %s", json_type(lac));
+        return;
+    }
+    int heads = member_int(r, lac, "linear_attn_config", "num_heads", 1);
+    int dim = member_int(r, lac, "linear_attn_config", "head_dim", 1);
+    int conv = member_int(r, lac, "linear_attn_config", "short_conv_kernel_size", 1);
+    if (!cJSON_GetObjectItemCaseSensitive(lac, "kda_layers")) bad(r, "key 'linear_attn_config.kda_layers' is missing");
+    if (r->failed) return;
+    set_linear(g, LINEAR_KDA, heads, heads, dim, dim, conv);
+    unsigned char seen[GEOM_MAX_LAYERS] = {0};
+    read_layer_list(r, lac, "kda_layers", LAYER_LINEAR, seen, g);
+    read_layer_list(r, lac, "full_attn_layers", LAYER_GLOBAL, seen, g);
+}
+
+// MiniMax-01's attn_type_list: per layer 0 = lightning (linear), 1 = softmax attention.
+static void read_attn_type_list(Reader *r, const cJSON *atl, ModelGeometry *g) {
+    if (!cJSON_IsArray(atl)) {
+        bad(r, "key 'attn_type_list' must be an array of 0 and 1, got %s", json_type(atl));
+        return;
+    }
+    int n = cJSON_GetArraySize(atl);
+    if (n != g->n_layers) {
+        bad(r, "key 'attn_type_list' has %d entries but num_hidden_layers is %d", n, g->n_layers);
+        return;
+    }
+    int l = 0;
+    for (const cJSON *it = atl->child; it && !r->failed; it = it->next, l++) {
+        if (cJSON_IsNumber(it) && (it->valuedouble == 0 || it->valuedouble == 1))
+            g->layer_kind[l] = it->valuedouble == 0 ? LAYER_LINEAR : LAYER_GLOBAL;
+        else if (cJSON_IsNumber(it))
+            bad(r, "key 'attn_type_list' entry %d is %g, expected 0 (lightning) or 1 (softmax attention)", l,
+                it->valuedouble);
+        else
+            bad(r, "key 'attn_type_list' entry %d must be 0 or 1, got %s", l, json_type(it));
+    }
+}
+
+// Nemotron-H's hybrid_override_pattern: one character per layer. Only 'M' (Mamba-2) and '*' (attention)
+// layers mix tokens and keep a cache; '-' (MLP) and 'E' (MoE) layers hold nothing (LAYER_NONE).
+// Mamba-2 on the shared fields: key heads = n_groups (B, C), value heads = mamba_num_heads,
+// dk = ssm_state_size N, dv = mamba_head_dim P; its conv runs over [x | B | C].
+static void read_mamba2(Reader *r, const cJSON *pattern, ModelGeometry *g) {
+    if (!cJSON_IsString(pattern)) {
+        bad(r, "key 'hybrid_override_pattern' must be a string, got %s", json_type(pattern));
+        return;
+    }
+    const char *p = pattern->valuestring;
+    int n = (int)strlen(p);
+    if (n != g->n_layers) {
+        bad(r, "key 'hybrid_override_pattern' has %d characters but num_hidden_layers is %d", n, g->n_layers);
+        return;
+    }
+    for (int l = 0; l < n && !r->failed; l++) {
+        switch (p[l]) {
+        case 'M': g->layer_kind[l] = LAYER_LINEAR; break;
+        case '*': g->layer_kind[l] = LAYER_GLOBAL; break;
+        case '-': case 'E': g->layer_kind[l] = LAYER_NONE; break;
+        default:
+            bad(r, "key 'hybrid_override_pattern' character %d is '%c', expected 'M' (Mamba-2), '*' (attention), "
+                   "'-' (MLP) or 'E' (MoE)", l, p[l]);
+        }
+    }
+    int hv = get_required(r, "mamba_num_heads", NULL);
+    int dv = get_required(r, "mamba_head_dim", NULL);
+    int dk = get_required(r, "ssm_state_size", NULL);
+    int hk = get_required(r, "n_groups", NULL);
+    int conv = get_required(r, "conv_kernel", NULL);
+    if (!r->failed) set_linear(g, LINEAR_MAMBA2, hk, hv, dk, dv, conv);
+}
+
+// Which layers are linear, and their state dimensions. Returns with g untouched for a plain model.
+static void read_linear(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
+    static const char *gdn_keys[] = {"linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                                     "linear_value_head_dim", "linear_conv_kernel_dim"};
+    const char *gdn = NULL;
+    for (int k = 0; k < 5 && !gdn; k++)
+        if (find(r, gdn_keys[k])) gdn = gdn_keys[k];
+    const char *layouts[4] = {gdn, find(r, "linear_attn_config") ? "linear_attn_config" : NULL,
+                              find(r, "attn_type_list") ? "attn_type_list" : NULL,
+                              find(r, "hybrid_override_pattern") ? "hybrid_override_pattern" : NULL};
+    const char *first = NULL;
+    for (int k = 0; k < 4; k++) {
+        if (!layouts[k]) continue;
+        if (first) {
+            bad(r, "keys '%s' and '%s' both describe linear layers; expected one of them", first, layouts[k]);
+            return;
+        }
+        first = layouts[k];
+    }
+    int have_layer_types = find(r, "layer_types") != NULL;
+    if (have_layer_types && first && first != gdn) {
+        bad(r, "keys 'layer_types' and '%s' both say which layers are linear; expected one of them", first);
+        return;
+    }
+    if (gdn) read_gdn(r, hyb, g, have_layer_types);
+    else if (layouts[1]) read_kda(r, find(r, "linear_attn_config"), g);
+    else if (layouts[2]) read_attn_type_list(r, find(r, "attn_type_list"), g);
+    else if (layouts[3]) read_mamba2(r, find(r, "hybrid_override_pattern"), g);
+    else if (hyb && hyb->alternate_default && !have_layer_types)
+        for (int l = 0; l < g->n_layers; l++) g->layer_kind[l] = (l + 1) % 2 != 0 ? LAYER_GLOBAL : LAYER_LINEAR;
+    if (r->failed) return;
+    // Lightning (MiniMax) has no dimensions of its own: one state of head_dim x head_dim per attention head.
+    if (!first && geometry_count(g, LAYER_LINEAR) > 0) {
+        if (!hyb || hyb->linear_kind != LINEAR_LIGHTNING) {
+            bad(r, "key 'layer_types' has 'linear_attention' layers but the config gives no linear-layer sizes "
+                   "(linear_num_value_heads, linear_attn_config, ...)");
+            return;
+        }
+    }
+    if (layouts[2] || (!first && geometry_count(g, LAYER_LINEAR) > 0))
+        set_linear(g, LINEAR_LIGHTNING, g->n_heads, g->n_heads, g->head_dim, g->head_dim, 0);
+    int state_bytes = read_state_dtype_bytes(r);   // checked even where unused: a bad value is still wrong
+    if (g->linear_kind != LINEAR_NONE) g->state_dtype_bytes = state_bytes;
+}
+
+// Gated attention and partial RoPE: attn_output_gate, the Qwen3-Next family's implicit gate and
+// zero-centred q/k norm, partial_rotary_factor (top level or in rope_parameters) or MiniMax's rotary_dim.
+static void read_attention_extras(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
+    if (hyb && hyb->gated_zero_norm) {
+        g->attn_output_gate = GATE_ELEMENTWISE;   // Qwen3NextAttention: q_proj is always 2x wide
+        g->qk_norm = QK_NORM_ZERO_CENTRED;
+    } else if (get_bool(r, "attn_output_gate", 0)) {
+        g->attn_output_gate = GATE_ELEMENTWISE;
+    }
+    const cJSON *rp = find(r, "rope_parameters");
+    double f = cJSON_IsObject(rp) ? get_double(r, rp, "partial_rotary_factor", 0.0) : 0.0;
+    f = get_double(r, NULL, "partial_rotary_factor", f);
+    if (find(r, "rotary_dim") && g->head_dim > 0) {
+        int rd = get_int(r, "rotary_dim", 0);
+        if (rd <= 0 || rd > g->head_dim)
+            bad(r, "key 'rotary_dim' is %d, expected 1..head_dim (%d)", rd, g->head_dim);
+        else
+            f = (double)rd / g->head_dim;
+    }
+    if (f > 1.0) bad(r, "key 'partial_rotary_factor' is %g, expected a fraction in (0, 1]", f);
+    g->partial_rotary_factor = f;
 }
 
 // rope_theta, or transformers 5's "rope_parameters" (flat, or per layer type).
@@ -310,9 +593,12 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
         }
         r.cfg = tc;
     }
-    reject_unsupported(&r, r.cfg);
-    if (r.cfg != root) reject_unsupported(&r, root);
+    // Mamba keys are read only with Nemotron-H's layer pattern (see unsupported_prefixes).
+    int mamba_ok = is_set(find(&r, "hybrid_override_pattern"));
+    reject_unsupported(&r, r.cfg, mamba_ok);
+    if (r.cfg != root) reject_unsupported(&r, root, mamba_ok);
     const Family *fam = find_family(&r);
+    const Hybrid *hyb = find_hybrid(&r);
 
     g->n_layers = get_required(&r, "num_hidden_layers", "n_layer");
     g->d_model = get_required(&r, "hidden_size", "n_embd");
@@ -340,10 +626,13 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
     }
     g->vocab_size = get_int(&r, "vocab_size", fam ? fam->vocab_size : 0);
     g->d_ff = get_int(&r, which(&r, "intermediate_size", "n_inner"), fam ? fam->d_ff_mult * g->d_model : 0);
-    g->max_seq_len = get_int(&r, which(&r, "max_position_embeddings", "n_positions"),
-                             fam ? fam->max_position_embeddings : 0);
+    const char *mk = which(&r, "max_position_embeddings", "n_positions");
+    if (!mk) mk = which(&r, "model_max_length", NULL);   // Kimi Linear
+    g->max_seq_len = get_int(&r, mk, fam ? fam->max_position_embeddings : 0);
     read_mla_dsa(&r, g);
     read_windows(&r, fam, g);
+    read_linear(&r, hyb, g);
+    read_attention_extras(&r, hyb, g);
     read_rope(&r, fam, g);
     g->dtype_bytes = read_dtype_bytes(&r);
     set_name(g, &r, r.label, name);

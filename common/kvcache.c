@@ -9,6 +9,7 @@
 //   LAYER_LOCAL       the last sliding_window tokens: min(context, sliding_window)
 //   LAYER_LINEAR      no tokens; a fixed state: the recurrent state (state_dtype_bytes per element)
 //                     plus the short-conv state (dtype_bytes), geometry_linear_*_elems
+//   LAYER_NONE        nothing: an MLP- or MoE-only layer has no token mixer (Nemotron-H '-' and 'E')
 //   LAYER_COMPRESSED  not counted yet (DeepSeek V4 CSA/HCA: one entry per group of m tokens); asking
 //                     for it is an internal error, and the config reader rejects such configs.
 // Bytes = elements * dtype_bytes; a batch of sequences multiplies everything.
@@ -20,7 +21,7 @@ long kvcache_elems_per_token_layer(const ModelGeometry *g, int layer) {
           g->n_layers);
     int kind = g->layer_kind[layer];
     CHECK(kind != LAYER_COMPRESSED, "layer %d: compressed layers (DeepSeek V4) are not counted yet", layer);
-    if (kind == LAYER_LINEAR) return 0;
+    if (kind == LAYER_LINEAR || kind == LAYER_NONE) return 0;
     long elems = g->attn == ATTN_MLA ? (long)g->kv_lora_rank + g->qk_rope_head_dim
                                      : 2L * g->n_kv_heads * g->head_dim;
     if (g->index_n_heads > 0) elems += g->index_head_dim;   // DSA: the indexer's key, one per token
@@ -33,10 +34,17 @@ double kvcache_bytes_per_token(const ModelGeometry *g) {
     return elems * g->dtype_bytes;
 }
 
+double kvcache_state_bytes(const ModelGeometry *g) {
+    return (double)geometry_count(g, LAYER_LINEAR) * (double)geometry_linear_state_elems(g) *
+           geometry_state_dtype_bytes(g);
+}
+
+double kvcache_conv_bytes(const ModelGeometry *g) {
+    return (double)geometry_count(g, LAYER_LINEAR) * (double)geometry_linear_conv_elems(g) * g->dtype_bytes;
+}
+
 double kvcache_fixed_bytes(const ModelGeometry *g) {
-    double per_layer = (double)geometry_linear_state_elems(g) * geometry_state_dtype_bytes(g) +
-                       (double)geometry_linear_conv_elems(g) * g->dtype_bytes;
-    return (double)geometry_count(g, LAYER_LINEAR) * per_layer;
+    return kvcache_state_bytes(g) + kvcache_conv_bytes(g);
 }
 
 double kvcache_total_bytes(const ModelGeometry *g, long context, long batch) {

@@ -210,6 +210,13 @@ Test(geometry, validate_names_the_problem) {
     g = ok; g.partial_rotary_factor = 0.3; expect_invalid(&g, "partial_rotary_factor");
     g = ok; g.index_n_heads = 64; expect_invalid(&g, "index_head_dim");
     g = ok; g.dtype_bytes = 0; expect_invalid(&g, "dtype_bytes");
+    g = ok; g.layer_kind[3] = LAYER_NONE + 1; expect_invalid(&g, "unknown kind");
+    g = ok; for (int l = 0; l < 4; l++) g.layer_kind[l] = LAYER_NONE;
+    expect_invalid(&g, "MLP-only");
+    g = ok; g.layer_kind[1] = LAYER_NONE;   // one MLP-only layer: fine, and it caches nothing
+    cr_expect(geometry_validate(&g, why, sizeof why), "%s", why);
+    cr_expect_eq(kvcache_elems_per_token_layer(&g, 1), 0);
+    cr_expect_eq(kvcache_bytes_per_token(&g), 3 * 2 * 2 * 16 * 2.0);
 }
 
 // ---- the config reader -----------------------------------------------------------------------------
@@ -283,14 +290,16 @@ Test(hfconfig, bad_configs_name_file_and_key) {
 }
 
 Test(hfconfig, unsupported_families_are_errors_not_wrong_numbers) {
-    expect_parse_error("{" BASE ", \"linear_num_value_heads\": 32}",
-                       "key 'linear_num_value_heads' (linear-attention layers) is not supported yet", NULL);
+    // Linear-attention keys are read now (see the hybrid tests below); incomplete ones are errors.
+    expect_parse_error("{" BASE ", \"linear_num_value_heads\": 32}", "key 'linear_num_key_heads' is missing", NULL);
+    // 'linear_attention' layers with no sizes, in a family whose linear layer is not Lightning
     expect_parse_error("{" BASE ", \"layer_types\": [\"linear_attention\", \"linear_attention\", "
-                       "\"linear_attention\", \"full_attention\"]}", "'linear_attention'", "not supported yet");
+                       "\"linear_attention\", \"full_attention\"]}", "'layer_types'", "no linear-layer sizes");
     expect_parse_error("{" BASE ", \"compress_ratios\": [4, 128]}", "'compress_ratios'", "not supported yet");
+    // Mamba keys without Nemotron-H's pattern (Jamba, Falcon-H1, ...): the layout is unknown
     expect_parse_error("{" BASE ", \"mamba_d_state\": 128}", "'mamba_d_state'", "not supported yet");
-    expect_parse_error("{\"text_config\": {" BASE ", \"linear_attn_config\": {\"kda_layers\": [1]}}}",
-                       "'linear_attn_config'", "not supported yet");
+    expect_parse_error("{" BASE ", \"attn_layer_period\": 8}", "'attn_layer_period'", "not supported yet");
+    expect_parse_error("{" BASE ", \"layers_block_type\": [\"mamba\"]}", "'layers_block_type'", "not supported yet");
     expect_parse_error("{" BASE ", \"attention_chunk_size\": 8192}", "'attention_chunk_size'", "not supported yet");
     // harmless zeros and nulls are not "present"
     parse_ok("{" BASE ", \"num_kv_shared_layers\": 0, \"compress_ratios\": null}");
@@ -312,6 +321,210 @@ Test(hfconfig, file_errors_name_the_file) {
     cr_expect(strstr(err, path) && strstr(err, "invalid JSON at line 3"), "%s", err);
     remove(path);
     remove(dir);
+}
+
+// ---- hybrids: linear layers from real configs ---------------------------------------------------------
+
+// Each hybrid's published geometry, and its cache worked out by hand from those numbers (bf16 KV and conv
+// state, fp32 recurrent state):
+//   per token = attention layers x 2 x G x dh x 2 B      (MLA: x (d_c + d_r) x 2 B)
+//   state     = linear layers x Hv x dk x dv x 4 B
+//   conv      = linear layers x (2 Hk dk + Hv dv) x (K - 1) x 2 B
+static const struct {
+    const char *file;
+    int layers, attention, linear, mlp_only, kind, hk, hv, dk, dv, conv;
+    double per_token, state, conv_bytes;
+} hybrids[] = {
+    // Qwen3-Next-80B-A3B: 12 gated GQA layers (16q/2kv x 256) and 36 Gated DeltaNet (Hk 16, Hv 32, 128 x 128)
+    {"qwen3-next-80b-a3b.json", 48, 12, 36, 0, LINEAR_GDN, 16, 32, 128, 128, 4,
+     12 * 2 * 2 * 256 * 2.0, 36 * 32 * 128 * 128 * 4.0, 36 * (2 * 16 * 128 + 32 * 128) * 3 * 2.0},
+    // Qwen3.5-9B: 8 gated GQA layers (16q/4kv x 256), 24 Gated DeltaNet with Qwen3-Next's sizes
+    {"qwen3.5-9b.json", 32, 8, 24, 0, LINEAR_GDN, 16, 32, 128, 128, 4,
+     8 * 2 * 4 * 256 * 2.0, 24 * 32 * 128 * 128 * 4.0, 24 * (2 * 16 * 128 + 32 * 128) * 3 * 2.0},
+    // Kimi Linear 48B: 7 MLA layers (512 + 64), 20 KDA (32 heads x 128, conv 4 on q, k, v)
+    {"kimi-linear-48b-a3b.json", 27, 7, 20, 0, LINEAR_KDA, 32, 32, 128, 128, 4,
+     7 * (512 + 64) * 2.0, 20 * 32 * 128 * 128 * 4.0, 20 * (3 * 32 * 128) * 3 * 2.0},
+    // MiniMax-Text-01: 10 softmax layers (64q/8kv x 128), 70 lightning (64 heads, 128 x 128 state, no conv)
+    {"minimax-text-01.json", 80, 10, 70, 0, LINEAR_LIGHTNING, 64, 64, 128, 128, 0,
+     10 * 2 * 8 * 128 * 2.0, 70 * 64 * 128 * 128 * 4.0, 0},
+    // Nemotron 3 Nano: 6 GQA (32q/2kv x 128), 23 Mamba-2 (64 heads x 64, N 128, 8 groups), 23 MoE-only
+    {"nemotron-3-nano-30b-a3b.json", 52, 6, 23, 23, LINEAR_MAMBA2, 8, 64, 128, 64, 4,
+     6 * 2 * 2 * 128 * 2.0, 23 * 64 * 128 * 64 * 4.0, 23 * (2 * 8 * 128 + 64 * 64) * 3 * 2.0},
+};
+
+Test(hybrid, published_configs_parse_to_published_numbers) {
+    for (size_t i = 0; i < sizeof hybrids / sizeof hybrids[0]; i++) {
+        const char *f = hybrids[i].file;
+        ModelGeometry g = load_config(f);
+        cr_expect_eq(g.n_layers, hybrids[i].layers, "%s layers", f);
+        cr_expect_eq(geometry_count(&g, LAYER_GLOBAL), hybrids[i].attention, "%s attention layers", f);
+        cr_expect_eq(geometry_count(&g, LAYER_LINEAR), hybrids[i].linear, "%s linear layers", f);
+        cr_expect_eq(geometry_count(&g, LAYER_NONE), hybrids[i].mlp_only, "%s MLP-only layers", f);
+        cr_expect_eq(g.linear_kind, hybrids[i].kind, "%s linear kind", f);
+        cr_expect_eq(g.linear_num_key_heads, hybrids[i].hk, "%s Hk", f);
+        cr_expect_eq(g.linear_num_value_heads, hybrids[i].hv, "%s Hv", f);
+        cr_expect_eq(g.linear_key_head_dim, hybrids[i].dk, "%s dk", f);
+        cr_expect_eq(g.linear_value_head_dim, hybrids[i].dv, "%s dv", f);
+        cr_expect_eq(g.linear_conv_kernel_dim, hybrids[i].conv, "%s conv", f);
+        cr_expect_eq(g.dtype_bytes, 2, "%s is bf16", f);
+        cr_expect_eq(geometry_state_dtype_bytes(&g), 4, "%s state is fp32", f);
+        cr_expect_eq(kvcache_bytes_per_token(&g), hybrids[i].per_token, "%s: %.0f B/token, expected %.0f", f,
+                     kvcache_bytes_per_token(&g), hybrids[i].per_token);
+        cr_expect_eq(kvcache_state_bytes(&g), hybrids[i].state, "%s: state %.0f, expected %.0f", f,
+                     kvcache_state_bytes(&g), hybrids[i].state);
+        cr_expect_eq(kvcache_conv_bytes(&g), hybrids[i].conv_bytes, "%s: conv %.0f, expected %.0f", f,
+                     kvcache_conv_bytes(&g), hybrids[i].conv_bytes);
+        cr_expect_eq(kvcache_fixed_bytes(&g), hybrids[i].state + hybrids[i].conv_bytes, "%s fixed", f);
+        // the fixed state is paid once per sequence, on top of the growing part
+        cr_expect_eq(kvcache_total_bytes(&g, 1000, 2),
+                     2 * (1000 * hybrids[i].per_token + hybrids[i].state + hybrids[i].conv_bytes), "%s total", f);
+    }
+}
+
+Test(hybrid, layer_placement_and_attention_details) {
+    // Qwen3-Next: full_attention_interval 4, so layers 3, 7, ..., 47 are gated attention
+    ModelGeometry g = load_config("qwen3-next-80b-a3b.json");
+    cr_expect(g.layer_kind[0] == LAYER_LINEAR && g.layer_kind[2] == LAYER_LINEAR && g.layer_kind[3] == LAYER_GLOBAL &&
+              g.layer_kind[47] == LAYER_GLOBAL);
+    cr_expect_eq(g.attn_output_gate, GATE_ELEMENTWISE);   // implicit: q_proj is always 2x wide
+    cr_expect_eq(g.qk_norm, QK_NORM_ZERO_CENTRED);
+    cr_expect_eq(geometry_rotary_fraction(&g), 0.25);    // 64 of 256 dims rotate
+    cr_expect_str_eq(geometry_linear_name(&g), "Gated DeltaNet");
+    // Qwen3.5: nested text_config, explicit layer_types, partial_rotary_factor inside rope_parameters
+    g = load_config("qwen3.5-9b.json");
+    cr_expect(g.layer_kind[3] == LAYER_GLOBAL && g.layer_kind[4] == LAYER_LINEAR && g.layer_kind[31] == LAYER_GLOBAL);
+    cr_expect_eq(g.attn_output_gate, GATE_ELEMENTWISE);
+    cr_expect_eq(geometry_rotary_fraction(&g), 0.25);
+    cr_expect_eq(g.rope_theta, 1e7);
+    // Kimi Linear: full_attn_layers [4, 8, ..., 24, 27] are 1-based, so 0-based layers 3, ..., 23, 26 are MLA
+    g = load_config("kimi-linear-48b-a3b.json");
+    cr_expect_str_eq(geometry_attn_name(&g), "MLA");
+    cr_expect(g.layer_kind[3] == LAYER_GLOBAL && g.layer_kind[23] == LAYER_GLOBAL && g.layer_kind[26] == LAYER_GLOBAL);
+    cr_expect(g.layer_kind[0] == LAYER_LINEAR && g.layer_kind[24] == LAYER_LINEAR && g.layer_kind[25] == LAYER_LINEAR);
+    cr_expect_eq(g.max_seq_len, 1048576);   // model_max_length
+    // MiniMax-Text-01: attn_type_list 0 = lightning, 1 = softmax; RoPE on rotary_dim 64 of 128
+    g = load_config("minimax-text-01.json");
+    cr_expect(g.layer_kind[6] == LAYER_LINEAR && g.layer_kind[7] == LAYER_GLOBAL && g.layer_kind[79] == LAYER_GLOBAL);
+    cr_expect_eq(geometry_rotary_fraction(&g), 0.5);
+    // Nemotron 3 Nano: "MEMEM*E..." -> layer 0 Mamba-2, 1 MoE-only, 5 attention
+    g = load_config("nemotron-3-nano-30b-a3b.json");
+    cr_expect(g.layer_kind[0] == LAYER_LINEAR && g.layer_kind[1] == LAYER_NONE && g.layer_kind[5] == LAYER_GLOBAL);
+    cr_expect_eq(g.attn_output_gate, GATE_NONE);
+}
+
+// Kimi Linear's claim (README / tech report): "reducing KV cache usage by up to 75%" at 1M context,
+// against the same model with MLA in every layer ("full MLA"). Compared here: Kimi Linear's whole cache at
+// 1048576 tokens (7 MLA layers x 576 x 2 B per token, plus the fixed KDA state of 43417600 B) against
+// the all-MLA version of the same geometry (27 MLA layers, no fixed state):
+//   Kimi Linear:  7 x 576 x 2 x 1048576 + 43417600 = 8499134464 B  (7.92 GiB)
+//   all MLA:     27 x 576 x 2 x 1048576             = 32614907904 B (30.4 GiB)
+//   ratio 0.26059, i.e. 73.9% smaller. Not quite 75% because 7 of 27 layers are MLA (the 3:1 hybrid
+//   rounds to 20:7) and the KDA state adds 0.13% at 1M; "up to 75%" is the 3:1 ratio's limit.
+Test(hybrid, kimi_linear_kv_is_about_75_percent_smaller_than_all_mla_at_1m) {
+    ModelGeometry kimi = load_config("kimi-linear-48b-a3b.json"), mla;
+    geometry_all_attention(&kimi, &mla);
+    char why[256];
+    cr_assert(geometry_validate(&mla, why, sizeof why), "%s", why);
+    cr_expect_eq(geometry_count(&mla, LAYER_GLOBAL), 27);
+    cr_expect_eq(kvcache_fixed_bytes(&mla), 0.0);
+    double ours = kvcache_total_bytes(&kimi, 1048576, 1), full = kvcache_total_bytes(&mla, 1048576, 1);
+    cr_expect_eq(ours, 7.0 * 576 * 2 * 1048576 + 43417600.0);
+    cr_expect_eq(full, 27.0 * 576 * 2 * 1048576);
+    double saved = 1.0 - ours / full;
+    cr_expect(saved > 0.7393 && saved < 0.7395, "Kimi Linear saves %.4f of the all-MLA cache at 1M", saved);
+    cr_expect(saved < 0.75, "cannot beat the 3:1 limit with 7 MLA layers of 27");
+}
+
+Test(hybrid, all_attention_version_replaces_linear_layers_only) {
+    ModelGeometry g = load_config("nemotron-3-nano-30b-a3b.json"), a;
+    geometry_all_attention(&g, &a);
+    cr_expect_eq(geometry_count(&a, LAYER_GLOBAL), 29);   // 6 attention + 23 former Mamba-2
+    cr_expect_eq(geometry_count(&a, LAYER_NONE), 23);     // MoE-only layers stay
+    cr_expect_eq(geometry_count(&a, LAYER_LINEAR), 0);
+    cr_expect_eq(a.linear_kind, LINEAR_NONE);
+    cr_expect_eq(kvcache_bytes_per_token(&a), 29 * 2 * 2 * 128 * 2.0);
+    cr_expect_eq(kvcache_fixed_bytes(&a), 0.0);
+    cr_expect_str_eq(a.name, "nemotron-3-nano-30b-a3b (all attention)");
+    // in place
+    geometry_all_attention(&g, &g);
+    cr_expect_eq(geometry_count(&g, LAYER_GLOBAL), 29);
+    // a plain model is its own all-attention version, bytes-wise
+    ModelGeometry l = load_config("llama3-8b.json");
+    geometry_all_attention(&l, &a);
+    cr_expect_eq(kvcache_bytes_per_token(&a), kvcache_bytes_per_token(&l));
+}
+
+Test(hybrid, small_configs_of_each_layout) {
+    // Qwen-style with only full_attention_interval (no layer_types): layer l is full iff (l+1) % 2 == 0
+    ModelGeometry g = parse_ok("{" BASE ", \"full_attention_interval\": 2, \"linear_num_key_heads\": 2,"
+                               "\"linear_num_value_heads\": 4, \"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8,"
+                               "\"linear_conv_kernel_dim\": 4, \"mamba_ssm_dtype\": \"bfloat16\"}");
+    cr_expect(g.layer_kind[0] == LAYER_LINEAR && g.layer_kind[1] == LAYER_GLOBAL && g.layer_kind[3] == LAYER_GLOBAL);
+    cr_expect_eq(g.state_dtype_bytes, 2);   // mamba_ssm_dtype
+    cr_expect_eq(kvcache_state_bytes(&g), 2 * 4 * 8 * 8 * 2.0);
+    cr_expect_eq(g.attn_output_gate, GATE_NONE);   // not a Qwen3-Next model type, no attn_output_gate
+    // qwen3_next without layer_types or interval: Qwen3NextConfig's default interval 4
+    g = parse_ok("{" BASE ", \"model_type\": \"qwen3_next\", \"linear_num_key_heads\": 2, \"linear_num_value_heads\": 4,"
+                 "\"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8, \"linear_conv_kernel_dim\": 4}");
+    cr_expect(g.layer_kind[2] == LAYER_LINEAR && g.layer_kind[3] == LAYER_GLOBAL);
+    // transformers' MiniMax with layer_types: lightning, sizes from the attention heads
+    g = parse_ok("{" BASE ", \"model_type\": \"minimax\", \"layer_types\": [\"linear_attention\", \"full_attention\","
+                 "\"linear_attention\", \"full_attention\"]}");
+    cr_expect_eq(g.linear_kind, LINEAR_LIGHTNING);
+    cr_expect_eq(kvcache_fixed_bytes(&g), 2 * 4 * 16 * 16 * 4.0);
+    // ... and without: MiniMaxConfig alternates, starting with full attention
+    g = parse_ok("{" BASE ", \"model_type\": \"minimax\"}");
+    cr_expect(g.layer_kind[0] == LAYER_GLOBAL && g.layer_kind[1] == LAYER_LINEAR);
+    // attn_output_gate on another family
+    g = parse_ok("{" BASE ", \"attn_output_gate\": true, \"partial_rotary_factor\": 0.5}");
+    cr_expect_eq(g.attn_output_gate, GATE_ELEMENTWISE);
+    cr_expect_eq(geometry_rotary_fraction(&g), 0.5);
+}
+
+#define MAMBA "\"mamba_num_heads\": 4, \"mamba_head_dim\": 8, \"ssm_state_size\": 16, \"n_groups\": 2, \"conv_kernel\": 4"
+#define KDA(lists) "\"linear_attn_config\": {\"num_heads\": 4, \"head_dim\": 16, \"short_conv_kernel_size\": 4, " lists "}"
+
+Test(hybrid, bad_hybrid_configs_name_the_key) {
+    // wrong types
+    expect_parse_error("{" BASE ", \"hybrid_override_pattern\": 5, " MAMBA "}", "'hybrid_override_pattern'", "string");
+    expect_parse_error("{" BASE ", \"linear_attn_config\": [1, 2]}", "'linear_attn_config'", "object");
+    expect_parse_error("{" BASE ", \"attn_type_list\": \"0001\"}", "'attn_type_list'", "array");
+    expect_parse_error("{" BASE ", " KDA("\"kda_layers\": [1, \"2\"]") "}", "'linear_attn_config.kda_layers'", "entry 1");
+    expect_parse_error("{" BASE ", \"linear_attn_config\": {\"num_heads\": \"32\", \"head_dim\": 16, "
+                       "\"short_conv_kernel_size\": 4, \"kda_layers\": [1]}}", "'linear_attn_config.num_heads'", "integer");
+    expect_parse_error("{" BASE ", \"full_attention_interval\": 2, \"linear_num_key_heads\": 2.5, "
+                       "\"linear_num_value_heads\": 4, \"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8, "
+                       "\"linear_conv_kernel_dim\": 4}", "'linear_num_key_heads'", "2.5");
+    expect_parse_error("{" BASE ", \"mamba_ssm_dtype\": \"int8\"}", "'mamba_ssm_dtype'", "int8");
+    // pattern length and characters
+    expect_parse_error("{" BASE ", \"hybrid_override_pattern\": \"M*M\", " MAMBA "}", "'hybrid_override_pattern'",
+                       "3 characters but num_hidden_layers is 4");
+    expect_parse_error("{" BASE ", \"hybrid_override_pattern\": \"M*MX\", " MAMBA "}", "character 3 is 'X'", NULL);
+    expect_parse_error("{" BASE ", \"hybrid_override_pattern\": \"M*M-\"}", "'mamba_num_heads' is missing", NULL);
+    expect_parse_error("{" BASE ", \"attn_type_list\": [0, 0, 1]}", "'attn_type_list' has 3 entries", NULL);
+    expect_parse_error("{" BASE ", \"attn_type_list\": [0, 0, 2, 1]}", "'attn_type_list' entry 2 is 2", NULL);
+    // KDA layer numbers are 1-based: 0 and 5 are out of range for 4 layers; a layer cannot be both
+    expect_parse_error("{" BASE ", " KDA("\"kda_layers\": [1, 2, 5]") "}", "'linear_attn_config.kda_layers'",
+                       "is 5, out of range");
+    expect_parse_error("{" BASE ", " KDA("\"kda_layers\": [0, 1]") "}", "'linear_attn_config.kda_layers'", "is 0");
+    expect_parse_error("{" BASE ", " KDA("\"kda_layers\": [1, 2, 3], \"full_attn_layers\": [3, 4]") "}",
+                       "'linear_attn_config.full_attn_layers' lists layer 3", "already listed");
+    expect_parse_error("{" BASE ", \"linear_attn_config\": {\"num_heads\": 4, \"short_conv_kernel_size\": 4, "
+                       "\"kda_layers\": [1]}}", "'linear_attn_config.head_dim' is missing", NULL);
+    // two layouts at once, or a layout next to layer_types
+    expect_parse_error("{" BASE ", \"attn_type_list\": [0, 0, 0, 1], \"hybrid_override_pattern\": \"MMM*\", " MAMBA "}",
+                       "'attn_type_list' and 'hybrid_override_pattern'", NULL);
+    expect_parse_error("{" BASE ", \"attn_type_list\": [0, 0, 0, 1], \"layer_types\": [\"full_attention\", "
+                       "\"full_attention\", \"full_attention\", \"full_attention\"]}", "'layer_types' and 'attn_type_list'",
+                       NULL);
+    // Qwen-style sizes but no way to tell which layers are linear
+    expect_parse_error("{" BASE ", \"linear_num_key_heads\": 2, \"linear_num_value_heads\": 4, \"linear_key_head_dim\": 8,"
+                       "\"linear_value_head_dim\": 8, \"linear_conv_kernel_dim\": 4}", "'full_attention_interval'", NULL);
+    expect_parse_error("{" BASE ", \"rotary_dim\": 40}", "'rotary_dim' is 40", NULL);
+    // Value heads must group over key heads, like GQA (geometry_validate, through the reader)
+    expect_parse_error("{" BASE ", \"full_attention_interval\": 2, \"linear_num_key_heads\": 3, "
+                       "\"linear_num_value_heads\": 4, \"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8, "
+                       "\"linear_conv_kernel_dim\": 4}", "linear_num_value_heads (4) is not divisible", NULL);
 }
 
 // ---- the kvcache tool ---------------------------------------------------------------------------
@@ -344,13 +557,13 @@ Test(kvcache_tool, bad_flags_and_configs_exit_2_with_one_line) {
     // a config of an unsupported family, written to a temp file
     char dir[256], path[512];
     test_tmpdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/qwen3-next.json", dir);
+    snprintf(path, sizeof path, "%s/deepseek-v4.json", dir);
     FILE *f = fopen(path, "w");
     cr_assert(f);
-    fputs("{" BASE ", \"full_attention_interval\": 4, \"linear_num_value_heads\": 32}", f);
+    fputs("{" BASE ", \"compress_ratios\": [4, 128, 4, 128]}", f);
     fclose(f);
     snprintf(args, sizeof args, "%s %s", cfg, path);
-    expect_tool_error(args, "qwen3-next.json: key 'linear_num_value_heads' (linear-attention layers)");
+    expect_tool_error(args, "deepseek-v4.json: key 'compress_ratios' (compressed-attention layers)");
     remove(path);
     remove(dir);
 }
@@ -394,4 +607,35 @@ Test(kvcache_tool, table_json_and_plot) {
     cr_expect_eq(test_count_files(dir), 1, "expected only kv.svg in %s", dir);
     remove(svg);
     remove(dir);
+}
+
+Test(kvcache_tool, hybrids_print_the_fixed_state_apart) {
+    char out[16384];
+    int rc = test_run(out, sizeof out, "kvcache",
+                      "data/configs/qwen3-next-80b-a3b.json data/configs/minimax-text-01.json --context 1000");
+    cr_assert_eq(rc, 0, "%s", out);
+    // 36 x 32 x 128 x 128 x 4 B = 72 MiB fp32 state; 36 x 8192 x 3 x 2 B = 1.69 MiB bf16 conv state
+    cr_expect(strstr(out, "qwen3-next-80b-a3b: fixed state: 73.7 MiB (recurrent state fp32 72.0 MiB + conv state "
+                          "16-bit 1.69 MiB) in 36 Gated DeltaNet layers"), "%s", out);
+    cr_expect(strstr(out, "minimax-text-01: fixed state: 280 MiB (recurrent state fp32 280 MiB + no conv state)"),
+              "%s", out);
+    cr_expect(strstr(out, "48 (12/0, 36 linear)") && strstr(out, "gated + Gated DeltaNet"), "%s", out);
+    // total at 1000 tokens = 1000 x 24576 + 77266944
+    cr_expect(strstr(out, "(101842944 B)"), "%s", out);
+
+    rc = test_run(out, sizeof out, "kvcache", "data/configs/nemotron-3-nano-30b-a3b.json --json --dtype fp16");
+    cr_assert_eq(rc, 0, "%s", out);
+    cJSON *arr = cJSON_Parse(out);
+    cr_assert(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 1, "not a JSON array of 1: %s", out);
+    cJSON *o = cJSON_GetArrayItem(arr, 0);
+    cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "linear_kind")), "Mamba-2");
+    cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "mlp_only_layers")), 23);
+    cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "recurrent_state_bytes")), 23 * 64 * 128 * 64 * 4.0);
+    cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "conv_state_bytes")), 23 * 6144 * 3 * 2.0);
+    cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "kv_bytes_per_token")), 6 * 2 * 2 * 128 * 2.0);
+    cJSON_Delete(arr);
+
+    rc = test_run(out, sizeof out, "kvcache", "--help");
+    cr_expect_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, "fixed state"), "--help does not mention the fixed state: %s", out);
 }

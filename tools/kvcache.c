@@ -5,7 +5,11 @@
 // One row per model: layers (global / local), attention kind, KV bytes per token across all layers,
 // fixed state (linear layers), and the total for --batch sequences of --context tokens. Sliding-window
 // layers hold min(context, W) tokens, which is why a windowed model's total grows slower than
-// "bytes per token x context". --json prints the same numbers as JSON; --plot draws total vs context.
+// "bytes per token x context". Hybrids (Qwen3-Next, Kimi Linear, MiniMax-01, Nemotron-H) keep two
+// things apart: the KV bytes per token of their attention layers, which grow with context, and the fixed
+// state of their linear layers (recurrent state, fp32 unless the config says otherwise, plus the short-conv
+// state in the cache dtype), which does not; a line under the table splits the fixed state.
+// --json prints the same numbers as JSON; --plot draws total vs context.
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +31,8 @@ typedef struct {
     const char *path;
     ModelGeometry g;
     char dtype[24];          // "bf16" (from --dtype) or "fp32 (config)"
-    double per_token, fixed, total;
+    char conv_dtype[16];     // the cache dtype's short name: "bf16" (from --dtype), "16-bit" (config)
+    double per_token, fixed, state, conv, total;
 } Model;
 
 // "128K" for 131072, "1M" for 1048576, else the plain number.
@@ -46,16 +51,26 @@ static void describe_attention(char *buf, size_t cap, const ModelGeometry *g) {
     else
         n = snprintf(buf, cap, "%s %dq/%dkv x %d", geometry_attn_name(g), g->n_heads, g->n_kv_heads, g->head_dim);
     if (g->index_n_heads > 0 && n >= 0 && (size_t)n < cap)
-        snprintf(buf + n, cap - (size_t)n, ", DSA key %d", g->index_head_dim);
+        n += snprintf(buf + n, cap - (size_t)n, ", DSA key %d", g->index_head_dim);
+    if (g->attn_output_gate != GATE_NONE && n >= 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, ", gated");
+    if (g->linear_kind != LINEAR_NONE && n >= 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, " + %s", geometry_linear_name(g));
+}
+
+// "fp32", "bf16", "fp8" or "16-bit" for an element size in bytes; `sixteen` names 2 bytes.
+static const char *dtype_short(int bytes, const char *sixteen) {
+    return bytes == 4 ? "fp32" : bytes == 1 ? "fp8" : bytes == 2 ? sixteen : "?";
 }
 
 // "32 (32/0)", "62 (10/52, W 1024)", plus linear layers when there are any.
 static void describe_layers(char *buf, size_t cap, const ModelGeometry *g) {
     int n_global = geometry_count(g, LAYER_GLOBAL), n_local = geometry_count(g, LAYER_LOCAL);
-    int n_linear = geometry_count(g, LAYER_LINEAR);
+    int n_linear = geometry_count(g, LAYER_LINEAR), n_none = geometry_count(g, LAYER_NONE);
     int n = snprintf(buf, cap, "%d (%d/%d", g->n_layers, n_global, n_local);
     if (n_local > 0 && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", W %d", g->sliding_window);
     if (n_linear > 0 && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", %d linear", n_linear);
+    if (n_none > 0 && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", %d MLP-only", n_none);
     if (n >= 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, ")");
 }
 
@@ -104,6 +119,18 @@ static void print_table(const Model *m, int n, long context, long batch) {
     }
     printf("(local layers hold min(context, W) tokens; K = 1024 tokens; KiB, MiB, GiB are powers of 2)\n");
     if (beyond) printf("* the context is longer than the model's max_position_embeddings\n");
+    for (int i = 0; i < n; i++) {
+        const ModelGeometry *g = &m[i].g;
+        if (m[i].fixed <= 0) continue;
+        char a[32], b[32], c[48] = "no conv state";
+        if (g->linear_conv_kernel_dim > 0) {
+            char h[24];
+            snprintf(c, sizeof c, "conv state %s %s", m[i].conv_dtype, fmt_bytes(h, sizeof h, m[i].conv));
+        }
+        printf("%s: fixed state: %s (recurrent state %s %s + %s) in %d %s layers, per sequence\n", g->name,
+               fmt_bytes(a, sizeof a, m[i].fixed), dtype_short(geometry_state_dtype_bytes(g), "16-bit"),
+               fmt_bytes(b, sizeof b, m[i].state), c, geometry_count(g, LAYER_LINEAR), geometry_linear_name(g));
+    }
     free(cells);
 }
 
@@ -121,6 +148,7 @@ static void print_json(const Model *m, int n, long context, long batch) {
         cJSON_AddNumberToObject(o, "global_layers", geometry_count(g, LAYER_GLOBAL));
         cJSON_AddNumberToObject(o, "local_layers", geometry_count(g, LAYER_LOCAL));
         cJSON_AddNumberToObject(o, "linear_layers", geometry_count(g, LAYER_LINEAR));
+        cJSON_AddNumberToObject(o, "mlp_only_layers", geometry_count(g, LAYER_NONE));
         cJSON_AddNumberToObject(o, "sliding_window", g->sliding_window);
         cJSON_AddStringToObject(o, "attention", geometry_attn_name(g));
         cJSON_AddNumberToObject(o, "num_attention_heads", g->n_heads);
@@ -135,6 +163,17 @@ static void print_json(const Model *m, int n, long context, long batch) {
         cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
         cJSON_AddNumberToObject(o, "kv_bytes_per_token", m[i].per_token);
         cJSON_AddNumberToObject(o, "fixed_state_bytes", m[i].fixed);
+        if (g->linear_kind != LINEAR_NONE) {
+            cJSON_AddStringToObject(o, "linear_kind", geometry_linear_name(g));
+            cJSON_AddNumberToObject(o, "linear_num_key_heads", g->linear_num_key_heads);
+            cJSON_AddNumberToObject(o, "linear_num_value_heads", g->linear_num_value_heads);
+            cJSON_AddNumberToObject(o, "linear_key_head_dim", g->linear_key_head_dim);
+            cJSON_AddNumberToObject(o, "linear_value_head_dim", g->linear_value_head_dim);
+            cJSON_AddNumberToObject(o, "linear_conv_kernel_dim", g->linear_conv_kernel_dim);
+            cJSON_AddNumberToObject(o, "recurrent_state_bytes", m[i].state);
+            cJSON_AddNumberToObject(o, "state_dtype_bytes", geometry_state_dtype_bytes(g));
+            cJSON_AddNumberToObject(o, "conv_state_bytes", m[i].conv);
+        }
         cJSON_AddNumberToObject(o, "context", (double)context);
         cJSON_AddNumberToObject(o, "batch", (double)batch);
         cJSON_AddNumberToObject(o, "total_bytes", m[i].total);
@@ -150,6 +189,7 @@ static void print_json(const Model *m, int n, long context, long batch) {
 
 // The palette colour of a model's curve: the mechanism that shapes it (indexer, then window, then kind).
 static int model_color(const ModelGeometry *g) {
+    if (geometry_count(g, LAYER_LINEAR) > 0) return COLOR_LINEAR;
     if (g->index_n_heads > 0) return COLOR_DSA;
     if (geometry_count(g, LAYER_LOCAL) > 0) return COLOR_SWA;
     if (g->attn == ATTN_MLA) return COLOR_MLA;
@@ -181,19 +221,26 @@ static void draw_plot(const Model *m, int n, const char *file, long batch, const
     PlotSeries *series = callocCheck((size_t)n, sizeof *series);
     int used[COLOR_COUNT] = {0};
     for (int i = 0; i < n; i++) {
-        char a[64], b[32];
+        char a[64], b[32], c[32] = "";
         for (int p = 0; p < NPTS; p++) ys[i][p] = kvcache_total_bytes(&m[i].g, (long)xs[p], batch);
         describe_attention(a, sizeof a, &m[i].g);
-        snprintf(labels[i], sizeof labels[i], "%s (%s%s): %s/token", m[i].g.name, a,
-                 geometry_count(&m[i].g, LAYER_LOCAL) ? ", SWA" : "", fmt_bytes(b, sizeof b, m[i].per_token));
+        if (m[i].fixed > 0) {   // hybrids: the flat part of the curve at short context
+            char f[24];
+            snprintf(c, sizeof c, " + %s state", fmt_bytes(f, sizeof f, m[i].fixed));
+        }
+        snprintf(labels[i], sizeof labels[i], "%s (%s%s): %s/token%s", m[i].g.name, a,
+                 geometry_count(&m[i].g, LAYER_LOCAL) ? ", SWA" : "", fmt_bytes(b, sizeof b, m[i].per_token), c);
         int color = model_color(&m[i].g);
+        // a colour's third curve (five hybrids, say) takes a palette colour nobody uses yet
+        for (int k = 0; used[color] >= 2 && k < COLOR_COUNT; k++)
+            if (used[k] == 0) color = k;
         // the same colour twice: tell the curves apart by dashes
         series[i] = (PlotSeries){.label = labels[i], .x = xs, .y = ys[i], .n = NPTS, .color = color,
                                  .dashed = used[color]++ % 2 == 1};
     }
-    char subtitle[160];
-    snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens",
-             batch, dtype_label);
+    char subtitle[224];
+    snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens; "
+             "linear layers hold a fixed state", batch, dtype_label);
     LineChart c = {
         .title = "KV cache memory vs context length",
         .subtitle = subtitle,
@@ -228,7 +275,10 @@ int main(int argc, char **argv) {
     };
     CliSpec spec = {
         .prog = "kvcache",
-        .summary = "KV-cache memory of models from their Hugging Face config.json files.",
+        .summary = "KV-cache memory of models from their Hugging Face config.json files. Hybrids with linear "
+                   "layers (Gated DeltaNet, KDA, Lightning, Mamba-2) also hold a fixed state per sequence: "
+                   "printed apart as 'fixed state: X (recurrent state fp32 Y + conv state Z)' and added to "
+                   "the total.",
         .usage_extra = "example:\n  ./kvcache data/configs/llama3-8b.json data/configs/gemma3-27b.json --context 32768 "
                        "--plot kv.svg",
         .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
@@ -253,8 +303,12 @@ int main(int argc, char **argv) {
             int b = m[i].g.dtype_bytes;
             snprintf(m[i].dtype, sizeof m[i].dtype, "%s (config)", b == 4 ? "fp32" : b == 1 ? "fp8" : "16-bit");
         }
+        snprintf(m[i].conv_dtype, sizeof m[i].conv_dtype, "%s",
+                 dtype >= 0 ? dtype_names[dtype] : dtype_short(m[i].g.dtype_bytes, "16-bit"));
         m[i].per_token = kvcache_bytes_per_token(&m[i].g);
         m[i].fixed = kvcache_fixed_bytes(&m[i].g);
+        m[i].state = kvcache_state_bytes(&m[i].g);
+        m[i].conv = kvcache_conv_bytes(&m[i].g);
         m[i].total = kvcache_total_bytes(&m[i].g, context, batch);
     }
     if (plot) draw_plot(m, a.n_pos, plot, batch, dtype >= 0 ? dtype_names[dtype] : "each config's torch_dtype");
