@@ -1,0 +1,859 @@
+// gdn.c: Gated DeltaNet: the delta-rule core (recurrent and chunked forms, backward through time), the
+// layer pieces KDA shares, and the "gdn" mixer (forward, backward, decode, cache, mixing matrix).
+//
+// Dims throughout: d = d_model, Hk key heads, Hv value heads, dk, dv head dims, K conv kernel,
+// Cc = 2*Hk*dk + Hv*dv conv channels, N = B*T rows.
+#include "09_gdn/gdn.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "09_gdn/shortconv.h"
+#include "check.h"
+#include "mathx.h"
+#include "rng.h"
+
+// ================================================================================================
+// The delta-rule core
+// ================================================================================================
+
+// One value head of one sequence: where its token-0 inputs start (strides come from DeltaDims).
+typedef struct {
+    const float *q, *k, *v, *beta, *g;
+    float *o;
+} HeadSeq;
+
+static HeadSeq head_seq(const float *q, const float *k, const float *v, const float *beta, const float *g,
+                        float *o, const DeltaDims *z, int b, int h) {
+    int kh = h / (z->Hv / z->Hk);   // the key head this value head reads
+    size_t r0 = (size_t)b * z->T;   // row of token 0
+    return (HeadSeq){
+        .q = q + r0 * z->qk_stride + (size_t)kh * z->dk,
+        .k = k + r0 * z->qk_stride + (size_t)kh * z->dk,
+        .v = v + r0 * z->v_stride + (size_t)h * z->dv,
+        .beta = beta + r0 * z->Hv + h,
+        .g = g + (r0 * z->Hv + h) * z->g_dim,
+        .o = o ? o + r0 * z->Hv * z->dv + (size_t)h * z->dv : NULL,
+    };
+}
+
+static void check_dims(const DeltaDims *z) {
+    CHECK(z->B > 0 && z->T > 0 && z->Hk > 0 && z->Hv > 0 && z->Hv % z->Hk == 0 && z->dk > 0 && z->dv > 0 &&
+              (z->g_dim == 1 || z->g_dim == z->dk),
+          "delta rule: impossible dims B %d T %d Hk %d Hv %d dk %d dv %d g_dim %d", z->B, z->T, z->Hk, z->Hv, z->dk,
+          z->dv, z->g_dim);
+}
+
+// One token of the recurrence on S (dk, dv); kv (dv) scratch receives v - S'^T k (S' the decayed state),
+// o (dv) the output. Shared by the recurrent form, decode and the backward's recompute.
+static void token_step(float *o, float *S, float *r, const float *q, const float *k, const float *v, float beta,
+                       const float *g, int g_dim, int dk, int dv) {
+    for (int c = 0; c < dk; c++) {
+        float a = expf(g[g_dim == 1 ? 0 : c]);
+        for (int e = 0; e < dv; e++) S[(size_t)c * dv + e] *= a;
+    }
+    for (int e = 0; e < dv; e++) r[e] = v[e];
+    for (int c = 0; c < dk; c++)
+        for (int e = 0; e < dv; e++) r[e] -= S[(size_t)c * dv + e] * k[c];   // r = v - S^T k
+    for (int c = 0; c < dk; c++)
+        for (int e = 0; e < dv; e++) S[(size_t)c * dv + e] += k[c] * (beta * r[e]);   // S += k u^T
+    if (!o) return;
+    for (int e = 0; e < dv; e++) o[e] = 0.0f;
+    for (int c = 0; c < dk; c++)
+        for (int e = 0; e < dv; e++) o[e] += S[(size_t)c * dv + e] * q[c];    // o = S^T q
+}
+
+void delta_rule_recurrent(float *o, float *S, const float *q, const float *k, const float *v, const float *beta,
+                          const float *g, const DeltaDims *z) {
+    check_dims(z);
+    size_t SS = (size_t)z->dk * z->dv;
+    #pragma omp parallel
+    {
+        float *Sl = S ? NULL : mallocCheck(sizeof(float) * SS);
+        float *r = mallocCheck(sizeof(float) * (size_t)z->dv);
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < z->B; b++)
+            for (int h = 0; h < z->Hv; h++) {
+                HeadSeq s = head_seq(q, k, v, beta, g, o, z, b, h);
+                float *Sh = S ? S + ((size_t)b * z->Hv + h) * SS : Sl;
+                if (!S) memset(Sh, 0, sizeof(float) * SS);
+                for (int t = 0; t < z->T; t++)
+                    token_step(s.o + (size_t)t * z->Hv * z->dv, Sh, r, s.q + (size_t)t * z->qk_stride,
+                               s.k + (size_t)t * z->qk_stride, s.v + (size_t)t * z->v_stride, s.beta[(size_t)t * z->Hv],
+                               s.g + (size_t)t * z->Hv * z->g_dim, z->g_dim, z->dk, z->dv);
+            }
+        free(Sl);
+        free(r);
+    }
+}
+
+int delta_rule_n_chunks(int T, int C) { return (T + C - 1) / C; }
+
+// sum_c a[c] b[c] exp(Gi[c] - Gj[c]): a decayed dot product. With one decay per head (g_dim 1) the
+// exponential is the same for every channel and comes out of the sum: same formula, one exp.
+static float decayed_dot(const float *a, const float *b, const float *Gi, const float *Gj, int g_dim, int n) {
+    float s = 0.0f;
+    if (g_dim == 1) {
+        for (int c = 0; c < n; c++) s += a[c] * b[c];
+        return s * expf(Gi[0] - Gj[0]);
+    }
+    for (int c = 0; c < n; c++) s += a[c] * b[c] * expf(Gi[c] - Gj[c]);
+    return s;
+}
+
+static size_t chunk_scratch_floats(const DeltaDims *z, int C) {
+    return (size_t)C * z->g_dim + 2 * (size_t)C * C + (size_t)C * z->dv + (size_t)z->dk * z->dv;
+}
+
+// One value head of one sequence in chunks. S (dk,dv) starts at 0; S_chunks (n_chunks, dk, dv) or NULL.
+static void head_chunked(HeadSeq s, float *S_chunks, const DeltaDims *z, int C, float *scr) {
+    const int dk = z->dk, dv = z->dv, gd = z->g_dim, T = z->T;
+    const size_t sqk = (size_t)z->qk_stride, sv = (size_t)z->v_stride, so = (size_t)z->Hv * dv;
+    const size_t sb = (size_t)z->Hv, sg = (size_t)z->Hv * gd;
+    float *G = scr;                       // (C, gd) cumulative log-decay inside the chunk
+    float *A = G + (size_t)C * gd;        // (C, C) strictly lower: beta_i k_i . k_j decayed
+    float *M = A + (size_t)C * C;         // (C, C) lower incl. diagonal: q_i . k_j decayed
+    float *U = M + (size_t)C * C;         // (C, dv) the chunk's updates u_i
+    float *S = U + (size_t)C * dv;        // (dk, dv) the state entering the chunk
+    memset(S, 0, sizeof(float) * (size_t)dk * dv);
+    for (int t0 = 0, ci = 0; t0 < T; t0 += C, ci++) {
+        int L = T - t0 < C ? T - t0 : C;
+        if (S_chunks) memcpy(S_chunks + (size_t)ci * dk * dv, S, sizeof(float) * (size_t)dk * dv);
+        for (int i = 0; i < L; i++)
+            for (int c = 0; c < gd; c++)
+                G[i * gd + c] = (i ? G[(i - 1) * gd + c] : 0.0f) + s.g[(size_t)(t0 + i) * sg + c];
+        for (int i = 0; i < L; i++) {
+            const float *qi = s.q + (size_t)(t0 + i) * sqk, *ki = s.k + (size_t)(t0 + i) * sqk;
+            float bi = s.beta[(size_t)(t0 + i) * sb];
+            for (int j = 0; j <= i; j++) {
+                const float *kj = s.k + (size_t)(t0 + j) * sqk;
+                M[i * C + j] = decayed_dot(qi, kj, G + i * gd, G + j * gd, gd, dk);
+                if (j < i) A[i * C + j] = bi * decayed_dot(ki, kj, G + i * gd, G + j * gd, gd, dk);
+            }
+            // forward substitution, row i of (I + A) U = beta (v - (k e^G)^T S0):
+            // U_i = beta_i (v_i - (k_i e^G_i)^T S0) - sum_{j<i} A_ij U_j
+            const float *vi = s.v + (size_t)(t0 + i) * sv;
+            float *Ui = U + (size_t)i * dv;
+            for (int e = 0; e < dv; e++) Ui[e] = vi[e];
+            for (int c = 0; c < dk; c++) {
+                float kc = ki[c] * expf(G[i * gd + (gd == 1 ? 0 : c)]);
+                for (int e = 0; e < dv; e++) Ui[e] -= kc * S[(size_t)c * dv + e];
+            }
+            for (int e = 0; e < dv; e++) Ui[e] *= bi;
+            for (int j = 0; j < i; j++) {
+                float a = A[i * C + j];
+                for (int e = 0; e < dv; e++) Ui[e] -= a * U[(size_t)j * dv + e];
+            }
+            // o_i = (q_i e^G_i)^T S0 + sum_{j<=i} M_ij U_j (U_j for j <= i are final by now)
+            float *oi = s.o + (size_t)(t0 + i) * so;
+            for (int e = 0; e < dv; e++) oi[e] = 0.0f;
+            for (int c = 0; c < dk; c++) {
+                float qc = qi[c] * expf(G[i * gd + (gd == 1 ? 0 : c)]);
+                for (int e = 0; e < dv; e++) oi[e] += qc * S[(size_t)c * dv + e];
+            }
+            for (int j = 0; j <= i; j++)
+                for (int e = 0; e < dv; e++) oi[e] += M[i * C + j] * U[(size_t)j * dv + e];
+        }
+        // carry the state: S1 = Diag(e^G_last) S0 + sum_j (k_j e^(G_last - G_j)) U_j^T
+        const float *Gl = G + (L - 1) * gd;
+        for (int c = 0; c < dk; c++) {
+            float a = expf(Gl[gd == 1 ? 0 : c]);
+            float *Sc = S + (size_t)c * dv;
+            for (int e = 0; e < dv; e++) Sc[e] *= a;
+            for (int j = 0; j < L; j++) {
+                int cc = gd == 1 ? 0 : c;
+                float kc = s.k[(size_t)(t0 + j) * sqk + c] * expf(Gl[cc] - G[j * gd + cc]);
+                for (int e = 0; e < dv; e++) Sc[e] += kc * U[(size_t)j * dv + e];
+            }
+        }
+    }
+}
+
+void delta_rule_chunked(float *o, float *S_chunks, const float *q, const float *k, const float *v, const float *beta,
+                        const float *g, const DeltaDims *z, int C) {
+    check_dims(z);
+    CHECK(C > 0, "delta rule: chunk %d", C);
+    size_t per_head = (size_t)delta_rule_n_chunks(z->T, C) * z->dk * z->dv;
+    #pragma omp parallel
+    {
+        float *scr = mallocCheck(sizeof(float) * chunk_scratch_floats(z, C));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < z->B; b++)
+            for (int h = 0; h < z->Hv; h++)
+                head_chunked(head_seq(q, k, v, beta, g, o, z, b, h),
+                             S_chunks ? S_chunks + ((size_t)b * z->Hv + h) * per_head : NULL, z, C, scr);
+        free(scr);
+    }
+}
+
+// Backward of one value head through time. dS carries dL/dS from later tokens; per chunk the states
+// are recomputed from the saved entering state. Per token, S' = Diag(a) S_prev, r = v - S'^T k,
+// u = beta r, S = S' + k u^T, o = S^T q; backward in reverse:
+//   dS += q do^T; dq = S do; du = dS^T k; dk += dS u; dbeta = du . r; dv = beta du; dr' = -beta du
+//   dS' = dS + k dr'^T; dk += S' dr'; dg_c = sum_e dS'[c][e] S'[c][e]; dS_prev = Diag(a) dS'.
+static void head_backward(float *dq, float *dk, float *dv, float *dbeta, float *dg, const float *d_o,
+                          const float *S_chunks, HeadSeq s, const DeltaDims *z, int C, float *scr) {
+    const int Dk = z->dk, Dv = z->dv, gd = z->g_dim, T = z->T;
+    const size_t sqk = (size_t)z->qk_stride, sv = (size_t)z->v_stride, so = (size_t)z->Hv * Dv;
+    const size_t sb = (size_t)z->Hv, sg = (size_t)z->Hv * gd, SS = (size_t)Dk * Dv;
+    float *St = scr;                           // (C+1, dk, dv) states after each token of the chunk
+    float *R = St + (size_t)(C + 1) * SS;      // (C, dv) r = v - S'^T k per token
+    float *dS = R + (size_t)C * Dv;            // (dk, dv)
+    float *du = dS + SS;                       // (dv)
+    float *dr = du + Dv;                       // (dv)
+    float *a = dr + Dv;                        // (dk)
+    memset(dS, 0, sizeof(float) * SS);
+    int nc = delta_rule_n_chunks(T, C);
+    for (int ci = nc - 1; ci >= 0; ci--) {
+        int t0 = ci * C, L = T - t0 < C ? T - t0 : C;
+        memcpy(St, S_chunks + (size_t)ci * SS, sizeof(float) * SS);
+        for (int i = 0; i < L; i++) {
+            size_t t = (size_t)(t0 + i);
+            memcpy(St + (size_t)(i + 1) * SS, St + (size_t)i * SS, sizeof(float) * SS);
+            token_step(NULL, St + (size_t)(i + 1) * SS, R + (size_t)i * Dv, NULL, s.k + t * sqk, s.v + t * sv,
+                       s.beta[t * sb], s.g + t * sg, gd, Dk, Dv);
+        }
+        for (int i = L - 1; i >= 0; i--) {
+            size_t t = (size_t)(t0 + i);
+            const float *q = s.q + t * sqk, *k = s.k + t * sqk, *doo = d_o + t * so, *r = R + (size_t)i * Dv;
+            const float *Sp = St + (size_t)i * SS, *Sn = St + (size_t)(i + 1) * SS;
+            float beta = s.beta[t * sb];
+            for (int c = 0; c < Dk; c++) a[c] = expf(s.g[t * sg + (gd == 1 ? 0 : c)]);
+            float *dqt = dq + t * sqk, *dkt = dk + t * sqk, *dvt = dv + t * sv;
+            for (int c = 0; c < Dk; c++) {
+                float acc = 0.0f;
+                for (int e = 0; e < Dv; e++) {
+                    dS[(size_t)c * Dv + e] += q[c] * doo[e];
+                    acc += Sn[(size_t)c * Dv + e] * doo[e];
+                }
+                dqt[c] += acc;
+            }
+            for (int e = 0; e < Dv; e++) du[e] = 0.0f;
+            for (int c = 0; c < Dk; c++) {
+                float acc = 0.0f;
+                for (int e = 0; e < Dv; e++) {
+                    du[e] += dS[(size_t)c * Dv + e] * k[c];
+                    acc += dS[(size_t)c * Dv + e] * (beta * r[e]);
+                }
+                dkt[c] += acc;
+            }
+            float db = 0.0f;
+            for (int e = 0; e < Dv; e++) {
+                db += du[e] * r[e];
+                dvt[e] += beta * du[e];
+                dr[e] = -beta * du[e];
+            }
+            dbeta[t * sb] += db;
+            float dgs = 0.0f;
+            for (int c = 0; c < Dk; c++) {
+                float acck = 0.0f, accg = 0.0f;
+                for (int e = 0; e < Dv; e++) {
+                    float sd = a[c] * Sp[(size_t)c * Dv + e];        // S'[c][e]
+                    float dsd = dS[(size_t)c * Dv + e] + k[c] * dr[e];
+                    acck += sd * dr[e];
+                    accg += dsd * sd;
+                    dS[(size_t)c * Dv + e] = a[c] * dsd;
+                }
+                dkt[c] += acck;
+                if (gd == 1) dgs += accg;
+                else dg[t * sg + c] += accg;
+            }
+            if (gd == 1) dg[t * sg] += dgs;
+        }
+    }
+}
+
+static size_t backward_scratch_floats(const DeltaDims *z, int C) {
+    size_t SS = (size_t)z->dk * z->dv;
+    return (size_t)(C + 1) * SS + (size_t)C * z->dv + SS + 2 * (size_t)z->dv + (size_t)z->dk;
+}
+
+void delta_rule_backward(float *dq, float *dk, float *dv, float *dbeta, float *dg, const float *d_o,
+                         const float *S_chunks, const float *q, const float *k, const float *v, const float *beta,
+                         const float *g, const DeltaDims *z, int C) {
+    check_dims(z);
+    int ratio = z->Hv / z->Hk;
+    size_t per_head = (size_t)delta_rule_n_chunks(z->T, C) * z->dk * z->dv;
+    // One task per (sequence, key head): its value heads run in order, so the dq, dk they share are
+    // summed in the same order on any thread count.
+    #pragma omp parallel
+    {
+        float *scr = mallocCheck(sizeof(float) * backward_scratch_floats(z, C));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < z->B; b++)
+            for (int kh = 0; kh < z->Hk; kh++)
+                for (int h = kh * ratio; h < (kh + 1) * ratio; h++) {
+                    HeadSeq s = head_seq(q, k, v, beta, g, NULL, z, b, h);
+                    HeadSeq d = head_seq(dq, dk, dv, dbeta, dg, NULL, z, b, h);
+                    head_backward((float *)d.q, (float *)d.k, (float *)d.v, (float *)d.beta, (float *)d.g,
+                                  d_o + (size_t)b * z->T * z->Hv * z->dv + (size_t)h * z->dv,
+                                  S_chunks + ((size_t)b * z->Hv + h) * per_head, s, z, C, scr);
+                }
+        free(scr);
+    }
+}
+
+// ---- benchmark pair -------------------------------------------------------------------------------
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double gdn_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
+    CHECK(B > 0 && T > 0 && H > 0 && dh > 0 && C >= 0 && reps > 0, "gdn_prefill_seconds: bad sizes");
+    DeltaDims z = {.B = B, .T = T, .Hk = H, .Hv = H, .dk = dh, .dv = dh, .g_dim = 1, .qk_stride = H * dh,
+                   .v_stride = H * dh};
+    size_t N = (size_t)B * T, nv = N * H * dh;
+    float *q = mallocCheck(sizeof(float) * 4 * nv), *k = q + nv, *v = k + nv, *o = v + nv;
+    float *beta = mallocCheck(sizeof(float) * 2 * N * H), *g = beta + N * H;
+    Rng rng;
+    rng_seed(&rng, 9);
+    rng_fill_normal(&rng, q, (long)(3 * nv), 1.0f);
+    for (size_t r = 0; r < N * H; r++) {   // unit q, k as after the l2norm; beta in (0,1), g < 0
+        float nq = 0, nk = 0;
+        for (int c = 0; c < dh; c++) nq += q[r * dh + c] * q[r * dh + c], nk += k[r * dh + c] * k[r * dh + c];
+        for (int c = 0; c < dh; c++) q[r * dh + c] /= sqrtf(nq * dh), k[r * dh + c] /= sqrtf(nk);
+        beta[r] = rng_uniform(&rng);
+        g[r] = -0.1f * rng_uniform(&rng);
+    }
+    double *sec = mallocCheck(sizeof(double) * (size_t)reps);
+    for (int rep = -1; rep < reps; rep++) {   // rep -1 warms up
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (C == 0) delta_rule_recurrent(o, NULL, q, k, v, beta, g, &z);
+        else delta_rule_chunked(o, NULL, q, k, v, beta, g, &z, C);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (rep >= 0) sec[rep] = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
+    qsort(sec, (size_t)reps, sizeof(double), cmp_double);
+    double med = sec[reps / 2];
+    free(sec);
+    free(q);
+    free(beta);
+    return med;
+}
+
+// ================================================================================================
+// Layer pieces shared with KDA
+// ================================================================================================
+
+void delta_qk_norm_forward(float *qn, float *kn, float *rq, float *rk, const float *conv, int N, int conv_ch,
+                           int Hk, int dk) {
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < Hk; h++)
+            for (int which = 0; which < 2; which++) {
+                const float *x = conv + (size_t)r * conv_ch + (size_t)which * Hk * dk + (size_t)h * dk;
+                float *y = (which ? kn : qn) + ((size_t)r * Hk + h) * dk;
+                float ss = 0.0f;
+                for (int c = 0; c < dk; c++) ss += x[c] * x[c];
+                float inv = 1.0f / sqrtf(ss + GDN_L2NORM_EPS);
+                (which ? rk : rq)[(size_t)r * Hk + h] = inv;
+                float f = which ? inv : inv * scale;
+                for (int c = 0; c < dk; c++) y[c] = x[c] * f;
+            }
+}
+
+// y = s x r, r = (x.x + eps)^-1/2:  dx = s (r dy - r^3 x (x.dy))
+void delta_qk_norm_backward(float *dconv, const float *dqn, const float *dkn, const float *conv, const float *rq,
+                            const float *rk, int N, int conv_ch, int Hk, int dk) {
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < Hk; h++)
+            for (int which = 0; which < 2; which++) {
+                size_t off = (size_t)r * conv_ch + (size_t)which * Hk * dk + (size_t)h * dk;
+                const float *x = conv + off, *dy = (which ? dkn : dqn) + ((size_t)r * Hk + h) * dk;
+                float inv = (which ? rk : rq)[(size_t)r * Hk + h], s = which ? 1.0f : scale;
+                float xdy = 0.0f;
+                for (int c = 0; c < dk; c++) xdy += x[c] * dy[c];
+                for (int c = 0; c < dk; c++) dconv[off + c] += s * (inv * dy[c] - inv * inv * inv * x[c] * xdy);
+            }
+}
+
+static inline float gate_act(float x, int sigmoid_gate) { return sigmoid_gate ? sigmoidf_(x) : siluf_(x); }
+static inline float gate_grad(float x, int sigmoid_gate) {
+    float s = sigmoidf_(x);
+    return sigmoid_gate ? s * (1.0f - s) : s * (1.0f + x * (1.0f - s));
+}
+
+void delta_gated_norm_forward(float *y, float *rstd, const float *o, const float *gate, int gate_stride,
+                              const float *w, int N, int H, int dv, int sigmoid_gate) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < H; h++) {
+            size_t off = ((size_t)r * H + h) * dv;
+            const float *gt = gate + (size_t)r * gate_stride + (size_t)h * dv;
+            float ss = 0.0f;
+            for (int e = 0; e < dv; e++) ss += o[off + e] * o[off + e];
+            float rs = 1.0f / sqrtf(ss / (float)dv + GDN_NORM_EPS);
+            rstd[(size_t)r * H + h] = rs;
+            for (int e = 0; e < dv; e++) y[off + e] = o[off + e] * rs * w[e] * gate_act(gt[e], sigmoid_gate);
+        }
+}
+
+// n = o rstd; y = n w act(gate): dn = dy w act; dw += dy n act; dgate += dy n w act';
+// do = rstd (dn - n mean(dn n)). dw sums over rows in row order on one thread (deterministic).
+void delta_gated_norm_backward(float *d_o, float *dgate, float *dw, const float *dy, const float *o,
+                               const float *rstd, const float *gate, int gate_stride, const float *w, int N,
+                               int H, int dv, int sigmoid_gate) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < H; h++) {
+            size_t off = ((size_t)r * H + h) * dv;
+            size_t goff = (size_t)r * gate_stride + (size_t)h * dv;
+            float rs = rstd[(size_t)r * H + h], mean = 0.0f;
+            for (int e = 0; e < dv; e++) {
+                float n = o[off + e] * rs, ga = gate_act(gate[goff + e], sigmoid_gate);
+                float dn = dy[off + e] * w[e] * ga;
+                dw[e] += dy[off + e] * n * ga;
+                dgate[goff + e] += dy[off + e] * n * w[e] * gate_grad(gate[goff + e], sigmoid_gate);
+                mean += dn * n;
+            }
+            mean /= (float)dv;
+            for (int e = 0; e < dv; e++) {
+                float n = o[off + e] * rs, dn = dy[off + e] * w[e] * gate_act(gate[goff + e], sigmoid_gate);
+                d_o[off + e] += rs * (dn - n * mean);
+            }
+        }
+}
+
+// ---- batch 0 probes -------------------------------------------------------------------------------
+
+static float *take(float *base, size_t *used, size_t n) {
+    float *p = base ? base + *used : NULL;
+    *used += n;
+    return p;
+}
+
+size_t delta_probe_carve(DeltaProbe *p, float *act, const DeltaDims *z) {
+    size_t used = 0, T = (size_t)z->T;
+    p->q = take(act, &used, T * z->Hk * z->dk);
+    p->k = take(act, &used, T * z->Hk * z->dk);
+    p->v = take(act, &used, T * z->Hv * z->dv);
+    p->beta = take(act, &used, T * z->Hv);
+    p->g = take(act, &used, T * z->Hv * z->g_dim);
+    return used;
+}
+
+void delta_probe_fill(DeltaProbe *p, const float *q, const float *k, const float *v, const float *beta,
+                      const float *g, const DeltaDims *z) {
+    size_t qd = (size_t)z->Hk * z->dk, vd = (size_t)z->Hv * z->dv;
+    for (int t = 0; t < z->T; t++) {
+        memcpy(p->q + t * qd, q + (size_t)t * z->qk_stride, sizeof(float) * qd);
+        memcpy(p->k + t * qd, k + (size_t)t * z->qk_stride, sizeof(float) * qd);
+        memcpy(p->v + t * vd, v + (size_t)t * z->v_stride, sizeof(float) * vd);
+    }
+    memcpy(p->beta, beta, sizeof(float) * (size_t)z->T * z->Hv);
+    memcpy(p->g, g, sizeof(float) * (size_t)z->T * z->Hv * z->g_dim);
+}
+
+// The probe as a one-sequence DeltaDims with contiguous rows.
+static DeltaDims probe_dims(const DeltaDims *z, int dv) {
+    DeltaDims y = *z;
+    y.B = 1;
+    y.dv = dv;
+    y.qk_stride = z->Hk * z->dk;
+    y.v_stride = z->Hv * dv;
+    return y;
+}
+
+void delta_probe_mixing_matrix(float *A, const DeltaProbe *p, const DeltaDims *z) {
+    int T = z->T, H = z->Hv;
+    DeltaDims y = probe_dims(z, T);   // values are T wide: one-hot e_s for token s, in every head
+    float *eye = callocCheck((size_t)T * H * T, sizeof(float)), *o = mallocCheck(sizeof(float) * (size_t)T * H * T);
+    for (int s = 0; s < T; s++)
+        for (int h = 0; h < H; h++) eye[((size_t)s * H + h) * T + s] = 1.0f;
+    delta_rule_recurrent(o, NULL, p->q, p->k, eye, p->beta, p->g, &y);
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < T; t++)
+            memcpy(A + ((size_t)h * T + t) * T, o + ((size_t)t * H + h) * T, sizeof(float) * (size_t)T);
+    free(eye);
+    free(o);
+}
+
+void delta_probe_states(float *S, const DeltaProbe *p, const DeltaDims *z, int head, const int *times, int n_times) {
+    CHECK(head >= 0 && head < z->Hv, "delta probe: head %d of %d", head, z->Hv);
+    DeltaDims y = probe_dims(z, z->dv);
+    HeadSeq s = head_seq(p->q, p->k, p->v, p->beta, p->g, NULL, &y, 0, head);
+    size_t SS = (size_t)z->dk * z->dv;
+    float *St = callocCheck(SS, sizeof(float)), *r = mallocCheck(sizeof(float) * (size_t)z->dv);
+    int last = -1;
+    for (int i = 0; i < n_times; i++) last = times[i] > last ? times[i] : last;
+    CHECK(last < z->T, "delta probe: time %d of %d tokens", last, z->T);
+    for (int t = 0; t <= last; t++) {
+        token_step(NULL, St, r, NULL, s.k + (size_t)t * y.qk_stride, s.v + (size_t)t * y.v_stride,
+                   s.beta[(size_t)t * y.Hv], s.g + (size_t)t * y.Hv * y.g_dim, y.g_dim, y.dk, y.dv);
+        for (int i = 0; i < n_times; i++)
+            if (times[i] == t) memcpy(S + (size_t)i * SS, St, sizeof(float) * SS);
+    }
+    free(St);
+    free(r);
+}
+
+// ================================================================================================
+// The "gdn" mixer
+// ================================================================================================
+
+typedef struct { int d, Hk, Hv, dk, dv, K, Cc, P2; } Dims;   // P2 = Hv*dv + 2*Hv: rows of [z | b | a]
+
+static Dims dims_of(const ModelGeometry *g) {
+    Dims z = {.d = g->d_model, .Hk = g->linear_num_key_heads, .Hv = g->linear_num_value_heads,
+              .dk = g->linear_key_head_dim, .dv = g->linear_value_head_dim, .K = g->linear_conv_kernel_dim};
+    if (z.K < 1) die_user("gdn: linear_conv_kernel_dim is %d; Gated DeltaNet needs a short conv (kernel >= 1)", z.K);
+    if (z.Hk < 1 || z.Hv < 1 || z.Hv % z.Hk != 0)
+        die_user("gdn: linear_num_value_heads %d must be a positive multiple of linear_num_key_heads %d", z.Hv, z.Hk);
+    if (z.dk < 1 || z.dv < 1) die_user("gdn: linear key/value head dims %d, %d must be positive", z.dk, z.dv);
+    CHECK(z.d > 0, "gdn: d_model %d", z.d);
+    z.Cc = 2 * z.Hk * z.dk + z.Hv * z.dv;
+    z.P2 = z.Hv * z.dv + 2 * z.Hv;
+    return z;
+}
+
+static DeltaDims delta_dims(const Dims *z, int B, int T) {
+    return (DeltaDims){.B = B, .T = T, .Hk = z->Hk, .Hv = z->Hv, .dk = z->dk, .dv = z->dv, .g_dim = 1,
+                       .qk_stride = z->Hk * z->dk, .v_stride = z->Cc};
+}
+
+enum { IN_Q, IN_K, IN_V, IN_Z, IN_B, IN_A, CONV, A_LOG, DT_BIAS, NORM, OUT, N_SLOTS };
+static const char *const slot_names[N_SLOTS] = {"in_proj_q", "in_proj_k", "in_proj_v", "in_proj_z",
+                                                "in_proj_b", "in_proj_a", "conv1d", "A_log",
+                                                "dt_bias", "norm", "out_proj"};
+
+static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][3]) {
+    int64_t s[N_SLOTS][3] = {
+        [IN_Q] = {z->Hk * z->dk, z->d, 1}, [IN_K] = {z->Hk * z->dk, z->d, 1}, [IN_V] = {z->Hv * z->dv, z->d, 1},
+        [IN_Z] = {z->Hv * z->dv, z->d, 1}, [IN_B] = {z->Hv, z->d, 1},         [IN_A] = {z->Hv, z->d, 1},
+        [CONV] = {z->Cc, 1, z->K},         [A_LOG] = {z->Hv, 1, 1},           [DT_BIAS] = {z->Hv, 1, 1},
+        [NORM] = {z->dv, 1, 1},            [OUT] = {z->d, z->Hv * z->dv, 1},
+    };
+    size_t total = 0;
+    for (int i = 0; i < N_SLOTS; i++) {
+        ndim[i] = i == CONV ? 3 : (i == A_LOG || i == DT_BIAS || i == NORM) ? 1 : 2;
+        for (int j = 0; j < 3; j++) shape[i][j] = s[i][j];
+        off[i] = total;
+        total += (size_t)(s[i][0] * s[i][1] * s[i][2]);
+    }
+    return total;
+}
+
+typedef struct { float *w_qkv, *w_zba, *conv, *A_log, *dt_bias, *norm, *out; } Weights;
+
+static Weights weights_at(const Dims *z, float *p) {
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS];
+    int64_t sh[N_SLOTS][3];
+    layout(z, off, nd, sh);
+    return (Weights){p + off[IN_Q], p + off[IN_Z], p + off[CONV], p + off[A_LOG], p + off[DT_BIAS], p + off[NORM],
+                     p + off[OUT]};
+}
+
+static int gdn_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
+    (void)layer;
+    Dims z = dims_of(g);
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS];
+    int64_t sh[N_SLOTS][3];
+    layout(&z, off, nd, sh);
+    CHECK(cap >= N_SLOTS, "gdn: param_tensors needs %d slots, got %d", N_SLOTS, cap);
+    for (int i = 0; i < N_SLOTS; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        snprintf(out[i].name, sizeof out[i].name, "%s", slot_names[i]);
+        out[i].ndim = nd[i];
+        for (int j = 0; j < nd[i]; j++) out[i].shape[j] = sh[i][j];
+        out[i].offset = off[i];
+    }
+    return N_SLOTS;
+}
+
+// A_log = log(U[1,16]); dt_bias = softplus^-1(dt), dt log-uniform in [1e-3, 1e-1]: the decay of a head
+// starts between exp(-16 * 0.1) and exp(-1e-3) per token, a spread of memory lengths.
+void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, Rng *rng) {
+    for (int h = 0; h < n_heads; h++) A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
+    for (int i = 0; i < n_dt; i++) {
+        float dt = expf(logf(1e-3f) + (logf(1e-1f) - logf(1e-3f)) * rng_uniform(rng));
+        dt_bias[i] = dt + logf(-expm1f(-dt));   // softplus(dt_bias) = dt
+    }
+}
+
+static void gdn_init(const Mixer *m, float *params, Rng *rng) {
+    Dims z = dims_of(m->g);
+    size_t off[N_SLOTS];
+    int nd[N_SLOTS];
+    int64_t sh[N_SLOTS][3];
+    layout(&z, off, nd, sh);
+    int L = m->g->n_layers > 0 ? m->g->n_layers : 1;
+    for (int i = 0; i < N_SLOTS; i++) {
+        long n = (long)(sh[i][0] * sh[i][1] * sh[i][2]);
+        float *p = params + off[i];
+        if (i == CONV) {
+            float bound = 1.0f / sqrtf((float)z.K);
+            for (long j = 0; j < n; j++) p[j] = bound * (2.0f * rng_uniform(rng) - 1.0f);
+        } else if (i == A_LOG) {
+            delta_init_decay(p, params + off[DT_BIAS], z.Hv, z.Hv, rng);
+        } else if (i == DT_BIAS) {
+            continue;   // filled with A_LOG
+        } else if (i == NORM) {
+            for (long j = 0; j < n; j++) p[j] = 1.0f;
+        } else {
+            rng_fill_normal(rng, p, n, i == OUT ? 0.02f / sqrtf(2.0f * (float)L) : 0.02f);
+        }
+    }
+}
+
+// ---- activations ------------------------------------------------------------------------------------
+
+typedef struct {
+    DeltaProbe probe;  // batch 0's core inputs (first, so the chapter helpers find them knowing T)
+    float *mixed;      // (N, Cc) [q | k | v] before the conv
+    float *zba;        // (N, P2) [z | b | a]
+    float *pre;        // (N, Cc) conv pre-activation
+    float *conv;       // (N, Cc) after SiLU; the core reads v from here (stride Cc)
+    float *qn, *kn;    // (N, Hk*dk) normalised q (scaled by 1/sqrt(dk)) and k
+    float *rq, *rk;    // (N, Hk)
+    float *beta, *g;   // (N, Hv)
+    float *o;          // (N, Hv*dv) core output, before the norm
+    float *rstd;       // (N, Hv)
+    float *y;          // (N, Hv*dv) gated norm output, into out_proj
+    float *S_chunks;   // (B, Hv, n_chunks, dk, dv) states entering each chunk
+} Act;
+
+static size_t act_carve(Act *a, float *act, const Dims *z, int B, int T) {
+    size_t N = (size_t)B * T, used = 0;
+    DeltaDims dd = delta_dims(z, B, T);
+    used += delta_probe_carve(&a->probe, act, &dd);
+    a->mixed = take(act, &used, N * z->Cc);
+    a->zba = take(act, &used, N * z->P2);
+    a->pre = take(act, &used, N * z->Cc);
+    a->conv = take(act, &used, N * z->Cc);
+    a->qn = take(act, &used, N * z->Hk * z->dk);
+    a->kn = take(act, &used, N * z->Hk * z->dk);
+    a->rq = take(act, &used, N * z->Hk);
+    a->rk = take(act, &used, N * z->Hk);
+    a->beta = take(act, &used, N * z->Hv);
+    a->g = take(act, &used, N * z->Hv);
+    a->o = take(act, &used, N * z->Hv * z->dv);
+    a->rstd = take(act, &used, N * z->Hv);
+    a->y = take(act, &used, N * z->Hv * z->dv);
+    a->S_chunks = take(act, &used, (size_t)B * z->Hv * delta_rule_n_chunks(T, GDN_CHUNK) * z->dk * z->dv);
+    return used;
+}
+
+static size_t gdn_act_floats(const ModelGeometry *g, int layer, int B, int T) {
+    (void)layer;
+    Dims z = dims_of(g);
+    Act a;
+    return act_carve(&a, NULL, &z, B, T);
+}
+
+static inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias) for n rows of [z | b | a].
+static void gates_forward(float *beta, float *g, const float *zba, const Weights *w, const Dims *z, int n) {
+    for (int r = 0; r < n; r++) {
+        const float *b = zba + (size_t)r * z->P2 + (size_t)z->Hv * z->dv, *a = b + z->Hv;
+        for (int h = 0; h < z->Hv; h++) {
+            beta[(size_t)r * z->Hv + h] = sigmoidf_(b[h]);
+            g[(size_t)r * z->Hv + h] = -expf(w->A_log[h]) * softplusf(a[h] + w->dt_bias[h]);
+        }
+    }
+}
+
+static void gdn_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B, int T) {
+    Dims z = dims_of(m->g);
+    int N = B * T;
+    Weights w = weights_at(&z, (float *)params);   // read only
+    Act a;
+    act_carve(&a, act, &z, B, T);
+    DeltaDims dd = delta_dims(&z, B, T);
+
+    linear_forward(a.mixed, x, w.w_qkv, NULL, N, z.d, z.Cc);
+    linear_forward(a.zba, x, w.w_zba, NULL, N, z.d, z.P2);
+    shortconv_forward(a.conv, a.pre, a.mixed, w.conv, B, T, z.Cc, z.K);
+    delta_qk_norm_forward(a.qn, a.kn, a.rq, a.rk, a.conv, N, z.Cc, z.Hk, z.dk);
+    gates_forward(a.beta, a.g, a.zba, &w, &z, N);
+    const float *v = a.conv + 2 * z.Hk * z.dk;
+    delta_rule_chunked(a.o, a.S_chunks, a.qn, a.kn, v, a.beta, a.g, &dd, GDN_CHUNK);
+    delta_probe_fill(&a.probe, a.qn, a.kn, v, a.beta, a.g, &dd);
+    delta_gated_norm_forward(a.y, a.rstd, a.o, a.zba, z.P2, w.norm, N, z.Hv, z.dv, 0);
+    linear_forward(out, a.y, w.out, NULL, N, z.Hv * z.dv, z.d);
+}
+
+static void gdn_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                         const float *x, const float *params, int B, int T) {
+    Dims z = dims_of(m->g);
+    int N = B * T, Hv = z.Hv;
+    Weights w = weights_at(&z, (float *)params), dw = weights_at(&z, dparams);
+    Act a;
+    act_carve(&a, (float *)act, &z, B, T);   // read only
+    DeltaDims dd = delta_dims(&z, B, T);
+
+    // gradient buffers (the interface hands backward no scratch): one zeroed block per call
+    size_t nv = (size_t)N * Hv * z.dv, nqk = (size_t)N * z.Hk * z.dk;
+    size_t n_scr = 2 * nv + (size_t)N * z.P2 + 2 * (size_t)N * z.Cc + 2 * nqk + 2 * (size_t)N * Hv;
+    float *scr = callocCheck(n_scr, sizeof(float)), *p = scr;
+    float *dy = p;    p += nv;                    // (N, Hv*dv)
+    float *d_o = p;   p += nv;                    // (N, Hv*dv)
+    float *dzba = p;  p += (size_t)N * z.P2;      // (N, P2)
+    float *dconv = p; p += (size_t)N * z.Cc;      // (N, Cc) after SiLU
+    float *dmixed = p; p += (size_t)N * z.Cc;     // (N, Cc) before the conv
+    float *dqn = p;   p += nqk;
+    float *dkn = p;   p += nqk;
+    float *dbeta = p; p += (size_t)N * Hv;
+    float *dg = p;                                // (N, Hv)
+
+    linear_backward(dy, dw.out, NULL, dout, a.y, w.out, N, Hv * z.dv, z.d);
+    delta_gated_norm_backward(d_o, dzba, dw.norm, dy, a.o, a.rstd, a.zba, z.P2, w.norm, N, Hv, z.dv, 0);
+    const float *v = a.conv + 2 * z.Hk * z.dk;
+    delta_rule_backward(dqn, dkn, dconv + 2 * z.Hk * z.dk, dbeta, dg, d_o, a.S_chunks, a.qn, a.kn, v, a.beta, a.g,
+                        &dd, GDN_CHUNK);
+    // gates: beta = sigmoid(b); g = -A softplus(a + dt_bias), A = exp(A_log): dg/dA_log = g,
+    // dg/da = dg/d dt_bias = -A sigmoid(a + dt_bias). Parameter sums run in row order.
+    for (int r = 0; r < N; r++) {
+        const float *ab = a.zba + (size_t)r * z.P2 + (size_t)Hv * z.dv + Hv;
+        float *db = dzba + (size_t)r * z.P2 + (size_t)Hv * z.dv, *da = db + Hv;
+        for (int h = 0; h < Hv; h++) {
+            size_t i = (size_t)r * Hv + h;
+            float bt = a.beta[i];
+            db[h] += dbeta[i] * bt * (1.0f - bt);
+            float dsp = dg[i] * -expf(w.A_log[h]) * sigmoidf_(ab[h] + w.dt_bias[h]);
+            da[h] += dsp;
+            dw.dt_bias[h] += dsp;
+            dw.A_log[h] += dg[i] * a.g[i];
+        }
+    }
+    delta_qk_norm_backward(dconv, dqn, dkn, a.conv, a.rq, a.rk, N, z.Cc, z.Hk, z.dk);
+    shortconv_backward(dmixed, dw.conv, dconv, a.pre, a.mixed, w.conv, B, T, z.Cc, z.K);
+    linear_backward(dx, dw.w_qkv, NULL, dmixed, x, w.w_qkv, N, z.d, z.Cc);
+    linear_backward(dx, dw.w_zba, NULL, dzba, x, w.w_zba, N, z.d, z.P2);
+    free(scr);
+}
+
+// ---- decode: a fixed state, whatever the context ---------------------------------------------------
+
+struct MixerCache {
+    Dims z;
+    int max_T, n;
+    float *S;          // (Hv, dk, dv) the delta-rule state          } the cache
+    float *conv_state; // (K-1, Cc) the last K-1 conv inputs          }
+    // one step's scratch
+    float *mixed, *conv, *pre, *zba, *qn, *kn, *rq, *rk, *beta, *g, *o, *rstd, *y;
+};
+
+static MixerCache *gdn_cache_new(const Mixer *m, int max_T) {
+    Dims z = dims_of(m->g);
+    CHECK(max_T > 0, "gdn: cache for %d tokens", max_T);
+    MixerCache *c = mallocCheck(sizeof *c);
+    c->z = z;
+    c->max_T = max_T;
+    c->n = 0;
+    size_t sizes[] = {(size_t)z.Hv * z.dk * z.dv, (size_t)(z.K - 1) * z.Cc, (size_t)z.Cc, (size_t)z.Cc, (size_t)z.Cc,
+                      (size_t)z.P2, (size_t)z.Hk * z.dk, (size_t)z.Hk * z.dk, (size_t)z.Hk, (size_t)z.Hk,
+                      (size_t)z.Hv, (size_t)z.Hv, (size_t)z.Hv * z.dv, (size_t)z.Hv, (size_t)z.Hv * z.dv};
+    float **fields[] = {&c->S, &c->conv_state, &c->mixed, &c->conv, &c->pre, &c->zba, &c->qn, &c->kn, &c->rq,
+                        &c->rk, &c->beta, &c->g, &c->o, &c->rstd, &c->y};
+    size_t total = 0, used = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    float *base = callocCheck(total, sizeof(float));
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take(base, &used, sizes[i]);
+    return c;
+}
+
+static void gdn_cache_free(MixerCache *c) {
+    if (!c) return;
+    free(c->S);   // the start of the one block
+    free(c);
+}
+
+// The state and the conv state, fp32: (Hv*dk*dv + (K-1)*Cc) * 4 bytes from the first token on.
+// This is kvcache_fixed_bytes / (linear layers) with state_dtype_bytes = dtype_bytes = 4.
+static size_t gdn_cache_bytes(const MixerCache *c) {
+    const Dims *z = &c->z;
+    return sizeof(float) * ((size_t)z->Hv * z->dk * z->dv + (size_t)(z->K - 1) * z->Cc);
+}
+
+static void gdn_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+    (void)m;
+    const Dims z = c->z;
+    CHECK(c->n < c->max_T, "gdn decode: cache is full (%d tokens)", c->max_T);
+    Weights w = weights_at(&z, (float *)params);
+    DeltaDims dd = delta_dims(&z, 1, 1);
+    linear_forward(c->mixed, x, w.w_qkv, NULL, 1, z.d, z.Cc);
+    linear_forward(c->zba, x, w.w_zba, NULL, 1, z.d, z.P2);
+    shortconv_step(c->conv, c->conv_state, c->mixed, w.conv, z.Cc, z.K);
+    delta_qk_norm_forward(c->qn, c->kn, c->rq, c->rk, c->conv, 1, z.Cc, z.Hk, z.dk);
+    gates_forward(c->beta, c->g, c->zba, &w, &z, 1);
+    delta_rule_recurrent(c->o, c->S, c->qn, c->kn, c->conv + 2 * z.Hk * z.dk, c->beta, c->g, &dd);
+    delta_gated_norm_forward(c->y, c->rstd, c->o, c->zba, z.P2, w.norm, 1, z.Hv, z.dv, 0);
+    linear_forward(out, c->y, w.out, NULL, 1, z.Hv * z.dv, z.d);
+    c->n++;
+}
+
+// ---- what the chapters draw ---------------------------------------------------------------------------
+
+static int gdn_n_mix_heads(const ModelGeometry *g, int layer) {
+    (void)layer;
+    return g->linear_num_value_heads;
+}
+
+static void probe_of(DeltaProbe *p, DeltaDims *dd, const Mixer *m, const float *act, int T) {
+    Dims z = dims_of(m->g);
+    *dd = delta_dims(&z, 1, T);
+    delta_probe_carve(p, (float *)act, dd);
+}
+
+static void gdn_mixing_matrix(const Mixer *m, float *A, const float *act, const float *params, int T) {
+    (void)params;
+    DeltaProbe p;
+    DeltaDims dd;
+    probe_of(&p, &dd, m, act, T);
+    delta_probe_mixing_matrix(A, &p, &dd);
+}
+
+void gdn_states_at(const Mixer *m, float *S, const float *act, int T, int head, const int *times, int n_times) {
+    DeltaProbe p;
+    DeltaDims dd;
+    probe_of(&p, &dd, m, act, T);
+    delta_probe_states(S, &p, &dd, head, times, n_times);
+}
+
+void gdn_gates(const Mixer *m, float *beta, float *alpha, const float *act, int T) {
+    DeltaProbe p;
+    DeltaDims dd;
+    probe_of(&p, &dd, m, act, T);
+    size_t n = (size_t)T * dd.Hv;
+    for (size_t i = 0; i < n; i++) {
+        beta[i] = p.beta[i];
+        alpha[i] = expf(p.g[i]);
+    }
+}
+
+void gdn_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads) {
+    geometry_init(g, "tiny-gdn", n_layers, d_model, n_heads, n_heads);
+    int dh = d_model / n_heads;
+    for (int l = 0; l < n_layers && l < GEOM_MAX_LAYERS; l++) g->layer_kind[l] = LAYER_LINEAR;
+    g->linear_kind = LINEAR_GDN;
+    g->linear_num_value_heads = n_heads;
+    g->linear_num_key_heads = n_heads / 2 > 0 ? n_heads / 2 : 1;
+    g->linear_key_head_dim = dh;
+    g->linear_value_head_dim = dh;
+    g->linear_conv_kernel_dim = 4;
+    g->state_dtype_bytes = 4;
+    g->dtype_bytes = 4;
+}
+
+const MixerOps gdn_mixer = {
+    .name = "gdn",
+    .param_tensors = gdn_param_tensors,
+    .init = gdn_init,
+    .act_floats = gdn_act_floats,
+    .forward = gdn_forward,
+    .backward = gdn_backward,
+    .cache_new = gdn_cache_new,
+    .cache_free = gdn_cache_free,
+    .cache_bytes = gdn_cache_bytes,
+    .decode = gdn_decode,
+    .n_mix_heads = gdn_n_mix_heads,
+    .mixing_matrix = gdn_mixing_matrix,
+};

@@ -1,0 +1,123 @@
+// gdn.h: Gated DeltaNet (Qwen3-Next's linear layers, chapter 9) as a mixer, and the delta-rule core
+// that KDA (chapter 10) reuses.
+//
+// Per token, from x (d_model):
+//   [q (Hk*dk) | k (Hk*dk) | v (Hv*dv)] = x [in_proj_q; in_proj_k; in_proj_v]^T, then the short causal
+//       depthwise conv + SiLU (conv1d, kernel K = linear_conv_kernel_dim) on all of them
+//   z (Hv*dv) = x in_proj_z^T,  b (Hv) = x in_proj_b^T,  a (Hv) = x in_proj_a^T
+//   q <- l2norm(q) / sqrt(dk),  k <- l2norm(k)        (per key head, eps 1e-6 inside the sqrt)
+//   beta = sigmoid(b),  g = -exp(A_log) * softplus(a + dt_bias),  alpha = exp(g) in (0, 1)
+//   value head h reads key head h / (Hv/Hk) (Qwen3-Next: 32 value heads share 16 key heads)
+//   state S (dk x dv) per value head:  S <- alpha S;  u = beta (v - S^T k);  S <- S + k u^T;  o = S^T q
+//   y_h = RMSNorm(o_h) * norm * silu(z_h)   (eps 1e-6),   out = y out_proj^T
+// Parameters (PyTorch layout (out, in), no biases), back to back in this order:
+//   in_proj_q (Hk*dk, d), in_proj_k (Hk*dk, d), in_proj_v (Hv*dv, d)   (= one (conv channels, d) matrix)
+//   in_proj_z (Hv*dv, d), in_proj_b (Hv, d), in_proj_a (Hv, d)          (= one (Hv*dv + 2Hv, d) matrix)
+//   conv1d (2Hk*dk + Hv*dv, 1, K), A_log (Hv), dt_bias (Hv), norm (dv), out_proj (d, Hv*dv)
+// Qwen3-Next packs the first four into in_proj_qkvz and b, a into in_proj_ba, interleaved per key head;
+// here each piece is its own tensor (same maths, easier to read). Init as Qwen3-Next: A ~ U[1,16],
+// A_log = log A; dt log-uniform in [1e-3, 1e-1], dt_bias = softplus^-1(dt); norm = 1; matrices N(0, 0.02^2)
+// (out_proj / sqrt(2 n_layers)); conv1d U(-1/sqrt(K), 1/sqrt(K)) (PyTorch's Conv1d default).
+//
+// Decode keeps the state S (Hv*dk*dv floats) and the conv state (K-1 inputs of the 2Hk*dk + Hv*dv conv
+// channels): constant in context. The mixing matrix is the implicit one: o_t = sum_s A[h][t][s] v_s.
+#pragma once
+#include <stddef.h>
+
+#include "mixer.h"
+
+extern const MixerOps gdn_mixer;
+
+#define GDN_CHUNK 16        // chunk length of the chunked forward (the training and prefill form)
+#define GDN_L2NORM_EPS 1e-6f
+#define GDN_NORM_EPS 1e-6f
+
+// ---- the delta-rule core (Gated DeltaNet and KDA) ---------------------------------------------------
+// Sizes and layout of one batch of delta-rule inputs. All arrays are (B, T, heads, dim) row-major, but
+// q/k and v may be views into wider rows: token (b,t)'s head h starts at
+//   q, k:  (b*T + t) * qk_stride + h*dk        v, dv:   (b*T + t) * v_stride + h*dv
+//   o:     (b*T + t) * Hv*dv + h*dv            beta:    (b*T + t) * Hv + h
+//   g:     ((b*T + t) * Hv + h) * g_dim        (one log-decay per head, or one per key channel)
+typedef struct {
+    int B, T;
+    int Hk, Hv;        // key heads (q, k) and value heads (v, state, o); Hv a multiple of Hk
+    int dk, dv;
+    int g_dim;         // 1: one decay per head, shared by all dk rows of S (Gated DeltaNet); dk: KDA
+    int qk_stride, v_stride;
+} DeltaDims;
+
+// Token by token, the definition: S <- Diag(exp(g_t)) S; u = beta_t (v_t - S^T k_t); S <- S + k_t u^T;
+// o_t = S^T q_t. S (B, Hv, dk, dv): the initial states in, the final states out; NULL starts from 0.
+void delta_rule_recurrent(float *o, float *S, const float *q, const float *k, const float *v, const float *beta,
+                          const float *g, const DeltaDims *z);
+// The same outputs in chunks of C tokens (the last chunk may be shorter). Within a chunk, with G the
+// cumulative log-decay from the chunk start and S0 the state entering it:
+//   A_ij = beta_i sum_c k_i[c] k_j[c] exp(G_i[c] - G_j[c])   (j < i)
+//   (I + A) U = beta (v - (k e^G)^T S0)           (forward substitution: the UT transform; with
+//                                                 W = (I+A)^-1 beta k e^G this is U = U~ - W S0, WY form)
+//   o_i = (q_i e^G_i)^T S0 + sum_{j<=i} (sum_c q_i[c] k_j[c] e^(G_i[c]-G_j[c])) U_j
+//   S1 = Diag(e^G_last) S0 + sum_j (k_j e^(G_last - G_j)) U_j^T
+// S_chunks (B, Hv, n_chunks, dk, dv): the state entering each chunk, for backward (may be NULL).
+void delta_rule_chunked(float *o, float *S_chunks, const float *q, const float *k, const float *v, const float *beta,
+                        const float *g, const DeltaDims *z, int C);
+int delta_rule_n_chunks(int T, int C);
+// Backward through time: re-runs each chunk token by token from its saved entering state, then walks
+// back. Accumulates dq, dk (qk_stride), dv (v_stride), dbeta, dg (same layouts as the inputs).
+void delta_rule_backward(float *dq, float *dk, float *dv, float *dbeta, float *dg, const float *d_o,
+                         const float *S_chunks, const float *q, const float *k, const float *v, const float *beta,
+                         const float *g, const DeltaDims *z, int C);
+
+// ---- benchmark pair: the two prefill forms on the same inputs ---------------------------------------
+// Seconds per call of the recurrent (C = 0) or chunked (chunk C) delta-rule core over a batch (B,T) with
+// Hk = Hv = H heads of dk = dv = dh, g_dim 1, random normalised inputs; median of reps calls, on the
+// current OpenMP thread count.
+double gdn_prefill_seconds(int B, int T, int H, int dh, int C, int reps);
+
+// ---- pieces of the layer shared with KDA ------------------------------------------------------------
+// q, k of every key head from the conv output conv (N, conv_ch) = [q | k | ...]:
+// qn = q rq / sqrt(dk), kn = k rk, with rq, rk (N, Hk) = 1/sqrt(|.|^2 + eps).
+void delta_qk_norm_forward(float *qn, float *kn, float *rq, float *rk, const float *conv, int N, int conv_ch,
+                           int Hk, int dk);
+// Accumulates dconv (N, conv_ch) (its q and k columns) from dqn, dkn (N, Hk*dk).
+void delta_qk_norm_backward(float *dconv, const float *dqn, const float *dkn, const float *conv, const float *rq,
+                            const float *rk, int N, int conv_ch, int Hk, int dk);
+// Output norm and gate per value head: y = RMSNorm(o) * w * act(gate), act = silu (GDN) or sigmoid
+// (KDA); o, y (N, H*dv), gate rows at stride gate_stride, rstd (N, H) saved.
+void delta_gated_norm_forward(float *y, float *rstd, const float *o, const float *gate, int gate_stride,
+                              const float *w, int N, int H, int dv, int sigmoid_gate);
+// Accumulates d_o (N, H*dv), dgate (stride gate_stride), dw (dv).
+void delta_gated_norm_backward(float *d_o, float *dgate, float *dw, const float *dy, const float *o,
+                               const float *rstd, const float *gate, int gate_stride, const float *w, int N,
+                               int H, int dv, int sigmoid_gate);
+
+// Decay init shared with KDA: A_log[0..n_heads) = log(U[1,16]); dt_bias[0..n_dt) = softplus^-1(dt),
+// dt log-uniform in [1e-3, 1e-1].
+void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, Rng *rng);
+
+// Batch 0's core inputs, copied to the front of a GDN or KDA activation slice, so the chapter helpers
+// find them knowing only T (the rest of act depends on B). z->T is used, z->B ignored.
+typedef struct {
+    float *q, *k;      // (T, Hk*dk) normalised
+    float *v;          // (T, Hv*dv) after the conv
+    float *beta;       // (T, Hv)
+    float *g;          // (T, Hv*g_dim) log-decays
+} DeltaProbe;
+size_t delta_probe_carve(DeltaProbe *p, float *act, const DeltaDims *z);
+// Copies sequence 0 of the batch inputs into p.
+void delta_probe_fill(DeltaProbe *p, const float *q, const float *k, const float *v, const float *beta,
+                      const float *g, const DeltaDims *z);
+// A (Hv, T, T), A[h][t][s] = the weight of v_s in o_t: the core is linear in v, so running it with
+// one-hot values (v_s = e_s) gives the rows of A.
+void delta_probe_mixing_matrix(float *A, const DeltaProbe *p, const DeltaDims *z);
+// S (n_times, dk, dv): value head `head`'s state right after tokens times[0..n_times) (each in [0,T)).
+void delta_probe_states(float *S, const DeltaProbe *p, const DeltaDims *z, int head, const int *times, int n_times);
+
+// ---- for the chapter ---------------------------------------------------------------------------------
+// From the act of a gdn forward (sequence 0):
+// S (n_times, dk, dv) state of value head `head` after tokens times[i] (recomputed with the recurrence).
+void gdn_states_at(const Mixer *m, float *S, const float *act, int T, int head, const int *times, int n_times);
+// beta, alpha (T, Hv): the write strength and the decay exp(g) per token and value head.
+void gdn_gates(const Mixer *m, float *beta, float *alpha, const float *act, int T);
+// A small Qwen3-Next-shaped geometry: every layer LAYER_LINEAR Gated DeltaNet with Hv value heads of
+// head_dim dh = d_model / n_heads, Hk = n_heads/2 key heads (at least 1), dk = dv = dh, K = 4, fp32.
+void gdn_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads);
