@@ -598,7 +598,7 @@ static void expect_one_line_exit2(const char *prog, const char *args, const char
 Test(model_tools, train_bad_flags) {
     expect_one_line_exit2("train", "--bogus", "unknown option '--bogus'");
     expect_one_line_exit2("train", "--steps 10", "missing --out");
-    expect_one_line_exit2("train", "--mixer xyz --out /tmp/x.safetensors", "--mixer: expected one of mha|gqa|mqa");
+    expect_one_line_exit2("train", "--mixer xyz --out /tmp/x.safetensors", "--mixer: unknown mixer 'xyz' (mha|gqa|mqa");
     expect_one_line_exit2("train", "--task poetry --out /tmp/x.safetensors", "--task");
     expect_one_line_exit2("train", "--steps -1 --out /tmp/x.safetensors", "--steps");
     expect_one_line_exit2("train", "--lr abc --out /tmp/x.safetensors", "--lr");

@@ -396,6 +396,9 @@ Test(train_tools, mixer_list_errors) {
         {"--mixer mha --task induction --pairs-min 2", "--pairs-min: only with --task recall"},
         {"--mixer mha --pairs 4 --pairs-min 6", "--pairs-min 6"},
         {"--mixer gdn,gdn --layers 2 --pattern 1 --window 4", "linear layers do not mix"},
+        {"--mixer mamba2 --conv 0", "need a short conv"},
+        {"--mixer lightning --linear-key-dim 8", "lightning layers have as many"},
+        {"--mixer kda --linear-key-heads 2", "KDA has one key head per value head"},
     };
     char dir[256], args[1024], out[4096];
     test_tmpdir(dir, sizeof dir);

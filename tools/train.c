@@ -268,9 +268,14 @@ int main(int argc, char **argv) {
         if (plan.linear_kind == LINEAR_LIGHTNING) {
             if (conv > 0) die_user("--conv %d: lightning layers have no short conv", conv);
             g.linear_conv_kernel_dim = 0;
+            if (g.linear_num_key_heads != g.linear_num_value_heads || g.linear_key_head_dim != g.linear_value_head_dim)
+                die_user("--linear-key-heads/--linear-key-dim: lightning layers have as many key heads and dims as value ones");
         } else {
             g.linear_conv_kernel_dim = conv >= 0 ? conv : 4;
-            if (g.linear_conv_kernel_dim == 1) die_user("--conv 1: a conv needs width >= 2 (0 turns it off)");
+            if (g.linear_conv_kernel_dim < 2)
+                die_user("--conv %d: %s layers need a short conv of width >= 2", g.linear_conv_kernel_dim, geometry_linear_name(&g));
+            if (plan.linear_kind == LINEAR_KDA && g.linear_num_key_heads != g.linear_num_value_heads)
+                die_user("--linear-key-heads %d: KDA has one key head per value head (%d)", g.linear_num_key_heads, g.linear_num_value_heads);
         }
         g.state_dtype_bytes = 4;
         if (g.linear_num_value_heads % g.linear_num_key_heads)
