@@ -7,6 +7,11 @@
 #include "03_mha/mha.h"
 #include "05_mla/mla.h"
 #include "07_dsa/dsa.h"
+#include "08_gated/gated.h"
+#include "09_gdn/gdn.h"
+#include "10_hybrids/kda.h"
+#include "10_hybrids/lightning.h"
+#include "10_hybrids/mamba2.h"
 
 static const struct {
     const char *name;
@@ -17,9 +22,14 @@ static const struct {
     {"mqa", &gqa_mixer},
     {"mla", &mla_mixer},
     {"dsa", &dsa_mixer},
+    {"gated", &gated_mixer},
+    {"gdn", &gdn_mixer},
+    {"kda", &kda_mixer},
+    {"lightning", &lightning_mixer},
+    {"mamba2", &mamba2_mixer},
 };
 
-const char *const mixer_names[] = {"gqa", "mha", "mqa", "mla", "dsa", NULL};
+const char *const mixer_names[] = {"gqa", "mha", "mqa", "mla", "dsa", "gated", "gdn", "kda", "lightning", "mamba2", NULL};
 
 const MixerOps *mixer_by_name(const char *name) {
     if (!name) return NULL;

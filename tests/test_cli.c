@@ -9,7 +9,7 @@
 #include "check.h"
 #include "helpers.h"
 
-static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07"};
+static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08"};
 #define N_CHAPTERS (int)(sizeof chapters / sizeof chapters[0])
 
 // Runs PROG ARGS, expects exit 2 and exactly one line of output that contains `needle`.

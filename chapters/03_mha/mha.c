@@ -76,13 +76,11 @@ double mha_layer_rope_theta(const ModelGeometry *g, int layer) {
 // First key query i may see: 0 for causal attention, i - W + 1 under a window of W keys.
 static int first_key(int i, int W) { return W > 0 && i - W + 1 > 0 ? i - W + 1 : 0; }
 
-// RoPE (or its inverse, the backward) on every head vector of x (N rows of n_heads * dh); row r is the
-// token at position r % T.
-static void rope_rows(float *x, int N, int T, int n_heads, int dh, double theta, int inverse) {
+void mha_rope_rows(float *x, int N, int T, int n_heads, int dh, int n_rot, double theta, int inverse) {
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < N; r++)
         for (int h = 0; h < n_heads; h++)
-            rope_apply(x + ((size_t)r * n_heads + h) * dh, r % T, dh, theta, ROPE_HALF, inverse);
+            rope_apply(x + ((size_t)r * n_heads + h) * dh, r % T, n_rot, theta, ROPE_HALF, inverse);
 }
 
 // One query against the keys of positions lo..hi (both included):
@@ -105,6 +103,81 @@ static void attend(float *o, float *p, float *s, const float *q, const float *k,
     for (int j = lo; j <= hi; j++) {
         const float *vj = v + (size_t)((j - base) % cap) * stride;
         for (int c = 0; c < dh; c++) o[c] += p[j - lo] * vj[c];
+    }
+}
+
+void mha_attention_forward(float *o, float *P, const float *q, const float *k, const float *v, int B, int T,
+                           int H, int G, int dh, int window) {
+    size_t qd = (size_t)H * dh, kvd = (size_t)G * dh;
+    int group = H / G;
+    float scale = 1.0f / sqrtf((float)dh);
+    // Each (batch, query head) is independent, so threads split them; every output element is
+    // computed by one thread in a fixed order (same bits for any thread count).
+    #pragma omp parallel
+    {
+        float *s = mallocCheck(sizeof(float) * (size_t)T);   // one row of logits per thread
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                int kvh = h / group;   // the KV head this query head shares
+                const float *kb = k + (size_t)b * T * kvd + (size_t)kvh * dh;
+                const float *vb = v + (size_t)b * T * kvd + (size_t)kvh * dh;
+                for (int i = 0; i < T; i++) {
+                    float *p = P + (((size_t)b * H + h) * T + i) * T;
+                    size_t row = (size_t)b * T + i;
+                    int lo = first_key(i, window);
+                    memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
+                    attend(o + row * qd + (size_t)h * dh, p + lo, s, q + row * qd + (size_t)h * dh, kb, vb, kvd, lo,
+                           i, 0, T, dh, scale);
+                }
+            }
+        free(s);
+    }
+}
+
+void mha_attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *P, const float *q,
+                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window) {
+    size_t qd = (size_t)H * dh, kvd = (size_t)G * dh;
+    int group = H / G, W = window;
+    float scale = 1.0f / sqrtf((float)dh);
+    // Threads split over (batch, KV head): the H/G query heads sharing a KV head all add into its dk
+    // and dv, so one thread owns the whole group and the sum order is fixed.
+    #pragma omp parallel
+    {
+        float *dp = mallocCheck(sizeof(float) * 2 * (size_t)T), *ds = dp + T;
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int kvh = 0; kvh < G; kvh++) {
+                size_t kv0 = (size_t)b * T * kvd + (size_t)kvh * dh;   // key 0 of this (b, KV head)
+                for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                    for (int i = 0; i < T; i++) {
+                        const float *p = P + (((size_t)b * H + h) * T + i) * T;
+                        size_t qi = ((size_t)b * T + i) * qd + (size_t)h * dh;
+                        const float *qv = q + qi, *go = d_o + qi;
+                        float *gq = dq + qi;
+                        int lo = first_key(i, W);
+                        // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j,  dv_j += p_j do_i
+                        for (int j = lo; j <= i; j++) {
+                            const float *vj = v + kv0 + (size_t)j * kvd;
+                            float dot = 0.0f;
+                            for (int c = 0; c < dh; c++) dot += go[c] * vj[c];
+                            dp[j] = dot;
+                        }
+                        softmax_row_backward(ds + lo, p + lo, dp + lo, i - lo + 1);
+                        // s_j = q_i . k_j * scale  =>  dq_i += ds_j scale k_j,  dk_j += ds_j scale q_i
+                        for (int j = lo; j <= i; j++) {
+                            const float *kj = k + kv0 + (size_t)j * kvd;
+                            float *gk = dk + kv0 + (size_t)j * kvd, *gv = dv + kv0 + (size_t)j * kvd;
+                            float gs = ds[j] * scale;
+                            for (int c = 0; c < dh; c++) {
+                                gq[c] += gs * kj[c];
+                                gk[c] += gs * qv[c];
+                                gv[c] += p[j] * go[c];
+                            }
+                        }
+                    }
+            }
+        free(dp);
     }
 }
 
@@ -156,10 +229,9 @@ static void gqa_forward(const Mixer *m, float *out, float *act, const float *x, 
     const ModelGeometry *g = m->g;
     geometry_check(g);
     int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
-    int qd = H * dh, kvd = G * dh, N = B * T, group = H / G;
+    int qd = H * dh, kvd = G * dh, N = B * T;
     int W = mha_layer_window(g, m->layer);
     double theta = mha_layer_rope_theta(g, m->layer);
-    float scale = 1.0f / sqrtf((float)dh);
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
     MhaAct a = act_view(g, act, B, T);
@@ -167,31 +239,10 @@ static void gqa_forward(const Mixer *m, float *out, float *act, const float *x, 
     linear_forward(a.q, x, params + off[WQ], NULL, N, d, qd);   // (B*T, H*dh)
     linear_forward(a.k, x, params + off[WK], NULL, N, d, kvd);  // (B*T, G*dh)
     linear_forward(a.v, x, params + off[WV], NULL, N, d, kvd);  // (B*T, G*dh)
-    rope_rows(a.q, N, T, H, dh, theta, 0);
-    rope_rows(a.k, N, T, G, dh, theta, 0);
+    mha_rope_rows(a.q, N, T, H, dh, dh, theta, 0);
+    mha_rope_rows(a.k, N, T, G, dh, dh, theta, 0);
 
-    // The attention core: each (batch, query head) is independent, so threads split them; every
-    // output element is computed by one thread in a fixed order (same bits for any thread count).
-    #pragma omp parallel
-    {
-        float *s = mallocCheck(sizeof(float) * (size_t)T);   // one row of logits per thread
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++) {
-                int kvh = h / group;   // the KV head this query head shares
-                const float *kb = a.k + (size_t)b * T * kvd + (size_t)kvh * dh;
-                const float *vb = a.v + (size_t)b * T * kvd + (size_t)kvh * dh;
-                for (int i = 0; i < T; i++) {
-                    float *p = a.P + (((size_t)b * H + h) * T + i) * T;
-                    size_t row = (size_t)b * T + i;
-                    int lo = first_key(i, W);
-                    memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
-                    attend(a.o + row * qd + (size_t)h * dh, p + lo, s, a.q + row * qd + (size_t)h * dh, kb, vb,
-                           (size_t)kvd, lo, i, 0, T, dh, scale);
-                }
-            }
-        free(s);
-    }
+    mha_attention_forward(a.o, a.P, a.q, a.k, a.v, B, T, H, G, dh, W);
     linear_forward(out, a.o, params + off[WO], NULL, N, qd, d);   // (B*T, d)
 }
 
@@ -200,10 +251,9 @@ static void gqa_backward(const Mixer *m, float *dx, float *dparams, const float 
     const ModelGeometry *g = m->g;
     geometry_check(g);
     int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
-    int qd = H * dh, kvd = G * dh, N = B * T, group = H / G;
+    int qd = H * dh, kvd = G * dh, N = B * T;
     int W = mha_layer_window(g, m->layer);
     double theta = mha_layer_rope_theta(g, m->layer);
-    float scale = 1.0f / sqrtf((float)dh);
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
     MhaAct a = act_view(g, (float *)act, B, T);   // read only
@@ -218,49 +268,11 @@ static void gqa_backward(const Mixer *m, float *dx, float *dparams, const float 
     // out = o Wo^T: d_o = dout Wo, dWo += dout^T o
     linear_backward(d_o, dparams + off[WO], NULL, dout, a.o, params + off[WO], N, qd, d);
 
-    // The attention core, threads split over (batch, KV head): the H/G query heads sharing a KV head
-    // all add into its dk and dv, so one thread owns the whole group and the sum order is fixed.
-    #pragma omp parallel
-    {
-        float *dp = mallocCheck(sizeof(float) * 2 * (size_t)T), *ds = dp + T;
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int kvh = 0; kvh < G; kvh++) {
-                size_t kv0 = (size_t)b * T * kvd + (size_t)kvh * dh;   // key 0 of this (b, KV head)
-                for (int h = kvh * group; h < (kvh + 1) * group; h++)
-                    for (int i = 0; i < T; i++) {
-                        const float *p = a.P + (((size_t)b * H + h) * T + i) * T;
-                        size_t qi = ((size_t)b * T + i) * qd + (size_t)h * dh;
-                        const float *q = a.q + qi, *go = d_o + qi;
-                        float *gq = dq + qi;
-                        int lo = first_key(i, W);
-                        // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j,  dv_j += p_j do_i
-                        for (int j = lo; j <= i; j++) {
-                            const float *vj = a.v + kv0 + (size_t)j * kvd;
-                            float dot = 0.0f;
-                            for (int c = 0; c < dh; c++) dot += go[c] * vj[c];
-                            dp[j] = dot;
-                        }
-                        softmax_row_backward(ds + lo, p + lo, dp + lo, i - lo + 1);
-                        // s_j = q_i . k_j * scale  =>  dq_i += ds_j scale k_j,  dk_j += ds_j scale q_i
-                        for (int j = lo; j <= i; j++) {
-                            const float *kj = a.k + kv0 + (size_t)j * kvd;
-                            float *gk = dk + kv0 + (size_t)j * kvd, *gv = dv + kv0 + (size_t)j * kvd;
-                            float gs = ds[j] * scale;
-                            for (int c = 0; c < dh; c++) {
-                                gq[c] += gs * kj[c];
-                                gk[c] += gs * q[c];
-                                gv[c] += p[j] * go[c];
-                            }
-                        }
-                    }
-            }
-        free(dp);
-    }
+    mha_attention_backward(dq, dk, dv, d_o, a.P, a.q, a.k, a.v, B, T, H, G, dh, W);
 
     // RoPE is a rotation, so its backward is the inverse rotation at the same position.
-    rope_rows(dq, N, T, H, dh, theta, 1);
-    rope_rows(dk, N, T, G, dh, theta, 1);
+    mha_rope_rows(dq, N, T, H, dh, dh, theta, 1);
+    mha_rope_rows(dk, N, T, G, dh, dh, theta, 1);
     linear_backward(dx, dparams + off[WQ], NULL, dq, x, params + off[WQ], N, d, qd);
     linear_backward(dx, dparams + off[WK], NULL, dk, x, params + off[WK], N, d, kvd);
     linear_backward(dx, dparams + off[WV], NULL, dv, x, params + off[WV], N, d, kvd);
@@ -285,7 +297,9 @@ struct MixerCache {
     int held_peak;      // the most tokens held at any moment (a prefill chunk's W-1+c)
     float *k, *v;       // (cap, G*dh) each, one allocation: keys after RoPE, values
     float *q, *o;       // (H*dh) one step's query and head outputs (scratch)
+    float *kt, *vt;     // (G*dh) one step's key and value before they enter the cache (scratch)
     float *s, *p;       // (most keys one query sees) one head's logits and weights (scratch)
+    float *extra;       // scratch of the mixer that built on this cache (mha_cache_new_with_scratch)
 };
 
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
@@ -326,7 +340,7 @@ static void cache_relayout(MixerCache *c, int new_cap, int new_base, int keep_fr
     c->base = new_base;
 }
 
-static MixerCache *gqa_cache_new(const Mixer *m, int max_T) {
+MixerCache *mha_cache_new_with_scratch(const Mixer *m, int max_T, size_t extra_floats) {
     const ModelGeometry *g = m->g;
     geometry_check(g);
     CHECK(max_T > 0, "gqa: cache for %d tokens", max_T);
@@ -339,12 +353,21 @@ static MixerCache *gqa_cache_new(const Mixer *m, int max_T) {
     c->k = callocCheck(2 * (size_t)c->cap * kvd, sizeof(float));
     c->v = c->k + (size_t)c->cap * kvd;
     // a query sees at most cap keys (W on a local layer), so one row of logits is that long
-    c->q = callocCheck(2 * qd + 2 * (size_t)c->cap, sizeof(float));
+    c->q = callocCheck(2 * qd + 2 * kvd + 2 * (size_t)c->cap + extra_floats, sizeof(float));
     c->o = c->q + qd;
-    c->s = c->o + qd;
+    c->kt = c->o + qd;
+    c->vt = c->kt + kvd;
+    c->s = c->vt + kvd;
     c->p = c->s + c->cap;
+    c->extra = c->p + c->cap;
     return c;
 }
+
+float *mha_cache_scratch(MixerCache *c) { return c->extra; }
+
+int mha_cache_position(const MixerCache *c) { return c->n; }
+
+static MixerCache *gqa_cache_new(const Mixer *m, int max_T) { return mha_cache_new_with_scratch(m, max_T, 0); }
 
 static void gqa_cache_free(MixerCache *c) {
     if (!c) return;
@@ -364,36 +387,45 @@ size_t mha_cache_peak_bytes(const MixerCache *c) {
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->held_peak;
 }
 
-static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
-    const ModelGeometry *g = m->g;
-    int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
-    int qd = H * dh, kvd = G * dh, group = H / G;
+void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
+                    int head_dim) {
     CHECK(c->n < c->max_T, "gqa decode: cache is full (%d tokens)", c->max_T);
     int t = c->n;   // this token's position
-    double theta = mha_layer_rope_theta(g, m->layer);
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
-
-    // project the one new token; its k and v go into row (t - base) % cap, which on a full ring is
-    // the row of token t - W: no query from here on can see that one
+    int kvd = c->kv_dim, group = n_heads / (kvd / head_dim);
+    // its k and v go into row (t - base) % cap, which on a full ring is the row of token t - W: no
+    // query from here on can see that one
     size_t row = (size_t)((t - c->base) % c->cap) * kvd;
-    float *kt = c->k + row, *vt = c->v + row;
-    linear_forward(c->q, x, params + off[WQ], NULL, 1, d, qd);
-    linear_forward(kt, x, params + off[WK], NULL, 1, d, kvd);
-    linear_forward(vt, x, params + off[WV], NULL, 1, d, kvd);
-    for (int h = 0; h < H; h++) rope_apply(c->q + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
-    for (int h = 0; h < G; h++) rope_apply(kt + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
+    memcpy(c->k + row, k, sizeof(float) * (size_t)kvd);
+    memcpy(c->v + row, v, sizeof(float) * (size_t)kvd);
     c->n++;
     if (cache_held(c) > c->held_peak) c->held_peak = cache_held(c);
 
     // one row of attention per query head, over the cached keys (the last W on a local layer)
     int lo = first_key(t, c->window);
-    float scale = 1.0f / sqrtf((float)dh);
-    for (int h = 0; h < H; h++) {
-        size_t kvh = (size_t)(h / group) * dh;
-        attend(c->o + (size_t)h * dh, c->p, c->s, c->q + (size_t)h * dh, c->k + kvh, c->v + kvh,
-               (size_t)kvd, lo, t, c->base, c->cap, dh, scale);
+    float scale = 1.0f / sqrtf((float)head_dim);
+    for (int h = 0; h < n_heads; h++) {
+        size_t kvh = (size_t)(h / group) * head_dim;
+        attend(o + (size_t)h * head_dim, c->p, c->s, q + (size_t)h * head_dim, c->k + kvh, c->v + kvh, (size_t)kvd,
+               lo, t, c->base, c->cap, head_dim, scale);
     }
+}
+
+static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+    const ModelGeometry *g = m->g;
+    int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
+    int qd = H * dh, kvd = G * dh;
+    int t = c->n;   // this token's position
+    double theta = mha_layer_rope_theta(g, m->layer);
+    size_t off[N_WEIGHTS];
+    param_offsets(g, off);
+
+    // project the one new token, rotate its query and key, then attend over the cache
+    linear_forward(c->q, x, params + off[WQ], NULL, 1, d, qd);
+    linear_forward(c->kt, x, params + off[WK], NULL, 1, d, kvd);
+    linear_forward(c->vt, x, params + off[WV], NULL, 1, d, kvd);
+    for (int h = 0; h < H; h++) rope_apply(c->q + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
+    for (int h = 0; h < G; h++) rope_apply(c->kt + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
+    mha_cache_step(c, c->o, c->q, c->kt, c->vt, H, dh);
     linear_forward(out, c->o, params + off[WO], NULL, 1, qd, d);
 }
 

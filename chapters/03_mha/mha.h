@@ -36,3 +36,30 @@ size_t mha_cache_peak_bytes(const MixerCache *c);
 // instead of computing them (filling a 64K-token cache by prefill costs T^2/2 dot products). The
 // contents are meaningless; the cost of the next decode step is the real one.
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng);
+
+// ---- the pieces, for mixers built on this attention (chapter 8's gated attention) ------------------
+// They run exactly the arithmetic gqa_mixer runs, so a mixer that only changes how q, k, v are made
+// (or what happens to o) shares the attention core, its backward and the KV cache.
+
+// RoPE (inverse = 1: its backward) on the first n_rot dims of every head of x (N rows of n_heads *
+// head_dim; row r is the token at position r % T), half-split pairs (i, i + n_rot/2).
+void mha_rope_rows(float *x, int N, int T, int n_heads, int head_dim, int n_rot, double theta, int inverse);
+// The attention core: o (B,T,H*dh) and P (B,H,T,T) from q (B,T,H*dh), k, v (B,T,G*dh) (after RoPE);
+// causal, or the last `window` keys when window > 0; scale 1/sqrt(dh); P is exactly 0 where masked.
+void mha_attention_forward(float *o, float *P, const float *q, const float *k, const float *v, int B, int T,
+                           int H, int G, int dh, int window);
+// Its backward: accumulates dq (B,T,H*dh), dk, dv (B,T,G*dh) from d_o (B,T,H*dh).
+void mha_attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *P, const float *q,
+                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window);
+// The cache gqa_mixer.cache_new makes (for m's n_heads, n_kv_heads, head_dim and layer window), plus
+// extra_floats of scratch for the caller's one-step work (mha_cache_scratch). gqa_mixer.cache_free,
+// .cache_bytes and mha_cache_peak_bytes apply to it.
+MixerCache *mha_cache_new_with_scratch(const Mixer *m, int max_T, size_t extra_floats);
+float *mha_cache_scratch(MixerCache *c);
+// Tokens the cache has seen: the position of the next token.
+int mha_cache_position(const MixerCache *c);
+// One decode step with q (H*dh), k, v (G*dh) already made (and rotated) by the caller: appends k, v at
+// the next position and writes every query head's output into o (H*dh). gqa_mixer.decode is this
+// after its own projections and RoPE.
+void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
+                    int head_dim);
