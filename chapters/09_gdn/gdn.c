@@ -47,23 +47,30 @@ static void check_dims(const DeltaDims *z) {
           z->dv, z->g_dim);
 }
 
-// One token of the recurrence on S (dk, dv); kv (dv) scratch receives v - S'^T k (S' the decayed state),
-// o (dv) the output. Shared by the recurrent form, decode and the backward's recompute.
+// One token of the recurrence on S (dk, dv); r (dv) scratch receives v - S'^T k (S' the decayed state),
+// o (dv) the output (may be NULL). Shared by the recurrent form, decode and the backward's recompute.
+// Two passes over S, each row c once with contiguous inner loops over dv: decay + r, then update + o.
+// (Row c is final before it is read, and every sum runs over c in order: the same bits as four passes.)
 static void token_step(float *o, float *S, float *r, const float *q, const float *k, const float *v, float beta,
                        const float *g, int g_dim, int dk, int dv) {
-    for (int c = 0; c < dk; c++) {
-        float a = expf(g[g_dim == 1 ? 0 : c]);
-        for (int e = 0; e < dv; e++) S[(size_t)c * dv + e] *= a;
-    }
     for (int e = 0; e < dv; e++) r[e] = v[e];
-    for (int c = 0; c < dk; c++)
-        for (int e = 0; e < dv; e++) r[e] -= S[(size_t)c * dv + e] * k[c];   // r = v - S^T k
-    for (int c = 0; c < dk; c++)
-        for (int e = 0; e < dv; e++) S[(size_t)c * dv + e] += k[c] * (beta * r[e]);   // S += k u^T
-    if (!o) return;
-    for (int e = 0; e < dv; e++) o[e] = 0.0f;
-    for (int c = 0; c < dk; c++)
-        for (int e = 0; e < dv; e++) o[e] += S[(size_t)c * dv + e] * q[c];    // o = S^T q
+    for (int c = 0; c < dk; c++) {
+        float a = expf(g[g_dim == 1 ? 0 : c]), kc = k[c];
+        float *Sc = S + (size_t)c * dv;
+        for (int e = 0; e < dv; e++) {
+            Sc[e] *= a;              // S' = Diag(a) S
+            r[e] -= Sc[e] * kc;      // r = v - S'^T k
+        }
+    }
+    if (o)
+        for (int e = 0; e < dv; e++) o[e] = 0.0f;
+    for (int c = 0; c < dk; c++) {
+        float kc = k[c], qc = o ? q[c] : 0.0f;
+        float *Sc = S + (size_t)c * dv;
+        for (int e = 0; e < dv; e++) Sc[e] += kc * (beta * r[e]);   // S += k u^T, u = beta r
+        if (o)
+            for (int e = 0; e < dv; e++) o[e] += Sc[e] * qc;        // o = S^T q
+    }
 }
 
 void delta_rule_recurrent(float *o, float *S, const float *q, const float *k, const float *v, const float *beta,
@@ -92,83 +99,273 @@ void delta_rule_recurrent(float *o, float *S, const float *q, const float *k, co
 
 int delta_rule_n_chunks(int T, int C) { return (T + C - 1) / C; }
 
-// sum_c a[c] b[c] exp(Gi[c] - Gj[c]): a decayed dot product. With one decay per head (g_dim 1) the
-// exponential is the same for every channel and comes out of the sum: same formula, one exp.
-static float decayed_dot(const float *a, const float *b, const float *Gi, const float *Gj, int g_dim, int n) {
-    float s = 0.0f;
-    if (g_dim == 1) {
-        for (int c = 0; c < n; c++) s += a[c] * b[c];
-        return s * expf(Gi[0] - Gj[0]);
-    }
-    for (int c = 0; c < n; c++) s += a[c] * b[c] * expf(Gi[c] - Gj[c]);
-    return s;
+// ---- the chunked form ---------------------------------------------------------------------------
+//
+// Per chunk of L <= C tokens the delta rule becomes a handful of small dense matrix products (mathx's
+// packed matmul). With X = [q; k] (2L, dk) the chunk's queries and keys stacked, G the cumulative
+// log-decay from the chunk start and S0 (dk, dv) the state entering the chunk:
+//   M  = q k^T, decayed, j <= i  (L, L)   the intra-chunk scores
+//   A  = beta_i k_i . k_j, decayed, j < i (L, L)
+//   Y  = [q e^G; k e^G] S0       (2L, dv) what the entering state gives each query and key
+//   U  = (I + A)^-1 beta (v - (k e^G)^T S0)   the chunk's updates; (I + A)^-1 is the UT transform,
+//                                (L, dv)  applied by block forward substitution (ut_solve). WY form:
+//                                         U = U~ - W S0, U~ = (I+A)^-1 beta v, W = (I+A)^-1 beta k e^G;
+//                                         applying (I+A)^-1 last saves one product.
+//   o  = (q e^G)^T S0 + M U      (L, dv)  = rows 0..L-1 of Y, plus M U
+//   S1 = Diag(e^G_last) S0 + (k e^(G_last - G))^T U      the state carried to the next chunk
+
+// Above this many nats of decay inside one chunk (in any channel), KDA's per-channel decayed products
+// are computed exactly, one exp per term, instead of factored as (q_i e^G_i) . (k_j e^-G_j). The
+// factored form needs e^-G to stay finite and far from overflow: e^60 ~ 1e26, so even the (discarded,
+// j > i) products of unit q, k stay below ~1e28. Gated DeltaNet's single decay per head never needs
+// this: its L x L decays are running products of the per-token factors, all <= 1.
+#define DELTA_FACTOR_MAX_SPAN 60.0f
+
+// The lower-triangular L x L matrices (M, A) are stored by row blocks of TRI_BLOCK rows, each block
+// only as wide as its diagonal block reaches: block I holds rows [I b, I b + rows) x columns
+// [0, min((I+1) b, L)), contiguous. Products with them then skip the zero blocks above the diagonal
+// (3/8 of the work at L = 64), and every block is still a plain row-major matmul operand.
+enum { TRI_BLOCK = 16 };
+static size_t tri_offset(int I) { return (size_t)TRI_BLOCK * TRI_BLOCK * I * (I + 1) / 2; }   // blocks before I are full
+static int tri_width(int I, int L) { return (I + 1) * TRI_BLOCK < L ? (I + 1) * TRI_BLOCK : L; }
+// row i of a block-stored triangle (its width is tri_width(i / TRI_BLOCK, L) >= i + 1)
+static float *tri_row(float *Tri, int i, int L) {
+    int I = i / TRI_BLOCK;
+    return Tri + tri_offset(I) + (size_t)(i - I * TRI_BLOCK) * tri_width(I, L);
 }
+// Tri (L, L) = the lower block triangle of X Y^T, X (L, d), Y (L, d)
+static void tri_matmul_nt(float *Tri, const float *X, const float *Y, int L, int d) {
+    for (int I = 0, r0 = 0; r0 < L; I++, r0 += TRI_BLOCK) {
+        int rows = L - r0 < TRI_BLOCK ? L - r0 : TRI_BLOCK;
+        matmul_nt(Tri + tri_offset(I), X + (size_t)r0 * d, Y, rows, d, tri_width(I, L), 0);
+    }
+}
+// Out (L, n) (+)= Tri (L, L) B (L, n)
+static void tri_matmul(float *Out, const float *Tri, const float *B, int L, int n, int accumulate) {
+    for (int I = 0, r0 = 0; r0 < L; I++, r0 += TRI_BLOCK) {
+        int rows = L - r0 < TRI_BLOCK ? L - r0 : TRI_BLOCK;
+        matmul(Out + (size_t)r0 * n, Tri + tri_offset(I), B, rows, tri_width(I, L), n, accumulate);
+    }
+}
+
+// One thread's scratch for the chunked forward, carved once per call (not per chunk or head).
+typedef struct {
+    float *X;      // (2C, dk)  [q; k] of the chunk, then scaled in place to [q e^G; k e^G]
+    float *Kd;     // (C, dk)   right factor of the intra products: k, or k e^-G (KDA, factored)
+    float *Kt;     // (dk, C)   the keys decayed to the chunk end, transposed: k e^(G_last - G)
+    float *V;      // (C, dv)   the chunk's values
+    float *M;      // (C, C)    block-stored triangle: q_i . k_j decayed, j <= i
+    float *A;      // (C, C)    block-stored triangle: beta_i k_i . k_j decayed, j < i
+    float *Tm;     // (C, C)    room for the UT transforms (I + A_II)^-1 of the diagonal blocks, block I at I b^2
+    float *Z;      // (b, dv)   one block row of A U
+    float *Y;      // (2C, dv)  [q e^G; k e^G] S0; rows 0..L-1 become the outputs
+    float *R;      // (C, dv)   beta (v - (k e^G)^T S0)
+    float *U;      // (C, dv)   the updates u_i
+    float *G;      // (C, gd)   cumulative log-decay from the chunk start
+    float *E;      // (C, gd)   e^G
+    float *D;      // (C, C)    gd 1 only: D_ij = e^(G_i - G_j), j <= i (row-major, ld L)
+    float *beta;   // (C)
+    float *S;      // (dk, dv)  the state entering the chunk
+} ChunkScratch;
 
 static size_t chunk_scratch_floats(const DeltaDims *z, int C) {
-    return (size_t)C * z->g_dim + 2 * (size_t)C * C + (size_t)C * z->dv + (size_t)z->dk * z->dv;
+    size_t c = (size_t)C, dk = (size_t)z->dk, dv = (size_t)z->dv, gd = (size_t)z->g_dim;
+    return 4 * c * dk + 5 * c * dv + 4 * c * c + 2 * c * gd + c + dk * dv + (size_t)TRI_BLOCK * dv;
 }
 
-// One value head of one sequence in chunks. S (dk,dv) starts at 0; S_chunks (n_chunks, dk, dv) or NULL.
-static void head_chunked(HeadSeq s, float *S_chunks, const DeltaDims *z, int C, float *scr) {
+static ChunkScratch chunk_scratch_carve(float *p, const DeltaDims *z, int C) {
+    size_t c = (size_t)C, dk = (size_t)z->dk, dv = (size_t)z->dv, gd = (size_t)z->g_dim;
+    ChunkScratch w;
+    w.X = p;                 p += 2 * c * dk;
+    w.Kd = p;                p += c * dk;
+    w.Kt = p;                p += c * dk;
+    w.V = p;                 p += c * dv;
+    w.M = p;                 p += c * c;
+    w.A = p;                 p += c * c;
+    w.Tm = p;                p += c * c;
+    w.Z = p;                 p += (size_t)TRI_BLOCK * dv;
+    w.Y = p;                 p += 2 * c * dv;
+    w.R = p;                 p += c * dv;
+    w.U = p;                 p += c * dv;
+    w.G = p;                 p += c * gd;
+    w.E = p;                 p += c * gd;
+    w.D = p;                 p += c * c;
+    w.beta = p;              p += c;
+    w.S = p;
+    return w;
+}
+
+// Gated DeltaNet (one decay per head): M, A from the raw q, k, then X scaled by e^G.
+// D_ij = e^(G_i - G_j) = a_{j+1} ... a_i with a_t = e^(g_t): L exponentials, every entry <= 1, and
+// each row is the previous one times a_i (independent multiplies, not one long chain).
+static void chunk_products_scalar(ChunkScratch *w, const float *g, size_t sg, int L, int dk) {
+    float *D = w->D, *eG = w->E, *a = w->G, *X = w->X;   // a (L) reuses G
+    for (int t = 0; t < L; t++) a[t] = expf(g[(size_t)t * sg]);
+    for (int i = 0; i < L; i++) {
+        float *Di = D + (size_t)i * L;
+        const float *Dp = Di - L;   // row i - 1
+        for (int j = 0; j < i; j++) Di[j] = Dp[j] * a[i];
+        Di[i] = 1.0f;
+        eG[i] = i ? eG[i - 1] * a[i] : a[0];
+    }
+    tri_matmul_nt(w->M, X, w->Kd, L, dk);                     // q k^T
+    tri_matmul_nt(w->A, X + (size_t)L * dk, w->Kd, L, dk);    // k k^T
+    for (int i = 0; i < L; i++) {
+        const float *Di = D + (size_t)i * L;
+        float *Mi = tri_row(w->M, i, L), *Ai = tri_row(w->A, i, L);
+        int width = tri_width(i / TRI_BLOCK, L);
+        for (int j = 0; j < width; j++) {
+            Mi[j] = j <= i ? Mi[j] * Di[j] : 0.0f;
+            Ai[j] = j < i ? w->beta[i] * Ai[j] * Di[j] : 0.0f;
+        }
+    }
+    for (int i = 0; i < L; i++)
+        for (int c = 0; c < dk; c++) {
+            X[(size_t)i * dk + c] *= eG[i];
+            X[(size_t)(L + i) * dk + c] *= eG[i];
+        }
+}
+
+// KDA (one decay per key channel): e^(G_i[c] - G_j[c]) differs per channel, so it cannot leave the
+// dot product; split it as e^G_i[c] e^-G_j[c] and the decayed dot products are one matrix product
+// (q e^G)(k e^-G)^T, safe while the chunk's decay span stays under DELTA_FACTOR_MAX_SPAN (else exact).
+// Returns whether it factored (then Kd holds k e^-G).
+static int chunk_products_channel(ChunkScratch *w, int L, int dk) {
+    float *X = w->X, *E = w->E;
+    float span = 0.0f;
+    for (int c = 0; c < dk; c++) span = fmaxf(span, -w->G[(size_t)(L - 1) * dk + c]);
+    for (size_t x = 0; x < (size_t)L * dk; x++) E[x] = expf(w->G[x]);
+    int factored = span <= DELTA_FACTOR_MAX_SPAN;
+    if (factored) {
+        for (size_t x = 0; x < (size_t)L * dk; x++) w->Kd[x] /= E[x];   // k e^-G
+        for (int i = 0; i < L; i++)
+            for (int c = 0; c < dk; c++) {
+                X[(size_t)i * dk + c] *= E[(size_t)i * dk + c];
+                X[(size_t)(L + i) * dk + c] *= E[(size_t)i * dk + c];
+            }
+        tri_matmul_nt(w->M, X, w->Kd, L, dk);                     // (q e^G)(k e^-G)^T
+        tri_matmul_nt(w->A, X + (size_t)L * dk, w->Kd, L, dk);    // (k e^G)(k e^-G)^T
+    }
+    for (int i = 0; i < L; i++) {
+        float *Mi = tri_row(w->M, i, L), *Ai = tri_row(w->A, i, L);
+        int width = tri_width(i / TRI_BLOCK, L);
+        for (int j = 0; j < width; j++) {
+            float sq = 0.0f, sk = 0.0f;
+            if (factored) {
+                sq = Mi[j], sk = Ai[j];
+            } else if (j <= i) {   // exact: sum_c a[c] b[c] e^(G_i[c] - G_j[c]) term by term
+                for (int c = 0; c < dk; c++) {
+                    float d = expf(w->G[(size_t)i * dk + c] - w->G[(size_t)j * dk + c]) * w->Kd[(size_t)j * dk + c];
+                    sq += X[(size_t)i * dk + c] * d;
+                    sk += X[(size_t)(L + i) * dk + c] * d;
+                }
+            }
+            Mi[j] = j <= i ? sq : 0.0f;
+            Ai[j] = j < i ? w->beta[i] * sk : 0.0f;
+        }
+    }
+    if (!factored)
+        for (int i = 0; i < L; i++)
+            for (int c = 0; c < dk; c++) {
+                X[(size_t)i * dk + c] *= E[(size_t)i * dk + c];
+                X[(size_t)(L + i) * dk + c] *= E[(size_t)i * dk + c];
+            }
+    return factored;
+}
+
+// The UT transform of one diagonal block: Tm (n, n) = (I + Ad)^-1 for Ad (n, n, row stride lda)
+// strictly lower triangular. Row r of (I + Ad) Tm = I reads Tm_r = e_r - sum_{j<r} Ad_rj Tm_j, and
+// Tm_j is zero right of column j, so the rows come out in order (forward substitution).
+static void ut_transform(float *Tm, const float *Ad, int lda, int n) {
+    for (int r = 0; r < n; r++) {
+        float *Tr = Tm + (size_t)r * n;
+        for (int c = 0; c < n; c++) Tr[c] = c == r ? 1.0f : 0.0f;
+        for (int j = 0; j < r; j++) {
+            float a = Ad[(size_t)r * lda + j];
+            for (int c = 0; c <= j; c++) Tr[c] -= a * Tm[(size_t)j * n + c];
+        }
+    }
+}
+
+// U (L, dv) = (I + A)^-1 R for A (L, L) strictly lower triangular (block-stored), by forward
+// substitution over the row blocks I of TRI_BLOCK rows:
+//   U_I = (I + A_II)^-1 (R_I - sum_{J<I} A_IJ U_J)
+// U starts at zero, so A's whole block row times U[0 : w_I] is exactly the sum over the solved blocks
+// (the diagonal block meets zero rows). R is overwritten.
+static void ut_solve(float *U, float *R, float *A, float *Tm, float *Z, int L, int dv) {
+    memset(U, 0, sizeof(float) * (size_t)L * dv);
+    for (int I = 0, r0 = 0; r0 < L; I++, r0 += TRI_BLOCK) {
+        int n = L - r0 < TRI_BLOCK ? L - r0 : TRI_BLOCK, width = tri_width(I, L);
+        float *Ablk = tri_row(A, r0, L), *TmI = Tm + (size_t)I * TRI_BLOCK * TRI_BLOCK, *RI = R + (size_t)r0 * dv;
+        ut_transform(TmI, Ablk + r0, width, n);   // A_II: the last n columns of the block row
+        if (I > 0) {
+            matmul(Z, Ablk, U, n, width, dv, 0);   // sum_{J<I} A_IJ U_J   (n, width) x (width, dv)
+            for (size_t x = 0; x < (size_t)n * dv; x++) RI[x] -= Z[x];
+        }
+        matmul(U + (size_t)r0 * dv, TmI, RI, n, n, dv, 0);
+    }
+}
+
+// One value head of one sequence in chunks. S starts at 0; S_chunks (n_chunks, dk, dv) or NULL.
+static void head_chunked(HeadSeq s, float *S_chunks, const DeltaDims *z, int C, ChunkScratch w) {
     const int dk = z->dk, dv = z->dv, gd = z->g_dim, T = z->T;
     const size_t sqk = (size_t)z->qk_stride, sv = (size_t)z->v_stride, so = (size_t)z->Hv * dv;
-    const size_t sb = (size_t)z->Hv, sg = (size_t)z->Hv * gd;
-    float *G = scr;                       // (C, gd) cumulative log-decay inside the chunk
-    float *A = G + (size_t)C * gd;        // (C, C) strictly lower: beta_i k_i . k_j decayed
-    float *M = A + (size_t)C * C;         // (C, C) lower incl. diagonal: q_i . k_j decayed
-    float *U = M + (size_t)C * C;         // (C, dv) the chunk's updates u_i
-    float *S = U + (size_t)C * dv;        // (dk, dv) the state entering the chunk
-    memset(S, 0, sizeof(float) * (size_t)dk * dv);
+    const size_t sb = (size_t)z->Hv, sg = (size_t)z->Hv * gd, SS = (size_t)dk * dv;
+    memset(w.S, 0, sizeof(float) * SS);
     for (int t0 = 0, ci = 0; t0 < T; t0 += C, ci++) {
         int L = T - t0 < C ? T - t0 : C;
-        if (S_chunks) memcpy(S_chunks + (size_t)ci * dk * dv, S, sizeof(float) * (size_t)dk * dv);
-        for (int i = 0; i < L; i++)
-            for (int c = 0; c < gd; c++)
-                G[i * gd + c] = (i ? G[(i - 1) * gd + c] : 0.0f) + s.g[(size_t)(t0 + i) * sg + c];
+        if (S_chunks) memcpy(S_chunks + (size_t)ci * SS, w.S, sizeof(float) * SS);
+        // 1. the chunk's rows, contiguous: X = [q; k] (2L, dk), Kd = k (L, dk), V (L, dv), beta (L)
         for (int i = 0; i < L; i++) {
-            const float *qi = s.q + (size_t)(t0 + i) * sqk, *ki = s.k + (size_t)(t0 + i) * sqk;
-            float bi = s.beta[(size_t)(t0 + i) * sb];
-            for (int j = 0; j <= i; j++) {
-                const float *kj = s.k + (size_t)(t0 + j) * sqk;
-                M[i * C + j] = decayed_dot(qi, kj, G + i * gd, G + j * gd, gd, dk);
-                if (j < i) A[i * C + j] = bi * decayed_dot(ki, kj, G + i * gd, G + j * gd, gd, dk);
-            }
-            // forward substitution, row i of (I + A) U = beta (v - (k e^G)^T S0):
-            // U_i = beta_i (v_i - (k_i e^G_i)^T S0) - sum_{j<i} A_ij U_j
-            const float *vi = s.v + (size_t)(t0 + i) * sv;
-            float *Ui = U + (size_t)i * dv;
-            for (int e = 0; e < dv; e++) Ui[e] = vi[e];
-            for (int c = 0; c < dk; c++) {
-                float kc = ki[c] * expf(G[i * gd + (gd == 1 ? 0 : c)]);
-                for (int e = 0; e < dv; e++) Ui[e] -= kc * S[(size_t)c * dv + e];
-            }
-            for (int e = 0; e < dv; e++) Ui[e] *= bi;
-            for (int j = 0; j < i; j++) {
-                float a = A[i * C + j];
-                for (int e = 0; e < dv; e++) Ui[e] -= a * U[(size_t)j * dv + e];
-            }
-            // o_i = (q_i e^G_i)^T S0 + sum_{j<=i} M_ij U_j (U_j for j <= i are final by now)
-            float *oi = s.o + (size_t)(t0 + i) * so;
-            for (int e = 0; e < dv; e++) oi[e] = 0.0f;
-            for (int c = 0; c < dk; c++) {
-                float qc = qi[c] * expf(G[i * gd + (gd == 1 ? 0 : c)]);
-                for (int e = 0; e < dv; e++) oi[e] += qc * S[(size_t)c * dv + e];
-            }
-            for (int j = 0; j <= i; j++)
-                for (int e = 0; e < dv; e++) oi[e] += M[i * C + j] * U[(size_t)j * dv + e];
+            size_t t = (size_t)(t0 + i);
+            memcpy(w.X + (size_t)i * dk, s.q + t * sqk, sizeof(float) * dk);
+            memcpy(w.X + (size_t)(L + i) * dk, s.k + t * sqk, sizeof(float) * dk);
+            memcpy(w.Kd + (size_t)i * dk, s.k + t * sqk, sizeof(float) * dk);
+            memcpy(w.V + (size_t)i * dv, s.v + t * sv, sizeof(float) * dv);
+            w.beta[i] = s.beta[t * sb];
         }
-        // carry the state: S1 = Diag(e^G_last) S0 + sum_j (k_j e^(G_last - G_j)) U_j^T
-        const float *Gl = G + (L - 1) * gd;
+        // 2. the decayed products M, A, and X <- [q e^G; k e^G]
+        int factored = 0;
+        if (gd == 1) {
+            chunk_products_scalar(&w, s.g + (size_t)t0 * sg, sg, L, dk);
+        } else {
+            for (int i = 0; i < L; i++)
+                for (int c = 0; c < gd; c++)
+                    w.G[(size_t)i * gd + c] = (i ? w.G[(size_t)(i - 1) * gd + c] : 0.0f) + s.g[(size_t)(t0 + i) * sg + c];
+            factored = chunk_products_channel(&w, L, dk);
+        }
+        // 3. the entering state seen by every query and key: Y (2L, dv) = [q e^G; k e^G] S0
+        matmul(w.Y, w.X, w.S, 2 * L, dk, dv, 0);
+        // 4. U = (I + A)^-1 R, R = beta (v - (k e^G)^T S0): row i of (I + A) U = R is the delta rule's
+        //    u_i = beta_i (v_i - S_{i-1}^T k_i) with S_{i-1} written out through the chunk's earlier u_j
+        for (int i = 0; i < L; i++) {
+            const float *Vi = w.V + (size_t)i * dv, *Yk = w.Y + (size_t)(L + i) * dv;
+            float *Ri = w.R + (size_t)i * dv;
+            for (int e = 0; e < dv; e++) Ri[e] = w.beta[i] * (Vi[e] - Yk[e]);
+        }
+        ut_solve(w.U, w.R, w.A, w.Tm, w.Z, L, dv);
+        // 5. o = (q e^G)^T S0 + M U, accumulated onto the first L rows of Y, then written out
+        tri_matmul(w.Y, w.M, w.U, L, dv, 1);
+        for (int i = 0; i < L; i++) memcpy(s.o + (size_t)(t0 + i) * so, w.Y + (size_t)i * dv, sizeof(float) * dv);
+        // 6. carry the state: S1 = Diag(e^G_last) S0 + (k e^(G_last - G))^T U   (dk, L) x (L, dv); the
+        //    decayed keys are written transposed, Kt (dk, L), so the product is a plain matmul. The
+        //    decay from token j to the chunk end is D[L-1][j] (one per head), or per channel
+        //    e^G_last (k_j e^-G_j) when Kd holds the factored keys, else exp of the difference.
+        float *Kt = w.Kt;
+        const float *Gl = w.G + (size_t)(L - 1) * gd, *El = w.E + (size_t)(L - 1) * gd;
+        const float *DL = w.D + (size_t)(L - 1) * L;
+        for (int j = 0; j < L; j++) {
+            const float *kj = s.k + (size_t)(t0 + j) * sqk, *kdj = w.Kd + (size_t)j * dk;
+            for (int c = 0; c < dk; c++)
+                Kt[(size_t)c * L + j] = gd == 1   ? kj[c] * DL[j]
+                                        : factored ? kdj[c] * El[c]
+                                                   : kj[c] * expf(Gl[c] - w.G[(size_t)j * gd + c]);
+        }
         for (int c = 0; c < dk; c++) {
-            float a = expf(Gl[gd == 1 ? 0 : c]);
-            float *Sc = S + (size_t)c * dv;
-            for (int e = 0; e < dv; e++) Sc[e] *= a;
-            for (int j = 0; j < L; j++) {
-                int cc = gd == 1 ? 0 : c;
-                float kc = s.k[(size_t)(t0 + j) * sqk + c] * expf(Gl[cc] - G[j * gd + cc]);
-                for (int e = 0; e < dv; e++) Sc[e] += kc * U[(size_t)j * dv + e];
-            }
+            float a = El[gd == 1 ? 0 : c];
+            for (int e = 0; e < dv; e++) w.S[(size_t)c * dv + e] *= a;
         }
+        matmul(w.S, Kt, w.U, dk, L, dv, 1);
     }
 }
 
@@ -180,11 +377,12 @@ void delta_rule_chunked(float *o, float *S_chunks, const float *q, const float *
     #pragma omp parallel
     {
         float *scr = mallocCheck(sizeof(float) * chunk_scratch_floats(z, C));
+        ChunkScratch w = chunk_scratch_carve(scr, z, C);
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < z->B; b++)
             for (int h = 0; h < z->Hv; h++)
                 head_chunked(head_seq(q, k, v, beta, g, o, z, b, h),
-                             S_chunks ? S_chunks + ((size_t)b * z->Hv + h) * per_head : NULL, z, C, scr);
+                             S_chunks ? S_chunks + ((size_t)b * z->Hv + h) * per_head : NULL, z, C, w);
         free(scr);
     }
 }

@@ -1,12 +1,17 @@
 // decay.c: scalar-decay linear attention, one head at a time: recurrent step, recurrent and chunked
 // forward, the chunked backward, and the implicit mixing matrix. See decay.h for the equations.
-// Nothing here allocates or threads: the mixers split (batch, head) across threads and call in.
+// Nothing here threads: the mixers split (batch, head) across threads and call in. The chunked forward
+// allocates its gathered-rows scratch once per call (one head of one sequence), never per chunk.
 #include "10_hybrids/decay.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
+#include "mathx.h"
+#include "rng.h"
 
 // a . b as 8 interleaved partial sums added in a fixed order: the same bits on every call, and the 8
 // sums fit one vector register (one running sum would be a chain of dependent adds).
@@ -40,54 +45,76 @@ void decay_recurrent_forward(float *o, size_t ldo, float *S, const float *q, con
 //             contribution to the state out of the chunk)
 //   eg (n):   eg[i] = exp(Gamma_i), how much of the state entering the chunk is left at token i
 // built as running products of the per-token factors exp(g): n exponentials, not n^2/2, and every
-// entry <= 1 (no difference of large cumulative sums).
+// entry <= 1 (no difference of large cumulative sums). Row i is row i-1 times exp(g_i): independent
+// multiplies across the row, not one long dependent chain.
 static void chunk_decays(float *Dm, float *eg, const float *g, size_t ldg, int t0, int n) {
-    float e[DECAY_MAX_CHUNK];
-    for (int u = 0; u < n; u++) e[u] = expf(g[(size_t)(t0 + u) * ldg]);
     for (int i = 0; i < n; i++) {
+        float e = expf(g[(size_t)(t0 + i) * ldg]);
         float *row = Dm + (size_t)i * DECAY_MAX_CHUNK;
+        const float *prev = row - DECAY_MAX_CHUNK;
+        for (int j = 0; j < i; j++) row[j] = prev[j] * e;
         row[i] = 1.0f;
-        for (int j = i - 1; j >= 0; j--) row[j] = row[j + 1] * e[j + 1];
-        eg[i] = row[0] * e[0];
+        eg[i] = i ? eg[i - 1] * e : e;
     }
 }
+
+// Per chunk of n tokens the forward is four small matrix products (mathx's packed matmul) on the
+// chunk's rows gathered into contiguous scratch:
+//   P (n, n)   = Q K^T * Dm, lower triangle      the intra-chunk scores, decayed
+//   O (n, dv)  = (Q * eg) S + P V                inter (the carried state) + intra
+//   S (dk, dv) = eg_last S + (K * DL)^T V        the state carried to the next chunk
+// P is stored by row blocks of TRI_BLOCK rows, each only as wide as its diagonal block reaches (block
+// I: rows [I b, I b + b) x columns [0, (I+1) b), contiguous), so both products with it skip the zero
+// blocks above the diagonal (3/8 of their work at n = 64). Chapter 9's delta rule does the same.
+enum { TRI_BLOCK = 16 };
 
 void decay_chunked_forward(float *o, size_t ldo, float *S, const float *q, const float *k, size_t ldqk,
                            const float *v, size_t ldv, const float *g, size_t ldg, int T, int dk, int dv, int C) {
     CHECK(C > 0 && C <= DECAY_MAX_CHUNK, "decay: chunk %d outside 1..%d", C, DECAY_MAX_CHUNK);
-    float Dm[DECAY_MAX_CHUNK * DECAY_MAX_CHUNK], eg[DECAY_MAX_CHUNK], a[DECAY_MAX_CHUNK];
+    float Dm[DECAY_MAX_CHUNK * DECAY_MAX_CHUNK], eg[DECAY_MAX_CHUNK], P[DECAY_MAX_CHUNK * DECAY_MAX_CHUNK];
+    // scratch for the whole call (one head of one sequence), not per chunk
+    float *Qc = mallocCheck(sizeof(float) * (size_t)C * (2 * (size_t)dk + 2 * (size_t)dv));
+    float *Kc = Qc + (size_t)C * dk;   // (C, dk) the chunk's keys, then (dk, C) the decayed keys transposed
+    float *Vc = Kc + (size_t)C * dk;   // (C, dv)
+    float *Oc = Vc + (size_t)C * dv;   // (C, dv)
     for (int t0 = 0; t0 < T; t0 += C) {
         int n = T - t0 < C ? T - t0 : C;
-        chunk_decays(Dm, eg, g, ldg, t0, n);
         for (int i = 0; i < n; i++) {
-            const float *qi = q + (size_t)(t0 + i) * ldqk, *Di = Dm + (size_t)i * DECAY_MAX_CHUNK;
-            float *oi = o + (size_t)(t0 + i) * ldo;
-            // inter: exp(Gamma_i) S_prev^T q_i, the whole past before this chunk through the state
-            for (int c = 0; c < dv; c++) oi[c] = 0.0f;
-            for (int r = 0; r < dk; r++) {
-                float w = eg[i] * qi[r];
-                const float *Sr = S + (size_t)r * dv;
-                for (int c = 0; c < dv; c++) oi[c] += w * Sr[c];
-            }
-            // intra: row i of (q k^T * D) times v, D_ij = exp(Gamma_i - Gamma_j) for j <= i
-            for (int j = 0; j <= i; j++) a[j] = dotf(qi, k + (size_t)(t0 + j) * ldqk, dk) * Di[j];
-            for (int j = 0; j <= i; j++) {
-                const float *vj = v + (size_t)(t0 + j) * ldv;
-                for (int c = 0; c < dv; c++) oi[c] += a[j] * vj[c];
+            size_t t = (size_t)(t0 + i);
+            memcpy(Qc + (size_t)i * dk, q + t * ldqk, sizeof(float) * dk);
+            memcpy(Kc + (size_t)i * dk, k + t * ldqk, sizeof(float) * dk);
+            memcpy(Vc + (size_t)i * dv, v + t * ldv, sizeof(float) * dv);
+        }
+        chunk_decays(Dm, eg, g, ldg, t0, n);
+        // intra scores, row block by row block: P_I (rows, w) = (Q_I K[0:w]^T) * Dm, 0 above the diagonal
+        for (int r0 = 0, I = 0; r0 < n; r0 += TRI_BLOCK, I++) {
+            int rows = n - r0 < TRI_BLOCK ? n - r0 : TRI_BLOCK, w = r0 + rows;
+            float *PI = P + (size_t)TRI_BLOCK * TRI_BLOCK * I * (I + 1) / 2;
+            matmul_nt(PI, Qc + (size_t)r0 * dk, Kc, rows, dk, w, 0);
+            for (int r = 0; r < rows; r++) {
+                const float *Di = Dm + (size_t)(r0 + r) * DECAY_MAX_CHUNK;
+                for (int j = 0; j < w; j++) PI[(size_t)r * w + j] = j <= r0 + r ? PI[(size_t)r * w + j] * Di[j] : 0.0f;
             }
         }
-        // carry the state: S = exp(Gamma_last) S + sum_j exp(Gamma_last - Gamma_j) k_j v_j^T
+        // O (n, dv) = (Q * eg) S   (inter: the whole past before this chunk through the state)
+        //           + P V          (intra)
+        for (int i = 0; i < n; i++)
+            for (int r = 0; r < dk; r++) Qc[(size_t)i * dk + r] *= eg[i];
+        matmul(Oc, Qc, S, n, dk, dv, 0);
+        for (int r0 = 0, I = 0; r0 < n; r0 += TRI_BLOCK, I++) {
+            int rows = n - r0 < TRI_BLOCK ? n - r0 : TRI_BLOCK, w = r0 + rows;
+            matmul(Oc + (size_t)r0 * dv, P + (size_t)TRI_BLOCK * TRI_BLOCK * I * (I + 1) / 2, Vc, rows, w, dv, 1);
+        }
+        for (int i = 0; i < n; i++) memcpy(o + (size_t)(t0 + i) * ldo, Oc + (size_t)i * dv, sizeof(float) * dv);
+        // carry the state: S = exp(Gamma_last) S + (K * DL)^T V, with Kt (dk, n) the decayed keys transposed
         const float *DL = Dm + (size_t)(n - 1) * DECAY_MAX_CHUNK;
-        for (int r = 0; r < dk; r++) {
-            float *Sr = S + (size_t)r * dv;
-            for (int c = 0; c < dv; c++) Sr[c] *= eg[n - 1];
-            for (int j = 0; j < n; j++) {
-                float w = DL[j] * k[(size_t)(t0 + j) * ldqk + r];
-                const float *vj = v + (size_t)(t0 + j) * ldv;
-                for (int c = 0; c < dv; c++) Sr[c] += w * vj[c];
-            }
-        }
+        float *Kt = Kc;
+        for (int j = 0; j < n; j++)
+            for (int r = 0; r < dk; r++) Kt[(size_t)r * n + j] = k[(size_t)(t0 + j) * ldqk + r] * DL[j];
+        for (size_t x = 0; x < (size_t)dk * dv; x++) S[x] *= eg[n - 1];
+        matmul(S, Kt, Vc, dk, n, dv, 1);
     }
+    free(Qc);
 }
 
 size_t decay_backward_scratch_floats(int T, int dk, int dv, int C) {
@@ -221,4 +248,50 @@ void decay_mixing_matrix(float *A, const float *q, const float *k, size_t ldqk, 
     decay_matrix(A, g, ldg, T);
     for (int t = 0; t < T; t++)
         for (int s = 0; s <= t; s++) A[(size_t)t * T + s] *= dotf(q + (size_t)t * ldqk, k + (size_t)s * ldqk, dk);
+}
+
+// ---- benchmark pair -------------------------------------------------------------------------------
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double decay_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
+    CHECK(B > 0 && T > 0 && H > 0 && dh > 0 && C >= 0 && C <= DECAY_MAX_CHUNK && reps > 0,
+          "decay_prefill_seconds: bad sizes");
+    size_t N = (size_t)B * T, E = (size_t)H * dh, nv = N * E;   // rows (b, t) of H heads
+    float *q = mallocCheck(sizeof(float) * 4 * nv), *k = q + nv, *v = k + nv, *o = v + nv;
+    float *g = mallocCheck(sizeof(float) * N * H), *S = mallocCheck(sizeof(float) * (size_t)dh * dh);
+    Rng rng;
+    rng_seed(&rng, 10);
+    rng_fill_normal(&rng, q, (long)(3 * nv), 1.0f);
+    for (size_t r = 0; r < N * H; r++) {   // unit q, k (q / sqrt(dh) as attention scales it); g < 0
+        float nq = 0, nk = 0;
+        for (int c = 0; c < dh; c++) nq += q[r * dh + c] * q[r * dh + c], nk += k[r * dh + c] * k[r * dh + c];
+        for (int c = 0; c < dh; c++) q[r * dh + c] /= sqrtf(nq * dh), k[r * dh + c] /= sqrtf(nk);
+        g[r] = -0.1f * rng_uniform(&rng);
+    }
+    double *sec = mallocCheck(sizeof(double) * (size_t)reps);
+    for (int rep = -1; rep < reps; rep++) {   // rep -1 warms up
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                size_t off = (size_t)b * T * E + (size_t)h * dh;
+                const float *gh = g + (size_t)b * T * H + h;
+                memset(S, 0, sizeof(float) * (size_t)dh * dh);
+                if (C == 0) decay_recurrent_forward(o + off, E, S, q + off, k + off, E, v + off, E, gh, H, T, dh, dh);
+                else decay_chunked_forward(o + off, E, S, q + off, k + off, E, v + off, E, gh, H, T, dh, dh, C);
+            }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (rep >= 0) sec[rep] = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
+    qsort(sec, (size_t)reps, sizeof(double), cmp_double);
+    double med = sec[reps / 2];
+    free(sec);
+    free(q);
+    free(g);
+    free(S);
+    return med;
 }

@@ -51,5 +51,11 @@ void decay_chunked_backward(float *dq, float *dk_, float *dv_, float *dg, const 
 void decay_mixing_matrix(float *A, const float *q, const float *k, size_t ldqk, const float *g, size_t ldg,
                          int T, int dk);
 
+// ---- benchmark pair: the two forward forms on the same inputs ---------------------------------------
+// Seconds per call of decay_recurrent_forward (C = 0) or decay_chunked_forward (chunk C) over a batch of
+// B sequences of T tokens with H heads of dk = dv = dh, random unit q, k and g in (-0.1, 0], every
+// (sequence, head) in turn on the calling thread; median of reps calls.
+double decay_prefill_seconds(int B, int T, int H, int dh, int C, int reps);
+
 // The decay alone: D (T,T), D[t][s] = exp(G_t - G_s) for s <= t, 0 above the diagonal.
 void decay_matrix(float *D, const float *g, size_t ldg, int T);
