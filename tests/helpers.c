@@ -1,6 +1,7 @@
-// helpers.c: process and file helpers for the tests.
+// helpers.c: process, file, closeness and golden-value helpers for the tests.
 #include "helpers.h"
 
+#include <criterion/criterion.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -97,4 +98,111 @@ double test_mixer_fd_rel_error(const Mixer *m, float *v, const float *ana, size_
         den2 += (double)ana[i] * ana[i];
     }
     return sqrt(num2 / (den2 > 0 ? den2 : 1e-30));
+}
+
+float *test_randn(Rng *r, size_t n, float std) {
+    float *x = mallocCheck(n * sizeof(float));
+    rng_fill_normal(r, x, (long)n, std);
+    return x;
+}
+
+size_t test_tensor_size(const ParamTensor *t) {
+    size_t s = 1;
+    for (int j = 0; j < t->ndim; j++) s *= (size_t)t->shape[j];
+    return s;
+}
+
+const ParamTensor *test_find_param(const ParamTensor *t, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name)) return &t[i];
+    cr_assert_fail("no parameter '%s'", name);
+    return NULL;
+}
+
+double test_rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-30));
+}
+
+void test_assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
+    for (size_t i = 0; i < n; i++)
+        cr_assert(fabsf(got[i] - want[i]) <= tol * fmaxf(1.0f, fabsf(want[i])), "%s[%zu]: got %.9g want %.9g", what,
+                  i, (double)got[i], (double)want[i]);
+}
+
+void test_assert_close_scaled(const char *what, const float *got, const float *want, size_t n, float tol) {
+    float scale = 1.0f;
+    for (size_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(want[i]));
+    for (size_t i = 0; i < n; i++)
+        cr_assert(fabsf(got[i] - want[i]) <= tol * scale, "%s[%zu]: got %.9g want %.9g (scale %.3g)", what, i,
+                  (double)got[i], (double)want[i], (double)scale);
+}
+
+void test_linear_geom(ModelGeometry *g, const char *name, LinearKind kind, int d, int Hk, int Hv, int dk, int dv,
+                      int K) {
+    memset(g, 0, sizeof *g);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    g->n_layers = 1;
+    g->d_model = d;
+    g->n_heads = Hv;
+    g->n_kv_heads = Hv;
+    g->head_dim = dv;
+    g->vocab_size = 16;
+    g->d_ff = 4 * d;
+    g->max_seq_len = 64;
+    g->layer_kind[0] = LAYER_LINEAR;
+    g->linear_kind = kind;
+    g->linear_num_key_heads = Hk;
+    g->linear_num_value_heads = Hv;
+    g->linear_key_head_dim = dk;
+    g->linear_value_head_dim = dv;
+    g->linear_conv_kernel_dim = K;
+    g->state_dtype_bytes = 4;
+    g->dtype_bytes = 4;
+}
+
+const char *test_golden_meta(const SafeTensors *st, const char *cs, const char *key) {
+    char k[96];
+    snprintf(k, sizeof k, "%s.%s", cs, key);
+    const char *v = st_meta(st, k);
+    cr_assert(v, "golden: metadata '%s' missing", k);
+    return v;
+}
+
+int test_golden_int(const SafeTensors *st, const char *cs, const char *key) {
+    return (int)strtod(test_golden_meta(st, cs, key), NULL);
+}
+
+const float *test_golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
+    char k[96], err[512];
+    snprintf(k, sizeof k, "%s.%s", cs, name);
+    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
+    cr_assert(p, "golden: %s", err);
+    return p;
+}
+
+void test_golden_load(SafeTensors *st, const char *file, const char *script) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/tests/golden/%s", test_root(), file);
+    cr_assert_eq(st_load(st, path, err, sizeof err), 0, "%s (run tests/reference/%s)", err, script);
+}
+
+void test_golden_params(float *params, const SafeTensors *st, const char *cs, const ParamTensor *t, int n) {
+    for (int i = 0; i < n; i++)
+        memcpy(params + t[i].offset, test_golden(st, cs, t[i].name, t[i].ndim, t[i].shape),
+               sizeof(float) * test_tensor_size(&t[i]));
+}
+
+void test_golden_dparams(const SafeTensors *st, const char *cs, const float *dparams, const ParamTensor *t, int n,
+                         float tol) {
+    for (int i = 0; i < n; i++) {
+        char dn[64];
+        snprintf(dn, sizeof dn, "d%.47s", t[i].name);
+        test_assert_close(dn, dparams + t[i].offset, test_golden(st, cs, dn, t[i].ndim, t[i].shape),
+                          test_tensor_size(&t[i]), tol);
+    }
 }

@@ -47,18 +47,10 @@ static void make_geom(ModelGeometry *g, int d, int H, int qr, int dc, int dn, in
 // d 32, H 4, dc 16, dn 8, dr 4, dv 6; indexer 3 heads x 8, top-k as given.
 static void small_geom(ModelGeometry *g, int qr, int topk) { make_geom(g, 32, 4, qr, 16, 8, 4, 6, 1000.0, 3, 8, topk); }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
-static size_t tensor_size(const ParamTensor *t) { return (size_t)(t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]); }
-
 // Random parameters: matrices N(0, std^2), norm gains 1 + N(0, 0.2^2), the LayerNorm bias N(0, 0.2^2).
 static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     size_t np = mixer_n_params(&dsa_mixer, g, 0);
-    float *p = randn(r, np, std);
+    float *p = test_randn(r, np, std);
     ParamTensor t[24];
     int n = dsa_mixer.param_tensors(g, 0, t, 24);
     for (int i = 0; i < n; i++)
@@ -66,12 +58,6 @@ static float *random_params(const ModelGeometry *g, Rng *r, float std) {
             for (int k = 0; k < t[i].shape[0]; k++)
                 p[t[i].offset + k] = (strstr(t[i].name, "bias") ? 0.0f : 1.0f) + 0.2f * rng_normal(r);
     return p;
-}
-
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * fmaxf(1.0f, fabsf(want[i])), "%s[%zu]: got %.9g want %.9g", what,
-                  i, (double)got[i], (double)want[i]);
 }
 
 static float *forward_act(const Mixer *m, float *out, const float *x, const float *params, int B, int T) {
@@ -91,25 +77,9 @@ static void attended_of(const Mixer *m, unsigned char *mask, const float *x, con
 
 // ---- golden values from an independent PyTorch implementation (tests/reference/golden_dsa.py) -----
 
-static int meta_int(const SafeTensors *st, const char *cs, const char *key) {
-    char k[96];
-    snprintf(k, sizeof k, "%s.%s", cs, key);
-    const char *v = st_meta(st, k);
-    cr_assert(v, "golden: metadata '%s' missing", k);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char k[96], err[512];
-    snprintf(k, sizeof k, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 static void golden_case(const SafeTensors *st, const char *cs) {
-    int B = meta_int(st, cs, "B"), T = meta_int(st, cs, "T"), d = meta_int(st, cs, "d_model");
-    int H = meta_int(st, cs, "n_heads"), di = meta_int(st, cs, "index_head_dim");
+    int B = test_golden_int(st, cs, "B"), T = test_golden_int(st, cs, "T"), d = test_golden_int(st, cs, "d_model");
+    int H = test_golden_int(st, cs, "n_heads"), di = test_golden_int(st, cs, "index_head_dim");
     char k[96];
     snprintf(k, sizeof k, "%s.rope_theta", cs);
     double theta = atof(st_meta(st, k));
@@ -117,50 +87,45 @@ static void golden_case(const SafeTensors *st, const char *cs) {
     dsa_set_phase(strcmp(st_meta(st, k), "dense") == 0 ? DSA_DENSE : DSA_SPARSE);
     dsa_set_kl_coef(1.0f);
     ModelGeometry g;
-    make_geom(&g, d, H, meta_int(st, cs, "q_lora_rank"), meta_int(st, cs, "kv_lora_rank"),
-              meta_int(st, cs, "qk_nope_head_dim"), meta_int(st, cs, "qk_rope_head_dim"), meta_int(st, cs, "v_head_dim"),
-              theta, meta_int(st, cs, "index_n_heads"), di, meta_int(st, cs, "index_topk"));
+    make_geom(&g, d, H, test_golden_int(st, cs, "q_lora_rank"), test_golden_int(st, cs, "kv_lora_rank"),
+              test_golden_int(st, cs, "qk_nope_head_dim"), test_golden_int(st, cs, "qk_rope_head_dim"), test_golden_int(st, cs, "v_head_dim"),
+              theta, test_golden_int(st, cs, "index_n_heads"), di, test_golden_int(st, cs, "index_topk"));
     Mixer m = {.ops = &dsa_mixer, .g = &g, .layer = 0};
 
     size_t np = mixer_n_params(&dsa_mixer, &g, 0), nx = (size_t)B * T * d, TT = (size_t)T * T;
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[24];
     int n = dsa_mixer.param_tensors(&g, 0, t, 24);
-    for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
+    test_golden_params(params, st, cs, t, n);
     int64_t sx[3] = {B, T, d}, sP[4] = {B, H, T, T}, sI[3] = {B, T, T}, sk[3] = {B, T, di}, s1[1] = {1};
-    const float *x = golden(st, cs, "x", 3, sx), *R = golden(st, cs, "R", 3, sx);
-    const float *gI = golden(st, cs, "I", 3, sI), *gatt = golden(st, cs, "att", 3, sI), *gout = golden(st, cs, "out", 3, sx);
+    const float *x = test_golden(st, cs, "x", 3, sx), *R = test_golden(st, cs, "R", 3, sx);
+    const float *gI = test_golden(st, cs, "I", 3, sI), *gatt = test_golden(st, cs, "att", 3, sI), *gout = test_golden(st, cs, "out", 3, sx);
 
     // forward: output, attention weights (exactly 0 off the selected set), the indexer scores
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = forward_act(&m, out, x, params, B, T);
-    assert_close("out", out, gout, nx, 2e-5f);
-    assert_close("P", act, golden(st, cs, "P", 4, sP), (size_t)B * H * TT, 2e-5f);
+    test_assert_close("out", out, gout, nx, 2e-5f);
+    test_assert_close("P", act, test_golden(st, cs, "P", 4, sP), (size_t)B * H * TT, 2e-5f);
     double kl = dsa_index_kl(&m, act, B, T);
-    float want_kl = *golden(st, cs, "kl", 1, s1);
+    float want_kl = *test_golden(st, cs, "kl", 1, s1);
     cr_assert(fabs(kl - want_kl) <= 1e-5 * fmax(1, fabs(want_kl)), "%s: KL %.9g want %.9g", cs, kl, (double)want_kl);
     // the indexer scores and the selected set
     float *I = mallocCheck(sizeof(float) * B * TT);
     unsigned char *mask = mallocCheck(B * TT);
     dsa_index_scores(&m, I, act, B, T);
     dsa_attended(&m, mask, act, B, T);
-    assert_close("I", I, gI, B * TT, 2e-5f);
+    test_assert_close("I", I, gI, B * TT, 2e-5f);
     for (size_t i = 0; i < B * TT; i++)
         cr_assert_eq(mask[i], gatt[i] != 0.0f, "%s: attended[%zu] = %d, PyTorch %g", cs, i, mask[i], (double)gatt[i]);
     free(I); free(mask);
 
     // gradients: sum(out * R) for x and MLA's weights, the indexer's KL for the indexer's
     dsa_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("dx", dx, golden(st, cs, "dx", 3, sx), nx, 1e-4f);
-    for (int i = 0; i < n; i++) {
-        char dn[64];
-        snprintf(dn, sizeof dn, "d%.47s", t[i].name);
-        assert_close(dn, dparams + t[i].offset, golden(st, cs, dn, t[i].ndim, t[i].shape), tensor_size(&t[i]), 1e-4f);
-    }
+    test_assert_close("dx", dx, test_golden(st, cs, "dx", 3, sx), nx, 1e-4f);
+    test_golden_dparams(st, cs, dparams, t, n, 1e-4f);
 
     // decode, one cache per sequence: outputs and the cached indexer keys
-    const float *gik = golden(st, cs, "ik", 3, sk);
+    const float *gik = test_golden(st, cs, "ik", 3, sk);
     for (int b = 0; b < B; b++) {
         MixerCache *c = dsa_mixer.cache_new(&m, T);
         float step[64];
@@ -168,8 +133,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
         for (int pos = 0; pos < T; pos++) {
             size_t row = (size_t)b * T + pos;
             dsa_mixer.decode(&m, c, step, x + row * d, params);
-            assert_close("decode", step, gout + row * d, (size_t)d, 2e-5f);
-            assert_close("cache index key", dsa_cache_index_key(c, pos), gik + row * di, (size_t)di, 1e-5f);
+            test_assert_close("decode", step, gout + row * d, (size_t)d, 2e-5f);
+            test_assert_close("cache index key", dsa_cache_index_key(c, pos), gik + row * di, (size_t)di, 1e-5f);
         }
         dsa_mixer.cache_free(c);
     }
@@ -177,10 +142,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
 }
 
 Test(dsa, matches_pytorch_golden) {
-    char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/tests/golden/dsa.safetensors", test_root());
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_dsa.py)", err);
+    test_golden_load(&st, "dsa.safetensors", "golden_dsa.py");
     const char *cases[] = {"q_lora", "direct_q", "dense_warmup"};
     for (int i = 0; i < 3; i++) golden_case(&st, cases[i]);
     st_free(&st);
@@ -198,26 +161,26 @@ static void equals_dense_mla(int qr) {
     rng_seed(&rng, 5 + qr);
     float *pd = random_params(&g, &rng, 0.3f);   // the MLA slice leads, with MLA's layout
     size_t np_mla = mixer_n_params(&mla_mixer, &g, 0), nx = (size_t)B * T * d;
-    float *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *od = mallocCheck(sizeof(float) * nx), *om = mallocCheck(sizeof(float) * nx);
     dsa_set_phase(DSA_SPARSE);
     float *ad = forward_act(&md, od, x, pd, B, T), *am = forward_act(&mm, om, x, pd, B, T);
-    assert_close("out vs MLA", od, om, nx, 1e-6f);
-    assert_close("P vs MLA", ad, am, (size_t)B * g.n_heads * T * T, 1e-6f);
+    test_assert_close("out vs MLA", od, om, nx, 1e-6f);
+    test_assert_close("P vs MLA", ad, am, (size_t)B * g.n_heads * T * T, 1e-6f);
 
     float *dxd = callocCheck(nx, sizeof(float)), *dxm = callocCheck(nx, sizeof(float));
     float *gd = callocCheck(mixer_n_params(&dsa_mixer, &g, 0), sizeof(float)), *gm = callocCheck(np_mla, sizeof(float));
     dsa_mixer.backward(&md, dxd, gd, R, ad, x, pd, B, T);
     mla_mixer.backward(&mm, dxm, gm, R, am, x, pd, B, T);
-    assert_close("dx vs MLA", dxd, dxm, nx, 1e-5f);
-    assert_close("dMLA params vs MLA", gd, gm, np_mla, 1e-5f);
+    test_assert_close("dx vs MLA", dxd, dxm, nx, 1e-5f);
+    test_assert_close("dMLA params vs MLA", gd, gm, np_mla, 1e-5f);
 
     MixerCache *cd = dsa_mixer.cache_new(&md, T), *cm = mla_mixer.cache_new(&mm, T);
     float sd[32], sm[32];
     for (int t = 0; t < T; t++) {
         dsa_mixer.decode(&md, cd, sd, x + (size_t)t * d, pd);
         mla_mixer.decode(&mm, cm, sm, x + (size_t)t * d, pd);
-        assert_close("decode vs MLA", sd, sm, (size_t)d, 1e-6f);
+        test_assert_close("decode vs MLA", sd, sm, (size_t)d, 1e-6f);
     }
     dsa_mixer.cache_free(cd);
     mla_mixer.cache_free(cm);
@@ -272,7 +235,7 @@ Test(dsa, attends_at_most_k_past_keys_the_indexer_chose) {
     Mixer m = {.ops = &dsa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 11);
-    float *params = random_params(&g, &rng, 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *out = mallocCheck(sizeof(float) * T * d), *I = mallocCheck(sizeof(float) * T * T);
     unsigned char mask[16 * 16];
     dsa_set_phase(DSA_SPARSE);
@@ -327,7 +290,7 @@ static void decode_matches_forward(int qr, DsaPhase phase) {
     Mixer m = {.ops = &dsa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 41 + qr + phase);
-    float *params = random_params(&g, &rng, 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), step[32];
     dsa_set_phase(phase);
     float *act = forward_act(&m, full, x, params, 1, T);
@@ -359,7 +322,7 @@ Test(dsa, cache_bytes_equal_kvcache_formula) {
     Mixer m = {.ops = &dsa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 3);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, 32, 1.0f), out[32];
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, 32, 1.0f), out[32];
     cr_assert_eq(kvcache_elems_per_token_layer(&g, 0), 16 + 4 + 8, "DSA caches kv_lora_rank + qk_rope_head_dim + index_head_dim");
     dsa_set_phase(DSA_SPARSE);
     MixerCache *c = dsa_mixer.cache_new(&m, 20);
@@ -429,7 +392,7 @@ static void gradcheck(int qr, DsaPhase phase, int kl) {
     Rng rng;
     rng_seed(&rng, 17 + qr + 10 * phase + 100 * kl);
     size_t np = mixer_n_params(&dsa_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.5f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.5f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *zero = callocCheck(nx, sizeof(float)), *out = mallocCheck(sizeof(float) * nx);
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     dsa_set_phase(phase);
@@ -447,12 +410,12 @@ static void gradcheck(int qr, DsaPhase phase, int kl) {
         int is_index = strncmp(t[i].name, "indexer.", 8) == 0;
         if (is_index != kl) {
             // the other loss's tensors get nothing from this one
-            for (size_t k = 0; k < tensor_size(&t[i]); k++)
+            for (size_t k = 0; k < test_tensor_size(&t[i]); k++)
                 cr_assert_eq(dparams[t[i].offset + k], 0.0f, "kl %d: d%s[%zu] = %g, expected 0", kl, t[i].name, k,
                              (double)dparams[t[i].offset + k]);
             continue;
         }
-        double e = fd_rel_error(&f, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), kl ? 2e-3f : 1e-2f);
+        double e = fd_rel_error(&f, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), kl ? 2e-3f : 1e-2f);
         cr_expect(e < 5e-3, "q_lora %d phase %d kl %d d%s: relative error %.3g", qr, phase, kl, t[i].name, e);
         checked++;
     }
@@ -487,7 +450,7 @@ Test(dsa, results_do_not_depend_on_thread_count) {
     Rng rng;
     rng_seed(&rng, 8);
     size_t np = mixer_n_params(&dsa_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.4f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.4f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *res[2][3];
     dsa_set_phase(DSA_SPARSE);
     for (int run = 0; run < 2; run++) {
@@ -529,7 +492,7 @@ Test(dsa, parameters_are_mla_then_indexer) {
         cr_assert_eq(p->ndim, cols[i] ? 2 : 1);
         if (cols[i]) cr_assert_eq(p->shape[1], cols[i]);
         cr_assert_eq(p->offset, off);
-        off += tensor_size(p);
+        off += test_tensor_size(p);
     }
     cr_assert_eq(mixer_n_params(&dsa_mixer, &g, 0), off);
     g.q_lora_rank = 0;

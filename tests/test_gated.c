@@ -46,17 +46,9 @@ static void make_geom(ModelGeometry *g, int d, int H, int G, int dh, int gate, i
     cr_assert(geometry_validate(g, why, sizeof why), "test geometry: %s", why);
 }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
-static size_t tensor_size(const ParamTensor *t) { return (size_t)(t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]); }
-
 // Random parameters: matrices N(0, std^2); norm weights away from their start (0 or 1) so they matter.
 static float *random_params(const ModelGeometry *g, Rng *r, float std) {
-    float *p = randn(r, mixer_n_params(&gated_mixer, g, 0), std);
+    float *p = test_randn(r, mixer_n_params(&gated_mixer, g, 0), std);
     ParamTensor t[8];
     int n = gated_mixer.param_tensors(g, 0, t, 8);
     for (int i = 0; i < n; i++)
@@ -64,15 +56,6 @@ static float *random_params(const ModelGeometry *g, Rng *r, float std) {
             for (int k = 0; k < t[i].shape[0]; k++)
                 p[t[i].offset + k] = (g->qk_norm == QK_NORM_RMS ? 1.0f : 0.0f) + 0.2f * rng_normal(r);
     return p;
-}
-
-// |got - want| <= tol * max(1, max |want|) (the tensor's scale: float32 rounding scales with it)
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    float scale = 1.0f;
-    for (size_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(want[i]));
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * scale, "%s[%zu]: got %.9g want %.9g", what, i, (double)got[i],
-                  (double)want[i]);
 }
 
 static void run_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B, int T) {
@@ -83,30 +66,14 @@ static float *new_act(const Mixer *m, int B, int T) { return mallocCheck(sizeof(
 
 // ---- golden values from an independent PyTorch implementation (tests/reference/golden_gated.py) ----
 
-static const char *meta(const SafeTensors *st, const char *cs, const char *key) {
-    char k[96];
-    snprintf(k, sizeof k, "%s.%s", cs, key);
-    const char *v = st_meta(st, k);
-    cr_assert(v, "golden: metadata '%s' missing", k);
-    return v;
-}
-
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char k[96], err[512];
-    snprintf(k, sizeof k, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 static void golden_case(const SafeTensors *st, const char *cs) {
-    int B = atoi(meta(st, cs, "B")), T = atoi(meta(st, cs, "T")), d = atoi(meta(st, cs, "d_model"));
-    int H = atoi(meta(st, cs, "n_heads")), dh = atoi(meta(st, cs, "head_dim"));
+    int B = atoi(test_golden_meta(st, cs, "B")), T = atoi(test_golden_meta(st, cs, "T")), d = atoi(test_golden_meta(st, cs, "d_model"));
+    int H = atoi(test_golden_meta(st, cs, "n_heads")), dh = atoi(test_golden_meta(st, cs, "head_dim"));
     ModelGeometry g;
-    make_geom(&g, d, H, atoi(meta(st, cs, "n_kv_heads")), dh, atoi(meta(st, cs, "attn_output_gate")),
-              atoi(meta(st, cs, "qk_norm")), atof(meta(st, cs, "partial_rotary_factor")), atof(meta(st, cs, "rope_theta")),
-              atoi(meta(st, cs, "sliding_window")));
-    cr_assert_eq(gated_rotary_dims(&g), atoi(meta(st, cs, "rotary_dims")), "%s: rotated dims", cs);
+    make_geom(&g, d, H, atoi(test_golden_meta(st, cs, "n_kv_heads")), dh, atoi(test_golden_meta(st, cs, "attn_output_gate")),
+              atoi(test_golden_meta(st, cs, "qk_norm")), atof(test_golden_meta(st, cs, "partial_rotary_factor")), atof(test_golden_meta(st, cs, "rope_theta")),
+              atoi(test_golden_meta(st, cs, "sliding_window")));
+    cr_assert_eq(gated_rotary_dims(&g), atoi(test_golden_meta(st, cs, "rotary_dims")), "%s: rotated dims", cs);
     Mixer m = {.ops = &gated_mixer, .g = &g, .layer = 0};
     int gw = gated_gate_width(&g);
 
@@ -114,28 +81,27 @@ static void golden_case(const SafeTensors *st, const char *cs) {
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[8];
     int n = gated_mixer.param_tensors(&g, 0, t, 8);
-    for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
+    test_golden_params(params, st, cs, t, n);
     int64_t sx[3] = {B, T, d}, sP[4] = {B, H, T, T}, sg[2] = {T, H * gw};
-    const float *x = golden(st, cs, "x", 3, sx), *R = golden(st, cs, "R", 3, sx), *gout = golden(st, cs, "out", 3, sx);
+    const float *x = test_golden(st, cs, "x", 3, sx), *R = test_golden(st, cs, "R", 3, sx), *gout = test_golden(st, cs, "out", 3, sx);
 
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float)), *act = new_act(&m, B, T);
     run_forward(&m, out, act, x, params, B, T);
-    assert_close("out", out, gout, nx, 1e-5f);
-    assert_close("P", act, golden(st, cs, "P", 4, sP), (size_t)B * H * T * T, 1e-5f);
+    test_assert_close_scaled("out", out, gout, nx, 1e-5f);
+    test_assert_close_scaled("P", act, test_golden(st, cs, "P", 4, sP), (size_t)B * H * T * T, 1e-5f);
     float *gates = mallocCheck(sizeof(float) * (size_t)T * H * gw);
     gated_gate_values(&m, gates, act, B, T);
-    assert_close("gates", gates, golden(st, cs, "gates", 2, sg), (size_t)T * H * gw, 1e-5f);
+    test_assert_close_scaled("gates", gates, test_golden(st, cs, "gates", 2, sg), (size_t)T * H * gw, 1e-5f);
     float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
     gated_mixer.mixing_matrix(&m, A, act, params, T);
-    assert_close("mixing matrix", A, golden(st, cs, "P", 4, sP), (size_t)H * T * T, 1e-5f);
+    test_assert_close_scaled("mixing matrix", A, test_golden(st, cs, "P", 4, sP), (size_t)H * T * T, 1e-5f);
 
     gated_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("dx", dx, golden(st, cs, "dx", 3, sx), nx, 1e-4f);
+    test_assert_close_scaled("dx", dx, test_golden(st, cs, "dx", 3, sx), nx, 1e-4f);
     for (int i = 0; i < n; i++) {
         char dn[64];
         snprintf(dn, sizeof dn, "d%.47s", t[i].name);
-        assert_close(dn, dparams + t[i].offset, golden(st, cs, dn, t[i].ndim, t[i].shape), tensor_size(&t[i]), 1e-4f);
+        test_assert_close_scaled(dn, dparams + t[i].offset, test_golden(st, cs, dn, t[i].ndim, t[i].shape), test_tensor_size(&t[i]), 1e-4f);
     }
 
     // cached decode of every sequence reproduces PyTorch's outputs
@@ -146,7 +112,7 @@ static void golden_case(const SafeTensors *st, const char *cs) {
         for (int pos = 0; pos < T; pos++) {
             size_t row = ((size_t)b * T + pos) * d;
             gated_mixer.decode(&m, c, step, x + row, params);
-            assert_close("decode", step, gout + row, (size_t)d, 1e-5f);
+            test_assert_close_scaled("decode", step, gout + row, (size_t)d, 1e-5f);
         }
         gated_mixer.cache_free(c);
     }
@@ -154,10 +120,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
 }
 
 Test(gated, matches_pytorch_golden) {
-    char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/tests/golden/gated.safetensors", test_root());
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_gated.py)", err);
+    test_golden_load(&st, "gated.safetensors", "golden_gated.py");
     const char *cases[] = {"elementwise", "headwise", "local"};
     for (int i = 0; i < 3; i++) golden_case(&st, cases[i]);
     st_free(&st);
@@ -173,7 +137,7 @@ static void gradcheck(int G, int gate, int norm, double frac, int W) {
     Rng rng;
     rng_seed(&rng, 7 + 3 * gate + 11 * norm + W);
     size_t np = mixer_n_params(&gated_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.4f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.4f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = new_act(&m, B, T);
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     run_forward(&m, out, act, x, params, B, T);
@@ -183,7 +147,7 @@ static void gradcheck(int G, int gate, int norm, double frac, int W) {
     int n = gated_mixer.param_tensors(&g, 0, t, 8);
     cr_assert_eq(n, norm ? 6 : 4);
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out,
                                            x, params, R, B, T);
         cr_expect(e < 2e-3, "gate %d norm %d W %d d%s: relative error %.3g", gate, norm, W, t[i].name, e);
     }
@@ -212,7 +176,7 @@ static void decode_matches_forward(int G, int gate, int norm, double frac, int W
     Mixer m = {.ops = &gated_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 41 + gate + 5 * W);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *step = mallocCheck(sizeof(float) * d), *act = new_act(&m, 1, T);
     run_forward(&m, full, act, x, params, 1, T);
     MixerCache *c = gated_mixer.cache_new(&m, T);
@@ -241,7 +205,7 @@ Test(gated, cache_bytes_equal_kvcache_formula) {
         Mixer m = {.ops = &gated_mixer, .g = &g, .layer = 0};
         Rng rng;
         rng_seed(&rng, 3);
-        float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, 32, 1.0f), out[32];
+        float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, 32, 1.0f), out[32];
         cr_assert_eq(kvcache_elems_per_token_layer(&g, 0), 2 * 2 * 8, "gated attention caches 2 * G * dh");
         MixerCache *c = gated_mixer.cache_new(&m, 20);
         cr_assert_eq(gated_mixer.cache_bytes(c), 0);
@@ -277,25 +241,25 @@ Test(gated, ungated_twin_equals_gqa_mixer) {
     }
     Rng rng;
     rng_seed(&rng, 99);
-    float *params = randn(&rng, np, 0.4f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = test_randn(&rng, np, 0.4f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *og = mallocCheck(sizeof(float) * nx), *oq = mallocCheck(sizeof(float) * nx);
     float *ag = new_act(&mg, B, T), *aq = new_act(&mq, B, T);
     run_forward(&mg, og, ag, x, params, B, T);
     run_forward(&mq, oq, aq, x, params, B, T);
-    assert_close("out", og, oq, nx, 1e-6f);
-    assert_close("P", ag, aq, (size_t)B * g.n_heads * T * T, 1e-6f);
+    test_assert_close_scaled("out", og, oq, nx, 1e-6f);
+    test_assert_close_scaled("P", ag, aq, (size_t)B * g.n_heads * T * T, 1e-6f);
     float *dpg = callocCheck(np, sizeof(float)), *dpq = callocCheck(np, sizeof(float));
     float *dxg = callocCheck(nx, sizeof(float)), *dxq = callocCheck(nx, sizeof(float));
     gated_mixer.backward(&mg, dxg, dpg, R, ag, x, params, B, T);
     gqa_mixer.backward(&mq, dxq, dpq, R, aq, x, params, B, T);
-    assert_close("dx", dxg, dxq, nx, 1e-6f);
-    assert_close("dparams", dpg, dpq, np, 1e-6f);
+    test_assert_close_scaled("dx", dxg, dxq, nx, 1e-6f);
+    test_assert_close_scaled("dparams", dpg, dpq, np, 1e-6f);
     MixerCache *cg = gated_mixer.cache_new(&mg, T), *cq = gqa_mixer.cache_new(&mq, T);
     float sg[24], sq[24];
     for (int t = 0; t < T; t++) {
         gated_mixer.decode(&mg, cg, sg, x + (size_t)t * g.d_model, params);
         gqa_mixer.decode(&mq, cq, sq, x + (size_t)t * g.d_model, params);
-        assert_close("decode", sg, sq, (size_t)g.d_model, 1e-6f);
+        test_assert_close_scaled("decode", sg, sq, (size_t)g.d_model, 1e-6f);
     }
     cr_assert_eq(gated_mixer.cache_bytes(cg), gqa_mixer.cache_bytes(cq));
     gated_mixer.cache_free(cg);
@@ -342,7 +306,7 @@ Test(gated, untouched_dims_carry_no_position) {
     Mixer m = {.ops = &gated_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 8);
-    float *params = random_params(&g, &rng, 0.5f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.5f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *xp = mallocCheck(sizeof(float) * T * d), *o1 = mallocCheck(sizeof(float) * T * d);
     float *o2 = mallocCheck(sizeof(float) * T * d), *act = new_act(&m, 1, T);
     static const int perm[6] = {3, 0, 4, 1, 2, 5};   // the last token stays last
@@ -387,7 +351,7 @@ Test(gated, parameter_names_shapes_and_init) {
                 cr_assert_eq(t[i].shape[0], rows[i], "%s rows", names[i]);
                 if (cols[i]) cr_assert_eq(t[i].shape[1], cols[i]);
                 cr_assert_eq(t[i].offset, off);
-                off += tensor_size(&t[i]);
+                off += test_tensor_size(&t[i]);
             }
             cr_assert_eq(mixer_n_params(&gated_mixer, &g, 0), off);
             Mixer m = {.ops = &gated_mixer, .g = &g, .layer = 0};
@@ -397,13 +361,13 @@ Test(gated, parameter_names_shapes_and_init) {
             gated_mixer.init(&m, p, &rng);
             for (int i = 0; i < n; i++) {
                 double ss = 0;
-                for (size_t j = 0; j < tensor_size(&t[i]); j++) {
+                for (size_t j = 0; j < test_tensor_size(&t[i]); j++) {
                     float v = p[t[i].offset + j];
                     // zero-centred norms start at w = 0 (gain 1 + w = 1), RMS norms at w = 1
                     if (t[i].ndim == 1) cr_assert_eq(v, norm == QK_NORM_ZERO_CENTRED ? 0.0f : 1.0f, "%s[%zu]", t[i].name, j);
                     ss += (double)v * v;
                 }
-                if (t[i].ndim == 2) cr_assert(sqrt(ss / tensor_size(&t[i])) > 0.005 && sqrt(ss / tensor_size(&t[i])) < 0.03);
+                if (t[i].ndim == 2) cr_assert(sqrt(ss / test_tensor_size(&t[i])) > 0.005 && sqrt(ss / test_tensor_size(&t[i])) < 0.03);
             }
             free(p);
         }
@@ -417,7 +381,7 @@ Test(gated, thread_count_determinism) {
     size_t np = mixer_n_params(&gated_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
     Rng rng;
     rng_seed(&rng, 12);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out[2], *dx[2], *dp[2];
     int saved = omp_get_max_threads();
     for (int k = 0; k < 2; k++) {

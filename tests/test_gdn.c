@@ -17,38 +17,14 @@
 #include "safetensors.h"
 
 static void make_geom(ModelGeometry *g, int d, int Hk, int Hv, int dk, int dv, int K) {
-    memset(g, 0, sizeof *g);
-    snprintf(g->name, sizeof g->name, "test gdn");
-    g->n_layers = 1;
-    g->d_model = d;
-    g->n_heads = Hv;
-    g->n_kv_heads = Hv;
-    g->head_dim = dv;
-    g->vocab_size = 16;
-    g->d_ff = 4 * d;
-    g->max_seq_len = 64;
-    g->layer_kind[0] = LAYER_LINEAR;
-    g->linear_kind = LINEAR_GDN;
-    g->linear_num_key_heads = Hk;
-    g->linear_num_value_heads = Hv;
-    g->linear_key_head_dim = dk;
-    g->linear_value_head_dim = dv;
-    g->linear_conv_kernel_dim = K;
-    g->state_dtype_bytes = 4;
-    g->dtype_bytes = 4;
-}
-
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
+    test_linear_geom(g, "test gdn", LINEAR_GDN, d, Hk, Hv, dk, dv, K);
 }
 
 // Random parameters: matrices N(0, std^2), the norm gain 1 + N(0, 0.2^2), A_log, dt_bias as initialised.
 static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     Mixer m = {.ops = &gdn_mixer, .g = g, .layer = 0};
     size_t np = mixer_n_params(&gdn_mixer, g, 0);
-    float *p = randn(r, np, std);
+    float *p = test_randn(r, np, std);
     float *init = mallocCheck(np * sizeof(float));
     gdn_mixer.init(&m, init, r);
     ParamTensor t[16];
@@ -64,21 +40,6 @@ static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     return p;
 }
 
-static size_t tensor_size(const ParamTensor *t) {
-    size_t s = 1;
-    for (int j = 0; j < t->ndim; j++) s *= (size_t)t->shape[j];
-    return s;
-}
-
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
-
 // ---- the core: chunked == recurrent -------------------------------------------------------------
 
 static void core_case(int g_dim, int C) {
@@ -89,7 +50,7 @@ static void core_case(int g_dim, int C) {
     Rng r;
     rng_seed(&r, 100 + g_dim + C);
     size_t N = (size_t)z.B * z.T;
-    float *q = randn(&r, N * z.qk_stride, 1.0f), *k = randn(&r, N * z.qk_stride, 1.0f), *v = randn(&r, N * z.v_stride, 1.0f);
+    float *q = test_randn(&r, N * z.qk_stride, 1.0f), *k = test_randn(&r, N * z.qk_stride, 1.0f), *v = test_randn(&r, N * z.v_stride, 1.0f);
     for (size_t row = 0; row < N; row++)
         for (int h = 0; h < z.Hk; h++) {
             float *qh = q + row * z.qk_stride + h * z.dk, *kh = k + row * z.qk_stride + h * z.dk, nq = 0, nk = 0;
@@ -103,7 +64,7 @@ static void core_case(int g_dim, int C) {
     float *o1 = mallocCheck(no * sizeof(float)), *o2 = mallocCheck(no * sizeof(float));
     delta_rule_recurrent(o1, NULL, q, k, v, beta, g, &z);
     delta_rule_chunked(o2, NULL, q, k, v, beta, g, &z, C);
-    double e = rel_err(o2, o1, no), mx = 0, scale = 0;
+    double e = test_rel_err(o2, o1, no), mx = 0, scale = 0;
     for (size_t i = 0; i < no; i++) mx = fmax(mx, fabs(o2[i] - o1[i])), scale = fmax(scale, fabs(o1[i]));
     cr_expect(e < 1e-5, "g_dim %d C %d: chunked vs recurrent relative error %.3g", z.g_dim, C, e);
     cr_expect(mx < 1e-5 * scale, "g_dim %d C %d: max abs diff %.3g (max |o| %.3g)", z.g_dim, C, mx, scale);
@@ -128,7 +89,7 @@ Test(gdn, gradients_match_finite_differences) {
     Rng rng;
     rng_seed(&rng, 7);
     size_t np = mixer_n_params(&gdn_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 1.0f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 1.0f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * gdn_mixer.act_floats(&g, 0, B, T));
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     gdn_mixer.forward(&m, out, act, x, params, B, T);
@@ -137,7 +98,7 @@ Test(gdn, gradients_match_finite_differences) {
     int n = gdn_mixer.param_tensors(&g, 0, t, 16);
     cr_assert_eq(n, 11);
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out,
                                            x, params, R, B, T);
         cr_expect(e < 3e-3, "d%s: relative error %.3g", t[i].name, e);
     }
@@ -154,7 +115,7 @@ Test(gdn, decode_equals_forward_and_cache_formula) {
     Rng rng;
     rng_seed(&rng, 8);
     size_t nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * gdn_mixer.act_floats(&g, 0, B, T));
     gdn_mixer.forward(&m, out, act, x, params, B, T);
     double fixed = kvcache_fixed_bytes(&g) / geometry_count(&g, LAYER_LINEAR);
@@ -187,7 +148,7 @@ Test(gdn, mixing_matrix_reproduces_core_output) {
     Rng rng;
     rng_seed(&rng, 9);
     size_t nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * gdn_mixer.act_floats(&g, 0, B, T));
     gdn_mixer.forward(&m, out, act, x, params, B, T);
     int H = gdn_mixer.n_mix_heads(&g, 0), dv = 5;
@@ -207,7 +168,7 @@ Test(gdn, mixing_matrix_reproduces_core_output) {
                 for (int e = 0; e < dv; e++)
                     Av[((size_t)t * H + h) * dv + e] += A[((size_t)h * T + t) * T + s] * p.v[((size_t)s * H + h) * dv + e];
         }
-    double e = rel_err(Av, o, (size_t)T * H * dv);
+    double e = test_rel_err(Av, o, (size_t)T * H * dv);
     cr_expect(e < 1e-5, "A v vs o: relative error %.3g", e);
 
     // the state after the last token, and the gates
@@ -216,7 +177,7 @@ Test(gdn, mixing_matrix_reproduces_core_output) {
     gdn_states_at(&m, S, act, T, 1, times, 2);
     memset(Sref, 0, sizeof(float) * H * 4 * dv);
     delta_rule_recurrent(o, Sref, p.q, p.k, p.v, p.beta, p.g, &z);
-    cr_expect(rel_err(S, Sref + 4 * dv, 4 * dv) < 1e-6, "state after the last token");
+    cr_expect(test_rel_err(S, Sref + 4 * dv, 4 * dv) < 1e-6, "state after the last token");
     float *beta = mallocCheck(sizeof(float) * T * H), *alpha = mallocCheck(sizeof(float) * T * H);
     gdn_gates(&m, beta, alpha, act, T);
     for (int i = 0; i < T * H; i++) cr_assert(beta[i] > 0 && beta[i] < 1 && alpha[i] > 0 && alpha[i] < 1);
@@ -231,7 +192,7 @@ Test(gdn, results_do_not_depend_on_thread_count) {
     Rng rng;
     rng_seed(&rng, 10);
     size_t np = mixer_n_params(&gdn_mixer, &g, 0), nx = (size_t)B * T * g.d_model, na = gdn_mixer.act_floats(&g, 0, B, T);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f);
     float *res[2][3];
     int saved = omp_get_max_threads();
     for (int run = 0; run < 2; run++) {
@@ -254,27 +215,13 @@ Test(gdn, results_do_not_depend_on_thread_count) {
 
 // ---- golden values from an independent PyTorch implementation ----------------------------------------
 
-static int meta_int(const SafeTensors *st, const char *key) {
-    const char *v = st_meta(st, key);
-    cr_assert(v, "golden: metadata '%s' missing", key);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *name, int ndim, const int64_t *shape) {
-    char err[512];
-    const float *p = st_get_f32(st, name, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 Test(gdn, matches_pytorch_golden) {
-    char path[1024], err[512], key[96];
-    snprintf(path, sizeof path, "%s/tests/golden/gdn.safetensors", test_root());
+    char key[96];
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_gdn.py)", err);
-    int B = meta_int(&st, "gdn.B"), T = meta_int(&st, "gdn.T"), d = meta_int(&st, "gdn.d_model");
-    int Hk = meta_int(&st, "gdn.Hk"), Hv = meta_int(&st, "gdn.Hv"), dk = meta_int(&st, "gdn.dk");
-    int dv = meta_int(&st, "gdn.dv"), K = meta_int(&st, "gdn.K");
+    test_golden_load(&st, "gdn.safetensors", "golden_gdn.py");
+    int B = test_golden_int(&st, "gdn", "B"), T = test_golden_int(&st, "gdn", "T"), d = test_golden_int(&st, "gdn", "d_model");
+    int Hk = test_golden_int(&st, "gdn", "Hk"), Hv = test_golden_int(&st, "gdn", "Hv"), dk = test_golden_int(&st, "gdn", "dk");
+    int dv = test_golden_int(&st, "gdn", "dv"), K = test_golden_int(&st, "gdn", "K");
     ModelGeometry g;
     make_geom(&g, d, Hk, Hv, dk, dv, K);
     Mixer m = {.ops = &gdn_mixer, .g = &g, .layer = 0};
@@ -282,19 +229,16 @@ Test(gdn, matches_pytorch_golden) {
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[16];
     int n = gdn_mixer.param_tensors(&g, 0, t, 16);
-    for (int i = 0; i < n; i++) {
-        snprintf(key, sizeof key, "gdn.%.47s", t[i].name);
-        memcpy(params + t[i].offset, golden(&st, key, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
-    }
+    test_golden_params(params, &st, "gdn", t, n);
     int64_t sx[3] = {B, T, d}, so[3] = {T, Hv, dv};
-    const float *x = golden(&st, "gdn.x", 3, sx), *R = golden(&st, "gdn.R", 3, sx);
+    const float *x = test_golden(&st, "gdn", "x", 3, sx), *R = test_golden(&st, "gdn", "R", 3, sx);
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = mallocCheck(sizeof(float) * gdn_mixer.act_floats(&g, 0, B, T));
     gdn_mixer.forward(&m, out, act, x, params, B, T);
-    double e = rel_err(out, golden(&st, "gdn.out", 3, sx), nx);
+    double e = test_rel_err(out, test_golden(&st, "gdn", "out", 3, sx), nx);
     cr_expect(e < 1e-5, "out: relative error %.3g", e);
     // the mixing matrix against the reference's pre-norm output of sequence 0: o_t = sum_s A_ts v_s
-    const float *o_ref = golden(&st, "gdn.o0", 3, so);
+    const float *o_ref = test_golden(&st, "gdn", "o0", 3, so);
     DeltaDims z = {.B = 1, .T = T, .Hk = Hk, .Hv = Hv, .dk = dk, .dv = dv, .g_dim = 1};
     DeltaProbe p;
     delta_probe_carve(&p, act, &z);
@@ -305,15 +249,15 @@ Test(gdn, matches_pytorch_golden) {
             for (int s = 0; s < T; s++)
                 for (int c = 0; c < dv; c++)
                     Av[((size_t)t0 * Hv + h) * dv + c] += A[((size_t)h * T + t0) * T + s] * p.v[((size_t)s * Hv + h) * dv + c];
-    e = rel_err(Av, o_ref, (size_t)T * Hv * dv);
+    e = test_rel_err(Av, o_ref, (size_t)T * Hv * dv);
     cr_expect(e < 1e-5, "A v vs reference o: relative error %.3g", e);
 
     gdn_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    e = rel_err(dx, golden(&st, "gdn.dx", 3, sx), nx);
+    e = test_rel_err(dx, test_golden(&st, "gdn", "dx", 3, sx), nx);
     cr_expect(e < 1e-4, "dx: relative error %.3g", e);
     for (int i = 0; i < n; i++) {
-        snprintf(key, sizeof key, "gdn.d%.47s", t[i].name);
-        e = rel_err(dparams + t[i].offset, golden(&st, key, t[i].ndim, t[i].shape), tensor_size(&t[i]));
+        snprintf(key, sizeof key, "d%.47s", t[i].name);
+        e = test_rel_err(dparams + t[i].offset, test_golden(&st, "gdn", key, t[i].ndim, t[i].shape), test_tensor_size(&t[i]));
         cr_expect(e < 1e-4, "%s: relative error %.3g", key, e);
     }
     free(params); free(dparams); free(out); free(dx); free(act); free(A); free(Av);

@@ -17,49 +17,19 @@
 #include "safetensors.h"
 
 static void make_geom(ModelGeometry *g, int d, int H, int dk, int dv, int K) {
-    memset(g, 0, sizeof *g);
-    snprintf(g->name, sizeof g->name, "test kda");
-    g->n_layers = 1;
-    g->d_model = d;
-    g->n_heads = H;
-    g->n_kv_heads = H;
-    g->head_dim = dv;
-    g->vocab_size = 16;
-    g->d_ff = 4 * d;
-    g->max_seq_len = 64;
-    g->layer_kind[0] = LAYER_LINEAR;
-    g->linear_kind = LINEAR_KDA;
-    g->linear_num_key_heads = H;
-    g->linear_num_value_heads = H;
-    g->linear_key_head_dim = dk;
-    g->linear_value_head_dim = dv;
-    g->linear_conv_kernel_dim = K;
-    g->state_dtype_bytes = 4;
-    g->dtype_bytes = 4;
-}
-
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
-static size_t tensor_size(const ParamTensor *t) {
-    size_t s = 1;
-    for (int j = 0; j < t->ndim; j++) s *= (size_t)t->shape[j];
-    return s;
+    test_linear_geom(g, "test kda", LINEAR_KDA, d, H, H, dk, dv, K);
 }
 
 // Random matrices N(0, std^2); A_log, dt_bias as initialised; o_norm 1 + N(0, 0.2^2).
 static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     Mixer m = {.ops = &kda_mixer, .g = g, .layer = 0};
     size_t np = mixer_n_params(&kda_mixer, g, 0);
-    float *p = randn(r, np, std), *init = mallocCheck(np * sizeof(float));
+    float *p = test_randn(r, np, std), *init = mallocCheck(np * sizeof(float));
     kda_mixer.init(&m, init, r);
     ParamTensor t[16];
     int n = kda_mixer.param_tensors(g, 0, t, 16);
     for (int i = 0; i < n; i++) {
-        size_t sz = tensor_size(&t[i]);
+        size_t sz = test_tensor_size(&t[i]);
         if (!strcmp(t[i].name, "A_log") || !strcmp(t[i].name, "dt_bias"))
             memcpy(p + t[i].offset, init + t[i].offset, sz * sizeof(float));
         if (!strcmp(t[i].name, "o_norm"))
@@ -67,15 +37,6 @@ static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     }
     free(init);
     return p;
-}
-
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
 }
 
 Test(kda, gradients_match_finite_differences) {
@@ -88,7 +49,7 @@ Test(kda, gradients_match_finite_differences) {
     size_t np = mixer_n_params(&kda_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
     // The l2norm of q and k bends sharply for short vectors and the finite-difference step is 1e-2, so
     // this check is loose (1.5e-2); matches_pytorch_golden holds the same gradients to 1e-4.
-    float *params = random_params(&g, &rng, 1.0f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 1.0f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * kda_mixer.act_floats(&g, 0, B, T));
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     kda_mixer.forward(&m, out, act, x, params, B, T);
@@ -97,7 +58,7 @@ Test(kda, gradients_match_finite_differences) {
     int n = kda_mixer.param_tensors(&g, 0, t, 16);
     cr_assert_eq(n, 13);
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out,
                                            x, params, R, B, T);
         cr_expect(e < 1.5e-2, "d%s: relative error %.3g", t[i].name, e);
     }
@@ -114,7 +75,7 @@ Test(kda, decode_equals_forward_and_cache_formula) {
     Rng rng;
     rng_seed(&rng, 22);
     size_t nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * kda_mixer.act_floats(&g, 0, B, T));
     kda_mixer.forward(&m, out, act, x, params, B, T);
     double fixed = kvcache_fixed_bytes(&g) / geometry_count(&g, LAYER_LINEAR);
@@ -125,7 +86,7 @@ Test(kda, decode_equals_forward_and_cache_formula) {
         double worst = 0;
         for (int t = 0; t < T; t++) {
             kda_mixer.decode(&m, c, step, x + ((size_t)b * T + t) * g.d_model, params);
-            worst = fmax(worst, rel_err(step, out + ((size_t)b * T + t) * g.d_model, (size_t)g.d_model));
+            worst = fmax(worst, test_rel_err(step, out + ((size_t)b * T + t) * g.d_model, (size_t)g.d_model));
             cr_assert_eq((double)kda_mixer.cache_bytes(c), fixed, "cache bytes %zu, formula %.0f",
                          kda_mixer.cache_bytes(c), fixed);
         }
@@ -140,43 +101,26 @@ Test(kda, decode_equals_forward_and_cache_formula) {
     free(params); free(x); free(out); free(act); free(beta); free(alpha);
 }
 
-static int meta_int(const SafeTensors *st, const char *key) {
-    const char *v = st_meta(st, key);
-    cr_assert(v, "golden: metadata '%s' missing", key);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *name, int ndim, const int64_t *shape) {
-    char err[512];
-    const float *p = st_get_f32(st, name, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 Test(kda, matches_pytorch_golden) {
-    char path[1024], err[512], key[96];
-    snprintf(path, sizeof path, "%s/tests/golden/gdn.safetensors", test_root());
+    char key[96];
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_gdn.py)", err);
-    int B = meta_int(&st, "kda.B"), T = meta_int(&st, "kda.T"), d = meta_int(&st, "kda.d_model");
-    int H = meta_int(&st, "kda.Hv"), dk = meta_int(&st, "kda.dk"), dv = meta_int(&st, "kda.dv");
+    test_golden_load(&st, "gdn.safetensors", "golden_gdn.py");
+    int B = test_golden_int(&st, "kda", "B"), T = test_golden_int(&st, "kda", "T"), d = test_golden_int(&st, "kda", "d_model");
+    int H = test_golden_int(&st, "kda", "Hv"), dk = test_golden_int(&st, "kda", "dk"), dv = test_golden_int(&st, "kda", "dv");
     ModelGeometry g;
-    make_geom(&g, d, H, dk, dv, meta_int(&st, "kda.K"));
+    make_geom(&g, d, H, dk, dv, test_golden_int(&st, "kda", "K"));
     Mixer m = {.ops = &kda_mixer, .g = &g, .layer = 0};
     size_t np = mixer_n_params(&kda_mixer, &g, 0), nx = (size_t)B * T * d;
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[16];
     int n = kda_mixer.param_tensors(&g, 0, t, 16);
-    for (int i = 0; i < n; i++) {
-        snprintf(key, sizeof key, "kda.%.47s", t[i].name);
-        memcpy(params + t[i].offset, golden(&st, key, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
-    }
+    test_golden_params(params, &st, "kda", t, n);
     int64_t sx[3] = {B, T, d}, so[3] = {T, H, dv};
-    const float *x = golden(&st, "kda.x", 3, sx), *R = golden(&st, "kda.R", 3, sx);
+    const float *x = test_golden(&st, "kda", "x", 3, sx), *R = test_golden(&st, "kda", "R", 3, sx);
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = mallocCheck(sizeof(float) * kda_mixer.act_floats(&g, 0, B, T));
     kda_mixer.forward(&m, out, act, x, params, B, T);
-    double e = rel_err(out, golden(&st, "kda.out", 3, sx), nx);
+    double e = test_rel_err(out, test_golden(&st, "kda", "out", 3, sx), nx);
     cr_expect(e < 1e-5, "out: relative error %.3g", e);
     // mixing matrix: o_t = sum_s A_ts v_s against the reference's pre-norm output of sequence 0
     DeltaDims z = {.B = 1, .T = T, .Hk = H, .Hv = H, .dk = dk, .dv = dv, .g_dim = dk};
@@ -190,15 +134,15 @@ Test(kda, matches_pytorch_golden) {
             for (int s = 0; s < T; s++)
                 for (int c = 0; c < dv; c++)
                     Av[((size_t)t0 * H + h) * dv + c] += A[((size_t)h * T + t0) * T + s] * p.v[((size_t)s * H + h) * dv + c];
-    e = rel_err(Av, golden(&st, "kda.o0", 3, so), (size_t)T * H * dv);
+    e = test_rel_err(Av, test_golden(&st, "kda", "o0", 3, so), (size_t)T * H * dv);
     cr_expect(e < 1e-5, "A v vs reference o: relative error %.3g", e);
 
     kda_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    e = rel_err(dx, golden(&st, "kda.dx", 3, sx), nx);
+    e = test_rel_err(dx, test_golden(&st, "kda", "dx", 3, sx), nx);
     cr_expect(e < 1e-4, "dx: relative error %.3g", e);
     for (int i = 0; i < n; i++) {
-        snprintf(key, sizeof key, "kda.d%.47s", t[i].name);
-        e = rel_err(dparams + t[i].offset, golden(&st, key, t[i].ndim, t[i].shape), tensor_size(&t[i]));
+        snprintf(key, sizeof key, "d%.47s", t[i].name);
+        e = test_rel_err(dparams + t[i].offset, test_golden(&st, "kda", key, t[i].ndim, t[i].shape), test_tensor_size(&t[i]));
         cr_expect(e < 1e-4, "%s: relative error %.3g", key, e);
     }
     free(params); free(dparams); free(out); free(dx); free(act); free(A); free(Av);

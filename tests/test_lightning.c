@@ -25,20 +25,6 @@ static void make_geom(ModelGeometry *g, int n_layers, int d, int H, int dh) {
     cr_assert(geometry_validate(g, why, sizeof why), "geometry: %s", why);
 }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
-static size_t tensor_size(const ParamTensor *t) { return (size_t)(t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]); }
-
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * fmaxf(1.0f, fabsf(want[i])), "%s[%zu]: got %.9g want %.9g", what, i,
-                  (double)got[i], (double)want[i]);
-}
-
 // The pre-norm output o (B,T,H*dh) recomputed from the mixing matrix and v of each batch element 0:
 // o_t = sum_s A[h][t][s] v_s. Checked against `want` (batch 0 rows).
 static void check_mixing_matrix(const Mixer *m, const float *act, const float *params, const float *want, int T,
@@ -60,49 +46,28 @@ static void check_mixing_matrix(const Mixer *m, const float *act, const float *p
 
 // ---- golden values from an independent PyTorch implementation (tests/reference/golden_linear.py) ---
 
-static int meta_int(const SafeTensors *st, const char *cs, const char *key) {
-    char k[96];
-    snprintf(k, sizeof k, "%s.%s", cs, key);
-    const char *v = st_meta(st, k);
-    cr_assert(v, "golden: metadata '%s' missing", k);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char k[96], err[512];
-    snprintf(k, sizeof k, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 static void golden_case(const SafeTensors *st, const char *cs) {
-    int B = meta_int(st, cs, "B"), T = meta_int(st, cs, "T"), d = meta_int(st, cs, "d_model");
-    int H = meta_int(st, cs, "heads"), dh = meta_int(st, cs, "head_dim"), layer = meta_int(st, cs, "layer");
+    int B = test_golden_int(st, cs, "B"), T = test_golden_int(st, cs, "T"), d = test_golden_int(st, cs, "d_model");
+    int H = test_golden_int(st, cs, "heads"), dh = test_golden_int(st, cs, "head_dim"), layer = test_golden_int(st, cs, "layer");
     ModelGeometry g;
-    make_geom(&g, meta_int(st, cs, "n_layers"), d, H, dh);
+    make_geom(&g, test_golden_int(st, cs, "n_layers"), d, H, dh);
     Mixer m = {.ops = &lightning_mixer, .g = &g, .layer = layer};
     size_t np = mixer_n_params(&lightning_mixer, &g, layer), nx = (size_t)B * T * d, E = (size_t)H * dh;
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[8];
     int n = lightning_mixer.param_tensors(&g, layer, t, 8);
-    for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
+    test_golden_params(params, st, cs, t, n);
     int64_t sx[3] = {B, T, d}, so[3] = {B, T, (int64_t)E};
-    const float *x = golden(st, cs, "x", 3, sx), *R = golden(st, cs, "R", 3, sx), *gout = golden(st, cs, "out", 3, sx);
-    const float *go = golden(st, cs, "o", 3, so);
+    const float *x = test_golden(st, cs, "x", 3, sx), *R = test_golden(st, cs, "R", 3, sx), *gout = test_golden(st, cs, "out", 3, sx);
+    const float *go = test_golden(st, cs, "o", 3, so);
 
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = mallocCheck(sizeof(float) * lightning_mixer.act_floats(&g, layer, B, T));
     lightning_mixer.forward(&m, out, act, x, params, B, T);
-    assert_close("out", out, gout, nx, 1e-5f);
+    test_assert_close("out", out, gout, nx, 1e-5f);
     lightning_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("dx", dx, golden(st, cs, "dx", 3, sx), nx, 1e-4f);
-    for (int i = 0; i < n; i++) {
-        char dn[64];
-        snprintf(dn, sizeof dn, "d%.47s", t[i].name);
-        assert_close(dn, dparams + t[i].offset, golden(st, cs, dn, t[i].ndim, t[i].shape), tensor_size(&t[i]), 1e-4f);
-    }
+    test_assert_close("dx", dx, test_golden(st, cs, "dx", 3, sx), nx, 1e-4f);
+    test_golden_dparams(st, cs, dparams, t, n, 1e-4f);
     // The mixing matrix reproduces PyTorch's pre-norm output. The post-SiLU q,k,v of batch 0 are
     // recomputed here from x and qkv_proj (act's layout is the mixer's business).
     float *qkv = mallocCheck(sizeof(float) * (size_t)T * 3 * E);
@@ -122,7 +87,7 @@ static void golden_case(const SafeTensors *st, const char *cs) {
         cr_assert(d <= 64);
         for (int pos = 0; pos < T; pos++) {
             lightning_mixer.decode(&m, c, step, x + ((size_t)b * T + pos) * d, params);
-            assert_close("decode", step, gout + ((size_t)b * T + pos) * d, (size_t)d, 1e-5f);
+            test_assert_close("decode", step, gout + ((size_t)b * T + pos) * d, (size_t)d, 1e-5f);
             cr_assert_eq(lightning_mixer.cache_bytes(c), bytes0);
         }
         lightning_mixer.cache_free(c);
@@ -131,10 +96,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
 }
 
 Test(lightning, matches_pytorch_golden) {
-    char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/tests/golden/linear.safetensors", test_root());
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_linear.py)", err);
+    test_golden_load(&st, "linear.safetensors", "golden_linear.py");
     golden_case(&st, "lightning_a");
     golden_case(&st, "lightning_b");
     st_free(&st);
@@ -150,7 +113,7 @@ Test(lightning, backward_matches_finite_differences) {
     Rng rng;
     rng_seed(&rng, 11);
     size_t np = mixer_n_params(&lightning_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = randn(&rng, np, 0.5f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = test_randn(&rng, np, 0.5f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     ParamTensor t[8];
     int n = lightning_mixer.param_tensors(&g, 0, t, 8);
     cr_assert_eq(n, 4);
@@ -160,7 +123,7 @@ Test(lightning, backward_matches_finite_differences) {
     lightning_mixer.forward(&m, out, act, x, params, B, T);
     lightning_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out, x,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out, x,
                                            params, R, B, T);
         cr_expect(e < 2e-3, "d%s: relative error %.3g", t[i].name, e);
     }
@@ -189,7 +152,7 @@ Test(lightning, decode_equals_forward_and_cache_is_the_formula) {
     Rng rng;
     rng_seed(&rng, 12);
     size_t np = mixer_n_params(&lightning_mixer, &g, 1), nx = (size_t)T * g.d_model;
-    float *params = mallocCheck(sizeof(float) * np), *x = randn(&rng, nx, 1.0f);
+    float *params = mallocCheck(sizeof(float) * np), *x = test_randn(&rng, nx, 1.0f);
     lightning_mixer.init(&m, params, &rng);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * lightning_mixer.act_floats(&g, 1, 1, T));
     lightning_mixer.forward(&m, out, act, x, params, 1, T);
@@ -199,7 +162,7 @@ Test(lightning, decode_equals_forward_and_cache_is_the_formula) {
     cr_assert_eq(formula, 4.0 * 4 * 8 * 8);   // H dk dv fp32, no conv
     for (int t = 0; t < T; t++) {
         lightning_mixer.decode(&m, c, step, x + (size_t)t * g.d_model, params);
-        assert_close("decode", step, out + (size_t)t * g.d_model, (size_t)g.d_model, 1e-5f);
+        test_assert_close("decode", step, out + (size_t)t * g.d_model, (size_t)g.d_model, 1e-5f);
         cr_assert_eq((double)lightning_mixer.cache_bytes(c), formula, "measured cache bytes equal the formula");
     }
     lightning_mixer.cache_free(c);

@@ -27,32 +27,11 @@ static void make_geom(ModelGeometry *g, int n_layers, int d, int H, int P, int G
     cr_assert(geometry_validate(g, why, sizeof why), "geometry: %s", why);
 }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
-static size_t tensor_size(const ParamTensor *t) { return (size_t)(t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]); }
-
-static const ParamTensor *find_param(const ParamTensor *t, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(t[i].name, name)) return &t[i];
-    cr_assert_fail("no parameter '%s'", name);
-    return NULL;
-}
-
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * fmaxf(1.0f, fabsf(want[i])), "%s[%zu]: got %.9g want %.9g", what, i,
-                  (double)got[i], (double)want[i]);
-}
-
 // The post-conv x (T, H*P) of sequence 0, recomputed here in double from in_proj and conv1d:
 // xs_t = silu(sum_j conv[c][j] * (x in_proj^T)[t-(K-1)+j][HP + c]) for the first HP conv channels.
 static double *post_conv_x(const float *x, const float *params, const ParamTensor *t, int n, int T, int d, int HP,
                            int K) {
-    const float *in = params + find_param(t, n, "in_proj")->offset, *cw = params + find_param(t, n, "conv1d")->offset;
+    const float *in = params + test_find_param(t, n, "in_proj")->offset, *cw = params + test_find_param(t, n, "conv1d")->offset;
     double *xs = mallocCheck(sizeof(double) * (size_t)T * HP);
     for (int r = 0; r < T; r++)
         for (int c = 0; c < HP; c++) {
@@ -90,50 +69,29 @@ static void check_mixing_matrix(const Mixer *m, const float *act, const float *p
 
 // ---- golden values from an independent PyTorch implementation (tests/reference/golden_linear.py) ---
 
-static int meta_int(const SafeTensors *st, const char *cs, const char *key) {
-    char k[96];
-    snprintf(k, sizeof k, "%s.%s", cs, key);
-    const char *v = st_meta(st, k);
-    cr_assert(v, "golden: metadata '%s' missing", k);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char k[96], err[512];
-    snprintf(k, sizeof k, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 static void golden_case(const SafeTensors *st, const char *cs) {
-    int B = meta_int(st, cs, "B"), T = meta_int(st, cs, "T"), d = meta_int(st, cs, "d_model");
-    int H = meta_int(st, cs, "heads"), P = meta_int(st, cs, "head_dim"), K = meta_int(st, cs, "conv");
+    int B = test_golden_int(st, cs, "B"), T = test_golden_int(st, cs, "T"), d = test_golden_int(st, cs, "d_model");
+    int H = test_golden_int(st, cs, "heads"), P = test_golden_int(st, cs, "head_dim"), K = test_golden_int(st, cs, "conv");
     ModelGeometry g;
-    make_geom(&g, 2, d, H, P, meta_int(st, cs, "groups"), meta_int(st, cs, "state"), K);
+    make_geom(&g, 2, d, H, P, test_golden_int(st, cs, "groups"), test_golden_int(st, cs, "state"), K);
     Mixer m = {.ops = &mamba2_mixer, .g = &g, .layer = 1};
     size_t np = mixer_n_params(&mamba2_mixer, &g, 1), nx = (size_t)B * T * d, HP = (size_t)H * P;
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[8];
     int n = mamba2_mixer.param_tensors(&g, 1, t, 8);
     cr_assert_eq(n, 7);
-    for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
+    test_golden_params(params, st, cs, t, n);
     int64_t sx[3] = {B, T, d}, sy[3] = {B, T, (int64_t)HP};
-    const float *x = golden(st, cs, "x", 3, sx), *R = golden(st, cs, "R", 3, sx), *gout = golden(st, cs, "out", 3, sx);
-    const float *gy = golden(st, cs, "y", 3, sy);
+    const float *x = test_golden(st, cs, "x", 3, sx), *R = test_golden(st, cs, "R", 3, sx), *gout = test_golden(st, cs, "out", 3, sx);
+    const float *gy = test_golden(st, cs, "y", 3, sy);
 
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = mallocCheck(sizeof(float) * mamba2_mixer.act_floats(&g, 1, B, T));
     mamba2_mixer.forward(&m, out, act, x, params, B, T);
-    assert_close("out", out, gout, nx, 1e-5f);
+    test_assert_close("out", out, gout, nx, 1e-5f);
     mamba2_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("dx", dx, golden(st, cs, "dx", 3, sx), nx, 1e-4f);
-    for (int i = 0; i < n; i++) {
-        char dn[64];
-        snprintf(dn, sizeof dn, "d%.47s", t[i].name);
-        assert_close(dn, dparams + t[i].offset, golden(st, cs, dn, t[i].ndim, t[i].shape), tensor_size(&t[i]), 1e-4f);
-    }
+    test_assert_close("dx", dx, test_golden(st, cs, "dx", 3, sx), nx, 1e-4f);
+    test_golden_dparams(st, cs, dparams, t, n, 1e-4f);
     double *xs = post_conv_x(x, params, t, n, T, d, (int)HP, K);
     check_mixing_matrix(&m, act, params, gy, xs, T, H, P);
 
@@ -145,7 +103,7 @@ static void golden_case(const SafeTensors *st, const char *cs) {
         cr_assert(d <= 64);
         for (int pos = 0; pos < T; pos++) {
             mamba2_mixer.decode(&m, c, step, x + ((size_t)b * T + pos) * d, params);
-            assert_close("decode", step, gout + ((size_t)b * T + pos) * d, (size_t)d, 1e-5f);
+            test_assert_close("decode", step, gout + ((size_t)b * T + pos) * d, (size_t)d, 1e-5f);
             cr_assert_eq(mamba2_mixer.cache_bytes(c), bytes0);
         }
         mamba2_mixer.cache_free(c);
@@ -154,10 +112,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
 }
 
 Test(mamba2, matches_pytorch_golden) {
-    char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/tests/golden/linear.safetensors", test_root());
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_linear.py)", err);
+    test_golden_load(&st, "linear.safetensors", "golden_linear.py");
     golden_case(&st, "mamba2_a");
     golden_case(&st, "mamba2_b");
     st_free(&st);
@@ -173,15 +129,15 @@ Test(mamba2, backward_matches_finite_differences) {
     Rng rng;
     rng_seed(&rng, 21);
     size_t np = mixer_n_params(&mamba2_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = mallocCheck(sizeof(float) * np), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = mallocCheck(sizeof(float) * np), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     mamba2_mixer.init(&m, params, &rng);
     ParamTensor t[8];
     int n = mamba2_mixer.param_tensors(&g, 0, t, 8);
     // larger weights than the init so every path carries gradient; dt_bias near -2.5 so decays are clear but not extreme
-    const ParamTensor *in = find_param(t, n, "in_proj"), *out_p = find_param(t, n, "out_proj");
-    rng_fill_normal(&rng, params + in->offset, (long)tensor_size(in), 0.3f);
-    rng_fill_normal(&rng, params + out_p->offset, (long)tensor_size(out_p), 0.5f);
-    const ParamTensor *Dp = find_param(t, n, "D"), *nw = find_param(t, n, "norm"), *db = find_param(t, n, "dt_bias");
+    const ParamTensor *in = test_find_param(t, n, "in_proj"), *out_p = test_find_param(t, n, "out_proj");
+    rng_fill_normal(&rng, params + in->offset, (long)test_tensor_size(in), 0.3f);
+    rng_fill_normal(&rng, params + out_p->offset, (long)test_tensor_size(out_p), 0.5f);
+    const ParamTensor *Dp = test_find_param(t, n, "D"), *nw = test_find_param(t, n, "norm"), *db = test_find_param(t, n, "dt_bias");
     for (int k = 0; k < Dp->shape[0]; k++) params[Dp->offset + k] = 1.0f + 0.5f * rng_normal(&rng);
     for (int k = 0; k < nw->shape[0]; k++) params[nw->offset + k] = 1.0f + 0.2f * rng_normal(&rng);
     for (int k = 0; k < db->shape[0]; k++) params[db->offset + k] = -2.5f + 0.3f * rng_normal(&rng);
@@ -193,7 +149,7 @@ Test(mamba2, backward_matches_finite_differences) {
     // difference's truncation error about 2e-3 here (it falls as step^2: 1e-4 at step 1e-3). A wrong
     // term is off by far more; the golden test checks every gradient to 1e-4.
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out, x,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out, x,
                                            params, R, B, T);
         cr_expect(e < 5e-3, "d%s: relative error %.3g", t[i].name, e);
     }
@@ -222,7 +178,7 @@ Test(mamba2, decode_equals_forward_and_cache_is_the_formula) {
     Rng rng;
     rng_seed(&rng, 22);
     size_t np = mixer_n_params(&mamba2_mixer, &g, 1), nx = (size_t)T * d;
-    float *params = mallocCheck(sizeof(float) * np), *x = randn(&rng, nx, 1.0f);
+    float *params = mallocCheck(sizeof(float) * np), *x = test_randn(&rng, nx, 1.0f);
     mamba2_mixer.init(&m, params, &rng);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * mamba2_mixer.act_floats(&g, 1, 1, T));
     mamba2_mixer.forward(&m, out, act, x, params, 1, T);
@@ -232,7 +188,7 @@ Test(mamba2, decode_equals_forward_and_cache_is_the_formula) {
     cr_assert_eq(formula, 4.0 * (H * N * P + (K - 1) * (H * P + 2 * G * N)));   // state + conv state, fp32
     for (int t = 0; t < T; t++) {
         mamba2_mixer.decode(&m, c, step, x + (size_t)t * d, params);
-        assert_close("decode", step, out + (size_t)t * d, (size_t)d, 1e-5f);
+        test_assert_close("decode", step, out + (size_t)t * d, (size_t)d, 1e-5f);
         cr_assert_eq((double)mamba2_mixer.cache_bytes(c), formula, "measured cache bytes equal the formula");
     }
     mamba2_mixer.cache_free(c);
@@ -273,7 +229,7 @@ Test(mamba2, init_follows_the_reference) {
     cr_assert(memcmp(p, p2, sizeof(float) * np) == 0, "deterministic given the rng");
     ParamTensor t[8];
     int n = mamba2_mixer.param_tensors(&g, 0, t, 8);
-    const ParamTensor *A = find_param(t, n, "A_log"), *db = find_param(t, n, "dt_bias"), *D = find_param(t, n, "D");
+    const ParamTensor *A = test_find_param(t, n, "A_log"), *db = test_find_param(t, n, "dt_bias"), *D = test_find_param(t, n, "D");
     for (int h = 0; h < 8; h++) {
         float a = expf(p[A->offset + h]), u = p[db->offset + h], dt = u > 20 ? u : log1pf(expf(u));
         cr_assert(a >= 1.0f - 1e-5f && a <= 16.0f + 1e-4f, "A %g in [1, 16]", (double)a);
@@ -291,7 +247,7 @@ Test(mamba2, results_do_not_depend_on_thread_count) {
     Rng rng;
     rng_seed(&rng, 24);
     size_t np = mixer_n_params(&mamba2_mixer, &g, 0), nx = (size_t)B * T * g.d_model, na = mamba2_mixer.act_floats(&g, 0, B, T);
-    float *params = mallocCheck(sizeof(float) * np), *x = randn(&rng, nx, 1.0f);
+    float *params = mallocCheck(sizeof(float) * np), *x = test_randn(&rng, nx, 1.0f);
     mamba2_mixer.init(&m, params, &rng);
     float *out[2], *dx[2], *dp[2], *act = mallocCheck(sizeof(float) * na);
     int threads = omp_get_max_threads();

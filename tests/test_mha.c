@@ -40,12 +40,6 @@ static void make_local(ModelGeometry *g, int W) {
     g->sliding_window = W;
 }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
 // Parameter offsets by name, from the mixer's own description (what a model would use).
 static size_t param_offset(const ModelGeometry *g, const char *name) {
     ParamTensor t[8];
@@ -62,16 +56,6 @@ static void run_forward(const Mixer *m, float *out, float *P, const float *x, co
     gqa_mixer.forward(m, out, act, x, params, B, T);
     if (P) memcpy(P, act, sizeof(float) * (size_t)B * m->g->n_heads * T * T);   // P leads act (mha.c)
     free(act);
-}
-
-// |got - want| <= tol * max(1, max |want|): float32 rounding scales with the tensor's magnitude, and a
-// small element can be the difference of large terms, so the scale is the tensor's, not the element's.
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    float scale = 1.0f;
-    for (size_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(want[i]));
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * scale, "%s[%zu]: got %.9g want %.9g (scale %.3g)", what, i,
-                  (double)got[i], (double)want[i], (double)scale);
 }
 
 // ---- an independent reference: attention written out with plain loops, in double ------------------
@@ -143,7 +127,7 @@ Test(mha, matches_triple_loop_reference) {
         Rng rng;
         rng_seed(&rng, 11 + W);
         size_t np = mixer_n_params(&gqa_mixer, &g, 0);
-        float *params = randn(&rng, np, 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+        float *params = test_randn(&rng, np, 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
         float *out = mallocCheck(sizeof(float) * T * d), *P = mallocCheck(sizeof(float) * H * T * T);
         double *rout = mallocCheck(sizeof(double) * T * d), *rP = mallocCheck(sizeof(double) * H * T * T);
         run_forward(&m, out, P, x, params, 1, T);
@@ -169,7 +153,7 @@ Test(mha, gqa_equals_mha_with_repeated_kv_heads) {
         Mixer mg = {.ops = &gqa_mixer, .g = &gg, .layer = 0}, mm = {.ops = &gqa_mixer, .g = &gm, .layer = 0};
         Rng rng;
         rng_seed(&rng, 100 + G);
-        float *pg = randn(&rng, mixer_n_params(&gqa_mixer, &gg, 0), 0.4f);
+        float *pg = test_randn(&rng, mixer_n_params(&gqa_mixer, &gg, 0), 0.4f);
         float *pm = mallocCheck(sizeof(float) * mixer_n_params(&gqa_mixer, &gm, 0));
         // MHA weights: wq, wo copied; head h of wk/wv is the GQA's KV head h / (H/G)
         memcpy(pm + param_offset(&gm, "wq"), pg + param_offset(&gg, "wq"), sizeof(float) * H * dh * d);
@@ -179,13 +163,13 @@ Test(mha, gqa_equals_mha_with_repeated_kv_heads) {
             for (int h = 0; h < H; h++)
                 memcpy(pm + param_offset(&gm, kv[w]) + (size_t)h * dh * d,
                        pg + param_offset(&gg, kv[w]) + (size_t)(h / (H / G)) * dh * d, sizeof(float) * dh * d);
-        float *x = randn(&rng, (size_t)2 * T * d, 1.0f);
+        float *x = test_randn(&rng, (size_t)2 * T * d, 1.0f);
         float *og = mallocCheck(sizeof(float) * 2 * T * d), *om = mallocCheck(sizeof(float) * 2 * T * d);
         float *Pg = mallocCheck(sizeof(float) * 2 * H * T * T), *Pm = mallocCheck(sizeof(float) * 2 * H * T * T);
         run_forward(&mg, og, Pg, x, pg, 2, T);
         run_forward(&mm, om, Pm, x, pm, 2, T);
-        assert_close("out", og, om, (size_t)2 * T * d, 1e-6f);
-        assert_close("P", Pg, Pm, (size_t)2 * H * T * T, 1e-6f);
+        test_assert_close_scaled("out", og, om, (size_t)2 * T * d, 1e-6f);
+        test_assert_close_scaled("P", Pg, Pm, (size_t)2 * H * T * T, 1e-6f);
         free(pg); free(pm); free(x); free(og); free(om); free(Pg); free(Pm);
     }
 }
@@ -202,7 +186,7 @@ static void gradcheck(int G, int W) {
     Rng rng;
     rng_seed(&rng, 7 + G + 10 * W);
     size_t np = mixer_n_params(&gqa_mixer, &g, 0), nx = (size_t)B * T * d;
-    float *params = randn(&rng, np, 0.3f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = test_randn(&rng, np, 0.3f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * gqa_mixer.act_floats(&g, 0, B, T));
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     gqa_mixer.forward(&m, out, act, x, params, B, T);
@@ -244,7 +228,7 @@ static void decode_matches_forward(int G, int W) {
     Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 31 + G + W);
-    float *params = randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *step = mallocCheck(sizeof(float) * d);
     run_forward(&m, full, NULL, x, params, 1, T);
     MixerCache *c = gqa_mixer.cache_new(&m, T);
@@ -276,7 +260,7 @@ Test(mha, window_at_least_T_equals_causal) {
     Mixer mc = {.ops = &gqa_mixer, .g = &gc, .layer = 0};
     Rng rng;
     rng_seed(&rng, 5);
-    float *params = randn(&rng, mixer_n_params(&gqa_mixer, &gc, 0), 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &gc, 0), 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *oc = mallocCheck(sizeof(float) * T * d), *ow = mallocCheck(sizeof(float) * T * d);
     float *Pc = mallocCheck(sizeof(float) * H * T * T), *Pw = mallocCheck(sizeof(float) * H * T * T);
     run_forward(&mc, oc, Pc, x, params, 1, T);
@@ -309,8 +293,8 @@ Test(mha, attention_rows_are_masked_distributions) {
         Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
         Rng rng;
         rng_seed(&rng, 3);
-        float *params = randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 1.0f);
-        float *x = randn(&rng, (size_t)T * d, 1.0f), *P = mallocCheck(sizeof(float) * H * T * T);
+        float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 1.0f);
+        float *x = test_randn(&rng, (size_t)T * d, 1.0f), *P = mallocCheck(sizeof(float) * H * T * T);
         float *A = mallocCheck(sizeof(float) * H * T * T);
         mha_attention_probs(P, x, params, &m, T);
         cr_assert_eq(gqa_mixer.n_mix_heads(&g, 0), H);
@@ -394,7 +378,7 @@ Test(mha, thread_count_determinism) {
     Rng rng;
     rng_seed(&rng, 9);
     size_t np = mixer_n_params(&gqa_mixer, &g, 0), nx = (size_t)B * T * d, na = gqa_mixer.act_floats(&g, 0, B, T);
-    float *params = randn(&rng, np, 0.3f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = test_randn(&rng, np, 0.3f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *res[2][3];
     for (int r = 0; r < 2; r++) {
         omp_set_num_threads(r == 0 ? 1 : 3);
@@ -415,29 +399,13 @@ Test(mha, thread_count_determinism) {
 
 // ---- PyTorch golden values (tests/reference/golden_attention.py) -----------------------------------
 
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char full[160], err[512];
-    snprintf(full, sizeof full, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, full, ndim, shape, err, sizeof err);
-    cr_assert(p, "%s", err);
-    return p;
-}
-
-static int meta_int(const SafeTensors *st, const char *cs, const char *key) {
-    char full[160];
-    snprintf(full, sizeof full, "%s.%s", cs, key);
-    const char *v = st_meta(st, full);
-    cr_assert(v, "golden metadata '%s' missing", full);
-    return (int)strtod(v, NULL);
-}
-
 static void golden_case(const SafeTensors *st, const char *cs, int B, int T, int d, int H, int G, int dh,
                         double theta, int W) {
     // the file describes the same case the test builds
-    cr_assert(meta_int(st, cs, "B") == B && meta_int(st, cs, "T") == T && meta_int(st, cs, "d_model") == d &&
-              meta_int(st, cs, "n_heads") == H && meta_int(st, cs, "n_kv_heads") == G &&
-              meta_int(st, cs, "head_dim") == dh && meta_int(st, cs, "sliding_window") == W &&
-              meta_int(st, cs, "rope_theta") == (int)theta, "%s: golden geometry differs from the test's", cs);
+    cr_assert(test_golden_int(st, cs, "B") == B && test_golden_int(st, cs, "T") == T && test_golden_int(st, cs, "d_model") == d &&
+              test_golden_int(st, cs, "n_heads") == H && test_golden_int(st, cs, "n_kv_heads") == G &&
+              test_golden_int(st, cs, "head_dim") == dh && test_golden_int(st, cs, "sliding_window") == W &&
+              test_golden_int(st, cs, "rope_theta") == (int)theta, "%s: golden geometry differs from the test's", cs);
     ModelGeometry g;
     make_geom(&g, d, H, G, dh);
     g.rope_theta = theta;
@@ -448,22 +416,22 @@ static void golden_case(const SafeTensors *st, const char *cs, int B, int T, int
     ParamTensor t[8];
     int n = gqa_mixer.param_tensors(&g, 0, t, 8);
     for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, 2, t[i].shape),
+        memcpy(params + t[i].offset, test_golden(st, cs, t[i].name, 2, t[i].shape),
                sizeof(float) * (size_t)(t[i].shape[0] * t[i].shape[1]));
     int64_t xs[3] = {B, T, d}, ps[4] = {B, H, T, T};
-    const float *x = golden(st, cs, "x", 3, xs), *R = golden(st, cs, "R", 3, xs);
+    const float *x = test_golden(st, cs, "x", 3, xs), *R = test_golden(st, cs, "R", 3, xs);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * gqa_mixer.act_floats(&g, 0, B, T));
     gqa_mixer.forward(&m, out, act, x, params, B, T);
-    assert_close("golden out", out, golden(st, cs, "out", 3, xs), nx, 1e-5f);
-    assert_close("golden P", act, golden(st, cs, "P", 4, ps), (size_t)B * H * T * T, 1e-5f);   // P leads act
+    test_assert_close_scaled("golden out", out, test_golden(st, cs, "out", 3, xs), nx, 1e-5f);
+    test_assert_close_scaled("golden P", act, test_golden(st, cs, "P", 4, ps), (size_t)B * H * T * T, 1e-5f);   // P leads act
 
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     gqa_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("golden dx", dx, golden(st, cs, "dx", 3, xs), nx, 1e-5f);
+    test_assert_close_scaled("golden dx", dx, test_golden(st, cs, "dx", 3, xs), nx, 1e-5f);
     for (int i = 0; i < n; i++) {
         char gname[64];
         snprintf(gname, sizeof gname, "d%.40s", t[i].name);
-        assert_close(gname, dparams + t[i].offset, golden(st, cs, gname, 2, t[i].shape),
+        test_assert_close_scaled(gname, dparams + t[i].offset, test_golden(st, cs, gname, 2, t[i].shape),
                      (size_t)(t[i].shape[0] * t[i].shape[1]), 1e-5f);
     }
     free(params); free(out); free(act); free(dparams); free(dx);
@@ -490,7 +458,7 @@ Test(mha, fill_random_holds_the_formulas_tokens) {
         Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
         Rng r;
         rng_seed(&r, 3);
-        float *params = randn(&r, mixer_n_params(&gqa_mixer, &g, 0), 0.2f), *x = randn(&r, 16, 1.0f), out[16];
+        float *params = test_randn(&r, mixer_n_params(&gqa_mixer, &g, 0), 0.2f), *x = test_randn(&r, 16, 1.0f), out[16];
         MixerCache *c = gqa_mixer.cache_new(&m, 40);
         mha_cache_fill_random(c, 20, &r);
         cr_expect_eq(gqa_mixer.cache_bytes(c), (size_t)kvcache_total_bytes(&g, 20, 1), "W %d", W);

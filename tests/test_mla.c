@@ -47,16 +47,10 @@ static void make_geom(ModelGeometry *g, int d, int H, int qr, int dc, int dn, in
 // The usual small test geometry: d 32, H 4, dc 16, dn 8, dr 4, dv 6 (dn != dv catches mixed-up slices).
 static void small_geom(ModelGeometry *g, int qr, int W) { make_geom(g, 32, 4, qr, 16, 8, 4, 6, 10000.0, W); }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
 // Random parameters: matrices N(0, std^2), norm gains 1 + N(0, 0.2^2) (away from 1, so they matter).
 static float *random_params(const ModelGeometry *g, Rng *r, float std) {
     size_t np = mixer_n_params(&mla_mixer, g, 0);
-    float *p = randn(r, np, std);
+    float *p = test_randn(r, np, std);
     ParamTensor t[8];
     int n = mla_mixer.param_tensors(g, 0, t, 8);
     for (int i = 0; i < n; i++)
@@ -64,14 +58,6 @@ static float *random_params(const ModelGeometry *g, Rng *r, float std) {
             for (int k = 0; k < t[i].shape[0]; k++) p[t[i].offset + k] = 1.0f + 0.2f * rng_normal(r);
     return p;
 }
-
-static const ParamTensor *find_param(const ParamTensor *t, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(t[i].name, name)) return &t[i];
-    return NULL;
-}
-
-static size_t tensor_size(const ParamTensor *t) { return (size_t)(t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]); }
 
 // out (B,T,d) and optionally P (B,H,T,T) from one forward.
 static void run_forward(const Mixer *m, float *out, float *P, const float *x, const float *params, int B, int T) {
@@ -81,38 +67,16 @@ static void run_forward(const Mixer *m, float *out, float *P, const float *x, co
     free(act);
 }
 
-static void assert_close(const char *what, const float *got, const float *want, size_t n, float tol) {
-    for (size_t i = 0; i < n; i++)
-        cr_assert(fabsf(got[i] - want[i]) <= tol * fmaxf(1.0f, fabsf(want[i])), "%s[%zu]: got %.9g want %.9g", what,
-                  i, (double)got[i], (double)want[i]);
-}
-
 // ---- golden values from an independent PyTorch implementation (tests/reference/golden_mla.py) -----
 
-static int meta_int(const SafeTensors *st, const char *cs, const char *key) {
-    char k[96];
-    snprintf(k, sizeof k, "%s.%s", cs, key);
-    const char *v = st_meta(st, k);
-    cr_assert(v, "golden: metadata '%s' missing", k);
-    return atoi(v);
-}
-
-static const float *golden(const SafeTensors *st, const char *cs, const char *name, int ndim, const int64_t *shape) {
-    char k[96], err[512];
-    snprintf(k, sizeof k, "%s.%s", cs, name);
-    const float *p = st_get_f32(st, k, ndim, shape, err, sizeof err);
-    cr_assert(p, "golden: %s", err);
-    return p;
-}
-
 static void golden_case(const SafeTensors *st, const char *cs) {
-    int B = meta_int(st, cs, "B"), T = meta_int(st, cs, "T"), d = meta_int(st, cs, "d_model");
-    int H = meta_int(st, cs, "n_heads"), dc = meta_int(st, cs, "kv_lora_rank"), dr = meta_int(st, cs, "qk_rope_head_dim");
+    int B = test_golden_int(st, cs, "B"), T = test_golden_int(st, cs, "T"), d = test_golden_int(st, cs, "d_model");
+    int H = test_golden_int(st, cs, "n_heads"), dc = test_golden_int(st, cs, "kv_lora_rank"), dr = test_golden_int(st, cs, "qk_rope_head_dim");
     char k[96];
     snprintf(k, sizeof k, "%s.rope_theta", cs);
     ModelGeometry g;
-    make_geom(&g, d, H, meta_int(st, cs, "q_lora_rank"), dc, meta_int(st, cs, "qk_nope_head_dim"), dr,
-              meta_int(st, cs, "v_head_dim"), atof(st_meta(st, k)), meta_int(st, cs, "sliding_window"));
+    make_geom(&g, d, H, test_golden_int(st, cs, "q_lora_rank"), dc, test_golden_int(st, cs, "qk_nope_head_dim"), dr,
+              test_golden_int(st, cs, "v_head_dim"), atof(st_meta(st, k)), test_golden_int(st, cs, "sliding_window"));
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
 
     // parameters, by the mixer's own names and shapes
@@ -120,30 +84,25 @@ static void golden_case(const SafeTensors *st, const char *cs) {
     float *params = mallocCheck(sizeof(float) * np), *dparams = callocCheck(np, sizeof(float));
     ParamTensor t[8];
     int n = mla_mixer.param_tensors(&g, 0, t, 8);
-    for (int i = 0; i < n; i++)
-        memcpy(params + t[i].offset, golden(st, cs, t[i].name, t[i].ndim, t[i].shape), sizeof(float) * tensor_size(&t[i]));
+    test_golden_params(params, st, cs, t, n);
     int64_t sx[3] = {B, T, d}, sP[4] = {B, H, T, T};
-    const float *x = golden(st, cs, "x", 3, sx), *R = golden(st, cs, "R", 3, sx);
+    const float *x = test_golden(st, cs, "x", 3, sx), *R = test_golden(st, cs, "R", 3, sx);
 
     // forward and attention weights
     float *out = mallocCheck(sizeof(float) * nx), *dx = callocCheck(nx, sizeof(float));
     float *act = mallocCheck(sizeof(float) * mla_mixer.act_floats(&g, 0, B, T));
     mla_mixer.forward(&m, out, act, x, params, B, T);
-    assert_close("out", out, golden(st, cs, "out", 3, sx), nx, 1e-5f);
-    assert_close("P", act, golden(st, cs, "P", 4, sP), (size_t)B * H * T * T, 1e-5f);
+    test_assert_close("out", out, test_golden(st, cs, "out", 3, sx), nx, 1e-5f);
+    test_assert_close("P", act, test_golden(st, cs, "P", 4, sP), (size_t)B * H * T * T, 1e-5f);
 
     // gradients of sum(out * R)
     mla_mixer.backward(&m, dx, dparams, R, act, x, params, B, T);
-    assert_close("dx", dx, golden(st, cs, "dx", 3, sx), nx, 1e-4f);
-    for (int i = 0; i < n; i++) {
-        char dn[64];
-        snprintf(dn, sizeof dn, "d%.47s", t[i].name);
-        assert_close(dn, dparams + t[i].offset, golden(st, cs, dn, t[i].ndim, t[i].shape), tensor_size(&t[i]), 1e-4f);
-    }
+    test_assert_close("dx", dx, test_golden(st, cs, "dx", 3, sx), nx, 1e-4f);
+    test_golden_dparams(st, cs, dparams, t, n, 1e-4f);
 
     // decode, both paths, sequence 0: outputs, and the cache holds PyTorch's c_kv and k_pe
     int64_t sc[3] = {B, T, dc}, sr[3] = {B, T, dr};
-    const float *gc = golden(st, cs, "c_kv", 3, sc), *gr = golden(st, cs, "k_pe", 3, sr), *gout = golden(st, cs, "out", 3, sx);
+    const float *gc = test_golden(st, cs, "c_kv", 3, sc), *gr = test_golden(st, cs, "k_pe", 3, sr), *gout = test_golden(st, cs, "out", 3, sx);
     for (int path = 0; path <= 1; path++) {
         MixerCache *c = mla_mixer.cache_new(&m, T);
         mla_set_decode_path(c, path);
@@ -151,9 +110,9 @@ static void golden_case(const SafeTensors *st, const char *cs) {
         cr_assert(d <= 64);
         for (int pos = 0; pos < T; pos++) {
             mla_mixer.decode(&m, c, step, x + (size_t)pos * d, params);
-            assert_close(path ? "absorbed decode" : "naive decode", step, gout + (size_t)pos * d, (size_t)d, 1e-5f);
-            assert_close("cache c_kv", mla_cache_latent(c, pos), gc + (size_t)pos * dc, (size_t)dc, 1e-5f);
-            assert_close("cache k_pe", mla_cache_rope_key(c, pos), gr + (size_t)pos * dr, (size_t)dr, 1e-5f);
+            test_assert_close(path ? "absorbed decode" : "naive decode", step, gout + (size_t)pos * d, (size_t)d, 1e-5f);
+            test_assert_close("cache c_kv", mla_cache_latent(c, pos), gc + (size_t)pos * dc, (size_t)dc, 1e-5f);
+            test_assert_close("cache k_pe", mla_cache_rope_key(c, pos), gr + (size_t)pos * dr, (size_t)dr, 1e-5f);
         }
         mla_mixer.cache_free(c);
     }
@@ -161,10 +120,8 @@ static void golden_case(const SafeTensors *st, const char *cs) {
 }
 
 Test(mla, matches_pytorch_golden) {
-    char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/tests/golden/mla.safetensors", test_root());
     SafeTensors st;
-    cr_assert_eq(st_load(&st, path, err, sizeof err), 0, "%s (run tests/reference/golden_mla.py)", err);
+    test_golden_load(&st, "mla.safetensors", "golden_mla.py");
     const char *cases[] = {"direct_q", "q_lora", "local"};
     for (int i = 0; i < 3; i++) golden_case(&st, cases[i]);
     st_free(&st);
@@ -180,7 +137,7 @@ static void gradcheck(int qr, int W) {
     Rng rng;
     rng_seed(&rng, 17 + qr + 10 * W);
     size_t np = mixer_n_params(&mla_mixer, &g, 0), nx = (size_t)B * T * g.d_model;
-    float *params = random_params(&g, &rng, 0.4f), *x = randn(&rng, nx, 1.0f), *R = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.4f), *x = test_randn(&rng, nx, 1.0f), *R = test_randn(&rng, nx, 1.0f);
     float *out = mallocCheck(sizeof(float) * nx), *act = mallocCheck(sizeof(float) * mla_mixer.act_floats(&g, 0, B, T));
     float *dparams = callocCheck(np, sizeof(float)), *dx = callocCheck(nx, sizeof(float));
     mla_mixer.forward(&m, out, act, x, params, B, T);
@@ -190,7 +147,7 @@ static void gradcheck(int qr, int W) {
     int n = mla_mixer.param_tensors(&g, 0, t, 8);
     cr_assert_eq(n, qr ? 7 : 5);
     for (int i = 0; i < n; i++) {
-        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, tensor_size(&t[i]), out,
+        double e = test_mixer_fd_rel_error(&m, params + t[i].offset, dparams + t[i].offset, test_tensor_size(&t[i]), out,
                                            x, params, R, B, T);
         cr_expect(e < 2e-3, "q_lora %d W %d d%s: relative error %.3g", qr, W, t[i].name, e);
     }
@@ -219,7 +176,7 @@ static void decode_matches_forward(int qr, int W, int dr) {
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 31 + qr + W);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *naive = mallocCheck(sizeof(float) * d);
     float *absorbed = mallocCheck(sizeof(float) * d);
     run_forward(&m, full, NULL, x, params, 1, T);
@@ -260,14 +217,14 @@ Test(mla, decode_path_can_switch_mid_sequence) {
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 77);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *step = mallocCheck(sizeof(float) * d);
     run_forward(&m, full, NULL, x, params, 1, T);
     MixerCache *c = mla_mixer.cache_new(&m, T);
     for (int t = 0; t < T; t++) {
         mla_set_decode_path(c, t % 2);
         mla_mixer.decode(&m, c, step, &x[t * d], params);
-        assert_close("switching decode", step, full + (size_t)t * d, (size_t)d, 1e-5f);
+        test_assert_close("switching decode", step, full + (size_t)t * d, (size_t)d, 1e-5f);
     }
     mla_mixer.cache_free(c);
     free(params); free(x); free(full); free(step);
@@ -282,7 +239,7 @@ Test(mla, cache_bytes_equal_kvcache_formula) {
         Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
         Rng rng;
         rng_seed(&rng, 3);
-        float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, 32, 1.0f), out[32];
+        float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, 32, 1.0f), out[32];
         cr_assert_eq(kvcache_elems_per_token_layer(&g, 0), 16 + 4, "MLA caches kv_lora_rank + qk_rope_head_dim");
         for (int path = 0; path <= 1; path++) {
             MixerCache *c = mla_mixer.cache_new(&m, 20);
@@ -310,14 +267,14 @@ Test(mla, rope_key_is_shared_by_all_heads) {
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 123);
-    float *p1 = random_params(&g, &rng, 0.3f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *p1 = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     size_t np = mixer_n_params(&mla_mixer, &g, 0);
     float *p2 = mallocCheck(sizeof(float) * np);
     memcpy(p2, p1, sizeof(float) * np);
     // change head 2's rows of wkv_b (both its W_UK and its W_UV)
     ParamTensor t[8];
     int n = mla_mixer.param_tensors(&g, 0, t, 8);
-    const ParamTensor *wkv_b = find_param(t, n, "wkv_b");
+    const ParamTensor *wkv_b = test_find_param(t, n, "wkv_b");
     cr_assert(wkv_b && wkv_b->shape[0] == H * (dn + dv) && wkv_b->shape[1] == dc);
     float *rows = p2 + wkv_b->offset + (size_t)2 * (dn + dv) * dc;
     for (int i = 0; i < (dn + dv) * dc; i++) rows[i] += 0.5f * rng_normal(&rng);
@@ -366,7 +323,7 @@ Test(mla, parameter_names_shapes_and_init) {
         cr_assert_eq(t[i].shape[0], shapes[i][0], "%s rows", names[i]);
         if (shapes[i][1]) cr_assert_eq(t[i].shape[1], shapes[i][1], "%s cols", names[i]);
         cr_assert_eq(t[i].offset, off, "%s offset", names[i]);
-        off += tensor_size(&t[i]);
+        off += test_tensor_size(&t[i]);
     }
     cr_assert_eq(mixer_n_params(&mla_mixer, &g, 0), off);
     g.q_lora_rank = 0;
@@ -385,13 +342,13 @@ Test(mla, parameter_names_shapes_and_init) {
     mla_mixer.init(&m, p, &rng);
     for (int i = 0; i < n; i++) {
         double ss = 0;
-        for (size_t k = 0; k < tensor_size(&t[i]); k++) {
+        for (size_t k = 0; k < test_tensor_size(&t[i]); k++) {
             float v = p[t[i].offset + k];
             if (t[i].ndim == 1) cr_assert_eq(v, 1.0f, "%s[%zu] = %g", t[i].name, k, (double)v);
             ss += (double)v * v;
         }
         if (t[i].ndim == 2) {
-            double rms = sqrt(ss / tensor_size(&t[i]));
+            double rms = sqrt(ss / test_tensor_size(&t[i]));
             cr_assert(rms > 0.005 && rms < 0.03, "%s rms %g", t[i].name, rms);
         }
     }
@@ -406,7 +363,7 @@ Test(mla, mixing_matrix_is_batch0_attention) {
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 9);
-    float *params = random_params(&g, &rng, 0.5f), *x = randn(&rng, (size_t)B * T * d, 1.0f);
+    float *params = random_params(&g, &rng, 0.5f), *x = test_randn(&rng, (size_t)B * T * d, 1.0f);
     float *P = mallocCheck(sizeof(float) * H * T * T), *A = mallocCheck(sizeof(float) * H * T * T);
     float *out = mallocCheck(sizeof(float) * B * T * d);
     float *act = mallocCheck(sizeof(float) * mla_mixer.act_floats(&g, 0, B, T));
@@ -438,7 +395,7 @@ Test(mla, same_bits_for_any_thread_count) {
     Mixer m = {.ops = &mla_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 4);
-    float *params = random_params(&g, &rng, 0.3f), *x = randn(&rng, nx, 1.0f);
+    float *params = random_params(&g, &rng, 0.3f), *x = test_randn(&rng, nx, 1.0f);
     float *out[2], *dx[2], *dp[2];
     float *act = mallocCheck(sizeof(float) * mla_mixer.act_floats(&g, 0, B, T));
     int keep = omp_get_max_threads();

@@ -36,12 +36,6 @@ static void make_geom(ModelGeometry *g, int n_layers, int d, int H, int G, int d
     g->dtype_bytes = 4;
 }
 
-static float *randn(Rng *r, size_t n, float std) {
-    float *x = mallocCheck(n * sizeof(float));
-    rng_fill_normal(r, x, (long)n, std);
-    return x;
-}
-
 // out (T,d) of one layer's full forward over x (T,d).
 static void layer_forward(const Mixer *m, float *out, const float *x, const float *params, int T) {
     float *act = mallocCheck(sizeof(float) * m->ops->act_floats(m->g, m->layer, 1, T));
@@ -71,7 +65,7 @@ static void ring_decode_matches_forward(int W, int G) {
     Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 100 + W);
-    float *params = randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *step = mallocCheck(sizeof(float) * d);
     layer_forward(&m, full, x, params, T);
     MixerCache *c = gqa_mixer.cache_new(&m, T);
@@ -110,7 +104,7 @@ static void chunked_prefill_matches_forward(int W, const int *chunks, int n_chun
     Mixer m = {.ops = &gqa_mixer, .g = &g, .layer = 0};
     Rng rng;
     rng_seed(&rng, 7 + W);
-    float *params = randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &g, 0), 0.4f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float *full = mallocCheck(sizeof(float) * T * d), *out = mallocCheck(sizeof(float) * T * d);
     layer_forward(&m, full, x, params, T);
     MixerCache *c = gqa_mixer.cache_new(&m, T);
@@ -183,7 +177,7 @@ Test(swa, window_at_least_T_decodes_like_causal) {
     Mixer mc = {.ops = &gqa_mixer, .g = &gc, .layer = 0}, mw = {.ops = &gqa_mixer, .g = &gw, .layer = 0};
     Rng rng;
     rng_seed(&rng, 11);
-    float *params = randn(&rng, mixer_n_params(&gqa_mixer, &gc, 0), 0.5f), *x = randn(&rng, (size_t)T * d, 1.0f);
+    float *params = test_randn(&rng, mixer_n_params(&gqa_mixer, &gc, 0), 0.5f), *x = test_randn(&rng, (size_t)T * d, 1.0f);
     float oc[16], ow[16];
     for (int W = T; W <= T + 3; W += 3) {
         gw = gc;

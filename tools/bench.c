@@ -412,52 +412,42 @@ static void bench_hybrid_decode(const BenchOpts *o) {
     free(p_lin);
 }
 
-// ---- section: Gated DeltaNet prefill, recurrent vs chunked ----------------------------------------
+// ---- sections: linear-attention prefill, recurrent vs chunked (Gated DeltaNet; Lightning, Mamba-2) ----
 
-static void bench_gdn_prefill(const BenchOpts *o) {
+// Tokens per second of one core's recurrent form and its chunked form at C = 16 and 64, over B sequences
+// of H heads of 64, T up to 4096, ONE thread (the cores never thread; this keeps matmul on one thread too).
+static void prefill_table(const BenchOpts *o, const char *what, double (*seconds)(int, int, int, int, int, int),
+                          const char *note) {
     static const int TS[] = {256, 1024, 4096};
     int n = o->quick ? 2 : 3, B = 4, H = 8, dh = 64, reps = o->quick ? 2 : 3;
     int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    printf("gdn_prefill: the delta-rule core over a batch of %d sequences, %d heads of %d, ONE thread, "
-           "tokens per second (median of %d)\n", B, H, dh, reps);
+    printf("%s over %d sequences, %d heads of %d, ONE thread, tokens per second (median of %d)\n", what, B, H, dh,
+           reps);
     printf("%10s %14s %14s %14s %10s\n", "T", "recurrent", "chunked 16", "chunked 64", "best/rec");
     for (int i = 0; i < n; i++) {
         int T = TS[i];
-        double tr = gdn_prefill_seconds(B, T, H, dh, 0, reps);
-        double t16 = gdn_prefill_seconds(B, T, H, dh, 16, reps);
-        double t64 = gdn_prefill_seconds(B, T, H, dh, 64, reps);
+        double tr = seconds(B, T, H, dh, 0, reps);
+        double t16 = seconds(B, T, H, dh, 16, reps);
+        double t64 = seconds(B, T, H, dh, 64, reps);
         double best = t16 < t64 ? t16 : t64;
         printf("%10d %14.0f %14.0f %14.0f %9.2fx\n", T, B * T / tr, B * T / t16, B * T / t64, tr / best);
         fflush(stdout);
     }
     omp_set_num_threads(threads);
-    printf("the chunked form turns token-by-token rank-1 updates into small matrix products (packed matmul);\n"
-           "it does more multiply-adds (C x C blocks, the UT transform), paid back by the products' speed.\n\n");
+    printf("%s\n\n", note);
 }
 
-// ---- section: scalar-decay linear attention prefill (Lightning, Mamba-2), recurrent vs chunked -------
+static void bench_gdn_prefill(const BenchOpts *o) {
+    prefill_table(o, "gdn_prefill: the delta-rule core (Gated DeltaNet, KDA)", gdn_prefill_seconds,
+                  "the chunked form turns token-by-token rank-1 updates into small matrix products (packed matmul);\n"
+                  "it does more multiply-adds (C x C blocks, the UT transform), paid back by the products' speed.");
+}
 
 static void bench_decay_prefill(const BenchOpts *o) {
-    static const int TS[] = {256, 1024, 4096};
-    int n = o->quick ? 2 : 3, B = 4, H = 8, dh = 64, reps = o->quick ? 2 : 3;
-    int threads = omp_get_max_threads();
-    omp_set_num_threads(1);   // the core itself never threads; this keeps matmul on one thread too
-    printf("decay_prefill: the scalar-decay core (Lightning, Mamba-2) over %d sequences, %d heads of %d, ONE "
-           "thread, tokens per second (median of %d)\n", B, H, dh, reps);
-    printf("%10s %14s %14s %14s %10s\n", "T", "recurrent", "chunked 16", "chunked 64", "best/rec");
-    for (int i = 0; i < n; i++) {
-        int T = TS[i];
-        double tr = decay_prefill_seconds(B, T, H, dh, 0, reps);
-        double t16 = decay_prefill_seconds(B, T, H, dh, 16, reps);
-        double t64 = decay_prefill_seconds(B, T, H, dh, 64, reps);
-        double best = t16 < t64 ? t16 : t64;
-        printf("%10d %14.0f %14.0f %14.0f %9.2fx\n", T, B * T / tr, B * T / t16, B * T / t64, tr / best);
-        fflush(stdout);
-    }
-    omp_set_num_threads(threads);
-    printf("without the delta rule the recurrence is already cheap (one pass over S per token), so the\n"
-           "chunked form wins by less; it matters more on GPUs, where the products run on tensor cores.\n\n");
+    prefill_table(o, "decay_prefill: the scalar-decay core (Lightning, Mamba-2)", decay_prefill_seconds,
+                  "without the delta rule the recurrence is already cheap (one pass over S per token), so the\n"
+                  "chunked form wins by less; it matters more on GPUs, where the products run on tensor cores.");
 }
 
 // ---- sections -----------------------------------------------------------------------------------

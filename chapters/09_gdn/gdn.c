@@ -1,5 +1,6 @@
 // gdn.c: Gated DeltaNet: the delta-rule core (recurrent and chunked forms, backward through time), the
-// layer pieces KDA shares, and the "gdn" mixer (forward, backward, decode, cache, mixing matrix).
+// parameter tables of the linear mixers, the layer around the core that KDA shares (projections, conv,
+// q/k norm, gates, gated output norm, decode cache, chapter probes), and the "gdn" mixer on top of it.
 //
 // Dims throughout: d = d_model, Hk key heads, Hv value heads, dk, dv head dims, K conv kernel,
 // Cc = 2*Hk*dk + Hv*dv conv channels, N = B*T rows.
@@ -501,6 +502,30 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+double linear_bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double linear_bench_median(double *sec, int n) {
+    qsort(sec, (size_t)n, sizeof(double), cmp_double);
+    return sec[n / 2];
+}
+
+void linear_bench_inputs(float *qkv, float *beta, float *g, size_t rows, int dh, Rng *rng) {
+    size_t nv = rows * dh;
+    float *q = qkv, *k = qkv + nv;
+    rng_fill_normal(rng, qkv, (long)(3 * nv), 1.0f);
+    for (size_t r = 0; r < rows; r++) {   // unit q, k as after the l2norm; beta in (0,1), g < 0
+        float nq = 0, nk = 0;
+        for (int c = 0; c < dh; c++) nq += q[r * dh + c] * q[r * dh + c], nk += k[r * dh + c] * k[r * dh + c];
+        for (int c = 0; c < dh; c++) q[r * dh + c] /= sqrtf(nq * dh), k[r * dh + c] /= sqrtf(nk);
+        if (beta) beta[r] = rng_uniform(rng);
+        g[r] = -0.1f * rng_uniform(rng);
+    }
+}
+
 double gdn_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
     CHECK(B > 0 && T > 0 && H > 0 && dh > 0 && C >= 0 && reps > 0, "gdn_prefill_seconds: bad sizes");
     DeltaDims z = {.B = B, .T = T, .Hk = H, .Hv = H, .dk = dh, .dv = dh, .g_dim = 1, .qk_stride = H * dh,
@@ -510,25 +535,15 @@ double gdn_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
     float *beta = mallocCheck(sizeof(float) * 2 * N * H), *g = beta + N * H;
     Rng rng;
     rng_seed(&rng, 9);
-    rng_fill_normal(&rng, q, (long)(3 * nv), 1.0f);
-    for (size_t r = 0; r < N * H; r++) {   // unit q, k as after the l2norm; beta in (0,1), g < 0
-        float nq = 0, nk = 0;
-        for (int c = 0; c < dh; c++) nq += q[r * dh + c] * q[r * dh + c], nk += k[r * dh + c] * k[r * dh + c];
-        for (int c = 0; c < dh; c++) q[r * dh + c] /= sqrtf(nq * dh), k[r * dh + c] /= sqrtf(nk);
-        beta[r] = rng_uniform(&rng);
-        g[r] = -0.1f * rng_uniform(&rng);
-    }
+    linear_bench_inputs(q, beta, g, N * H, dh, &rng);
     double *sec = mallocCheck(sizeof(double) * (size_t)reps);
     for (int rep = -1; rep < reps; rep++) {   // rep -1 warms up
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double t0 = linear_bench_now();
         if (C == 0) delta_rule_recurrent(o, NULL, q, k, v, beta, g, &z);
         else delta_rule_chunked(o, NULL, q, k, v, beta, g, &z, C);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        if (rep >= 0) sec[rep] = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (rep >= 0) sec[rep] = linear_bench_now() - t0;
     }
-    qsort(sec, (size_t)reps, sizeof(double), cmp_double);
-    double med = sec[reps / 2];
+    double med = linear_bench_median(sec, reps);
     free(sec);
     free(q);
     free(beta);
@@ -536,7 +551,60 @@ double gdn_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
 }
 
 // ================================================================================================
-// Layer pieces shared with KDA
+// Parameter tables
+// ================================================================================================
+
+int param_table(ParamTensor *out, int cap, const ParamSpec *spec, int n) {
+    CHECK(n <= cap, "param_table: %d tensors (%s, ...), room for %d", n, spec[0].name, cap);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        snprintf(out[i].name, sizeof out[i].name, "%s", spec[i].name);
+        out[i].ndim = spec[i].ndim;
+        size_t size = 1;
+        for (int j = 0; j < spec[i].ndim; j++) {
+            out[i].shape[j] = spec[i].shape[j];
+            size *= (size_t)spec[i].shape[j];
+        }
+        out[i].offset = off;
+        off += size;
+    }
+    return n;
+}
+
+void param_table_init(float *params, const ParamSpec *spec, int n, int n_layers, Rng *rng) {
+    enum { CAP = 16 };
+    ParamTensor t[CAP];
+    param_table(t, CAP, spec, n);
+    int L = n_layers > 0 ? n_layers : 1;
+    for (int i = 0; i < n; i++) {
+        const ParamSpec *s = &spec[i];
+        long size = 1;
+        for (int j = 0; j < s->ndim; j++) size *= (long)s->shape[j];
+        float *p = params + t[i].offset;
+        switch (s->init) {
+        case INIT_NORMAL: rng_fill_normal(rng, p, size, 0.02f); break;
+        case INIT_OUT: rng_fill_normal(rng, p, size, 0.02f / sqrtf(2.0f * (float)L)); break;
+        case INIT_ONES:
+            for (long j = 0; j < size; j++) p[j] = 1.0f;
+            break;
+        case INIT_CONV: {
+            float bound = 1.0f / sqrtf((float)s->shape[s->ndim - 1]);
+            for (long j = 0; j < size; j++) p[j] = bound * (2.0f * rng_uniform(rng) - 1.0f);
+            break;
+        }
+        case INIT_DECAY:
+            CHECK(i + 1 < n && spec[i + 1].init == INIT_WITH_PREV, "param_table_init: %s needs dt_bias after it",
+                  s->name);
+            delta_init_decay(p, params + t[i + 1].offset, (int)size, (int)(spec[i + 1].shape[0]), rng);
+            break;
+        case INIT_WITH_PREV: break;   // filled with the tensor before it
+        }
+    }
+}
+
+// ================================================================================================
+// The layer's pieces (Gated DeltaNet and KDA)
 // ================================================================================================
 
 void delta_qk_norm_forward(float *qn, float *kn, float *rq, float *rk, const float *conv, int N, int conv_ch,
@@ -619,19 +687,13 @@ void delta_gated_norm_backward(float *d_o, float *dgate, float *dw, const float 
 
 // ---- batch 0 probes -------------------------------------------------------------------------------
 
-static float *take(float *base, size_t *used, size_t n) {
-    float *p = base ? base + *used : NULL;
-    *used += n;
-    return p;
-}
-
 size_t delta_probe_carve(DeltaProbe *p, float *act, const DeltaDims *z) {
     size_t used = 0, T = (size_t)z->T;
-    p->q = take(act, &used, T * z->Hk * z->dk);
-    p->k = take(act, &used, T * z->Hk * z->dk);
-    p->v = take(act, &used, T * z->Hv * z->dv);
-    p->beta = take(act, &used, T * z->Hv);
-    p->g = take(act, &used, T * z->Hv * z->g_dim);
+    p->q = take_floats(act, &used, T * z->Hk * z->dk);
+    p->k = take_floats(act, &used, T * z->Hk * z->dk);
+    p->v = take_floats(act, &used, T * z->Hv * z->dv);
+    p->beta = take_floats(act, &used, T * z->Hv);
+    p->g = take_floats(act, &used, T * z->Hv * z->g_dim);
     return used;
 }
 
@@ -690,79 +752,261 @@ void delta_probe_states(float *S, const DeltaProbe *p, const DeltaDims *z, int h
     free(r);
 }
 
+
 // ================================================================================================
-// The "gdn" mixer
+// The layer around the core (Gated DeltaNet and KDA)
 // ================================================================================================
 
-typedef struct { int d, Hk, Hv, dk, dv, K, Cc, P2; } Dims;   // P2 = Hv*dv + 2*Hv: rows of [z | b | a]
-
-static Dims dims_of(const ModelGeometry *g) {
-    Dims z = {.d = g->d_model, .Hk = g->linear_num_key_heads, .Hv = g->linear_num_value_heads,
-              .dk = g->linear_key_head_dim, .dv = g->linear_value_head_dim, .K = g->linear_conv_kernel_dim};
-    if (z.K < 1) die_user("gdn: linear_conv_kernel_dim is %d; Gated DeltaNet needs a short conv (kernel >= 1)", z.K);
-    if (z.Hk < 1 || z.Hv < 1 || z.Hv % z.Hk != 0)
-        die_user("gdn: linear_num_value_heads %d must be a positive multiple of linear_num_key_heads %d", z.Hv, z.Hk);
-    if (z.dk < 1 || z.dv < 1) die_user("gdn: linear key/value head dims %d, %d must be positive", z.dk, z.dv);
-    CHECK(z.d > 0, "gdn: d_model %d", z.d);
+DeltaLayer delta_layer_of(const ModelGeometry *g, const char *who, const char *what, int per_channel_decay,
+                          int sigmoid_gate, int chunk) {
+    DeltaLayer z = {.d = g->d_model, .Hk = g->linear_num_key_heads, .Hv = g->linear_num_value_heads,
+                    .dk = g->linear_key_head_dim, .dv = g->linear_value_head_dim, .K = g->linear_conv_kernel_dim,
+                    .sigmoid_gate = sigmoid_gate, .chunk = chunk};
+    if (z.K < 1) die_user("%s: linear_conv_kernel_dim is %d; %s needs a short conv (kernel >= 1)", who, z.K, what);
+    if (z.dk < 1 || z.dv < 1) die_user("%s: linear key/value head dims %d, %d must be positive", who, z.dk, z.dv);
+    CHECK(z.d > 0, "%s: d_model %d", who, z.d);
     z.Cc = 2 * z.Hk * z.dk + z.Hv * z.dv;
-    z.P2 = z.Hv * z.dv + 2 * z.Hv;
+    z.g_dim = per_channel_decay ? z.dk : 1;
     return z;
 }
 
-static DeltaDims delta_dims(const Dims *z, int B, int T) {
-    return (DeltaDims){.B = B, .T = T, .Hk = z->Hk, .Hv = z->Hv, .dk = z->dk, .dv = z->dv, .g_dim = 1,
+DeltaDims delta_layer_dims(const DeltaLayer *z, int B, int T) {
+    return (DeltaDims){.B = B, .T = T, .Hk = z->Hk, .Hv = z->Hv, .dk = z->dk, .dv = z->dv, .g_dim = z->g_dim,
                        .qk_stride = z->Hk * z->dk, .v_stride = z->Cc};
 }
 
-enum { IN_Q, IN_K, IN_V, IN_Z, IN_B, IN_A, CONV, A_LOG, DT_BIAS, NORM, OUT, N_SLOTS };
-static const char *const slot_names[N_SLOTS] = {"in_proj_q", "in_proj_k", "in_proj_v", "in_proj_z",
-                                                "in_proj_b", "in_proj_a", "conv1d", "A_log",
-                                                "dt_bias", "norm", "out_proj"};
-
-static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][3]) {
-    int64_t s[N_SLOTS][3] = {
-        [IN_Q] = {z->Hk * z->dk, z->d, 1}, [IN_K] = {z->Hk * z->dk, z->d, 1}, [IN_V] = {z->Hv * z->dv, z->d, 1},
-        [IN_Z] = {z->Hv * z->dv, z->d, 1}, [IN_B] = {z->Hv, z->d, 1},         [IN_A] = {z->Hv, z->d, 1},
-        [CONV] = {z->Cc, 1, z->K},         [A_LOG] = {z->Hv, 1, 1},           [DT_BIAS] = {z->Hv, 1, 1},
-        [NORM] = {z->dv, 1, 1},            [OUT] = {z->d, z->Hv * z->dv, 1},
-    };
-    size_t total = 0;
-    for (int i = 0; i < N_SLOTS; i++) {
-        ndim[i] = i == CONV ? 3 : (i == A_LOG || i == DT_BIAS || i == NORM) ? 1 : 2;
-        for (int j = 0; j < 3; j++) shape[i][j] = s[i][j];
-        off[i] = total;
-        total += (size_t)(s[i][0] * s[i][1] * s[i][2]);
-    }
-    return total;
+size_t delta_act_carve(DeltaAct *a, float *act, const DeltaLayer *z, int B, int T) {
+    size_t N = (size_t)B * T, used = 0, hk = (size_t)z->Hk * z->dk, hv = (size_t)z->Hv * z->dv;
+    DeltaDims dd = delta_layer_dims(z, B, T);
+    used += delta_probe_carve(&a->probe, act, &dd);
+    a->mixed = take_floats(act, &used, N * z->Cc);
+    a->pre = take_floats(act, &used, N * z->Cc);
+    a->conv = take_floats(act, &used, N * z->Cc);
+    a->qn = take_floats(act, &used, N * hk);
+    a->kn = take_floats(act, &used, N * hk);
+    a->rq = take_floats(act, &used, N * z->Hk);
+    a->rk = take_floats(act, &used, N * z->Hk);
+    a->beta = take_floats(act, &used, N * z->Hv);
+    a->g = take_floats(act, &used, N * z->Hv * z->g_dim);
+    a->o = take_floats(act, &used, N * hv);
+    a->rstd = take_floats(act, &used, N * z->Hv);
+    a->y = take_floats(act, &used, N * hv);
+    a->S_chunks = take_floats(act, &used, (size_t)B * z->Hv * delta_rule_n_chunks(T, z->chunk) * z->dk * z->dv);
+    return used;
 }
 
-typedef struct { float *w_qkv, *w_zba, *conv, *A_log, *dt_bias, *norm, *out; } Weights;
+void delta_layer_in(DeltaAct *a, float *conv_state, const float *x, const DeltaWeights *w, const DeltaLayer *z,
+                    int B, int T) {
+    int N = B * T;
+    linear_forward(a->mixed, x, w->qkv, NULL, N, z->d, z->Cc);
+    if (conv_state) shortconv_step(a->conv, conv_state, a->mixed, w->conv, z->Cc, z->K);
+    else shortconv_forward(a->conv, a->pre, a->mixed, w->conv, B, T, z->Cc, z->K);
+    delta_qk_norm_forward(a->qn, a->kn, a->rq, a->rk, a->conv, N, z->Cc, z->Hk, z->dk);
+}
 
-static Weights weights_at(const Dims *z, float *p) {
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t sh[N_SLOTS][3];
-    layout(z, off, nd, sh);
-    return (Weights){p + off[IN_Q], p + off[IN_Z], p + off[CONV], p + off[A_LOG], p + off[DT_BIAS], p + off[NORM],
-                     p + off[OUT]};
+static inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+void delta_gates_forward(DeltaAct *a, const float *b, int b_stride, const float *ga, int a_stride,
+                         const DeltaWeights *w, const DeltaLayer *z, int N) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z->Hv; h++) {
+            a->beta[(size_t)r * z->Hv + h] = sigmoidf_(b[(size_t)r * b_stride + h]);
+            float A = expf(w->A_log[h]);
+            for (int c = 0; c < z->g_dim; c++) {
+                size_t j = (size_t)h * z->g_dim + c;   // channel c of head h in a row of a, and in dt_bias
+                a->g[(size_t)r * z->Hv * z->g_dim + j] = -A * softplusf(ga[(size_t)r * a_stride + j] + w->dt_bias[j]);
+            }
+        }
+}
+
+void delta_layer_out(float *out, DeltaAct *a, float *S, const float *gate, int gate_stride, const DeltaWeights *w,
+                     const DeltaLayer *z, int B, int T) {
+    int N = B * T;
+    DeltaDims dd = delta_layer_dims(z, B, T);
+    const float *v = a->conv + 2 * z->Hk * z->dk;
+    if (S) {
+        delta_rule_recurrent(a->o, S, a->qn, a->kn, v, a->beta, a->g, &dd);
+    } else {
+        delta_rule_chunked(a->o, a->S_chunks, a->qn, a->kn, v, a->beta, a->g, &dd, z->chunk);
+        delta_probe_fill(&a->probe, a->qn, a->kn, v, a->beta, a->g, &dd);
+    }
+    delta_gated_norm_forward(a->y, a->rstd, a->o, gate, gate_stride, w->norm, N, z->Hv, z->dv, z->sigmoid_gate);
+    linear_forward(out, a->y, w->out, NULL, N, z->Hv * z->dv, z->d);
+}
+
+void delta_grads_new(DeltaGrads *d, const DeltaLayer *z, int N, size_t n_mine) {
+    size_t hk = (size_t)N * z->Hk * z->dk, hv = (size_t)N * z->Hv * z->dv, cc = (size_t)N * z->Cc, used = 0;
+    size_t n = 2 * hv + 2 * cc + 2 * hk + (size_t)N * z->Hv * (1 + z->g_dim) + n_mine;
+    float *block = callocCheck(n, sizeof(float));
+    d->dy = take_floats(block, &used, hv);   // the start of the block
+    d->d_o = take_floats(block, &used, hv);
+    d->dconv = take_floats(block, &used, cc);
+    d->dmixed = take_floats(block, &used, cc);
+    d->dqn = take_floats(block, &used, hk);
+    d->dkn = take_floats(block, &used, hk);
+    d->dbeta = take_floats(block, &used, (size_t)N * z->Hv);
+    d->dg = take_floats(block, &used, (size_t)N * z->Hv * z->g_dim);
+    d->mine = take_floats(block, &used, n_mine);
+}
+
+void delta_layer_out_backward(DeltaGrads *d, float *dgate, DeltaWeights *dw, const float *dout, const DeltaAct *a,
+                              const float *gate, int gate_stride, const DeltaWeights *w, const DeltaLayer *z, int B,
+                              int T) {
+    int N = B * T, hv = z->Hv * z->dv;
+    DeltaDims dd = delta_layer_dims(z, B, T);
+    linear_backward(d->dy, dw->out, NULL, dout, a->y, w->out, N, hv, z->d);
+    delta_gated_norm_backward(d->d_o, dgate, dw->norm, d->dy, a->o, a->rstd, gate, gate_stride, w->norm, N, z->Hv,
+                              z->dv, z->sigmoid_gate);
+    size_t v_col = 2 * (size_t)z->Hk * z->dk;
+    delta_rule_backward(d->dqn, d->dkn, d->dconv + v_col, d->dbeta, d->dg, d->d_o, a->S_chunks, a->qn, a->kn,
+                        a->conv + v_col, a->beta, a->g, &dd, z->chunk);
+}
+
+// beta = sigmoid(b): dbeta/db = beta (1 - beta). g = -A softplus(a + dt_bias), A = exp(A_log):
+// dg/dA_log = g, dg/da = dg/d dt_bias = -A sigmoid(a + dt_bias). Parameter sums run in row order.
+void delta_gates_backward(float *db, int b_stride, float *da, int a_stride, DeltaWeights *dw, const DeltaGrads *d,
+                          const DeltaAct *a, const float *ga, const DeltaWeights *w, const DeltaLayer *z, int N) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z->Hv; h++) {
+            size_t ih = (size_t)r * z->Hv + h;
+            db[(size_t)r * b_stride + h] += d->dbeta[ih] * a->beta[ih] * (1.0f - a->beta[ih]);
+            float A = expf(w->A_log[h]);
+            for (int c = 0; c < z->g_dim; c++) {
+                size_t j = (size_t)h * z->g_dim + c, i = ih * z->g_dim + c;
+                float dsp = d->dg[i] * -A * sigmoidf_(ga[(size_t)r * a_stride + j] + w->dt_bias[j]);
+                da[(size_t)r * a_stride + j] += dsp;
+                dw->dt_bias[j] += dsp;
+                dw->A_log[h] += d->dg[i] * a->g[i];
+            }
+        }
+}
+
+void delta_layer_in_backward(float *dx, DeltaWeights *dw, DeltaGrads *d, const DeltaAct *a, const float *x,
+                             const DeltaWeights *w, const DeltaLayer *z, int B, int T) {
+    int N = B * T;
+    delta_qk_norm_backward(d->dconv, d->dqn, d->dkn, a->conv, a->rq, a->rk, N, z->Cc, z->Hk, z->dk);
+    shortconv_backward(d->dmixed, dw->conv, d->dconv, a->pre, a->mixed, w->conv, B, T, z->Cc, z->K);
+    linear_backward(dx, dw->qkv, NULL, d->dmixed, x, w->qkv, N, z->d, z->Cc);
+}
+
+void delta_cache_init(DeltaCache *c, const DeltaLayer *z, int max_T, size_t n_mine) {
+    CHECK(max_T > 0, "delta-rule layer: cache for %d tokens", max_T);
+    c->z = *z;
+    c->max_T = max_T;
+    c->n = 0;
+    size_t n_state = (size_t)z->Hv * z->dk * z->dv, n_conv = (size_t)(z->K - 1) * z->Cc;
+    size_t n_step = delta_act_carve(&c->a, NULL, z, 1, 1), used = 0;
+    float *block = callocCheck(n_state + n_conv + n_step + n_mine, sizeof(float));
+    c->S = take_floats(block, &used, n_state);   // the start of the block
+    c->conv_state = take_floats(block, &used, n_conv);
+    delta_act_carve(&c->a, block + used, z, 1, 1);
+    used += n_step;
+    c->mine = take_floats(block, &used, n_mine);
+}
+
+void delta_cache_release(DeltaCache *c) { free(c->S); }
+
+size_t delta_cache_bytes(const DeltaCache *c) {
+    const DeltaLayer *z = &c->z;
+    return sizeof(float) * ((size_t)z->Hv * z->dk * z->dv + (size_t)(z->K - 1) * z->Cc);
+}
+
+int delta_n_mix_heads(const ModelGeometry *g, int layer) {
+    (void)layer;
+    return g->linear_num_value_heads;
+}
+
+// The probe at the front of a forward's act, and its one-sequence dims.
+static DeltaDims probe_of(DeltaProbe *p, const float *act, const DeltaLayer *z, int T) {
+    DeltaDims dd = delta_layer_dims(z, 1, T);
+    delta_probe_carve(p, (float *)act, &dd);
+    return dd;
+}
+
+void delta_layer_mixing_matrix(float *A, const float *act, const DeltaLayer *z, int T) {
+    DeltaProbe p;
+    DeltaDims dd = probe_of(&p, act, z, T);
+    delta_probe_mixing_matrix(A, &p, &dd);
+}
+
+void delta_layer_states_at(float *S, const float *act, const DeltaLayer *z, int T, int head, const int *times,
+                           int n_times) {
+    DeltaProbe p;
+    DeltaDims dd = probe_of(&p, act, z, T);
+    delta_probe_states(S, &p, &dd, head, times, n_times);
+}
+
+void delta_layer_gates(float *beta, float *alpha, const float *act, const DeltaLayer *z, int T) {
+    DeltaProbe p;
+    probe_of(&p, act, z, T);
+    memcpy(beta, p.beta, sizeof(float) * (size_t)T * z->Hv);
+    for (size_t i = 0; i < (size_t)T * z->Hv * z->g_dim; i++) alpha[i] = expf(p.g[i]);
+}
+
+void delta_geometry_tiny(ModelGeometry *g, const char *name, LinearKind kind, int n_layers, int d_model, int n_heads,
+                         int n_key_heads) {
+    geometry_init(g, name, n_layers, d_model, n_heads, n_heads);
+    int dh = d_model / n_heads;
+    for (int l = 0; l < n_layers && l < GEOM_MAX_LAYERS; l++) g->layer_kind[l] = LAYER_LINEAR;
+    g->linear_kind = kind;
+    g->linear_num_value_heads = n_heads;
+    g->linear_num_key_heads = n_key_heads;
+    g->linear_key_head_dim = dh;
+    g->linear_value_head_dim = dh;
+    g->linear_conv_kernel_dim = 4;
+    g->state_dtype_bytes = 4;
+    g->dtype_bytes = 4;
+}
+
+// ================================================================================================
+// The "gdn" mixer: the layer above, with [z | b | a] = x [in_proj_z; in_proj_b; in_proj_a]^T giving
+// the output gate z (silu), beta = sigmoid(b) and one decay per value head from a.
+// ================================================================================================
+
+static DeltaLayer dims_of(const ModelGeometry *g) {
+    int Hk = g->linear_num_key_heads, Hv = g->linear_num_value_heads;
+    if (g->linear_conv_kernel_dim >= 1 && (Hk < 1 || Hv < 1 || Hv % Hk != 0))
+        die_user("gdn: linear_num_value_heads %d must be a positive multiple of linear_num_key_heads %d", Hv, Hk);
+    return delta_layer_of(g, "gdn", "Gated DeltaNet", 0, 0, GDN_CHUNK);
+}
+
+// P2 = Hv*dv + 2*Hv: the width of a row of [z | b | a].
+static int zba_width(const DeltaLayer *z) { return z->Hv * z->dv + 2 * z->Hv; }
+
+enum { IN_Q, IN_K, IN_V, IN_Z, IN_B, IN_A, CONV, A_LOG, DT_BIAS, NORM, OUT, N_SLOTS };
+
+static void specs(ParamSpec s[N_SLOTS], const DeltaLayer *z) {
+    int hk = z->Hk * z->dk, hv = z->Hv * z->dv;
+    ParamSpec t[N_SLOTS] = {
+        [IN_Q] = {"in_proj_q", 2, {hk, z->d}, INIT_NORMAL},   [IN_K] = {"in_proj_k", 2, {hk, z->d}, INIT_NORMAL},
+        [IN_V] = {"in_proj_v", 2, {hv, z->d}, INIT_NORMAL},   [IN_Z] = {"in_proj_z", 2, {hv, z->d}, INIT_NORMAL},
+        [IN_B] = {"in_proj_b", 2, {z->Hv, z->d}, INIT_NORMAL}, [IN_A] = {"in_proj_a", 2, {z->Hv, z->d}, INIT_NORMAL},
+        [CONV] = {"conv1d", 3, {z->Cc, 1, z->K}, INIT_CONV},   [A_LOG] = {"A_log", 1, {z->Hv}, INIT_DECAY},
+        [DT_BIAS] = {"dt_bias", 1, {z->Hv}, INIT_WITH_PREV},   [NORM] = {"norm", 1, {z->dv}, INIT_ONES},
+        [OUT] = {"out_proj", 2, {z->d, hv}, INIT_OUT},
+    };
+    memcpy(s, t, sizeof t);
+}
+
+// The shared weights, and in_proj_z/b/a as one (P2, d) matrix.
+typedef struct { DeltaWeights l; float *w_zba; } Weights;
+
+static Weights weights_at(const DeltaLayer *z, float *p) {
+    ParamSpec s[N_SLOTS];
+    ParamTensor t[N_SLOTS];
+    specs(s, z);
+    param_table(t, N_SLOTS, s, N_SLOTS);
+    return (Weights){.l = {.qkv = p + t[IN_Q].offset, .conv = p + t[CONV].offset, .A_log = p + t[A_LOG].offset,
+                           .dt_bias = p + t[DT_BIAS].offset, .norm = p + t[NORM].offset, .out = p + t[OUT].offset},
+                     .w_zba = p + t[IN_Z].offset};
 }
 
 static int gdn_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
     (void)layer;
-    Dims z = dims_of(g);
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t sh[N_SLOTS][3];
-    layout(&z, off, nd, sh);
-    CHECK(cap >= N_SLOTS, "gdn: param_tensors needs %d slots, got %d", N_SLOTS, cap);
-    for (int i = 0; i < N_SLOTS; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        snprintf(out[i].name, sizeof out[i].name, "%s", slot_names[i]);
-        out[i].ndim = nd[i];
-        for (int j = 0; j < nd[i]; j++) out[i].shape[j] = sh[i][j];
-        out[i].offset = off[i];
-    }
-    return N_SLOTS;
+    DeltaLayer z = dims_of(g);
+    ParamSpec s[N_SLOTS];
+    specs(s, &z);
+    return param_table(out, cap, s, N_SLOTS);
 }
 
 // A_log = log(U[1,16]); dt_bias = softplus^-1(dt), dt log-uniform in [1e-3, 1e-1]: the decay of a head
@@ -776,269 +1020,119 @@ void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, Rng *
 }
 
 static void gdn_init(const Mixer *m, float *params, Rng *rng) {
-    Dims z = dims_of(m->g);
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t sh[N_SLOTS][3];
-    layout(&z, off, nd, sh);
-    int L = m->g->n_layers > 0 ? m->g->n_layers : 1;
-    for (int i = 0; i < N_SLOTS; i++) {
-        long n = (long)(sh[i][0] * sh[i][1] * sh[i][2]);
-        float *p = params + off[i];
-        if (i == CONV) {
-            float bound = 1.0f / sqrtf((float)z.K);
-            for (long j = 0; j < n; j++) p[j] = bound * (2.0f * rng_uniform(rng) - 1.0f);
-        } else if (i == A_LOG) {
-            delta_init_decay(p, params + off[DT_BIAS], z.Hv, z.Hv, rng);
-        } else if (i == DT_BIAS) {
-            continue;   // filled with A_LOG
-        } else if (i == NORM) {
-            for (long j = 0; j < n; j++) p[j] = 1.0f;
-        } else {
-            rng_fill_normal(rng, p, n, i == OUT ? 0.02f / sqrtf(2.0f * (float)L) : 0.02f);
-        }
-    }
+    DeltaLayer z = dims_of(m->g);
+    ParamSpec s[N_SLOTS];
+    specs(s, &z);
+    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
 }
 
 // ---- activations ------------------------------------------------------------------------------------
 
 typedef struct {
-    DeltaProbe probe;  // batch 0's core inputs (first, so the chapter helpers find them knowing T)
-    float *mixed;      // (N, Cc) [q | k | v] before the conv
+    DeltaAct l;        // the shared ones, first (see gdn.h)
     float *zba;        // (N, P2) [z | b | a]
-    float *pre;        // (N, Cc) conv pre-activation
-    float *conv;       // (N, Cc) after SiLU; the core reads v from here (stride Cc)
-    float *qn, *kn;    // (N, Hk*dk) normalised q (scaled by 1/sqrt(dk)) and k
-    float *rq, *rk;    // (N, Hk)
-    float *beta, *g;   // (N, Hv)
-    float *o;          // (N, Hv*dv) core output, before the norm
-    float *rstd;       // (N, Hv)
-    float *y;          // (N, Hv*dv) gated norm output, into out_proj
-    float *S_chunks;   // (B, Hv, n_chunks, dk, dv) states entering each chunk
 } Act;
 
-static size_t act_carve(Act *a, float *act, const Dims *z, int B, int T) {
-    size_t N = (size_t)B * T, used = 0;
-    DeltaDims dd = delta_dims(z, B, T);
-    used += delta_probe_carve(&a->probe, act, &dd);
-    a->mixed = take(act, &used, N * z->Cc);
-    a->zba = take(act, &used, N * z->P2);
-    a->pre = take(act, &used, N * z->Cc);
-    a->conv = take(act, &used, N * z->Cc);
-    a->qn = take(act, &used, N * z->Hk * z->dk);
-    a->kn = take(act, &used, N * z->Hk * z->dk);
-    a->rq = take(act, &used, N * z->Hk);
-    a->rk = take(act, &used, N * z->Hk);
-    a->beta = take(act, &used, N * z->Hv);
-    a->g = take(act, &used, N * z->Hv);
-    a->o = take(act, &used, N * z->Hv * z->dv);
-    a->rstd = take(act, &used, N * z->Hv);
-    a->y = take(act, &used, N * z->Hv * z->dv);
-    a->S_chunks = take(act, &used, (size_t)B * z->Hv * delta_rule_n_chunks(T, GDN_CHUNK) * z->dk * z->dv);
+static size_t act_carve(Act *a, float *act, const DeltaLayer *z, int B, int T) {
+    size_t used = delta_act_carve(&a->l, act, z, B, T);
+    a->zba = take_floats(act, &used, (size_t)B * T * zba_width(z));
     return used;
 }
 
 static size_t gdn_act_floats(const ModelGeometry *g, int layer, int B, int T) {
     (void)layer;
-    Dims z = dims_of(g);
+    DeltaLayer z = dims_of(g);
     Act a;
     return act_carve(&a, NULL, &z, B, T);
 }
 
-static inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-
-// beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias) for n rows of [z | b | a].
-static void gates_forward(float *beta, float *g, const float *zba, const Weights *w, const Dims *z, int n) {
-    for (int r = 0; r < n; r++) {
-        const float *b = zba + (size_t)r * z->P2 + (size_t)z->Hv * z->dv, *a = b + z->Hv;
-        for (int h = 0; h < z->Hv; h++) {
-            beta[(size_t)r * z->Hv + h] = sigmoidf_(b[h]);
-            g[(size_t)r * z->Hv + h] = -expf(w->A_log[h]) * softplusf(a[h] + w->dt_bias[h]);
-        }
-    }
+// Forward and decode: conv_state and S NULL for a training forward over (B,T), the cache's for decode.
+static void run(float *out, DeltaAct *a, float *zba, float *conv_state, float *S, const float *x, const Weights *w,
+                const DeltaLayer *z, int B, int T) {
+    int N = B * T, P2 = zba_width(z), hv = z->Hv * z->dv;
+    delta_layer_in(a, conv_state, x, &w->l, z, B, T);
+    linear_forward(zba, x, w->w_zba, NULL, N, z->d, P2);
+    delta_gates_forward(a, zba + hv, P2, zba + hv + z->Hv, P2, &w->l, z, N);
+    delta_layer_out(out, a, S, zba, P2, &w->l, z, B, T);
 }
 
 static void gdn_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B, int T) {
-    Dims z = dims_of(m->g);
-    int N = B * T;
+    DeltaLayer z = dims_of(m->g);
     Weights w = weights_at(&z, (float *)params);   // read only
     Act a;
     act_carve(&a, act, &z, B, T);
-    DeltaDims dd = delta_dims(&z, B, T);
-
-    linear_forward(a.mixed, x, w.w_qkv, NULL, N, z.d, z.Cc);
-    linear_forward(a.zba, x, w.w_zba, NULL, N, z.d, z.P2);
-    shortconv_forward(a.conv, a.pre, a.mixed, w.conv, B, T, z.Cc, z.K);
-    delta_qk_norm_forward(a.qn, a.kn, a.rq, a.rk, a.conv, N, z.Cc, z.Hk, z.dk);
-    gates_forward(a.beta, a.g, a.zba, &w, &z, N);
-    const float *v = a.conv + 2 * z.Hk * z.dk;
-    delta_rule_chunked(a.o, a.S_chunks, a.qn, a.kn, v, a.beta, a.g, &dd, GDN_CHUNK);
-    delta_probe_fill(&a.probe, a.qn, a.kn, v, a.beta, a.g, &dd);
-    delta_gated_norm_forward(a.y, a.rstd, a.o, a.zba, z.P2, w.norm, N, z.Hv, z.dv, 0);
-    linear_forward(out, a.y, w.out, NULL, N, z.Hv * z.dv, z.d);
+    run(out, &a.l, a.zba, NULL, NULL, x, &w, &z, B, T);
 }
 
 static void gdn_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
                          const float *x, const float *params, int B, int T) {
-    Dims z = dims_of(m->g);
-    int N = B * T, Hv = z.Hv;
+    DeltaLayer z = dims_of(m->g);
+    int N = B * T, P2 = zba_width(&z), hv = z.Hv * z.dv;
     Weights w = weights_at(&z, (float *)params), dw = weights_at(&z, dparams);
     Act a;
     act_carve(&a, (float *)act, &z, B, T);   // read only
-    DeltaDims dd = delta_dims(&z, B, T);
-
-    // gradient buffers (the interface hands backward no scratch): one zeroed block per call
-    size_t nv = (size_t)N * Hv * z.dv, nqk = (size_t)N * z.Hk * z.dk;
-    size_t n_scr = 2 * nv + (size_t)N * z.P2 + 2 * (size_t)N * z.Cc + 2 * nqk + 2 * (size_t)N * Hv;
-    float *scr = callocCheck(n_scr, sizeof(float)), *p = scr;
-    float *dy = p;    p += nv;                    // (N, Hv*dv)
-    float *d_o = p;   p += nv;                    // (N, Hv*dv)
-    float *dzba = p;  p += (size_t)N * z.P2;      // (N, P2)
-    float *dconv = p; p += (size_t)N * z.Cc;      // (N, Cc) after SiLU
-    float *dmixed = p; p += (size_t)N * z.Cc;     // (N, Cc) before the conv
-    float *dqn = p;   p += nqk;
-    float *dkn = p;   p += nqk;
-    float *dbeta = p; p += (size_t)N * Hv;
-    float *dg = p;                                // (N, Hv)
-
-    linear_backward(dy, dw.out, NULL, dout, a.y, w.out, N, Hv * z.dv, z.d);
-    delta_gated_norm_backward(d_o, dzba, dw.norm, dy, a.o, a.rstd, a.zba, z.P2, w.norm, N, Hv, z.dv, 0);
-    const float *v = a.conv + 2 * z.Hk * z.dk;
-    delta_rule_backward(dqn, dkn, dconv + 2 * z.Hk * z.dk, dbeta, dg, d_o, a.S_chunks, a.qn, a.kn, v, a.beta, a.g,
-                        &dd, GDN_CHUNK);
-    // gates: beta = sigmoid(b); g = -A softplus(a + dt_bias), A = exp(A_log): dg/dA_log = g,
-    // dg/da = dg/d dt_bias = -A sigmoid(a + dt_bias). Parameter sums run in row order.
-    for (int r = 0; r < N; r++) {
-        const float *ab = a.zba + (size_t)r * z.P2 + (size_t)Hv * z.dv + Hv;
-        float *db = dzba + (size_t)r * z.P2 + (size_t)Hv * z.dv, *da = db + Hv;
-        for (int h = 0; h < Hv; h++) {
-            size_t i = (size_t)r * Hv + h;
-            float bt = a.beta[i];
-            db[h] += dbeta[i] * bt * (1.0f - bt);
-            float dsp = dg[i] * -expf(w.A_log[h]) * sigmoidf_(ab[h] + w.dt_bias[h]);
-            da[h] += dsp;
-            dw.dt_bias[h] += dsp;
-            dw.A_log[h] += dg[i] * a.g[i];
-        }
-    }
-    delta_qk_norm_backward(dconv, dqn, dkn, a.conv, a.rq, a.rk, N, z.Cc, z.Hk, z.dk);
-    shortconv_backward(dmixed, dw.conv, dconv, a.pre, a.mixed, w.conv, B, T, z.Cc, z.K);
-    linear_backward(dx, dw.w_qkv, NULL, dmixed, x, w.w_qkv, N, z.d, z.Cc);
-    linear_backward(dx, dw.w_zba, NULL, dzba, x, w.w_zba, N, z.d, z.P2);
-    free(scr);
+    DeltaGrads d;
+    delta_grads_new(&d, &z, N, (size_t)N * P2);
+    float *dzba = d.mine;   // (N, P2)
+    delta_layer_out_backward(&d, dzba, &dw.l, dout, &a.l, a.zba, P2, &w.l, &z, B, T);
+    delta_gates_backward(dzba + hv, P2, dzba + hv + z.Hv, P2, &dw.l, &d, &a.l, a.zba + hv + z.Hv, &w.l, &z, N);
+    delta_layer_in_backward(dx, &dw.l, &d, &a.l, x, &w.l, &z, B, T);
+    linear_backward(dx, dw.w_zba, NULL, dzba, x, w.w_zba, N, z.d, P2);
+    free(d.dy);
 }
 
 // ---- decode: a fixed state, whatever the context ---------------------------------------------------
 
 struct MixerCache {
-    Dims z;
-    int max_T, n;
-    float *S;          // (Hv, dk, dv) the delta-rule state          } the cache
-    float *conv_state; // (K-1, Cc) the last K-1 conv inputs          }
-    // one step's scratch
-    float *mixed, *conv, *pre, *zba, *qn, *kn, *rq, *rk, *beta, *g, *o, *rstd, *y;
+    DeltaCache d;      // state, conv state, the step's shared scratch
+    float *zba;        // (P2)
 };
 
 static MixerCache *gdn_cache_new(const Mixer *m, int max_T) {
-    Dims z = dims_of(m->g);
-    CHECK(max_T > 0, "gdn: cache for %d tokens", max_T);
+    DeltaLayer z = dims_of(m->g);
     MixerCache *c = mallocCheck(sizeof *c);
-    c->z = z;
-    c->max_T = max_T;
-    c->n = 0;
-    size_t sizes[] = {(size_t)z.Hv * z.dk * z.dv, (size_t)(z.K - 1) * z.Cc, (size_t)z.Cc, (size_t)z.Cc, (size_t)z.Cc,
-                      (size_t)z.P2, (size_t)z.Hk * z.dk, (size_t)z.Hk * z.dk, (size_t)z.Hk, (size_t)z.Hk,
-                      (size_t)z.Hv, (size_t)z.Hv, (size_t)z.Hv * z.dv, (size_t)z.Hv, (size_t)z.Hv * z.dv};
-    float **fields[] = {&c->S, &c->conv_state, &c->mixed, &c->conv, &c->pre, &c->zba, &c->qn, &c->kn, &c->rq,
-                        &c->rk, &c->beta, &c->g, &c->o, &c->rstd, &c->y};
-    size_t total = 0, used = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
-    float *base = callocCheck(total, sizeof(float));
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take(base, &used, sizes[i]);
+    delta_cache_init(&c->d, &z, max_T, (size_t)zba_width(&z));
+    c->zba = c->d.mine;
     return c;
 }
 
 static void gdn_cache_free(MixerCache *c) {
     if (!c) return;
-    free(c->S);   // the start of the one block
+    delta_cache_release(&c->d);
     free(c);
 }
 
-// The state and the conv state, fp32: (Hv*dk*dv + (K-1)*Cc) * 4 bytes from the first token on.
-// This is kvcache_fixed_bytes / (linear layers) with state_dtype_bytes = dtype_bytes = 4.
-static size_t gdn_cache_bytes(const MixerCache *c) {
-    const Dims *z = &c->z;
-    return sizeof(float) * ((size_t)z->Hv * z->dk * z->dv + (size_t)(z->K - 1) * z->Cc);
-}
+static size_t gdn_cache_bytes(const MixerCache *c) { return delta_cache_bytes(&c->d); }
 
 static void gdn_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
     (void)m;
-    const Dims z = c->z;
-    CHECK(c->n < c->max_T, "gdn decode: cache is full (%d tokens)", c->max_T);
-    Weights w = weights_at(&z, (float *)params);
-    DeltaDims dd = delta_dims(&z, 1, 1);
-    linear_forward(c->mixed, x, w.w_qkv, NULL, 1, z.d, z.Cc);
-    linear_forward(c->zba, x, w.w_zba, NULL, 1, z.d, z.P2);
-    shortconv_step(c->conv, c->conv_state, c->mixed, w.conv, z.Cc, z.K);
-    delta_qk_norm_forward(c->qn, c->kn, c->rq, c->rk, c->conv, 1, z.Cc, z.Hk, z.dk);
-    gates_forward(c->beta, c->g, c->zba, &w, &z, 1);
-    delta_rule_recurrent(c->o, c->S, c->qn, c->kn, c->conv + 2 * z.Hk * z.dk, c->beta, c->g, &dd);
-    delta_gated_norm_forward(c->y, c->rstd, c->o, c->zba, z.P2, w.norm, 1, z.Hv, z.dv, 0);
-    linear_forward(out, c->y, w.out, NULL, 1, z.Hv * z.dv, z.d);
-    c->n++;
+    DeltaCache *d = &c->d;
+    CHECK(d->n < d->max_T, "gdn decode: cache is full (%d tokens)", d->max_T);
+    Weights w = weights_at(&d->z, (float *)params);
+    run(out, &d->a, c->zba, d->conv_state, d->S, x, &w, &d->z, 1, 1);
+    d->n++;
 }
 
 // ---- what the chapters draw ---------------------------------------------------------------------------
 
-static int gdn_n_mix_heads(const ModelGeometry *g, int layer) {
-    (void)layer;
-    return g->linear_num_value_heads;
-}
-
-static void probe_of(DeltaProbe *p, DeltaDims *dd, const Mixer *m, const float *act, int T) {
-    Dims z = dims_of(m->g);
-    *dd = delta_dims(&z, 1, T);
-    delta_probe_carve(p, (float *)act, dd);
-}
-
 static void gdn_mixing_matrix(const Mixer *m, float *A, const float *act, const float *params, int T) {
     (void)params;
-    DeltaProbe p;
-    DeltaDims dd;
-    probe_of(&p, &dd, m, act, T);
-    delta_probe_mixing_matrix(A, &p, &dd);
+    DeltaLayer z = dims_of(m->g);
+    delta_layer_mixing_matrix(A, act, &z, T);
 }
 
 void gdn_states_at(const Mixer *m, float *S, const float *act, int T, int head, const int *times, int n_times) {
-    DeltaProbe p;
-    DeltaDims dd;
-    probe_of(&p, &dd, m, act, T);
-    delta_probe_states(S, &p, &dd, head, times, n_times);
+    DeltaLayer z = dims_of(m->g);
+    delta_layer_states_at(S, act, &z, T, head, times, n_times);
 }
 
 void gdn_gates(const Mixer *m, float *beta, float *alpha, const float *act, int T) {
-    DeltaProbe p;
-    DeltaDims dd;
-    probe_of(&p, &dd, m, act, T);
-    size_t n = (size_t)T * dd.Hv;
-    for (size_t i = 0; i < n; i++) {
-        beta[i] = p.beta[i];
-        alpha[i] = expf(p.g[i]);
-    }
+    DeltaLayer z = dims_of(m->g);
+    delta_layer_gates(beta, alpha, act, &z, T);
 }
 
 void gdn_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads) {
-    geometry_init(g, "tiny-gdn", n_layers, d_model, n_heads, n_heads);
-    int dh = d_model / n_heads;
-    for (int l = 0; l < n_layers && l < GEOM_MAX_LAYERS; l++) g->layer_kind[l] = LAYER_LINEAR;
-    g->linear_kind = LINEAR_GDN;
-    g->linear_num_value_heads = n_heads;
-    g->linear_num_key_heads = n_heads / 2 > 0 ? n_heads / 2 : 1;
-    g->linear_key_head_dim = dh;
-    g->linear_value_head_dim = dh;
-    g->linear_conv_kernel_dim = 4;
-    g->state_dtype_bytes = 4;
-    g->dtype_bytes = 4;
+    delta_geometry_tiny(g, "tiny-gdn", LINEAR_GDN, n_layers, d_model, n_heads, n_heads / 2 > 0 ? n_heads / 2 : 1);
 }
 
 const MixerOps gdn_mixer = {
@@ -1052,6 +1146,6 @@ const MixerOps gdn_mixer = {
     .cache_free = gdn_cache_free,
     .cache_bytes = gdn_cache_bytes,
     .decode = gdn_decode,
-    .n_mix_heads = gdn_n_mix_heads,
+    .n_mix_heads = delta_n_mix_heads,
     .mixing_matrix = gdn_mixing_matrix,
 };

@@ -7,8 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "09_gdn/gdn.h"
 #include "check.h"
 #include "mathx.h"
 #include "rng.h"
@@ -252,11 +252,6 @@ void decay_mixing_matrix(float *A, const float *q, const float *k, size_t ldqk, 
 
 // ---- benchmark pair -------------------------------------------------------------------------------
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 double decay_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
     CHECK(B > 0 && T > 0 && H > 0 && dh > 0 && C >= 0 && C <= DECAY_MAX_CHUNK && reps > 0,
           "decay_prefill_seconds: bad sizes");
@@ -265,17 +260,10 @@ double decay_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
     float *g = mallocCheck(sizeof(float) * N * H), *S = mallocCheck(sizeof(float) * (size_t)dh * dh);
     Rng rng;
     rng_seed(&rng, 10);
-    rng_fill_normal(&rng, q, (long)(3 * nv), 1.0f);
-    for (size_t r = 0; r < N * H; r++) {   // unit q, k (q / sqrt(dh) as attention scales it); g < 0
-        float nq = 0, nk = 0;
-        for (int c = 0; c < dh; c++) nq += q[r * dh + c] * q[r * dh + c], nk += k[r * dh + c] * k[r * dh + c];
-        for (int c = 0; c < dh; c++) q[r * dh + c] /= sqrtf(nq * dh), k[r * dh + c] /= sqrtf(nk);
-        g[r] = -0.1f * rng_uniform(&rng);
-    }
+    linear_bench_inputs(q, NULL, g, N * H, dh, &rng);
     double *sec = mallocCheck(sizeof(double) * (size_t)reps);
     for (int rep = -1; rep < reps; rep++) {   // rep -1 warms up
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double t0 = linear_bench_now();
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
                 size_t off = (size_t)b * T * E + (size_t)h * dh;
@@ -284,11 +272,9 @@ double decay_prefill_seconds(int B, int T, int H, int dh, int C, int reps) {
                 if (C == 0) decay_recurrent_forward(o + off, E, S, q + off, k + off, E, v + off, E, gh, H, T, dh, dh);
                 else decay_chunked_forward(o + off, E, S, q + off, k + off, E, v + off, E, gh, H, T, dh, dh, C);
             }
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        if (rep >= 0) sec[rep] = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (rep >= 0) sec[rep] = linear_bench_now() - t0;
     }
-    qsort(sec, (size_t)reps, sizeof(double), cmp_double);
-    double med = sec[reps / 2];
+    double med = linear_bench_median(sec, reps);
     free(sec);
     free(q);
     free(g);

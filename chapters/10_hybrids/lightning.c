@@ -6,10 +6,10 @@
 #include "10_hybrids/lightning.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "09_gdn/gdn.h"
 #include "10_hybrids/decay.h"
 #include "check.h"
 #include "mathx.h"
@@ -56,59 +56,39 @@ void lightning_decay_profile(float *prof, const ModelGeometry *g, int layer, int
 // ---- parameters ----------------------------------------------------------------------------------
 
 enum { QKV, GATE, NORM, OUT, N_SLOTS };
-static const char *const slot_names[N_SLOTS] = {"qkv_proj", "output_gate", "norm", "out_proj"};
 
-static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][2]) {
-    int64_t s[N_SLOTS][2] = {[QKV] = {3 * z->E, z->d}, [GATE] = {z->E, z->d}, [NORM] = {z->E, 1}, [OUT] = {z->d, z->E}};
-    size_t total = 0;
-    for (int i = 0; i < N_SLOTS; i++) {
-        ndim[i] = i == NORM ? 1 : 2;
-        shape[i][0] = s[i][0];
-        shape[i][1] = s[i][1];
-        off[i] = total;
-        total += (size_t)(s[i][0] * s[i][1]);
-    }
-    return total;
+static void specs(ParamSpec s[N_SLOTS], const Dims *z) {
+    ParamSpec t[N_SLOTS] = {
+        [QKV] = {"qkv_proj", 2, {3 * z->E, z->d}, INIT_NORMAL}, [GATE] = {"output_gate", 2, {z->E, z->d}, INIT_NORMAL},
+        [NORM] = {"norm", 1, {z->E}, INIT_ONES},                [OUT] = {"out_proj", 2, {z->d, z->E}, INIT_OUT},
+    };
+    memcpy(s, t, sizeof t);
 }
 
 typedef struct { float *qkv, *gate, *norm, *out; } Weights;
 
 static Weights weights_at(const Dims *z, float *p) {
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t shape[N_SLOTS][2];
-    layout(z, off, nd, shape);
-    return (Weights){p + off[QKV], p + off[GATE], p + off[NORM], p + off[OUT]};
+    ParamSpec s[N_SLOTS];
+    ParamTensor t[N_SLOTS];
+    specs(s, z);
+    param_table(t, N_SLOTS, s, N_SLOTS);
+    return (Weights){p + t[QKV].offset, p + t[GATE].offset, p + t[NORM].offset, p + t[OUT].offset};
 }
 
 static int lightning_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
     (void)layer;
     Dims z = dims_of(g);
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t shape[N_SLOTS][2];
-    layout(&z, off, nd, shape);
-    CHECK(cap >= N_SLOTS, "lightning: param_tensors needs %d slots, got %d", N_SLOTS, cap);
-    for (int i = 0; i < N_SLOTS; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        snprintf(out[i].name, sizeof out[i].name, "%s", slot_names[i]);
-        out[i].ndim = nd[i];
-        out[i].shape[0] = shape[i][0];
-        if (nd[i] == 2) out[i].shape[1] = shape[i][1];
-        out[i].offset = off[i];
-    }
-    return N_SLOTS;
+    ParamSpec s[N_SLOTS];
+    specs(s, &z);
+    return param_table(out, cap, s, N_SLOTS);
 }
 
+// Matrices N(0, 0.02^2), out_proj scaled by 1/sqrt(2 * n_layers) (GPT-2), the norm gain 1.
 static void lightning_init(const Mixer *m, float *params, Rng *rng) {
     Dims z = dims_of(m->g);
-    Weights w = weights_at(&z, params);
-    int L = m->g->n_layers > 0 ? m->g->n_layers : 1;
-    rng_fill_normal(rng, w.qkv, 3L * z.E * z.d, 0.02f);
-    rng_fill_normal(rng, w.gate, (long)z.E * z.d, 0.02f);
-    for (int i = 0; i < z.E; i++) w.norm[i] = 1.0f;
-    // GPT-2: the projection back into the residual stream is scaled by 1/sqrt(2 * n_layers)
-    rng_fill_normal(rng, w.out, (long)z.d * z.E, 0.02f / sqrtf(2.0f * (float)L));
+    ParamSpec s[N_SLOTS];
+    specs(s, &z);
+    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
 }
 
 // ---- activations saved by forward -----------------------------------------------------------------
@@ -125,22 +105,16 @@ typedef struct {
     float *S;        // (B, H, dh, dh) final states (the forward's working state)
 } Act;
 
-static float *take(float *base, size_t *used, size_t n) {
-    float *p = base ? base + *used : NULL;
-    *used += n;
-    return p;
-}
-
 static size_t act_carve(Act *a, float *act, const Dims *z, int B, int T) {
     size_t N = (size_t)B * T, E = (size_t)z->E, used = 8;   // the header: B
-    a->pre = take(act, &used, N * 3 * E);
-    a->qkv = take(act, &used, N * 3 * E);
-    a->o = take(act, &used, N * E);
-    a->rstd = take(act, &used, N);
-    a->on = take(act, &used, N * E);
-    a->gp = take(act, &used, N * E);
-    a->y = take(act, &used, N * E);
-    a->S = take(act, &used, (size_t)B * z->H * z->dh * z->dh);
+    a->pre = take_floats(act, &used, N * 3 * E);
+    a->qkv = take_floats(act, &used, N * 3 * E);
+    a->o = take_floats(act, &used, N * E);
+    a->rstd = take_floats(act, &used, N);
+    a->on = take_floats(act, &used, N * E);
+    a->gp = take_floats(act, &used, N * E);
+    a->y = take_floats(act, &used, N * E);
+    a->S = take_floats(act, &used, (size_t)B * z->H * z->dh * z->dh);
     return used;
 }
 
@@ -197,10 +171,10 @@ static void lightning_backward(const Mixer *m, float *dx, float *dparams, const 
     size_t n_scratch = 4 * NE + 2 * (size_t)N * ld + (size_t)B * z.H * per_head;
     float *scratch = callocCheck(n_scratch, sizeof(float));
     size_t used = 0;
-    float *dy = take(scratch, &used, NE), *don = take(scratch, &used, NE);
-    float *dgp = take(scratch, &used, NE), *d_o = take(scratch, &used, NE);
-    float *dqkv = take(scratch, &used, (size_t)N * ld), *dpre = take(scratch, &used, (size_t)N * ld);
-    float *core = take(scratch, &used, (size_t)B * z.H * per_head);
+    float *dy = take_floats(scratch, &used, NE), *don = take_floats(scratch, &used, NE);
+    float *dgp = take_floats(scratch, &used, NE), *d_o = take_floats(scratch, &used, NE);
+    float *dqkv = take_floats(scratch, &used, (size_t)N * ld), *dpre = take_floats(scratch, &used, (size_t)N * ld);
+    float *core = take_floats(scratch, &used, (size_t)B * z.H * per_head);
 
     // out = y Wout^T, y = on * sigmoid(gp)
     linear_backward(dy, dw.out, NULL, dout, a.y, w.out, N, z.E, z.d);
@@ -248,13 +222,13 @@ static MixerCache *lightning_cache_new(const Mixer *m, int max_T) {
     c->n = 0;
     size_t E = (size_t)z.E, used = 0;
     float *base = callocCheck((size_t)z.H * z.dh * z.dh + 6 * E + 4 * E, sizeof(float));
-    c->S = take(base, &used, (size_t)z.H * z.dh * z.dh);
-    c->pre = take(base, &used, 3 * E);
-    c->qkv = take(base, &used, 3 * E);
-    c->o = take(base, &used, E);
-    c->on = take(base, &used, E);
-    c->gp = take(base, &used, E);
-    c->y = take(base, &used, E);
+    c->S = take_floats(base, &used, (size_t)z.H * z.dh * z.dh);
+    c->pre = take_floats(base, &used, 3 * E);
+    c->qkv = take_floats(base, &used, 3 * E);
+    c->o = take_floats(base, &used, E);
+    c->on = take_floats(base, &used, E);
+    c->gp = take_floats(base, &used, E);
+    c->y = take_floats(base, &used, E);
     return c;
 }
 

@@ -7,10 +7,10 @@
 #include "10_hybrids/mamba2.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "09_gdn/gdn.h"
 #include "09_gdn/shortconv.h"
 #include "10_hybrids/decay.h"
 #include "check.h"
@@ -47,54 +47,38 @@ static inline float softplusf_(float u) { return u > 20.0f ? u : log1pf(expf(u))
 // ---- parameters ----------------------------------------------------------------------------------
 
 enum { IN, CONV, DT_BIAS, A_LOG, DSKIP, NORM, OUT, N_SLOTS };
-static const char *const slot_names[N_SLOTS] = {"in_proj", "conv1d", "dt_bias", "A_log", "D", "norm", "out_proj"};
 
-static size_t layout(const Dims *z, size_t off[N_SLOTS], int ndim[N_SLOTS], int64_t shape[N_SLOTS][2]) {
-    int64_t s[N_SLOTS][2] = {
-        [IN] = {z->HP + z->CD + z->H, z->d}, [CONV] = {z->CD, z->K}, [DT_BIAS] = {z->H, 1}, [A_LOG] = {z->H, 1},
-        [DSKIP] = {z->H, 1}, [NORM] = {z->HP, 1}, [OUT] = {z->d, z->HP},
+// (mamba2_init fills them: its own draws, not param_table_init.)
+static void specs(ParamSpec s[N_SLOTS], const Dims *z) {
+    ParamSpec t[N_SLOTS] = {
+        [IN] = {"in_proj", 2, {z->HP + z->CD + z->H, z->d}}, [CONV] = {"conv1d", 2, {z->CD, z->K}},
+        [DT_BIAS] = {"dt_bias", 1, {z->H}},                  [A_LOG] = {"A_log", 1, {z->H}},
+        [DSKIP] = {"D", 1, {z->H}},                          [NORM] = {"norm", 1, {z->HP}},
+        [OUT] = {"out_proj", 2, {z->d, z->HP}},
     };
-    size_t total = 0;
-    for (int i = 0; i < N_SLOTS; i++) {
-        ndim[i] = s[i][1] == 1 ? 1 : 2;
-        shape[i][0] = s[i][0];
-        shape[i][1] = s[i][1];
-        off[i] = total;
-        total += (size_t)(s[i][0] * s[i][1]);
-    }
-    return total;
+    memcpy(s, t, sizeof t);
 }
 
 // in_proj's rows in three blocks: z (HP rows), xBC (CD rows), dt (H rows).
 typedef struct { float *in_z, *in_xbc, *in_dt, *conv, *dt_bias, *A_log, *D, *norm, *out; } Weights;
 
 static Weights weights_at(const Dims *z, float *p) {
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t shape[N_SLOTS][2];
-    layout(z, off, nd, shape);
-    float *in = p + off[IN];
-    return (Weights){in, in + (size_t)z->HP * z->d, in + (size_t)(z->HP + z->CD) * z->d, p + off[CONV],
-                     p + off[DT_BIAS], p + off[A_LOG], p + off[DSKIP], p + off[NORM], p + off[OUT]};
+    ParamSpec s[N_SLOTS];
+    ParamTensor t[N_SLOTS];
+    specs(s, z);
+    param_table(t, N_SLOTS, s, N_SLOTS);
+    float *in = p + t[IN].offset;
+    return (Weights){in, in + (size_t)z->HP * z->d, in + (size_t)(z->HP + z->CD) * z->d, p + t[CONV].offset,
+                     p + t[DT_BIAS].offset, p + t[A_LOG].offset, p + t[DSKIP].offset, p + t[NORM].offset,
+                     p + t[OUT].offset};
 }
 
 static int mamba2_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
     (void)layer;
     Dims z = dims_of(g);
-    size_t off[N_SLOTS];
-    int nd[N_SLOTS];
-    int64_t shape[N_SLOTS][2];
-    layout(&z, off, nd, shape);
-    CHECK(cap >= N_SLOTS, "mamba2: param_tensors needs %d slots, got %d", N_SLOTS, cap);
-    for (int i = 0; i < N_SLOTS; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        snprintf(out[i].name, sizeof out[i].name, "%s", slot_names[i]);
-        out[i].ndim = nd[i];
-        out[i].shape[0] = shape[i][0];
-        if (nd[i] == 2) out[i].shape[1] = shape[i][1];
-        out[i].offset = off[i];
-    }
-    return N_SLOTS;
+    ParamSpec s[N_SLOTS];
+    specs(s, &z);
+    return param_table(out, cap, s, N_SLOTS);
 }
 
 static void mamba2_init(const Mixer *m, float *params, Rng *rng) {
@@ -137,27 +121,21 @@ typedef struct {
     float *S;        // (B, H, N, P) final states
 } Act;
 
-static float *take(float *base, size_t *used, size_t n) {
-    float *p = base ? base + *used : NULL;
-    *used += n;
-    return p;
-}
-
 static size_t act_carve(Act *a, float *act, const Dims *z, int B, int T) {
     size_t n = (size_t)B * T, HP = (size_t)z->HP, CD = (size_t)z->CD, H = (size_t)z->H, used = 8;
-    a->z = take(act, &used, n * HP);
-    a->xbc_in = take(act, &used, n * CD);
-    a->conv_pre = take(act, &used, n * CD);
-    a->xbc = take(act, &used, n * CD);
-    a->u = take(act, &used, n * H);
-    a->dt = take(act, &used, n * H);
-    a->g = take(act, &used, n * H);
-    a->v = take(act, &used, n * HP);
-    a->y = take(act, &used, n * HP);
-    a->gz = take(act, &used, n * HP);
-    a->rstd = take(act, &used, n * z->G);
-    a->nrm = take(act, &used, n * HP);
-    a->S = take(act, &used, (size_t)B * H * z->N * z->P);
+    a->z = take_floats(act, &used, n * HP);
+    a->xbc_in = take_floats(act, &used, n * CD);
+    a->conv_pre = take_floats(act, &used, n * CD);
+    a->xbc = take_floats(act, &used, n * CD);
+    a->u = take_floats(act, &used, n * H);
+    a->dt = take_floats(act, &used, n * H);
+    a->g = take_floats(act, &used, n * H);
+    a->v = take_floats(act, &used, n * HP);
+    a->y = take_floats(act, &used, n * HP);
+    a->gz = take_floats(act, &used, n * HP);
+    a->rstd = take_floats(act, &used, n * z->G);
+    a->nrm = take_floats(act, &used, n * HP);
+    a->S = take_floats(act, &used, (size_t)B * H * z->N * z->P);
     return used;
 }
 
@@ -256,12 +234,12 @@ static void mamba2_backward(const Mixer *m, float *dx, float *dparams, const flo
     size_t n_scratch = 5 * NHP + 2 * (size_t)n * CD + 3 * (size_t)n * H + (size_t)B * z.G * per_head;
     float *scratch = callocCheck(n_scratch, sizeof(float));
     size_t used = 0;
-    float *dnrm = take(scratch, &used, NHP), *dgz = take(scratch, &used, NHP), *dy = take(scratch, &used, NHP);
-    float *dz = take(scratch, &used, NHP), *dv = take(scratch, &used, NHP);
-    float *dxbc = take(scratch, &used, (size_t)n * CD), *dxbc_in = take(scratch, &used, (size_t)n * CD);
-    float *dg = take(scratch, &used, (size_t)n * H), *ddt = take(scratch, &used, (size_t)n * H);
-    float *du = take(scratch, &used, (size_t)n * H);
-    float *core = take(scratch, &used, (size_t)B * z.G * per_head);
+    float *dnrm = take_floats(scratch, &used, NHP), *dgz = take_floats(scratch, &used, NHP), *dy = take_floats(scratch, &used, NHP);
+    float *dz = take_floats(scratch, &used, NHP), *dv = take_floats(scratch, &used, NHP);
+    float *dxbc = take_floats(scratch, &used, (size_t)n * CD), *dxbc_in = take_floats(scratch, &used, (size_t)n * CD);
+    float *dg = take_floats(scratch, &used, (size_t)n * H), *ddt = take_floats(scratch, &used, (size_t)n * H);
+    float *du = take_floats(scratch, &used, (size_t)n * H);
+    float *core = take_floats(scratch, &used, (size_t)B * z.G * per_head);
 
     // out = nrm Wout^T
     linear_backward(dnrm, dw.out, NULL, dout, a.nrm, w.out, n, z.HP, z.d);
@@ -353,7 +331,7 @@ static MixerCache *mamba2_cache_new(const Mixer *m, int max_T) {
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
     float *base = callocCheck(total, sizeof(float));
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take(base, &used, sizes[i]);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take_floats(base, &used, sizes[i]);
     return c;
 }
 
