@@ -9,7 +9,7 @@
 #include "check.h"
 #include "helpers.h"
 
-static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08"};
+static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10"};
 #define N_CHAPTERS (int)(sizeof chapters / sizeof chapters[0])
 
 // Runs PROG ARGS, expects exit 2 and exactly one line of output that contains `needle`.
@@ -58,12 +58,52 @@ Test(cli, bad_weights_are_named_and_nothing_is_written) {
     fclose(f);
     for (int i = 1; i < N_CHAPTERS; i++) {
         char out_dir[400], args[1200];
+        if (!strcmp(chapters[i], "ch10")) continue;   // draws a folder of models: the next test
         snprintf(out_dir, sizeof out_dir, "%s/out-%s", dir, chapters[i]);
         snprintf(args, sizeof args, "--out %s --weights %s/missing.safetensors", out_dir, dir);
         expect_one_line_error(chapters[i], args, "missing.safetensors");
         snprintf(args, sizeof args, "--out %s --weights %s", out_dir, bad);
         expect_one_line_error(chapters[i], args, "corrupt.safetensors");
         cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before failing", chapters[i]);
+    }
+}
+
+// Chapters 9 and 10 compare several models from --weights-dir: a missing folder or a corrupt model in it
+// is named in one line before any figure is written.
+Test(cli, bad_weights_dir_is_named_and_nothing_is_written) {
+    char dir[256], bad[512], src[1024], dst[1024];
+    test_tmpdir(dir, sizeof dir);
+    // a copy of the shipped models with one of them corrupted
+    snprintf(bad, sizeof bad, "%s/w", dir);
+    cr_assert_eq(mkdir(bad, 0777), 0);
+    static const char *models[] = {"ch09_attention", "ch09_gdn", "ch09_hybrid", "ch10_kda", "ch10_lightning",
+                                   "ch10_mamba2", "ch10_kimi", "ch10_minimax", "ch10_nemotron"};
+    for (size_t k = 0; k < sizeof models / sizeof models[0]; k++) {
+        snprintf(dst, sizeof dst, "%s/%s.safetensors", bad, models[k]);
+        FILE *f = fopen(dst, "wb");
+        cr_assert(f);
+        if (k == 0 || k == 6) {
+            fputs("\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ", f);
+        } else {
+            snprintf(src, sizeof src, "%s/data/weights/%s.safetensors", test_root(), models[k]);
+            FILE *in = fopen(src, "rb");
+            cr_assert(in, "cannot read %s", src);
+            char buf[65536];
+            size_t n;
+            while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, f);
+            fclose(in);
+        }
+        fclose(f);
+    }
+    static const char *progs[] = {"ch09", "ch10"};
+    for (int i = 0; i < 2; i++) {
+        char out_dir[400], args[1200];
+        snprintf(out_dir, sizeof out_dir, "%s/out-%s", dir, progs[i]);
+        snprintf(args, sizeof args, "--out %s --weights-dir %s/nowhere", out_dir, dir);
+        expect_one_line_error(progs[i], args, "nowhere");
+        snprintf(args, sizeof args, "--out %s --weights-dir %s", out_dir, bad);
+        expect_one_line_error(progs[i], args, "ch09_attention.safetensors");
+        cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before failing", progs[i]);
     }
 }
 

@@ -1,0 +1,256 @@
+// Chapter 9: Gated DeltaNet and the first hybrid (Qwen3-Next: 3 Gated DeltaNet layers : 1 gated attention).
+//
+// Article: the section on hybrid attention. A Gated DeltaNet layer keeps no KV cache. It keeps one
+// dk x dv matrix per head, a fast-weight memory S: each token first decays it (alpha), then writes its
+// value under its key with the delta rule (overwrite what S already returns for that key, by beta), and
+// reads S with its query. Memory is constant in context length, but S can hold only about dk
+// independent keys; softmax attention keeps every token and never runs out. Qwen3-Next and Qwen3.5 put
+// one gated-attention layer after every three DeltaNet layers: most layers are cheap, a few recall
+// exactly. The figures show the state being written, the matrix a DeltaNet layer mixes tokens with next
+// to the attention layer's softmax, the capacity trade-off on recall, and the memory of the real models.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "09_gdn/gdn.h"
+#include "chapter.h"
+#include "check.h"
+#include "cli.h"
+#include "heatmap.h"
+#include "kvcache.h"
+#include "model.h"
+#include "plot.h"
+
+#define HYBRID_MODEL "ch09_hybrid.safetensors"
+#define ATTN_MODEL "ch09_attention.safetensors"
+#define GDN_MODEL "ch09_gdn.safetensors"
+
+// First layer of kind `kind` (LAYER_LINEAR or LAYER_GLOBAL) of the model, or -1.
+static int first_layer(const Model *m, int kind) {
+    for (int l = 0; l < m->g.n_layers; l++)
+        if (m->g.layer_kind[l] == kind) return l;
+    return -1;
+}
+
+// ---- Figure 1: the state S of one DeltaNet head being written -------------------------------------------
+
+#define SNAPS 6
+#define CAPACITY_SAMPLES 64   // held-out sequences per pair count (each has 48 - 2n - 1 scored queries)
+
+// Last linear layer of the model (where a recall model reads its answers), or -1.
+static int last_linear_layer(const Model *m) {
+    for (int l = m->g.n_layers - 1; l >= 0; l--)
+        if (m->g.layer_kind[l] == LAYER_LINEAR) return l;
+    return -1;
+}
+
+static void figure_state(const CliArgs *a, Trained *t) {
+    const Model *m = t->model;
+    int layer = last_linear_layer(m), T = t->n_tokens;
+    if (layer < 0) die_user("%s: the model has no Gated DeltaNet layer", t->path);
+    const ModelGeometry *g = &m->g;
+    int dk = g->linear_key_head_dim, dv = g->linear_value_head_dim, head = 0;
+    // after 1, 2, 4, 8 and 16 pairs (the pairs come first: token 2p-1 ends pair p), and at the end
+    int steps[SNAPS] = {1, 3, 7, 15, 31, T - 1};
+    for (int s = 0; s < SNAPS; s++)
+        if (steps[s] >= T) steps[s] = T - 1;
+    float *S = mallocCheck(sizeof(float) * SNAPS * (size_t)dk * dv);
+    model_forward(t->model, t->tokens, NULL, 1, T);
+    const LayerActs *la = &m->la[layer];
+    gdn_states_at(&m->mixers[layer], S, la->mix_act, T, head, steps, SNAPS);
+    float smax = 0.0f;
+    for (size_t i = 0; i < (size_t)SNAPS * dk * dv; i++) smax = fmaxf(smax, fabsf(S[i]));
+    HeatPanel p[SNAPS];
+    char titles[SNAPS][96];
+    for (int s = 0; s < SNAPS; s++) {
+        int pairs = (steps[s] + 1) / 2;
+        if (s < SNAPS - 1)
+            snprintf(titles[s], sizeof titles[s], "after %d pair%s (token %d '%s')", pairs, pairs == 1 ? "" : "s",
+                     steps[s], t->labels[steps[s]]);
+        else
+            snprintf(titles[s], sizeof titles[s], "end of the sequence (token %d '%s')", steps[s], t->labels[steps[s]]);
+        p[s] = (HeatPanel){.values = S + (size_t)s * dk * dv, .rows = dk, .cols = dv, .title = titles[s],
+                           .xlabel = "value channel", .ylabel = s % 3 == 0 ? "key channel" : NULL, .diverging = 1};
+    }
+    char sub[512], path[1024], cap[160];
+    snprintf(sub, sizeof sub, "last layer (%d), head %d of the trained all-DeltaNet model on the recall example (16 pairs, "
+             "then queries). S is %d x %d (key x value channels): all this head remembers, whatever the context "
+             "length. %s", layer, head, dk, dv, trained_caption(t, cap, sizeof cap));
+    HeatmapFigure f = {
+        .title = "Gated DeltaNet's state: a fast-weight memory written one token at a time",
+        .subtitle = sub, .panels = p, .n_panels = SNAPS, .panels_per_row = 3, .vmin = -smax, .vmax = smax,
+        .diverging = 1, .show_values = 0, .colorbar_label = "state entry S[key][value]",
+        .note = "each token: S <- alpha S (decay), then S <- S + beta k (v - S^T k)^T (delta rule: replace what S returned "
+                "for key k by v). Reading: o = S^T q. Every pair writes into the same 4 key directions, so later pairs "
+                "overwrite earlier ones: the capacity limit of figure 03.",
+    };
+    heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_state_snapshots"), a->png, a->svg);
+    free(S);
+}
+
+// ---- Figure 2: implicit mixing matrix of a DeltaNet layer next to the attention layer's softmax ----------
+
+static void figure_mixing(const CliArgs *a, Trained *t) {
+    Model *m = t->model;
+    int ll = first_layer(m, LAYER_LINEAR), la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
+    if (ll < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
+    model_forward(m, t->tokens, NULL, 1, T);
+    int hl = model_n_mix_heads(m, ll), ha = model_n_mix_heads(m, la);
+    float *Al = mallocCheck(sizeof(float) * (size_t)hl * T * T), *Aa = mallocCheck(sizeof(float) * (size_t)ha * T * T);
+    model_mixing_matrix(m, ll, Al);
+    model_mixing_matrix(m, la, Aa);
+    unsigned char *causal = mallocCheck((size_t)T * T);
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < T; j++) causal[i * T + j] = j <= i;
+    float lmax = 0.0f;
+    for (size_t i = 0; i < (size_t)T * T; i++) lmax = fmaxf(lmax, fabsf(Al[i]));
+    // the attention head that looks furthest back (mean distance), where recall happens
+    int best = 0;
+    double best_d = -1.0;
+    for (int h = 0; h < ha; h++) {
+        double d = 0.0;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j <= i; j++) d += Aa[((size_t)h * T + i) * T + j] * (i - j);
+        if (d > best_d) { best_d = d; best = h; }
+    }
+    char t0[96], t1[96];
+    snprintf(t0, sizeof t0, "Gated DeltaNet, layer %d head 0: implicit A", ll);
+    snprintf(t1, sizeof t1, "gated attention, layer %d head %d: softmax P", la, best);
+    HeatPanel p[2] = {
+        {.values = Al, .mask = causal, .rows = T, .cols = T, .title = t0, .row_labels = t->labels, .col_labels = t->labels,
+         .xlabel = "token s (value read)", .ylabel = "token t (output)", .vmin = -lmax, .vmax = lmax, .diverging = 1},
+        {.values = Aa + (size_t)best * T * T, .mask = causal, .rows = T, .cols = T, .title = t1, .row_labels = t->labels,
+         .col_labels = t->labels, .xlabel = "key j", .vmin = 0.0f, .vmax = 1.0f},
+    };
+    char sub[400], path[1024], cap[160];
+    snprintf(sub, sizeof sub, "the same trained 3:1 hybrid on the same recall example. Left: o_t = sum_s A[t][s] v_s, signed "
+             "(the delta rule subtracts). Right: softmax weights, each row sums to 1. %s", trained_caption(t, cap, sizeof cap));
+    HeatmapFigure f = {
+        .title = "What each layer of the hybrid mixes: DeltaNet's implicit matrix vs softmax attention",
+        .subtitle = sub, .panels = p, .n_panels = 2, .colorbar_per_panel = 1, .show_values = 0,
+        .colorbar_label = "weight of token s in output t",
+        .note = "A DeltaNet layer computes its outputs from a fixed-size state, yet its outputs are still a linear mix of "
+                "past values; A is that mix, written out. Grey cells: the future (causal).",
+    };
+    heatmap_figure(&f, path_join(path, sizeof path, a->out, "02_mixing_matrices"), a->png, a->svg);
+    free(causal);
+    free(Al);
+    free(Aa);
+}
+
+// ---- Figure 3: capacity: recall accuracy vs number of pairs -----------------------------------------------
+
+static void figure_capacity(const CliArgs *a, Trained *hybrid, Trained *att, Trained *gdn) {
+    int lo = 1, hi = hybrid->task.n_pairs;
+    double acc[3][32];
+    Trained *ts[3] = {att, hybrid, gdn};
+    for (int k = 0; k < 3; k++) chapter_recall_capacity(ts[k], lo, hi, CAPACITY_SAMPLES, acc[k]);
+    char lab[3][160];
+    const ModelGeometry *g = &gdn->model->g;
+    snprintf(lab[0], sizeof lab[0], "all gated attention (%d layers): KV cache grows with every token", att->model->g.n_layers);
+    snprintf(lab[1], sizeof lab[1], "hybrid 3 DeltaNet : 1 attention (Qwen3-Next's pattern)");
+    snprintf(lab[2], sizeof lab[2], "all Gated DeltaNet (%d layers): a state of %d head%s x %d x %d per layer", g->n_layers,
+             g->linear_num_value_heads, g->linear_num_value_heads == 1 ? "" : "s", g->linear_key_head_dim,
+             g->linear_value_head_dim);
+    CapacityCurve c[3] = {
+        {.label = lab[0], .acc = acc[0], .color = COLOR_MHA},
+        {.label = lab[1], .acc = acc[1], .color = COLOR_DSA},
+        {.label = lab[2], .acc = acc[2], .color = COLOR_LINEAR},
+    };
+    char sub[300];
+    snprintf(sub, sizeof sub, "tiny models (d_model %d) trained on the same data: %d to %d pairs per sequence of %d tokens, "
+             "then measured at each count on %d held-out sequences", g->d_model, hybrid->task.n_pairs_min > 0 ?
+             hybrid->task.n_pairs_min : hi, hi, hybrid->task.seq_len, CAPACITY_SAMPLES);
+    chapter_capacity_plot(a, "03_recall_capacity", "State capacity: a fixed-size memory runs out, a KV cache does not",
+                          sub, lo, hi, c, 3, 1.0 / hybrid->task.n_values,
+                          "one seed, one task: the gaps are what the mechanisms allow at this size, not a benchmark.");
+}
+
+// ---- Figure 4: memory of Qwen3-Next and Qwen3.5 against all-attention versions -----------------------------
+
+static void figure_memory(const CliArgs *a, const char *configs) {
+    ModelGeometry next, q35, next_att, q35_att;
+    chapter_config(&next, configs, "qwen3-next-80b-a3b.json", "Qwen3-Next-80B-A3B");
+    chapter_config(&q35, configs, "qwen3.5-9b.json", "Qwen3.5-9B");
+    geometry_all_attention(&next, &next_att);
+    geometry_all_attention(&q35, &q35_att);
+    snprintf(next_att.name, sizeof next_att.name, "Qwen3-Next-80B-A3B, all %d layers gated attention", next.n_layers);
+    snprintf(q35_att.name, sizeof q35_att.name, "Qwen3.5-9B, all %d layers gated attention", q35.n_layers);
+    char l[4][240], b1[32], b2[32], b3[32];
+    const ModelGeometry *gs[4] = {&next, &next_att, &q35, &q35_att};
+    for (int k = 0; k < 4; k += 2)
+        snprintf(l[k], sizeof l[k], "%.90s (%d DeltaNet : %d attention): %s/token + %s fixed", gs[k]->name,
+                 geometry_count(gs[k], LAYER_LINEAR), geometry_count(gs[k], LAYER_GLOBAL),
+                 fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(gs[k])), fmt_bytes(b2, sizeof b2, kvcache_fixed_bytes(gs[k])));
+    for (int k = 1; k < 4; k += 2)
+        snprintf(l[k], sizeof l[k], "%.90s: %s/token", gs[k]->name, fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(gs[k])));
+    // the fixed part alone: the same models with their attention layers left out
+    ModelGeometry next_state = next, q35_state = q35;
+    char ls[2][200];
+    ModelGeometry *st[2] = {&next_state, &q35_state};
+    for (int k = 0; k < 2; k++) {
+        for (int l = 0; l < st[k]->n_layers; l++)
+            if (st[k]->layer_kind[l] != LAYER_LINEAR) st[k]->layer_kind[l] = LAYER_NONE;
+        snprintf(ls[k], sizeof ls[k], "%.60s: its DeltaNet state + conv state alone, flat: %s (state fp32 %s, conv %s)",
+                 k ? "Qwen3.5-9B" : "Qwen3-Next-80B-A3B", fmt_bytes(b1, sizeof b1, kvcache_fixed_bytes(st[k])),
+                 fmt_bytes(b2, sizeof b2, kvcache_state_bytes(st[k])), fmt_bytes(b3, sizeof b3, kvcache_conv_bytes(st[k])));
+    }
+    MemoryCurve c[6] = {
+        {.g = next, .label = l[0], .color = COLOR_LINEAR},
+        {.g = next_att, .label = l[1], .color = COLOR_LINEAR, .dashed = 1},
+        {.g = next_state, .label = ls[0], .color = COLOR_OTHER},
+        {.g = q35, .label = l[2], .color = COLOR_DSA},
+        {.g = q35_att, .label = l[3], .color = COLOR_DSA, .dashed = 1},
+        {.g = q35_state, .label = ls[1], .color = COLOR_OTHER, .dashed = 1},
+    };
+    char sub[400];
+    snprintf(sub, sizeof sub, "one sequence; KV cache in bf16, DeltaNet state in fp32 (%s per layer) plus its conv state in "
+             "bf16. Only the attention layers grow, so the hybrid's cache is 1/4 of all-attention at long context, with a "
+             "flat state on top.", fmt_bytes(b1, sizeof b1, (double)geometry_linear_state_elems(&next) * 4.0));
+    chapter_memory_plot(a, "04_kv_memory", "Qwen3-Next and Qwen3.5: a fixed DeltaNet state plus a 4x smaller KV cache",
+                        sub, c, 6, 1L << 20,
+                        "from data/configs/qwen3-next-80b-a3b.json and qwen3.5-9b.json (common/hfconfig, "
+                        "common/kvcache). Coloured dashed: every layer replaced by the model's own gated attention layer; grey: "
+                        "the fixed part alone (solid Qwen3-Next, dashed Qwen3.5).");
+}
+
+int main(int argc, char **argv) {
+    const char *configs = "data/configs", *wdir = "data/weights";
+    CliOpt opts[] = {
+        {.name = "--configs", .type = OPT_STRING, .dst = &configs, .meta = "DIR",
+         .help = "folder of Hugging Face config.json files (default data/configs)"},
+        {.name = "--weights-dir", .type = OPT_STRING, .dst = &wdir, .meta = "DIR",
+         .help = "folder of the all-attention and all-DeltaNet models " ATTN_MODEL " and " GDN_MODEL " (default data/weights)"},
+    };
+    CliSpec spec = {
+        .prog = "ch09",
+        .summary = "Chapter 9: Gated DeltaNet and the 3:1 hybrid: the state, the mixing matrices, capacity and memory.",
+        .usage_extra = "--weights FILE draws figure 02 from another hybrid (Gated DeltaNet + attention layers)",
+        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
+        .default_out = "figures/ch09",
+        .default_weights = "data/weights/" HYBRID_MODEL,
+        .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
+    };
+    CliArgs a;
+    cli_parse(&spec, &a, argc, argv);
+    ensure_out_dir(a.out);
+
+    // every weights file first: a missing or corrupt one fails before any figure is written
+    Trained hybrid, att, gdn;
+    char path[1024];
+    trained_load(&hybrid, a.weights);
+    trained_load(&att, path_join(path, sizeof path, wdir, ATTN_MODEL));
+    trained_load(&gdn, path_join(path, sizeof path, wdir, GDN_MODEL));
+    printf("ch09: %s: %s\n", a.weights, hybrid.model->g.name);
+    figure_state(&a, &gdn);
+    figure_mixing(&a, &hybrid);
+    figure_capacity(&a, &hybrid, &att, &gdn);
+    trained_free(&hybrid);
+    trained_free(&att);
+    trained_free(&gdn);
+    figure_memory(&a, configs);
+    printf("ch09: wrote figures to %s/ (01_state_snapshots, 02_mixing_matrices, 03_recall_capacity, 04_kv_memory)\n", a.out);
+    free(a.pos);
+    return 0;
+}

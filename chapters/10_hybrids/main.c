@@ -1,0 +1,331 @@
+// Chapter 10: the other hybrids: Kimi Delta Attention, Lightning attention and Mamba-2.
+//
+// Article: the rest of the section on hybrid attention. Every fixed-state layer here is a linear
+// attention with a decay: a state (dk x dv per head) is decayed, written with the token's key and value,
+// and read with its query. They differ in how they write and how they forget:
+//   Gated DeltaNet (chapter 9)  delta-rule write, one data-dependent decay per head and token
+//   Kimi Delta Attention        delta-rule write, a data-dependent decay per key channel (Kimi Linear)
+//   Lightning attention         plain additive write, a FIXED decay per head set by the layer (MiniMax-01)
+//   Mamba-2 (SSD)               additive write of dt * x under key B, decay exp(dt A) per head (Nemotron-H)
+// and each product mixes a few softmax-attention layers in: Kimi Linear 3 KDA : 1 MLA, MiniMax-Text-01
+// 7 Lightning : 1 softmax, Nemotron 3 Nano mostly Mamba-2 with 6 attention layers in 52. The figures put
+// the mixers' implicit matrices side by side, show how fast each forgets, measure recall capacity of
+// every mixer and hybrid on one task, and count the real models' memory.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "09_gdn/gdn.h"
+#include "10_hybrids/kda.h"
+#include "10_hybrids/lightning.h"
+#include "10_hybrids/mamba2.h"
+#include "chapter.h"
+#include "check.h"
+#include "cli.h"
+#include "heatmap.h"
+#include "kvcache.h"
+#include "model.h"
+#include "plot.h"
+
+// The chapter's models (tools/make_weights.sh), all trained on the same recall data as chapter 9's.
+typedef struct {
+    const char *file, *label;
+    int color, dashed, hybrid;
+} ModelSpec;
+
+enum { M_ATTN, M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2, M_QWEN, M_KIMI, M_MINIMAX, M_NEMOTRON, N_MODELS };
+static const ModelSpec MODELS[N_MODELS] = {
+    {"ch09_attention.safetensors", "softmax attention (all layers)", COLOR_MHA, 0, 0},
+    {"ch09_gdn.safetensors", "Gated DeltaNet (all layers)", COLOR_LINEAR, 0, 0},
+    {"ch10_kda.safetensors", "Kimi Delta Attention (all layers)", COLOR_MLA, 0, 0},
+    {"ch10_lightning.safetensors", "Lightning attention (all layers)", COLOR_SWA, 0, 0},
+    {"ch10_mamba2.safetensors", "Mamba-2 (all layers)", COLOR_GQA, 0, 0},
+    {"ch09_hybrid.safetensors", "Qwen3-Next style: 3 Gated DeltaNet : 1 gated attention", COLOR_LINEAR, 1, 1},
+    {"ch10_kimi.safetensors", "Kimi Linear style: 3 KDA : 1 MLA", COLOR_MLA, 1, 1},
+    {"ch10_minimax.safetensors", "MiniMax style: 7 Lightning : 1 softmax", COLOR_SWA, 1, 1},
+    {"ch10_nemotron.safetensors", "Nemotron style: 4 Mamba-2 : 1 attention", COLOR_GQA, 1, 1},
+};
+
+static void load_model(Trained *t, const char *wdir, int k) {
+    char path[1024];
+    trained_load(t, path_join(path, sizeof path, wdir, MODELS[k].file));
+}
+
+// Of layer l's heads on the example (after a forward), the one whose mixing reaches furthest back:
+// the mean distance i - j weighted by |A[i][j]|. Returns it; A (n_heads, T, T).
+static int furthest_head(const float *A, int n_heads, int T) {
+    int best = 0;
+    double best_d = -1.0;
+    for (int h = 0; h < n_heads; h++) {
+        double d = 0.0, w = 0.0;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j <= i; j++) {
+                double a = fabs(A[((size_t)h * T + i) * T + j]);
+                d += a * (i - j);
+                w += a;
+            }
+        d = w > 0.0 ? d / w : 0.0;
+        if (d > best_d) { best_d = d; best = h; }
+    }
+    return best;
+}
+
+// ---- Figure 1: the implicit mixing matrices of five mixers on the same tokens -------------------------
+
+#define N_MIX 5
+#define CAPACITY_SAMPLES 64   // held-out sequences per pair count (as chapter 9)
+
+static void figure_mixing(const CliArgs *a, const char *wdir) {
+    static const int which[N_MIX] = {M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2, M_ATTN};
+    static const char *names[N_MIX] = {"Gated DeltaNet", "KDA", "Lightning", "Mamba-2", "softmax attention"};
+    float *A[N_MIX];
+    HeatPanel p[N_MIX];
+    char titles[N_MIX][96];
+    unsigned char *causal = NULL;
+    const char **labels = NULL;
+    Trained t[N_MIX];
+    int T = 0;
+    for (int k = 0; k < N_MIX; k++) {
+        load_model(&t[k], wdir, which[k]);
+        Model *m = t[k].model;
+        if (k == 0) {
+            T = t[k].n_tokens;
+            causal = mallocCheck((size_t)T * T);
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j < T; j++) causal[i * T + j] = j <= i;
+            labels = t[k].labels;
+        } else if (t[k].n_tokens != T || memcmp(t[k].tokens, t[0].tokens, sizeof(int) * (size_t)T)) {
+            die_user("%s: its example differs from %s's; the models must share one recall task", t[k].path, t[0].path);
+        }
+        model_forward(m, t[k].tokens, NULL, 1, T);
+        // the last layer: the first layers of every model mostly mix neighbours (previous-token work)
+        int l = m->g.n_layers - 1, H = model_n_mix_heads(m, l);
+        float *all = mallocCheck(sizeof(float) * (size_t)H * T * T);
+        model_mixing_matrix(m, l, all);
+        int h = furthest_head(all, H, T);
+        A[k] = mallocCheck(sizeof(float) * (size_t)T * T);
+        memcpy(A[k], all + (size_t)h * T * T, sizeof(float) * (size_t)T * T);
+        free(all);
+        float amax = 0.0f;
+        for (size_t i = 0; i < (size_t)T * T; i++) amax = fmaxf(amax, fabsf(A[k][i]));
+        int signed_map = which[k] != M_ATTN;
+        snprintf(titles[k], sizeof titles[k], "%s (layer %d, head %d)", names[k], l, h);
+        p[k] = (HeatPanel){.values = A[k], .mask = causal, .rows = T, .cols = T, .title = titles[k],
+                           .row_labels = labels, .col_labels = labels, .xlabel = "token s",
+                           .ylabel = k % 3 == 0 ? "output token t" : NULL, .vmin = signed_map ? -amax : 0.0f,
+                           .vmax = signed_map ? amax : 1.0f, .diverging = signed_map};
+    }
+    char path[1024];
+    HeatmapFigure f = {
+        .title = "Five ways to mix tokens, on the same recall sequence: o_t = sum_s A[t][s] v_s",
+        .subtitle = "each model is a tiny all-X model trained on the same data; shown: its last layer's head that reaches "
+                    "furthest back. Linear mixers are signed (delta rules subtract, decays shrink); softmax rows sum to 1.",
+        .panels = p, .n_panels = N_MIX, .panels_per_row = 3, .colorbar_per_panel = 1, .show_values = 0,
+        .colorbar_label = "weight of token s in output t",
+        .note = "A written out from each layer's own form (fixed state, chunked) on the example; grey: the future. "
+                "Lightning's decay is fixed per head; the other three decide how much to forget from the token.",
+    };
+    heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_mixing_matrices"), a->png, a->svg);
+    for (int k = 0; k < N_MIX; k++) {
+        free(A[k]);
+        trained_free(&t[k]);
+    }
+    free(causal);
+}
+
+// ---- Figure 2: decay profiles --------------------------------------------------------------------------
+
+// Mean per-token log-decay of every (layer, head[, channel]) of the model's linear layers on its example,
+// into rates (n returned, at most cap); decay after r tokens is exp(r * rate).
+static int log_decay_rates(Trained *t, double *rates, int cap) {
+    Model *m = t->model;
+    const ModelGeometry *g = &m->g;
+    int T = t->n_tokens, n = 0, Hv = g->linear_num_value_heads, dk = g->linear_key_head_dim;
+    model_forward(m, t->tokens, NULL, 1, T);
+    float *beta = mallocCheck(sizeof(float) * (size_t)T * Hv);
+    float *alpha = mallocCheck(sizeof(float) * (size_t)T * Hv * dk);
+    float *D = mallocCheck(sizeof(float) * (size_t)Hv * T * T);
+    for (int l = 0; l < g->n_layers; l++) {
+        if (g->layer_kind[l] != LAYER_LINEAR) continue;
+        const Mixer *mx = &m->mixers[l];
+        const float *act = m->la[l].mix_act;
+        int per = Hv;   // decays per token
+        if (g->linear_kind == LINEAR_GDN) {
+            gdn_gates(mx, beta, alpha, act, T);
+        } else if (g->linear_kind == LINEAR_KDA) {
+            kda_gates(mx, beta, alpha, act, T);
+            per = Hv * dk;
+        } else if (g->linear_kind == LINEAR_MAMBA2) {
+            mamba2_decay_matrix(D, mx, act, T);   // D[h][t][t-1] is token t's own decay
+            for (int t1 = 1; t1 < T; t1++)
+                for (int h = 0; h < Hv; h++) alpha[(size_t)t1 * Hv + h] = D[((size_t)h * T + t1) * T + t1 - 1];
+            for (int h = 0; h < Hv; h++) alpha[h] = alpha[(size_t)Hv + h];
+        } else {   // Lightning: fixed
+            for (int t1 = 0; t1 < T; t1++)
+                for (int h = 0; h < Hv; h++) alpha[(size_t)t1 * Hv + h] = (float)exp(-lightning_slope(g, l, h));
+        }
+        for (int c = 0; c < per && n < cap; c++) {
+            double s = 0.0;
+            for (int t1 = 0; t1 < T; t1++) s += log(fmax((double)alpha[(size_t)t1 * per + c], 1e-30));
+            rates[n++] = s / T;
+        }
+    }
+    free(beta);
+    free(alpha);
+    free(D);
+    return n;
+}
+
+#define NPTS 64
+
+static void figure_decay(const CliArgs *a, const char *wdir) {
+    static const int which[4] = {M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2};
+    static const char *names[4] = {"Gated DeltaNet", "KDA", "Lightning", "Mamba-2"};
+    double xs[NPTS], ys[9][NPTS];
+    char labels[9][160];
+    PlotSeries s[9];
+    int ns = 0;
+    for (int p = 0; p < NPTS; p++) xs[p] = pow(2.0, 12.0 * p / (NPTS - 1));   // 1 .. 4096 tokens
+    // softmax first, so the slow heads that also sit near 1 are drawn over it
+    for (int p = 0; p < NPTS; p++) ys[ns][p] = 1.0;
+    snprintf(labels[ns], sizeof labels[ns], "softmax attention: no decay, 1 at every distance (every token stays in the KV cache)");
+    s[ns] = (PlotSeries){.label = labels[ns], .x = xs, .y = ys[ns], .n = NPTS, .color = COLOR_MHA};
+    ns++;
+    for (int k = 0; k < 4; k++) {
+        Trained t;
+        load_model(&t, wdir, which[k]);
+        double rates[4096];
+        int n = log_decay_rates(&t, rates, 4096);
+        double slow = -1e30, fast = 1e30, mean = 0.0;
+        for (int i = 0; i < n; i++) {
+            slow = fmax(slow, rates[i]);
+            fast = fmin(fast, rates[i]);
+            mean += rates[i] / n;
+        }
+        double r2[2] = {slow, fast};
+        for (int v = 0; v < 2; v++) {
+            for (int p = 0; p < NPTS; p++) ys[ns][p] = fmax(exp(xs[p] * r2[v]), 1e-12);
+            // the distance at which half is left
+            double half = r2[v] < 0 ? log(0.5) / r2[v] : INFINITY;
+            snprintf(labels[ns], sizeof labels[ns], "%s, %s %s: half-life %.3g tokens", names[k],
+                     v == 0 ? "slowest" : "fastest", which[k] == M_KDA ? "channel" : "head", half);
+            s[ns] = (PlotSeries){.label = labels[ns], .x = xs, .y = ys[ns], .n = NPTS, .color = MODELS[which[k]].color,
+                                 .dashed = v == 1};
+            ns++;
+        }
+        trained_free(&t);
+    }
+    LineChart c = {
+        .title = "How fast each fixed-state mixer forgets",
+        .subtitle = "fraction of a token still in the state r tokens later, exp(r * mean log-decay per token), for the "
+                    "slowest and the fastest head (KDA: key channel) over all layers of each trained tiny model",
+        .xlabel = "distance r (tokens, log scale)", .ylabel = "weight left after r tokens (log scale)",
+        .logx = 1, .logy = 1, .xfmt = AXIS_PLAIN, .ymin = 1e-8, .ymax = 2.0, .series = s, .n_series = ns,
+        .legend_pos = 3,
+        .note = "GDN, KDA and Mamba-2 choose their decay per token, so the rate is the mean over the recall example "
+                "(extrapolated past its 48 tokens); Lightning's is fixed by head and layer (MiniMax-01's slopes). "
+                "A decay alone is not the whole story: delta rules also erase by overwriting.",
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "02_decay_profiles"), a->png, a->svg);
+}
+
+// ---- Figure 3: recall capacity of every mixer and hybrid ------------------------------------------------
+
+static void figure_capacity(const CliArgs *a, const char *wdir) {
+    double acc[N_MODELS][32];
+    CapacityCurve c[N_MODELS];
+    int lo = 1, hi = 0, seq = 0, lo_train = 0;
+    double chance = 0.0;
+    for (int k = 0; k < N_MODELS; k++) {
+        Trained t;
+        load_model(&t, wdir, k);
+        if (k == 0) {
+            hi = t.task.n_pairs;
+            seq = t.task.seq_len;
+            lo_train = t.task.n_pairs_min > 0 ? t.task.n_pairs_min : hi;
+            chance = 1.0 / t.task.n_values;
+        }
+        chapter_recall_capacity(&t, lo, hi, CAPACITY_SAMPLES, acc[k]);
+        c[k] = (CapacityCurve){.label = MODELS[k].label, .acc = acc[k], .color = MODELS[k].color,
+                               .dashed = MODELS[k].hybrid};
+        trained_free(&t);
+    }
+    char sub[300];
+    snprintf(sub, sizeof sub, "tiny models (d_model 64) trained on the same data, %d to %d pairs per sequence of %d tokens, "
+             "measured at each count on %d held-out sequences; dashed: hybrids (a few softmax layers)", lo_train, hi, seq, CAPACITY_SAMPLES);
+    chapter_capacity_plot(a, "03_recall_capacity", "Recall capacity of every mixer and hybrid", sub, lo, hi, c, N_MODELS,
+                          chance, "one seed, one task, tiny sizes: read the ordering, not the exact numbers.");
+}
+
+// ---- Figure 4: memory of Kimi Linear, MiniMax-Text-01 and Nemotron 3 Nano -----------------------------
+
+static void figure_memory(const CliArgs *a, const char *configs) {
+    ModelGeometry kimi, minimax, nemo, att[3];
+    chapter_config(&kimi, configs, "kimi-linear-48b-a3b.json", "Kimi Linear 48B-A3B");
+    chapter_config(&minimax, configs, "minimax-text-01.json", "MiniMax-Text-01");
+    chapter_config(&nemo, configs, "nemotron-3-nano-30b-a3b.json", "Nemotron 3 Nano 30B-A3B");
+    const ModelGeometry *gs[3] = {&kimi, &minimax, &nemo};
+    static const int colors[3] = {COLOR_MLA, COLOR_SWA, COLOR_GQA};
+    MemoryCurve c[6];
+    char l[6][240], b1[32], b2[32];
+    for (int k = 0; k < 3; k++) {
+        geometry_all_attention(gs[k], &att[k]);
+        snprintf(l[2 * k], sizeof l[2 * k], "%.60s (%d %s : %d attention): %s/token + %s fixed", gs[k]->name,
+                 geometry_count(gs[k], LAYER_LINEAR), geometry_linear_name(gs[k]), geometry_count(gs[k], LAYER_GLOBAL),
+                 fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(gs[k])), fmt_bytes(b2, sizeof b2, kvcache_fixed_bytes(gs[k])));
+        snprintf(l[2 * k + 1], sizeof l[2 * k + 1], "%.60s, every %s layer as attention: %s/token", gs[k]->name,
+                 geometry_linear_name(gs[k]), fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(&att[k])));
+        c[2 * k] = (MemoryCurve){.g = *gs[k], .label = l[2 * k], .color = colors[k]};
+        c[2 * k + 1] = (MemoryCurve){.g = att[k], .label = l[2 * k + 1], .color = colors[k], .dashed = 1};
+    }
+    // Kimi Linear's claim: "up to 75% less KV cache" (against full MLA at 1M tokens)
+    double ctx = 1048576.0;
+    double saved = 1.0 - kvcache_total_bytes(&kimi, (long)ctx, 1) / kvcache_total_bytes(&att[0], (long)ctx, 1);
+    char sub[500];
+    snprintf(sub, sizeof sub, "one sequence, KV cache bf16, recurrent state fp32, conv state bf16. Check of Kimi Linear's "
+             "\"up to 75%% less KV cache\": at 1M tokens it holds %s vs %s with MLA in all %d layers, %.1f%% less "
+             "(7 of 27 layers stay MLA, so the bound is 20/27 = 74.1%%).",
+             fmt_bytes(b1, sizeof b1, kvcache_total_bytes(&kimi, (long)ctx, 1)),
+             fmt_bytes(b2, sizeof b2, kvcache_total_bytes(&att[0], (long)ctx, 1)), kimi.n_layers, 100.0 * saved);
+    chapter_memory_plot(a, "04_kv_memory", "Three hybrids: a flat state plus a few growing attention layers",
+                        sub, c, 6, 1L << 20,
+                        "from data/configs/kimi-linear-48b-a3b.json, minimax-text-01.json, nemotron-3-nano-30b-a3b.json "
+                        "(common/hfconfig, common/kvcache); Nemotron's MLP-only layers hold nothing. Dashed: the same "
+                        "model with its attention layer in place of every linear layer.");
+    printf("  Kimi Linear at 1M tokens: %.1f%% less cache than all-MLA (published: up to 75%%)\n", 100.0 * saved);
+}
+
+int main(int argc, char **argv) {
+    const char *configs = "data/configs", *wdir = "data/weights";
+    CliOpt opts[] = {
+        {.name = "--configs", .type = OPT_STRING, .dst = &configs, .meta = "DIR",
+         .help = "folder of Hugging Face config.json files (default data/configs)"},
+        {.name = "--weights-dir", .type = OPT_STRING, .dst = &wdir, .meta = "DIR",
+         .help = "folder of the trained models ch09_*.safetensors and ch10_*.safetensors (default data/weights)"},
+    };
+    CliSpec spec = {
+        .prog = "ch10",
+        .summary = "Chapter 10: KDA, Lightning attention and Mamba-2: mixing matrices, decay, capacity and memory of the hybrids.",
+        .flags = CLI_OUT | CLI_FORMAT | CLI_SEED,
+        .default_out = "figures/ch10",
+        .opts = opts, .n_opts = (int)(sizeof opts / sizeof opts[0]),
+    };
+    CliArgs a;
+    cli_parse(&spec, &a, argc, argv);
+    ensure_out_dir(a.out);
+    // every weights file first: a missing or corrupt one fails before any figure is written
+    for (int k = 0; k < N_MODELS; k++) {
+        Trained t;
+        load_model(&t, wdir, k);
+        trained_free(&t);
+    }
+    figure_mixing(&a, wdir);
+    figure_decay(&a, wdir);
+    figure_capacity(&a, wdir);
+    figure_memory(&a, configs);
+    printf("ch10: wrote figures to %s/ (01_mixing_matrices, 02_decay_profiles, 03_recall_capacity, 04_kv_memory)\n", a.out);
+    free(a.pos);
+    return 0;
+}
