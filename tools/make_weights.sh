@@ -20,6 +20,22 @@ RECALL="--task recall --layers 2 --d-model 64 --heads 4 --steps 4000 --seed 1337
 # Chapter 6, the toy Gemma 3 ablation: same copy task (each copied token's key lies 8..16 tokens back),
 # data, steps and seed; only the layer pattern (local:global ratio) and the window change.
 SWA="--mixer mha --task induction --seq-len 32 --layers 4 --d-model 32 --heads 2 --batch 16 --steps 2500 --seed 1337"
+# Chapters 9 and 10: every mixer and hybrid on one recall task with 1 to 16 pairs per sequence, so one
+# model can be measured at every count. Every linear layer keeps one head with a state of about 48 numbers
+# (3 x 16; Lightning must be square: 7 x 7), small on purpose so the capacity limit falls inside 16 pairs.
+# Measured at 6000 steps, all DeltaNet: with 4 x 16 it still recalled 16 pairs at 98%; with 3 x 16 it falls
+# from 100% (1 pair) to about a third (16 pairs); with 2 x 16 or 4 x 4 it never learned the lookup at all.
+# 6000 steps because at 3000 the hybrids whose linear layers learn slowly were still on the plateau.
+# Attention layers of the Qwen3-Next style models are gated attention with half of each 16-dim head
+# rotating (a quarter, 4 dims, was too little position for these tiny heads to learn recall).
+CAP="--task recall --pairs 16 --pairs-min 1 --seq-len 48 --d-model 64 --heads 4 --steps 6000 --seed 1337"
+LIN="--linear-heads 1 --linear-key-heads 1 --linear-key-dim 3 --linear-value-dim 16"
+LIGHT="--linear-heads 1 --linear-key-dim 7 --linear-value-dim 7"
+MAMBA="--linear-heads 1 --linear-key-heads 1 --linear-key-dim 3 --linear-value-dim 16"
+GATE="--rotary-fraction 0.5"
+# Chapter 8: gated attention and its ungated twin, same data, steps and seed (2 heads of 32: with 4 heads
+# of 16 only 4 dims would rotate under partial RoPE, and nothing learned recall).
+GATED="--mixer gated --task recall --layers 2 --d-model 64 --heads 2 --kv-heads 1 --qk-norm zero --rotary-fraction 0.25 --steps 8000 --seed 1337"
 cat > "$log/jobs" <<JOBS
 ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
 ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
@@ -37,8 +53,24 @@ ch06_local_w8|$SWA --pattern local --window 8
 ch06_local_w12|$SWA --pattern local --window 12
 ch06_local_w16|$SWA --pattern local --window 16
 ch07_dsa_recall|--mixer dsa --task recall --pairs 4 --layers 2 --d-model 64 --heads 4 --topk 4 --index-heads 4 --index-dim 16 --steps 4000 --dense-steps 1000 --seed 1337
+ch08_gated|$GATED --gate elementwise
+ch08_ungated|$GATED --gate none
+ch09_attention|--mixer gated --layers 4 $GATE $CAP
+ch09_gdn|--mixer gdn --layers 4 $LIN $CAP
+ch09_hybrid|--mixer gdn,gdn,gdn,gated --layers 4 $LIN $GATE $CAP
+ch10_kda|--mixer kda --layers 4 $LIN $CAP
+ch10_lightning|--mixer lightning --layers 4 $LIGHT $CAP
+ch10_mamba2|--mixer mamba2 --layers 4 $MAMBA $CAP
+ch10_kimi|--mixer kda,kda,kda,mla --layers 4 $LIN $CAP
+ch10_nemotron|--mixer mamba2,mamba2,gqa,mamba2,mamba2 --layers 5 $MAMBA $CAP
+ch10_minimax|--mixer lightning,lightning,lightning,lightning,lightning,lightning,lightning,gqa --layers 8 $LIGHT $CAP
 JOBS
 [ -f tools/weights_extra.txt ] && cat tools/weights_extra.txt >> "$log/jobs"
+# ONLY=REGEX retrains just the models whose names match (e.g. `make weights ONLY='ch09|ch10'`).
+if [ -n "${ONLY:-}" ]; then
+    grep -E "^(${ONLY})[^|]*\|" "$log/jobs" > "$log/jobs.only" || true
+    mv "$log/jobs.only" "$log/jobs"
+fi
 
 run() {  # name flags...
     name=$1; shift
@@ -61,6 +93,7 @@ while IFS='|' read -r name flags; do
 done < "$log/jobs"
 wait
 [ -e "$log/FAILED" ] && exit 1
+[ -n "${ONLY:-}" ] && { echo "make_weights: done (ONLY=$ONLY)"; exit 0; }
 # Input of the PyTorch golden test (tests/reference/golden_model.py): a small GQA model (4 query heads
 # sharing 2 KV heads), briefly trained so its gradients are not those of a random model.
 "$BIN/train" --mixer gqa --task recall --layers 2 --d-model 32 --heads 4 --kv-heads 2 --steps 300 --seed 7 \

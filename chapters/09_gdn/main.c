@@ -77,13 +77,14 @@ static void figure_state(const CliArgs *a, Trained *t) {
     snprintf(sub, sizeof sub, "last layer (%d), head %d of the trained all-DeltaNet model on the recall example (16 pairs, "
              "then queries). S is %d x %d (key x value channels): all this head remembers, whatever the context "
              "length. %s", layer, head, dk, dv, trained_caption(t, cap, sizeof cap));
+    char note[400];
+    snprintf(note, sizeof note, "each token: S <- alpha S (decay), then S <- S + beta k (v - S^T k)^T (delta rule: replace "
+             "what S returned for key k by v). Reading: o = S^T q. Every pair writes into the same %d key directions, so "
+             "later pairs overwrite earlier ones: the capacity limit of figure 03.", dk);
     HeatmapFigure f = {
         .title = "Gated DeltaNet's state: a fast-weight memory written one token at a time",
         .subtitle = sub, .panels = p, .n_panels = SNAPS, .panels_per_row = 3, .vmin = -smax, .vmax = smax,
-        .diverging = 1, .show_values = 0, .colorbar_label = "state entry S[key][value]",
-        .note = "each token: S <- alpha S (decay), then S <- S + beta k (v - S^T k)^T (delta rule: replace what S returned "
-                "for key k by v). Reading: o = S^T q. Every pair writes into the same 4 key directions, so later pairs "
-                "overwrite earlier ones: the capacity limit of figure 03.",
+        .diverging = 1, .show_values = 0, .colorbar_label = "state entry S[key][value]", .note = note,
     };
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_state_snapshots"), a->png, a->svg);
     free(S);
@@ -93,12 +94,36 @@ static void figure_state(const CliArgs *a, Trained *t) {
 
 static void figure_mixing(const CliArgs *a, Trained *t) {
     Model *m = t->model;
-    int ll = first_layer(m, LAYER_LINEAR), la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
-    if (ll < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
+    int la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
+    if (first_layer(m, LAYER_LINEAR) < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
     model_forward(m, t->tokens, NULL, 1, T);
-    int hl = model_n_mix_heads(m, ll), ha = model_n_mix_heads(m, la);
-    float *Al = mallocCheck(sizeof(float) * (size_t)hl * T * T), *Aa = mallocCheck(sizeof(float) * (size_t)ha * T * T);
-    model_mixing_matrix(m, ll, Al);
+    // the DeltaNet layer (head 0) that reaches furthest back: mean distance t - s weighted by |A[t][s]|
+    int ll = -1;
+    float *Al = NULL;
+    double reach = -1.0;
+    for (int l = 0; l < m->g.n_layers; l++) {
+        if (m->g.layer_kind[l] != LAYER_LINEAR) continue;
+        int H = model_n_mix_heads(m, l);
+        float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
+        model_mixing_matrix(m, l, A);
+        double d = 0.0, w = 0.0;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j <= i; j++) {
+                d += fabs(A[(size_t)i * T + j]) * (i - j);
+                w += fabs(A[(size_t)i * T + j]);
+            }
+        d = w > 0.0 ? d / w : 0.0;
+        if (d > reach) {
+            reach = d;
+            free(Al);
+            Al = A;
+            ll = l;
+        } else {
+            free(A);
+        }
+    }
+    int ha = model_n_mix_heads(m, la);
+    float *Aa = mallocCheck(sizeof(float) * (size_t)ha * T * T);
     model_mixing_matrix(m, la, Aa);
     unsigned char *causal = mallocCheck((size_t)T * T);
     for (int i = 0; i < T; i++)
@@ -115,7 +140,7 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
         if (d > best_d) { best_d = d; best = h; }
     }
     char t0[96], t1[96];
-    snprintf(t0, sizeof t0, "Gated DeltaNet, layer %d head 0: implicit A", ll);
+    snprintf(t0, sizeof t0, "Gated DeltaNet, layer %d head 0: implicit A", ll);   // the layer reaching furthest back
     snprintf(t1, sizeof t1, "gated attention, layer %d head %d: softmax P", la, best);
     HeatPanel p[2] = {
         {.values = Al, .mask = causal, .rows = T, .cols = T, .title = t0, .row_labels = t->labels, .col_labels = t->labels,
@@ -124,8 +149,8 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
          .col_labels = t->labels, .xlabel = "key j", .vmin = 0.0f, .vmax = 1.0f},
     };
     char sub[400], path[1024], cap[160];
-    snprintf(sub, sizeof sub, "the same trained 3:1 hybrid on the same recall example. Left: o_t = sum_s A[t][s] v_s, signed "
-             "(the delta rule subtracts). Right: softmax weights, each row sums to 1. %s", trained_caption(t, cap, sizeof cap));
+    snprintf(sub, sizeof sub, "the same trained 3:1 hybrid on the same recall example. Left (its DeltaNet layer that reaches furthest "
+             "back): o_t = sum_s A[t][s] v_s, signed (the delta rule subtracts). Right: softmax weights, each row sums to 1. %s", trained_caption(t, cap, sizeof cap));
     HeatmapFigure f = {
         .title = "What each layer of the hybrid mixes: DeltaNet's implicit matrix vs softmax attention",
         .subtitle = sub, .panels = p, .n_panels = 2, .colorbar_per_panel = 1, .show_values = 0,
