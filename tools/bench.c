@@ -446,8 +446,8 @@ static void bench_gdn_prefill(const BenchOpts *o) {
 
 static void bench_decay_prefill(const BenchOpts *o) {
     prefill_table(o, "decay_prefill: the scalar-decay core (Lightning, Mamba-2)", decay_prefill_seconds,
-                  "without the delta rule the recurrence is already cheap (one pass over S per token), so the\n"
-                  "chunked form wins by less; it matters more on GPUs, where the products run on tensor cores.");
+                  "without the delta rule the recurrence is already cheap (one pass over S per token); the chunked\n"
+                  "form still wins by moving the work into matrix products, as it does on GPUs with tensor cores.");
 }
 
 // ---- sections -----------------------------------------------------------------------------------
