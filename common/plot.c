@@ -772,6 +772,9 @@ static void draw_line_chart(cairo_t *cr, double w, double h, const void *ctx) {
     set_rgb(cr, 0x222222);
     if (c->xlabel) plot_text(cr, (L->x0 + L->x1) / 2, L->xlabel_y, 0.5, 0, c->xlabel);
     if (c->ylabel && *c->ylabel) {
+        // a label longer than the plot is tall would run into the title: shrink it to fit
+        double size = LABEL_FONT, tw = plot_text_width(cr, c->ylabel), room = L->y1 - L->y0 + 20;
+        if (tw > room) plot_font(cr, size * room / tw, 0);
         cairo_save(cr);
         cairo_translate(cr, MARGIN, (L->y0 + L->y1) / 2);
         cairo_rotate(cr, -M_PI / 2);
