@@ -56,6 +56,29 @@ void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, co
                     a->png, a->svg, 1);
 }
 
+// ---- which head to draw ---------------------------------------------------------------------------
+
+double chapter_mixing_reach(const float *A, int T) {
+    double d = 0.0, w = 0.0;
+    for (int t = 0; t < T; t++)
+        for (int s = 0; s <= t; s++) {
+            double a = fabs(A[(size_t)t * T + s]);
+            d += a * (t - s);
+            w += a;
+        }
+    return w > 0.0 ? d / w : 0.0;
+}
+
+int chapter_furthest_head(const float *A, int n_heads, int T) {
+    int best = 0;
+    double best_d = -1.0;
+    for (int h = 0; h < n_heads; h++) {
+        double d = chapter_mixing_reach(A + (size_t)h * T * T, T);
+        if (d > best_d) { best_d = d; best = h; }
+    }
+    return best;
+}
+
 // ---- state capacity ---------------------------------------------------------------------------------
 
 #define CAPACITY_SEED 0xCA9AC17ULL   // one held-out stream for every model and count

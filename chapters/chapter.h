@@ -31,6 +31,13 @@ const char *trained_caption(const Trained *t, char *buf, int cap);
 // The training-loss figure NAME under the chapter's --out folder.
 void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, const char *title);
 
+// ---- which head to draw --------------------------------------------------------------------------
+// How far back a token-mixing matrix A (T,T) reaches: the mean distance t - s over its causal part,
+// weighted by |A[t][s]| (signed matrices of linear layers count by magnitude). 0 for a zero matrix.
+double chapter_mixing_reach(const float *A, int T);
+// Of n_heads matrices A (n_heads, T, T), the one that reaches furthest back (the first on a tie).
+int chapter_furthest_head(const float *A, int n_heads, int T);
+
 // ---- state capacity (chapters 9 and 10) -------------------------------------------------------------
 // Recall accuracy (0..1) of t's model with exactly n key-value pairs per sample, for n = n_lo..n_hi:
 // acc[n - n_lo]. n_samples held-out samples per count, drawn from one fixed seed, so every model is

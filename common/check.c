@@ -138,3 +138,11 @@ const char *fmt_bytes(char *buf, size_t cap, double b) {
     else snprintf(buf, cap, "%.2f %s", b, unit[u]);
     return buf;
 }
+
+void check_writable(const char *flag, const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) die_user("%s: '%s' is a folder, expected a file name", flag, path);
+    AtomicFile af;
+    atomic_open(&af, path);   // exits 2 naming path when it cannot be created
+    atomic_abort(&af);
+}

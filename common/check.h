@@ -48,6 +48,9 @@ void atomic_rename(const char *tmp, const char *path);
 // Creates DIR and its parents (mkdir -p) and proves it writable by creating and deleting a probe
 // file; on failure prints one user error naming DIR and exits 2 before anything is written.
 void ensure_out_dir(const char *dir);
+// Fails now, with one line naming flag and path, if the file `path` cannot be written later (missing
+// folder, no permission, a folder of that name), instead of after the work is done. Creates nothing.
+void check_writable(const char *flag, const char *path);
 // Joins dir + "/" + name into buf (exits on overflow).
 const char *path_join(char *buf, size_t cap, const char *dir, const char *name);
 

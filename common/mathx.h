@@ -26,6 +26,20 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int C, int OC);
 
+// ---- dot product --------------------------------------------------------------------------------
+// a . b over n floats as 8 interleaved partial sums added in a fixed order: the same bits on every call
+// (so a forward and a decode step score a key identically), and the 8 sums fit one vector register. One
+// running sum would be a chain of dependent adds, 4 cycles each. Inline: it sits in the inner loops of
+// the attention scores and of the linear-attention backward.
+static inline float dot_f32(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
+    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // ---- softmax ------------------------------------------------------------------------------------
 // One row of n logits -> probabilities. mask[j] != 0 means key j is visible (mask may be NULL: all
 // visible). Subtracts the row max first. A fully masked row gives all zeros, never NaN.

@@ -257,29 +257,37 @@ static void bench_mla_decode(const BenchOpts *o) {
 
 // ---- section: decode time per token vs context, four mechanisms ---------------------------------
 
-// Seconds per decode step of a gqa layer with `context` tokens already cached. The cache is filled with
-// random keys and values (mha_cache_fill_random: prefilling 64K tokens would cost T^2/2 dot products),
-// then `reps` steps are timed on one thread.
-static double gqa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps) {
-    int d = g->d_model;
-    Mixer m = {.ops = &gqa_mixer, .g = g, .layer = 0};
-    MixerCache *c = gqa_mixer.cache_new(&m, context + reps + 1);
-    float *x = mallocCheck(sizeof(float) * (size_t)(reps + 1) * d), *out = mallocCheck(sizeof(float) * d);
+// Seconds per decode step of one mixer layer, on one thread: `warm` untimed steps (caches, page faults),
+// then `reps` timed ones. With context > 0 (the gqa mixer only) the cache first acts as if `context`
+// tokens had been decoded, filled with random keys and values (mha_cache_fill_random: prefilling 64K
+// tokens would cost T^2/2 dot products); a fixed-state mixer costs the same at any context.
+static double decode_seconds_per_token(const MixerOps *ops, const ModelGeometry *g, const float *params, int context,
+                                       int warm, int reps, uint64_t seed) {
+    CHECK(context == 0 || ops == &gqa_mixer, "only the gqa cache can be filled to a context");
+    int d = g->d_model, steps = warm + reps;
+    Mixer m = {.ops = ops, .g = g, .layer = 0};
+    MixerCache *c = ops->cache_new(&m, context + steps + 1);
+    float *x = mallocCheck(sizeof(float) * (size_t)steps * d), *out = mallocCheck(sizeof(float) * d);
     Rng rng;
-    rng_seed(&rng, 7);
-    rng_fill_normal(&rng, x, (long)(reps + 1) * d, 1.0f);
-    mha_cache_fill_random(c, context, &rng);
+    rng_seed(&rng, seed);
+    rng_fill_normal(&rng, x, (long)steps * d, 1.0f);
+    if (context > 0) mha_cache_fill_random(c, context, &rng);
     int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    gqa_mixer.decode(&m, c, out, x, params);   // warm-up: caches, page faults
+    for (int w = 0; w < warm; w++) ops->decode(&m, c, out, x + (size_t)w * d, params);
     double t1 = now_sec();
-    for (int r = 0; r < reps; r++) gqa_mixer.decode(&m, c, out, x + (size_t)(r + 1) * d, params);
+    for (int r = 0; r < reps; r++) ops->decode(&m, c, out, x + (size_t)(warm + r) * d, params);
     double result = (now_sec() - t1) / reps;
     omp_set_num_threads(threads);
     free(x);
     free(out);
-    gqa_mixer.cache_free(c);
+    ops->cache_free(c);
     return result;
+}
+
+// A gqa layer with `context` tokens already cached.
+static double gqa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps) {
+    return decode_seconds_per_token(&gqa_mixer, g, params, context, 1, reps, 7);
 }
 
 static void print_ms(double sec) {
@@ -344,29 +352,6 @@ static void bench_attn_decode(const BenchOpts *o) {
 
 // ---- section: the 3:1 hybrid's decode vs all-attention ------------------------------------------
 
-// Seconds per decode step of one Gated DeltaNet layer (its state is the same size at every position, so
-// the step costs the same at any context: timed after a few warm-up tokens), one thread.
-static double gdn_decode_seconds_per_token(const ModelGeometry *g, const float *params, int reps) {
-    int d = g->d_model;
-    Mixer m = {.ops = mixer_by_name_bench("gdn"), .g = g, .layer = 0};
-    MixerCache *c = m.ops->cache_new(&m, reps + 9);
-    float *x = mallocCheck(sizeof(float) * (size_t)(reps + 8) * d), *out = mallocCheck(sizeof(float) * d);
-    Rng rng;
-    rng_seed(&rng, 9);
-    rng_fill_normal(&rng, x, (long)(reps + 8) * d, 1.0f);
-    int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-    for (int w = 0; w < 8; w++) m.ops->decode(&m, c, out, x + (size_t)w * d, params);
-    double t1 = now_sec();
-    for (int r = 0; r < reps; r++) m.ops->decode(&m, c, out, x + (size_t)(r + 8) * d, params);
-    double result = (now_sec() - t1) / reps;
-    omp_set_num_threads(threads);
-    free(x);
-    free(out);
-    m.ops->cache_free(c);
-    return result;
-}
-
 static void bench_hybrid_decode(const BenchOpts *o) {
     int n_ctx = decode_n_contexts(o), max_ctx = DECODE_CONTEXTS[n_ctx - 1];
     int reps = o->quick ? 4 : 16;
@@ -387,7 +372,7 @@ static void bench_hybrid_decode(const BenchOpts *o) {
     lin.state_dtype_bytes = 4;
     float *p_att = mixer_params_new(&gqa_mixer, &att, 21);
     float *p_lin = mixer_params_new(mixer_by_name_bench("gdn"), &lin, 22);
-    double t_lin = gdn_decode_seconds_per_token(&lin, p_lin, reps * 4);
+    double t_lin = decode_seconds_per_token(mixer_by_name_bench("gdn"), &lin, p_lin, 0, 8, reps * 4, 9);
     printf("hybrid_decode: ms per decoded token of 4 layers' token mixers, d_model 1024, ONE thread\n"
            "  attention layer: GQA 8 heads, 2 KV heads of 128 (cache filled with random keys/values);\n"
            "  Gated DeltaNet layer: 8 key / 16 value heads of 64, conv 4: %.3f ms at any context (fixed state).\n"

@@ -11,23 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "check.h"
 #include "cli.h"
 #include "model.h"
 #include "registry.h"
 #include "safetensors.h"
-
-// Fails now, with one line, if FILE cannot be written later (missing folder, no permission, a folder
-// of that name), instead of after the work is done.
-static void check_writable(const char *flag, const char *path) {
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) die_user("%s: '%s' is a folder, expected a file name", flag, path);
-    AtomicFile af;
-    atomic_open(&af, path);   // exits 2 naming path when it cannot be created
-    atomic_abort(&af);
-}
 
 // "3,17,5" -> tokens; every id must be inside the vocabulary. Returns the count.
 static int parse_tokens(const char *s, int *out, int cap, int vocab, int max_T) {

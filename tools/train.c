@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "check.h"
 #include "cli.h"
@@ -32,16 +31,6 @@ static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, i
     if (n - 4 >= cap) die_user("--loss-plot: path too long");
     memcpy(stem, arg, n - 4);
     stem[n - 4] = '\0';
-}
-
-// Fails now, with one line, if FILE cannot be written later (missing folder, no permission, a folder
-// of that name), instead of after the work is done.
-static void check_writable(const char *flag, const char *path) {
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) die_user("%s: '%s' is a folder, expected a file name", flag, path);
-    AtomicFile af;
-    atomic_open(&af, path);   // exits 2 naming path when it cannot be created
-    atomic_abort(&af);
 }
 
 // What a --mixer list asks for, checked once: which mixer each layer gets and what that implies.

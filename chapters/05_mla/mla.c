@@ -119,18 +119,6 @@ static void rope_keys(float *kpe, int N, int T, int dr, double theta, int invers
     for (int r = 0; r < N; r++) rope_apply(kpe + (size_t)r * dr, r % T, dr, theta, ROPE_INTERLEAVED, inverse);
 }
 
-// a . b over n floats, as 8 interleaved partial sums added in a fixed order: the same bits on every
-// call, and the 8 sums fit one vector register. (One running sum is a chain of dependent adds, 4 cycles
-// each, which would hide the difference in work between the two decode paths.)
-static float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int c = 0;
-    for (; c + 8 <= n; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
-    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 // First key query i may see: 0 for causal attention, i - W + 1 under a window of W keys.
 static int first_key(int i, int W) { return W > 0 && i - W + 1 > 0 ? i - W + 1 : 0; }
 
@@ -145,7 +133,7 @@ static void attend_naive(float *o, float *p, float *s, const float *q, const flo
     for (int k = 0; k < n; k++) {
         size_t slot = (size_t)((lo + k) % ring);
         const float *kn = kv + slot * kv_stride, *kp = kpe + slot * z->dr;
-        s[k] = (dot(q, kn, z->dn) + dot(q + z->dn, kp, z->dr)) * scale;
+        s[k] = (dot_f32(q, kn, z->dn) + dot_f32(q + z->dn, kp, z->dr)) * scale;
     }
     softmax_row(p, s, NULL, n);
     for (int c = 0; c < z->dv; c++) o[c] = 0.0f;
@@ -164,7 +152,7 @@ static void attend_absorbed(float *u, float *p, float *s, const float *q_lat, co
     for (int k = 0; k < n; k++) {
         size_t slot = (size_t)((lo + k) % ring);
         const float *cj = ckv + slot * z->dc, *kp = kpe + slot * z->dr;
-        s[k] = (dot(q_lat, cj, z->dc) + dot(q_pe, kp, z->dr)) * scale;
+        s[k] = (dot_f32(q_lat, cj, z->dc) + dot_f32(q_pe, kp, z->dr)) * scale;
     }
     softmax_row(p, s, NULL, n);
     for (int c = 0; c < z->dc; c++) u[c] = 0.0f;
@@ -350,7 +338,7 @@ static void mla_backward(const Mixer *m, float *dx, float *dparams, const float 
                     // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j
                     for (int k = 0; k < n; k++) {
                         const float *v = a.kv + ((size_t)b * T + lo + k) * kv_row + (size_t)h * z.dkv + z.dn;
-                        dp[k] = dot(go, v, z.dv);
+                        dp[k] = dot_f32(go, v, z.dv);
                     }
                     softmax_row_backward(ds, p, dp, n);
                     // s_j = ([q_nope|q_pe] . [k_nope_j|k_pe_j]) * scale; dv_j += p_j do_i
@@ -498,7 +486,7 @@ static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x
             for (int i = 0; i < z.dn; i++)
                 for (int k = 0; k < z.dc; k++) c->q_lat[k] += qh[i] * w_uk[(size_t)i * z.dc + k];
             attend_absorbed(c->u, c->p, c->s, c->q_lat, qh + z.dn, c->ckv, c->kpe, c->cap, lo, t, &z, scale);
-            for (int r = 0; r < z.dv; r++) oh[r] = dot(w_uv + (size_t)r * z.dc, c->u, z.dc);
+            for (int r = 0; r < z.dv; r++) oh[r] = dot_f32(w_uv + (size_t)r * z.dc, c->u, z.dc);
         } else {
             // rebuild this head's k_nope and v for every held token: (held, dc) x (dc, dn+dv)
             linear_forward(c->kvh, c->ckv, w_uk, NULL, held, z.dc, z.dkv);

@@ -127,17 +127,6 @@ static void dsa_init(const Mixer *m, float *params, Rng *rng) {
 
 // ---- pieces shared by forward and decode -----------------------------------------------------------
 
-// a . b over n floats as 8 interleaved partial sums added in a fixed order (mla.c's dot): the same
-// bits on every call, so forward and decode score keys identically and select the same set.
-static float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int c = 0;
-    for (; c + 8 <= n; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
-    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 // The indexer's projections of N rows: iq (N, Hi*di) from q_in (c_q, or x without a query low-rank),
 // ik_raw (N,di) = x Wk^T, ik (N,di) = LayerNorm(ik_raw) (mean, rstd (N) may be NULL), iw (N,Hi) the
 // scaled head weights. Then RoPE on the first ri dims of every query head and of the key, row r at
@@ -163,7 +152,7 @@ static void index_forward(float *iq, float *ik, float *ik_raw, float *mean, floa
 static float index_score(const float *iq, const float *iw, const float *k, const Dims *z) {
     float acc = 0.0f;
     for (int h = 0; h < z->Hi; h++) {
-        float s = dot(iq + (size_t)h * z->di, k, z->di);
+        float s = dot_f32(iq + (size_t)h * z->di, k, z->di);
         if (s > 0.0f) acc += iw[h] * s;
     }
     return acc;
@@ -353,8 +342,8 @@ static void dsa_forward(const Mixer *m, float *out, float *act, const float *x, 
                     const float *q = a.q + row * q_row + (size_t)h * z.dqk;
                     for (int k = 0; k < n; k++) {
                         size_t rj = (size_t)b * T + keys[k];
-                        s[k] = (dot(q, a.kv + rj * kv_row + (size_t)h * z.dkv, z.dn) +
-                                dot(q + z.dn, a.kpe + rj * z.dr, z.dr)) * scale;
+                        s[k] = (dot_f32(q, a.kv + rj * kv_row + (size_t)h * z.dkv, z.dn) +
+                                dot_f32(q + z.dn, a.kpe + rj * z.dr, z.dr)) * scale;
                     }
                     softmax_row(p, s, NULL, n);
                     float *Prow = a.P + (((size_t)b * z.H + h) * T + i) * T;
@@ -446,7 +435,7 @@ static void index_kl_backward(DsaWeights *dw, const DsaAct *a, const DsaWeights 
                 dI[(size_t)r * T + keys[k]] = gI;
                 const float *ks = a->ik + ((size_t)b * T + keys[k]) * di;
                 for (int h = 0; h < Hi; h++) {
-                    float s = dot(iq + (size_t)h * di, ks, di);
+                    float s = dot_f32(iq + (size_t)h * di, ks, di);
                     if (s <= 0.0f) continue;   // ReLU: no gradient where it is off
                     giw[h] += gI * s;
                     float gs = gI * iw[h];
@@ -470,7 +459,7 @@ static void index_kl_backward(DsaWeights *dw, const DsaAct *a, const DsaWeights 
             const float *iq = a->iq + rt * Hi * di, *iw = a->iw + rt * Hi;
             for (int h = 0; h < Hi; h++) {
                 const float *qh = iq + (size_t)h * di;
-                if (dot(qh, ks, di) <= 0.0f) continue;
+                if (dot_f32(qh, ks, di) <= 0.0f) continue;
                 float gs = gI * iw[h];
                 for (int c = 0; c < di; c++) gk[c] += gs * qh[c];
             }
@@ -540,7 +529,7 @@ static void dsa_backward(const Mixer *m, float *dx, float *dparams, const float 
                     float *gq = dq + ri * q_row + (size_t)h * z.dqk;
                     for (int k = 0; k < n; k++) {
                         p[k] = Prow[keys[k]];
-                        dp[k] = dot(go, a.kv + ((size_t)b * T + keys[k]) * kv_row + (size_t)h * z.dkv + z.dn, z.dv);
+                        dp[k] = dot_f32(go, a.kv + ((size_t)b * T + keys[k]) * kv_row + (size_t)h * z.dkv + z.dn, z.dv);
                     }
                     softmax_row_backward(ds, p, dp, n);
                     for (int k = 0; k < n; k++) {
@@ -685,7 +674,7 @@ static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
             for (int k = 0; k < z.dc; k++) c->q_lat[k] += qh[i] * w_uk[(size_t)i * z.dc + k];
         for (int k = 0; k < n; k++) {
             size_t j = (size_t)c->keys[k];
-            c->s[k] = (dot(c->q_lat, c->ckv + j * z.dc, z.dc) + dot(qh + z.dn, c->kpe + j * z.dr, z.dr)) * scale;
+            c->s[k] = (dot_f32(c->q_lat, c->ckv + j * z.dc, z.dc) + dot_f32(qh + z.dn, c->kpe + j * z.dr, z.dr)) * scale;
         }
         softmax_row(c->p, c->s, NULL, n);
         for (int k = 0; k < z.dc; k++) c->u[k] = 0.0f;
@@ -694,7 +683,7 @@ static void dsa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
             for (int i = 0; i < z.dc; i++) c->u[i] += c->p[k] * cj[i];
         }
         float *oh = c->o + (size_t)h * z.dv;
-        for (int r = 0; r < z.dv; r++) oh[r] = dot(w_uv + (size_t)r * z.dc, c->u, z.dc);
+        for (int r = 0; r < z.dv; r++) oh[r] = dot_f32(w_uv + (size_t)r * z.dc, c->u, z.dc);
     }
     linear_forward(out, c->o, w.mla.wo, NULL, 1, z.H * z.dv, z.d);
 }

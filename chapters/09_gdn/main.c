@@ -97,22 +97,15 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
     int la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
     if (first_layer(m, LAYER_LINEAR) < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
     model_forward(m, t->tokens, NULL, 1, T);
-    // the DeltaNet layer (head 0) that reaches furthest back: mean distance t - s weighted by |A[t][s]|
+    // the DeltaNet layer (head 0) that reaches furthest back
     int ll = -1;
     float *Al = NULL;
     double reach = -1.0;
     for (int l = 0; l < m->g.n_layers; l++) {
         if (m->g.layer_kind[l] != LAYER_LINEAR) continue;
-        int H = model_n_mix_heads(m, l);
-        float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
+        float *A = mallocCheck(sizeof(float) * (size_t)model_n_mix_heads(m, l) * T * T);
         model_mixing_matrix(m, l, A);
-        double d = 0.0, w = 0.0;
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j <= i; j++) {
-                d += fabs(A[(size_t)i * T + j]) * (i - j);
-                w += fabs(A[(size_t)i * T + j]);
-            }
-        d = w > 0.0 ? d / w : 0.0;
+        double d = chapter_mixing_reach(A, T);
         if (d > reach) {
             reach = d;
             free(Al);
@@ -130,15 +123,7 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
         for (int j = 0; j < T; j++) causal[i * T + j] = j <= i;
     float lmax = 0.0f;
     for (size_t i = 0; i < (size_t)T * T; i++) lmax = fmaxf(lmax, fabsf(Al[i]));
-    // the attention head that looks furthest back (mean distance), where recall happens
-    int best = 0;
-    double best_d = -1.0;
-    for (int h = 0; h < ha; h++) {
-        double d = 0.0;
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j <= i; j++) d += Aa[((size_t)h * T + i) * T + j] * (i - j);
-        if (d > best_d) { best_d = d; best = h; }
-    }
+    int best = chapter_furthest_head(Aa, ha, T);   // the attention head that looks furthest back: recall
     char t0[96], t1[96];
     snprintf(t0, sizeof t0, "Gated DeltaNet, layer %d head 0: implicit A", ll);   // the layer reaching furthest back
     snprintf(t1, sizeof t1, "gated attention, layer %d head %d: softmax P", la, best);

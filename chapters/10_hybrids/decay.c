@@ -13,17 +13,6 @@
 #include "mathx.h"
 #include "rng.h"
 
-// a . b as 8 interleaved partial sums added in a fixed order: the same bits on every call, and the 8
-// sums fit one vector register (one running sum would be a chain of dependent adds).
-static float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int c = 0;
-    for (; c + 8 <= n; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
-    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 void decay_step(float *o, float *S, const float *q, const float *k, const float *v, float g, int dk, int dv) {
     float a = expf(g);
     for (int c = 0; c < dv; c++) o[c] = 0.0f;
@@ -170,8 +159,8 @@ void decay_chunked_backward(float *dq, float *dk_, float *dv_, float *dg, const 
                 const float *kj = k + (size_t)(t0 + j) * ldqk, *vj = v + (size_t)(t0 + j) * ldv;
                 float *dkj = dk_ + (size_t)(t0 + j) * ldqk, *dvj = dv_ + (size_t)(t0 + j) * ldv;
                 float D = Dm[(size_t)i * DECAY_MAX_CHUNK + j];
-                float aij = dotf(qi, kj, dk) * D;
-                float da = dotf(doi, vj, dv);           // dL/da_ij
+                float aij = dot_f32(qi, kj, dk) * D;
+                float da = dot_f32(doi, vj, dv);           // dL/da_ij
                 for (int cc = 0; cc < dv; cc++) dvj[cc] += aij * doi[cc];
                 float dqk = da * D;                     // dL/d(q_i . k_j)
                 for (int r = 0; r < dk; r++) {
@@ -192,9 +181,9 @@ void decay_chunked_backward(float *dq, float *dk_, float *dv_, float *dg, const 
         for (int i = 0; i < n; i++) {
             const float *qi = q + (size_t)(t0 + i) * ldqk, *doi = do_ + (size_t)(t0 + i) * ldo;
             float *dqi = dq + (size_t)(t0 + i) * ldqk;
-            for (int r = 0; r < dk; r++) u[r] = dotf(S + (size_t)r * dv, doi, dv);   // u = S do_i
+            for (int r = 0; r < dk; r++) u[r] = dot_f32(S + (size_t)r * dv, doi, dv);   // u = S do_i
             for (int r = 0; r < dk; r++) dqi[r] += eg[i] * u[r];
-            dGam[i] += eg[i] * dotf(qi, u, dk);
+            dGam[i] += eg[i] * dot_f32(qi, u, dk);
             for (int r = 0; r < dk; r++) {
                 float wr = eg[i] * qi[r];
                 float *dr = dSp + (size_t)r * dv;
@@ -207,7 +196,7 @@ void decay_chunked_backward(float *dq, float *dk_, float *dv_, float *dg, const 
             const float *kj = k + (size_t)(t0 + j) * ldqk, *vj = v + (size_t)(t0 + j) * ldv;
             float *dkj = dk_ + (size_t)(t0 + j) * ldqk, *dvj = dv_ + (size_t)(t0 + j) * ldv;
             float ej = DL[j];
-            for (int r = 0; r < dk; r++) u[r] = dotf(dS + (size_t)r * dv, vj, dv);   // u = dS v_j
+            for (int r = 0; r < dk; r++) u[r] = dot_f32(dS + (size_t)r * dv, vj, dv);   // u = dS v_j
             for (int cc = 0; cc < dv; cc++) w[cc] = 0.0f;                            // w = dS^T k_j
             for (int r = 0; r < dk; r++) {
                 const float *dr = dS + (size_t)r * dv;
@@ -215,7 +204,7 @@ void decay_chunked_backward(float *dq, float *dk_, float *dv_, float *dg, const 
             }
             for (int r = 0; r < dk; r++) dkj[r] += ej * u[r];
             for (int cc = 0; cc < dv; cc++) dvj[cc] += ej * w[cc];
-            float kdv = ej * dotf(kj, u, dk);   // exp(...) k_j^T dS v_j
+            float kdv = ej * dot_f32(kj, u, dk);   // exp(...) k_j^T dS v_j
             dGam[n - 1] += kdv;
             dGam[j] -= kdv;
         }
@@ -247,7 +236,7 @@ void decay_mixing_matrix(float *A, const float *q, const float *k, size_t ldqk, 
                          int T, int dk) {
     decay_matrix(A, g, ldg, T);
     for (int t = 0; t < T; t++)
-        for (int s = 0; s <= t; s++) A[(size_t)t * T + s] *= dotf(q + (size_t)t * ldqk, k + (size_t)s * ldqk, dk);
+        for (int s = 0; s <= t; s++) A[(size_t)t * T + s] *= dot_f32(q + (size_t)t * ldqk, k + (size_t)s * ldqk, dk);
 }
 
 // ---- benchmark pair -------------------------------------------------------------------------------

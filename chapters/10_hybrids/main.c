@@ -52,25 +52,6 @@ static void load_model(Trained *t, const char *wdir, int k) {
     trained_load(t, path_join(path, sizeof path, wdir, MODELS[k].file));
 }
 
-// Of layer l's heads on the example (after a forward), the one whose mixing reaches furthest back:
-// the mean distance i - j weighted by |A[i][j]|. Returns it; A (n_heads, T, T).
-static int furthest_head(const float *A, int n_heads, int T) {
-    int best = 0;
-    double best_d = -1.0;
-    for (int h = 0; h < n_heads; h++) {
-        double d = 0.0, w = 0.0;
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j <= i; j++) {
-                double a = fabs(A[((size_t)h * T + i) * T + j]);
-                d += a * (i - j);
-                w += a;
-            }
-        d = w > 0.0 ? d / w : 0.0;
-        if (d > best_d) { best_d = d; best = h; }
-    }
-    return best;
-}
-
 // ---- Figure 1: the implicit mixing matrices of five mixers on the same tokens -------------------------
 
 #define N_MIX 5
@@ -103,7 +84,7 @@ static void figure_mixing(const CliArgs *a, const char *wdir) {
         int l = m->g.n_layers - 1, H = model_n_mix_heads(m, l);
         float *all = mallocCheck(sizeof(float) * (size_t)H * T * T);
         model_mixing_matrix(m, l, all);
-        int h = furthest_head(all, H, T);
+        int h = chapter_furthest_head(all, H, T);
         A[k] = mallocCheck(sizeof(float) * (size_t)T * T);
         memcpy(A[k], all + (size_t)h * T * T, sizeof(float) * (size_t)T * T);
         free(all);
