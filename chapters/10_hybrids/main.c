@@ -47,9 +47,13 @@ static const ModelSpec MODELS[N_MODELS] = {
     {"ch10_nemotron.safetensors", "Nemotron style: 4 Mamba-2 : 1 attention", COLOR_GQA, 1, 1},
 };
 
-static void load_model(Trained *t, const char *wdir, int k) {
+// All of MODELS from wdir, loaded once (exits with one line naming a missing or corrupt file, before any
+// figure is written).
+static Trained *load_models(const char *wdir) {
+    Trained *t = mallocCheck(sizeof(Trained) * N_MODELS);
     char path[1024];
-    trained_load(t, path_join(path, sizeof path, wdir, MODELS[k].file));
+    for (int k = 0; k < N_MODELS; k++) trained_load(&t[k], path_join(path, sizeof path, wdir, MODELS[k].file));
+    return t;
 }
 
 // ---- Figure 1: the implicit mixing matrices of five mixers on the same tokens -------------------------
@@ -57,7 +61,7 @@ static void load_model(Trained *t, const char *wdir, int k) {
 #define N_MIX 5
 #define CAPACITY_SAMPLES 64   // held-out sequences per pair count (as chapter 9)
 
-static void figure_mixing(const CliArgs *a, const char *wdir) {
+static void figure_mixing(const CliArgs *a, Trained *models) {
     static const int which[N_MIX] = {M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2, M_ATTN};
     static const char *names[N_MIX] = {"Gated DeltaNet", "KDA", "Lightning", "Mamba-2", "softmax attention"};
     float *A[N_MIX];
@@ -65,21 +69,21 @@ static void figure_mixing(const CliArgs *a, const char *wdir) {
     char titles[N_MIX][96];
     unsigned char *causal = NULL;
     const char **labels = NULL;
-    Trained t[N_MIX];
+    Trained *t[N_MIX];
     int T = 0;
     for (int k = 0; k < N_MIX; k++) {
-        load_model(&t[k], wdir, which[k]);
-        Model *m = t[k].model;
+        t[k] = &models[which[k]];
+        Model *m = t[k]->model;
         if (k == 0) {
-            T = t[k].n_tokens;
+            T = t[k]->n_tokens;
             causal = mallocCheck((size_t)T * T);
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < T; j++) causal[i * T + j] = j <= i;
-            labels = t[k].labels;
-        } else if (t[k].n_tokens != T || memcmp(t[k].tokens, t[0].tokens, sizeof(int) * (size_t)T)) {
-            die_user("%s: its example differs from %s's; the models must share one recall task", t[k].path, t[0].path);
+            labels = t[k]->labels;
+        } else if (t[k]->n_tokens != T || memcmp(t[k]->tokens, t[0]->tokens, sizeof(int) * (size_t)T)) {
+            die_user("%s: its example differs from %s's; the models must share one recall task", t[k]->path, t[0]->path);
         }
-        model_forward(m, t[k].tokens, NULL, 1, T);
+        model_forward(m, t[k]->tokens, NULL, 1, T);
         // the last layer: the first layers of every model mostly mix neighbours (previous-token work)
         int l = m->g.n_layers - 1, H = model_n_mix_heads(m, l);
         float *all = mallocCheck(sizeof(float) * (size_t)H * T * T);
@@ -108,10 +112,7 @@ static void figure_mixing(const CliArgs *a, const char *wdir) {
                 "Lightning's decay is fixed per head; the other three decide how much to forget from the token.",
     };
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_mixing_matrices"), a->png, a->svg);
-    for (int k = 0; k < N_MIX; k++) {
-        free(A[k]);
-        trained_free(&t[k]);
-    }
+    for (int k = 0; k < N_MIX; k++) free(A[k]);
     free(causal);
 }
 
@@ -160,7 +161,7 @@ static int log_decay_rates(Trained *t, double *rates, int cap) {
 
 #define NPTS 64
 
-static void figure_decay(const CliArgs *a, const char *wdir) {
+static void figure_decay(const CliArgs *a, Trained *models) {
     static const int which[4] = {M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2};
     static const char *names[4] = {"Gated DeltaNet", "KDA", "Lightning", "Mamba-2"};
     double xs[NPTS], ys[9][NPTS];
@@ -174,15 +175,12 @@ static void figure_decay(const CliArgs *a, const char *wdir) {
     s[ns] = (PlotSeries){.label = labels[ns], .x = xs, .y = ys[ns], .n = NPTS, .color = COLOR_MHA};
     ns++;
     for (int k = 0; k < 4; k++) {
-        Trained t;
-        load_model(&t, wdir, which[k]);
         double rates[4096];
-        int n = log_decay_rates(&t, rates, 4096);
-        double slow = -1e30, fast = 1e30, mean = 0.0;
+        int n = log_decay_rates(&models[which[k]], rates, 4096);
+        double slow = -1e30, fast = 1e30;
         for (int i = 0; i < n; i++) {
             slow = fmax(slow, rates[i]);
             fast = fmin(fast, rates[i]);
-            mean += rates[i] / n;
         }
         double r2[2] = {slow, fast};
         for (int v = 0; v < 2; v++) {
@@ -195,7 +193,6 @@ static void figure_decay(const CliArgs *a, const char *wdir) {
                                  .dashed = v == 1};
             ns++;
         }
-        trained_free(&t);
     }
     LineChart c = {
         .title = "How fast each fixed-state mixer forgets",
@@ -215,24 +212,22 @@ static void figure_decay(const CliArgs *a, const char *wdir) {
 
 // ---- Figure 3: recall capacity of every mixer and hybrid ------------------------------------------------
 
-static void figure_capacity(const CliArgs *a, const char *wdir) {
+static void figure_capacity(const CliArgs *a, Trained *models) {
     double acc[N_MODELS][32];
     CapacityCurve c[N_MODELS];
     int lo = 1, hi = 0, seq = 0, lo_train = 0;
     double chance = 0.0;
     for (int k = 0; k < N_MODELS; k++) {
-        Trained t;
-        load_model(&t, wdir, k);
+        Trained *t = &models[k];
         if (k == 0) {
-            hi = t.task.n_pairs;
-            seq = t.task.seq_len;
-            lo_train = t.task.n_pairs_min > 0 ? t.task.n_pairs_min : hi;
-            chance = 1.0 / t.task.n_values;
+            hi = t->task.n_pairs;
+            seq = t->task.seq_len;
+            lo_train = t->task.n_pairs_min > 0 ? t->task.n_pairs_min : hi;
+            chance = 1.0 / t->task.n_values;
         }
-        chapter_recall_capacity(&t, lo, hi, CAPACITY_SAMPLES, acc[k]);
+        chapter_recall_capacity(t, lo, hi, CAPACITY_SAMPLES, acc[k]);
         c[k] = (CapacityCurve){.label = MODELS[k].label, .acc = acc[k], .color = MODELS[k].color,
                                .dashed = MODELS[k].hybrid};
-        trained_free(&t);
     }
     char sub[300];
     snprintf(sub, sizeof sub, "tiny models (d_model 64) trained on the same data, %d to %d pairs per sequence of %d tokens, "
@@ -299,15 +294,12 @@ int main(int argc, char **argv) {
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
     ensure_out_dir(a.out);
-    // every weights file first: a missing or corrupt one fails before any figure is written
-    for (int k = 0; k < N_MODELS; k++) {
-        Trained t;
-        load_model(&t, wdir, k);
-        trained_free(&t);
-    }
-    figure_mixing(&a, wdir);
-    figure_decay(&a, wdir);
-    figure_capacity(&a, wdir);
+    Trained *models = load_models(wdir);
+    figure_mixing(&a, models);
+    figure_decay(&a, models);
+    figure_capacity(&a, models);
+    for (int k = 0; k < N_MODELS; k++) trained_free(&models[k]);
+    free(models);
     figure_memory(&a, configs);
     printf("ch10: wrote figures to %s/ (01_mixing_matrices, 02_decay_profiles, 03_recall_capacity, 04_kv_memory)\n", a.out);
     free(a.pos);
