@@ -206,3 +206,20 @@ void test_golden_dparams(const SafeTensors *st, const char *cs, const float *dpa
                           test_tensor_size(&t[i]), tol);
     }
 }
+
+void test_decode_fixed_state(const Mixer *m, const float *params, const float *x, const float *want, int B, int T, float tol) {
+    int d = m->g->d_model;
+    float *step = mallocCheck(sizeof(float) * (size_t)d);
+    for (int b = 0; b < B; b++) {
+        MixerCache *c = m->ops->cache_new(m, T);
+        size_t bytes0 = m->ops->cache_bytes(c);
+        for (int pos = 0; pos < T; pos++) {
+            size_t row = ((size_t)b * T + pos) * d;
+            m->ops->decode(m, c, step, x + row, params);
+            test_assert_close("decode", step, want + row, (size_t)d, tol);
+            cr_assert_eq(m->ops->cache_bytes(c), bytes0, "%s: the cache grew at position %d", m->ops->name, pos);
+        }
+        m->ops->cache_free(c);
+    }
+    free(step);
+}

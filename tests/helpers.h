@@ -60,3 +60,8 @@ void test_golden_params(float *params, const SafeTensors *st, const char *cs, co
 // Every gradient against the case's CASE.d<name>, with test_assert_close at tol.
 void test_golden_dparams(const SafeTensors *st, const char *cs, const float *dparams, const ParamTensor *t, int n,
                          float tol);
+
+// Decodes every sequence of x (B,T,d) one token at a time through m's cache and checks each step's output
+// against want (B,T,d) with test_assert_close (tolerance tol), and that the cache never changes size
+// (a fixed-state mixer: Lightning, Mamba-2).
+void test_decode_fixed_state(const Mixer *m, const float *params, const float *x, const float *want, int B, int T, float tol);
