@@ -253,9 +253,7 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
         rmsnorm_forward(a->xn2, a->rstd2, a->resid_mid, P + lp->norm2, N, d, MODEL_NORM_EPS);
         linear_forward(a->gate, a->xn2, P + lp->w_gate, NULL, N, d, F);   // (N,F)
         linear_forward(a->up, a->xn2, P + lp->w_up, NULL, N, d, F);       // (N,F)
-        long nf = (long)N * F;
-        #pragma omp parallel for if(nf >= ELEMS_PAR_MIN) schedule(static)
-        for (long i = 0; i < nf; i++) a->h[i] = siluf_(a->gate[i]) * a->up[i];
+        swiglu_forward(a->h, a->gate, a->up, (long)N * F);
         linear_forward(m->scratch, a->h, P + lp->w_down, NULL, N, F, d);  // (N,d)
         add_into(next, a->resid_mid, m->scratch, (long)N * d);
     }
@@ -273,12 +271,15 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
         float *p = m->probs + (size_t)n * V;
         float maxv = lg[0];
         for (int v = 1; v < V; v++) maxv = lg[v] > maxv ? lg[v] : maxv;
-        float sum = 0.0f;
-        for (int v = 0; v < V; v++) {
-            p[v] = expf(lg[v] - maxv);
-            sum += p[v];
+        // exponentials eight at a time (v8_exp), summed in eight lanes joined by v8_sum
+        v8f mv = v8_set1(maxv), acc = v8_zero();
+        for (int v = 0; v < V; v += 8) {
+            int r = V - v < 8 ? V - v : 8;
+            v8f e = v8_exp(v8_sub(v8_load_partial(lg + v, r, -INFINITY), mv));
+            v8_store_partial(p + v, e, r);
+            acc = v8_add(acc, e);
         }
-        float inv = 1.0f / sum;
+        float sum = v8_sum(acc), inv = 1.0f / sum;
         for (int v = 0; v < V; v++) p[v] *= inv;
         int t = targets[n];
         CHECK(t < V, "target %d at position %d outside vocab %d", t, n, V);
@@ -350,14 +351,7 @@ void model_backward(Model *m) {
         // MLP: out = w_down h; h = silu(gate) * up
         memset(m->d_h, 0, sizeof(float) * NF);
         linear_backward(m->d_h, G + lp->w_down, NULL, m->d_resid, a->h, P + lp->w_down, N, F, d);
-        #pragma omp parallel for if((long)NF >= ELEMS_PAR_MIN) schedule(static)
-        for (long i = 0; i < (long)NF; i++) {
-            float s = sigmoidf_(a->gate[i]);
-            float dh = m->d_h[i];
-            m->d_up[i] = dh * a->gate[i] * s;
-            // d silu(x) / dx = s (1 + x (1 - s))
-            m->d_gate[i] = dh * a->up[i] * s * (1.0f + a->gate[i] * (1.0f - s));
-        }
+        swiglu_backward(m->d_gate, m->d_up, m->d_h, a->gate, a->up, (long)NF);
         memset(m->d_xn, 0, sizeof(float) * Nd);
         linear_backward(m->d_xn, G + lp->w_gate, NULL, m->d_gate, a->xn2, P + lp->w_gate, N, d, F);
         linear_backward(m->d_xn, G + lp->w_up, NULL, m->d_up, a->xn2, P + lp->w_up, N, d, F);
@@ -440,7 +434,7 @@ void model_decode(ModelCache *c, float *logits, int token) {
         rmsnorm_forward(c->xn, NULL, c->x, P + lp->norm2, 1, d, MODEL_NORM_EPS);
         linear_forward(c->gate, c->xn, P + lp->w_gate, NULL, 1, d, F);
         linear_forward(c->up, c->xn, P + lp->w_up, NULL, 1, d, F);
-        for (int i = 0; i < F; i++) c->h[i] = siluf_(c->gate[i]) * c->up[i];
+        swiglu_forward(c->h, c->gate, c->up, F);
         linear_forward(c->mlp_out, c->h, P + lp->w_down, NULL, 1, F, d);
         for (int i = 0; i < d; i++) c->x[i] = c->x[i] + c->mlp_out[i];
     }
