@@ -108,9 +108,23 @@ static void phase_values(float *part, float *s, int n, const float *M, const Att
         pa[0] = v8_sum(acc);
         memset(pa + 1, 0, sizeof(float) * (size_t)dv);
     }
-    // o_ab += e_ak v_k, key after key (one FMA chain per element, in key order). The accumulators sit in
-    // registers while a tile of VTILE keys streams past: up to four heads sharing a KV head (GQA, MLA's
-    // absorbed form) times sixteen dims, so each value row is loaded once for the heads that read it.
+    // o_ab += e_ak v_k, key after key (one FMA chain per element, in key order), in one of two loop
+    // orders with the same arithmetic:
+    //  - every head its own KV head (MHA) and several of them: row after row, each row's heads in
+    //    turn, so the cache streams through once in address order (a decode step's memory traffic);
+    //  - otherwise the accumulators sit in registers while a tile of VTILE keys streams past: up to four
+    //    heads sharing a KV head (GQA, MLA's absorbed form) times sixteen dims, so each value row is
+    //    loaded once for the heads that read it.
+    if (hr.grp == 1 && hr.g1 - hr.g0 > 1) {
+        for (int k = k0; k < k1; k++) {
+            const float *vrow = ks->v + (size_t)key_row(ks, k) * ks->v_stride;
+            for (int g = hr.g0; g < hr.g1; g++) {
+                int a = g - hr.g0;
+                axpy_f32(part + (size_t)a * (1 + dv) + 1, s[(size_t)a * n + k], vrow + (size_t)g * ks->v_head, dv);
+            }
+        }
+        return;
+    }
     enum { VTILE = 64 };
     const float *vrows[VTILE];
     for (int t0 = k0; t0 < k1; t0 += VTILE) {

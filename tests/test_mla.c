@@ -432,7 +432,7 @@ Test(mla, tiny_geometry_and_decode_timing) {
     rng_seed(&rng, 2);
     mla_mixer.init(&m, params, &rng);
     for (int path = 0; path <= 1; path++) {
-        double s = mla_decode_seconds_per_token(&g, params, 64, path, 3);
+        double s = mla_decode_seconds_per_token(&g, params, 64, path, 3, 1);
         cr_assert(s > 0 && s < 1.0, "path %d: %g s per token", path, s);
     }
     free(params);

@@ -238,10 +238,10 @@ static void bench_mla_decode(const BenchOpts *o) {
     for (int i = 0; i < decode_n_contexts(o); i++) {
         int T = DECODE_CONTEXTS[i];
         int reps = T >= 65536 ? 1 : (o->quick ? 2 : 3);
-        double absorbed = 1e3 * mla_decode_seconds_per_token(&g, params, T, 1, reps);
+        double absorbed = 1e3 * mla_decode_seconds_per_token(&g, params, T, 1, reps, 1);
         double predicted = ctx_prev ? naive_prev * T / ctx_prev : 0.0;   // ms
         double naive = -1.0;
-        if (T <= 16384 || predicted <= 2000.0) naive = 1e3 * mla_decode_seconds_per_token(&g, params, T, 0, reps);
+        if (T <= 16384 || predicted <= 2000.0) naive = 1e3 * mla_decode_seconds_per_token(&g, params, T, 0, reps, 1);
         if (naive >= 0.0) {
             printf("%10d %12.3f %12.3f %7.1fx\n", T, naive, absorbed, naive / absorbed);
             naive_prev = naive;
@@ -331,8 +331,8 @@ static void bench_attn_decode(const BenchOpts *o) {
         double t_full = gqa_decode_seconds_per_token(&full, p_full, T, reps);
         double t_swa = gqa_decode_seconds_per_token(&swa, p_swa, T, reps);
         omp_set_num_threads(1);   // the mla/dsa helpers pin one thread themselves; stated here too
-        double t_mla = mla_decode_seconds_per_token(&mla, p_mla, T, 1, reps);
-        double t_dsa = dsa_decode_seconds_per_token(&dsa, p_dsa, T, reps);
+        double t_mla = mla_decode_seconds_per_token(&mla, p_mla, T, 1, reps, 1);
+        double t_dsa = dsa_decode_seconds_per_token(&dsa, p_dsa, T, reps, 1);
         omp_set_num_threads(threads);
         printf("%10d", T);
         print_ms(t_full);

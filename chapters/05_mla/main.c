@@ -80,8 +80,8 @@ static void figure_decode_time(const CliArgs *a, Rng *rng) {
     for (int i = 0; i < N; i++) {
         int T = 512 << i;   // 512 .. 8K
         ctx[i] = T;
-        naive[i] = 1e3 * mla_decode_seconds_per_token(&g, params, T, 0, 2);
-        absorbed[i] = 1e3 * mla_decode_seconds_per_token(&g, params, T, 1, 2);
+        naive[i] = 1e3 * mla_decode_seconds_per_token(&g, params, T, 0, 2, 1);
+        absorbed[i] = 1e3 * mla_decode_seconds_per_token(&g, params, T, 1, 2, 1);
         printf("    context %6d: naive %8.3f ms, absorbed %8.3f ms (%.1fx)\n", T, naive[i], absorbed[i], naive[i] / absorbed[i]);
     }
     PlotSeries s[2] = {

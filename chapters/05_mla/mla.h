@@ -19,6 +19,7 @@
 // included, and its decode cache is a ring buffer of that many tokens.
 #pragma once
 #include "mixer.h"
+#include "rng.h"
 
 extern const MixerOps mla_mixer;
 
@@ -50,11 +51,13 @@ const float *mla_cache_rope_key(const MixerCache *c, int pos);
 void mla_attention_probs(float *P, const float *x, const float *params, const Mixer *m, int T);
 
 // Seconds per decode step of layer 0 of g (params: that layer's mixer slice) with `context` tokens
-// already cached, through the absorbed (1) or naive (0) path. The cache is filled with random latents
-// and RoPE keys (no decoding needed), then `reps` steps are timed with CLOCK_MONOTONIC, each one at
-// position `context`. Runs on one thread, so the two paths compare work, not parallelism.
+// already cached, through the absorbed (1) or naive (0) path, on `threads` threads. The cache is filled
+// with random latents and RoPE keys (no decoding needed), then `reps` steps are timed with
+// CLOCK_MONOTONIC, each one at position `context`.
 double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int absorbed,
-                                    int reps);
+                                    int reps, int threads);
+// For benchmarks: acts as if n_tokens more tokens had been decoded, with random latents and RoPE keys.
+void mla_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng);
 
 // ---- for mechanisms built on MLA (DSA, chapter 7) ---------------------------------------------------
 // Views of one layer's MLA weights (NULL where the geometry has no such tensor), and MLA's two input
@@ -68,3 +71,30 @@ void mla_query_forward(float *q, float *qa, float *cq, float *rstd, const float 
 // x Wkv_a[dc:]^T, before RoPE.
 void mla_latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x, const MlaWeights *w,
                         const ModelGeometry *g, int N);
+
+// MLA's forward in two halves, so a mechanism can choose each query's keys in between (DSA's indexer
+// reads the query latent the first half saves). act is mla_mixer.act_floats long and leads with P.
+//   project: queries, latents, RoPE keys and every head's k_nope, v and whole key, for (B,T);
+//   attend:  the attention core over the causal keys (sel NULL) or exactly the keys sel (B,T,T) marks,
+//            then out = o Wo^T.
+void mla_forward_project(const Mixer *m, float *act, const float *x, const float *params, int B, int T);
+void mla_forward_attend(const Mixer *m, float *out, float *act, const float *params, int B, int T,
+                        const unsigned char *sel);
+// The query latent c_q (B*T, q_lora_rank) the project half saved, or NULL without a query low-rank.
+const float *mla_act_query_latent(const Mixer *m, const float *act, int B, int T);
+// mla_mixer.backward with the key sets of the forward (sel as given to mla_forward_attend).
+void mla_backward_selected(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                           const float *x, const float *params, int B, int T, const unsigned char *sel);
+
+// Decode in two halves: append computes the new token's queries (kept in the cache's scratch) and
+// writes its [c_kv | k_pe] into the next slot; attend runs the chosen path for that token over the
+// causal span (rows NULL) or over exactly the n_rows cache slots in rows (ascending), then out = o Wo^T.
+// mla_mixer.decode is append + attend(NULL).
+void mla_cache_append(const Mixer *m, MixerCache *c, const float *x, const float *params);
+void mla_cache_attend(MixerCache *c, float *out, const float *params, const int *rows, int n_rows);
+// The appended token's query latent c_q (q_lora_rank), or NULL without a query low-rank.
+const float *mla_cache_query_latent(const MixerCache *c);
+// Tokens appended so far: the position of the next one; and (benchmarks) forgetting the tokens from pos
+// on, so the next append is position pos again.
+int mla_cache_position(const MixerCache *c);
+void mla_cache_rewind(MixerCache *c, int pos);
