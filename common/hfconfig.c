@@ -749,7 +749,8 @@ static void read_attention_extras(Reader *r, const Hybrid *hyb, ModelGeometry *g
         g->attn_output_gate = GATE_ELEMENTWISE;
     }
     const cJSON *rp = find(r, "rope_parameters");
-    double f = cJSON_IsObject(rp) ? get_double(r, rp, "partial_rotary_factor", 0.0) : 0.0;
+    double f = g->partial_rotary_factor;   // DeepSeek V4 sets it from qk_rope_head_dim
+    if (cJSON_IsObject(rp)) f = get_double(r, rp, "partial_rotary_factor", f);
     f = get_double(r, NULL, "partial_rotary_factor", f);
     if (find(r, "rotary_dim") && g->head_dim > 0) {
         int rd = get_int(r, "rotary_dim", 0);

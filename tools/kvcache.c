@@ -236,11 +236,15 @@ static int model_color(const ModelGeometry *g) {
 }
 
 // The extension of --plot FILE picks the format; anything else is a user error (checked before any work).
-static void plot_format(const char *file, int *png, int *svg) {
+static void plot_format_of(const char *flag, const char *file, int *png, int *svg) {
     size_t len = strlen(file);
     *svg = len > 4 && strcasecmp(file + len - 4, ".svg") == 0;
     *png = len > 4 && strcasecmp(file + len - 4, ".png") == 0;
-    if (!*svg && !*png) die_user("--plot: expected a file name ending in .svg or .png, got '%s'", file);
+    if (!*svg && !*png) die_user("%s: expected a file name ending in .svg or .png, got '%s'", flag, file);
+}
+
+static void plot_format(const char *file, int *png, int *svg) {
+    plot_format_of("--plot", file, png, svg);
 }
 
 static void draw_plot(const Model *m, int n, const char *file, long batch, const char *dtype_label) {
@@ -440,7 +444,7 @@ static void draw_strip(cairo_t *cr, double width, double height, const void *ctx
 // --layers-plot FILE: the strip of every model given (the same extension rule as --plot).
 static void draw_layers_plot(const Model *m, int n, const char *file) {
     int png, svg;
-    plot_format(file, &png, &svg);
+    plot_format_of("--layers-plot", file, &png, &svg);
     char path[1024];
     snprintf(path, sizeof path, "%.*s", (int)(strlen(file) - 4), file);
     Strip S = {.m = m, .n = n};
@@ -495,15 +499,16 @@ static void layers_by_kind(const ModelGeometry *g, char *buf, size_t cap) {
 }
 
 static void print_markdown_table(const Model *m, int n) {
-    printf("| file | model | layers by kind | KV bytes per token | fixed state | total at 128K | total at 1M |\n");
+    printf("| file | attention | layers by kind | KV bytes per token | fixed state | total at 128K | total at 1M |\n");
     printf("|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n; i++) {
         const ModelGeometry *g = &m[i].g;
         const char *base = strrchr(m[i].path, '/');
-        char kinds[512], a[32], b[32], c[32], d[32];
+        char kinds[512], att[160], a[32], b[32], c[32], d[32];
         layers_by_kind(g, kinds, sizeof kinds);
+        describe_attention(att, sizeof att, g);
         double t128 = kvcache_total_bytes(g, 131072, 1), t1m = kvcache_total_bytes(g, 1048576, 1);
-        printf("| %s | %s | %d: %s | %.0f (%s) | %s | %s%s | %s%s |\n", base ? base + 1 : m[i].path, g->name,
+        printf("| %s | %s | %d: %s | %.0f (%s) | %s | %s%s | %s%s |\n", base ? base + 1 : m[i].path, att,
                g->n_layers, kinds, m[i].per_token, fmt_bytes(a, sizeof a, m[i].per_token),
                m[i].fixed > 0 ? fmt_bytes(b, sizeof b, m[i].fixed) : "-", fmt_bytes(c, sizeof c, t128),
                g->max_seq_len > 0 && g->max_seq_len < 131072 ? " *" : "", fmt_bytes(d, sizeof d, t1m),
@@ -567,7 +572,7 @@ int main(int argc, char **argv) {
     }
     if (layers_plot) {
         int png, svg;
-        plot_format(layers_plot, &png, &svg);
+        plot_format_of("--layers-plot", layers_plot, &png, &svg);
         check_writable("--layers-plot", layers_plot);
     }
     if (table && dtype < 0) dtype = 0;   // the README table is in bf16
