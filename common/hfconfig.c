@@ -480,8 +480,11 @@ static void read_compress(Reader *r, ModelGeometry *g) {
     g->attention_sinks = SINKS_FULL | SINKS_SLIDING;
 }
 
-// Attention layers with their own KV shapes (MiMo-V2's swa_* keys, Gemma 4's global_* keys), K = V
+// Attention layers with their own KV shapes (MiMo-V2's swa_* keys, Step 3.5's attention_other_setting,
+// Gemma 4's global_* keys), K = V
 // (Gemma 4), cross-layer KV sharing (Gemma 3n / 4) and learned sinks (gpt-oss, MiMo-V2).
+static int member_int(Reader *r, const cJSON *obj, const char *parent, const char *key, int required);
+
 static void read_kv_shapes(Reader *r, ModelGeometry *g) {
     if (g->attn != ATTN_MLA) {
         g->swa_num_key_value_heads = get_int(r, "swa_num_key_value_heads", 0);
@@ -490,6 +493,14 @@ static void read_kv_shapes(Reader *r, ModelGeometry *g) {
         g->num_global_key_value_heads = get_int(r, "num_global_key_value_heads", 0);
         g->global_head_dim = get_int(r, "global_head_dim", 0);
     }
+    // Step 3.5: attention_other_setting {num_attention_heads, num_attention_groups, head_dim} of its window
+    // layers
+    const cJSON *other = find(r, "attention_other_setting");
+    if (other && !cJSON_IsObject(other)) bad(r, "key 'attention_other_setting' must be an object, got %s", json_type(other));
+    if (cJSON_IsObject(other) && cJSON_GetObjectItemCaseSensitive(other, "num_attention_groups"))
+        g->swa_num_key_value_heads = member_int(r, other, "attention_other_setting", "num_attention_groups", 1);
+    if (cJSON_IsObject(other) && cJSON_GetObjectItemCaseSensitive(other, "head_dim"))
+        g->swa_head_dim = member_int(r, other, "attention_other_setting", "head_dim", 1);
     int swa_heads = get_int(r, "swa_num_attention_heads", g->n_heads);
     if (!r->failed && g->swa_num_key_value_heads > 0 && swa_heads % g->swa_num_key_value_heads != 0)
         bad(r, "key 'swa_num_attention_heads' (%d) is not divisible by key 'swa_num_key_value_heads' (%d)", swa_heads,
@@ -733,7 +744,8 @@ static void read_linear(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
             return;
         }
     }
-    if (layouts[2] || (!first && geometry_count(g, LAYER_LINEAR) > 0))
+    // (MiniMax-M2's attn_type_list is all 1: every layer softmax, no Lightning state at all)
+    if ((layouts[2] || !first) && geometry_count(g, LAYER_LINEAR) > 0)
         set_linear(g, LINEAR_LIGHTNING, g->n_heads, g->n_heads, g->head_dim, g->head_dim, 0);
     int state_bytes = read_state_dtype_bytes(r);   // checked even where unused: a bad value is still wrong
     if (g->linear_kind != LINEAR_NONE) g->state_dtype_bytes = state_bytes;
@@ -747,6 +759,8 @@ static void read_attention_extras(Reader *r, const Hybrid *hyb, ModelGeometry *g
         g->qk_norm = QK_NORM_ZERO_CENTRED;
     } else if (get_bool(r, "attn_output_gate", 0)) {
         g->attn_output_gate = GATE_ELEMENTWISE;
+    } else if (get_bool(r, "use_head_wise_attn_gate", 0)) {
+        g->attn_output_gate = GATE_HEADWISE;   // Step 3.5: one sigmoid gate per head
     }
     const cJSON *rp = find(r, "rope_parameters");
     double f = g->partial_rotary_factor;   // DeepSeek V4 sets it from qk_rope_head_dim
@@ -901,7 +915,8 @@ static int parse_with_sets(ModelGeometry *g, const char *json, const char *label
     }
     // MQA was once spelled "multi_query": true (GPT-BigCode, Falcon).
     int kv_default = get_bool(&r, "multi_query", 0) ? 1 : g->n_heads;
-    g->n_kv_heads = get_int(&r, "num_key_value_heads", kv_default);
+    // Step 3.5 calls them num_attention_groups
+    g->n_kv_heads = get_int(&r, which(&r, "num_key_value_heads", "num_attention_groups"), kv_default);
     if (find(&r, "head_dim")) {
         g->head_dim = get_int(&r, "head_dim", 0);
     } else if (g->d_model % g->n_heads != 0) {

@@ -280,6 +280,34 @@ Test(ling, layer_groups_of_lightning_and_mla) {
                  "\"attn_type_list\": [0, 1, 0, 1]}", "'layer_group_size' and 'attn_type_list'", NULL);
 }
 
+// ---- the plain and windowed ones: published geometry, bytes per token in bf16 by hand ----------------
+
+Test(plain_configs, published_bytes_per_token) {
+    static const struct { const char *file; double bytes; int global, local, window; } c[] = {
+        {"qwen3-235b-a22b.json", 94 * 2 * 4 * 128 * 2.0, 94, 0, 0},    // use_sliding_window false
+        {"olmo3-32b.json", 64 * 2 * 8 * 128 * 2.0, 16, 48, 4096},      // 3 sliding : 1 full
+        {"minimax-m2.5.json", 62 * 2 * 8 * 128 * 2.0, 62, 0, 0},       // attn_type_list all 1: no Lightning
+        {"trinity-nano.json", 56 * 2 * 2 * 128 * 2.0, 14, 42, 2048},
+        // Step 3.5 Flash: 8 KV groups of 128 in both kinds (window layers have 96 query heads, same groups)
+        {"step-3.5-flash.json", 45 * 2 * 8 * 128 * 2.0, 12, 33, 512},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        ModelGeometry g = load(c[i].file);
+        cr_expect_eq(kvcache_bytes_per_token(&g), c[i].bytes, "%s: %.0f", c[i].file, kvcache_bytes_per_token(&g));
+        cr_expect_eq(geometry_count(&g, LAYER_GLOBAL), c[i].global, "%s global", c[i].file);
+        cr_expect_eq(geometry_count(&g, LAYER_LOCAL), c[i].local, "%s local", c[i].file);
+        cr_expect_eq(g.sliding_window, c[i].window, "%s window", c[i].file);
+        cr_expect_eq(g.linear_kind, LINEAR_NONE, "%s", c[i].file);
+    }
+    ModelGeometry step = load("step-3.5-flash.json");
+    cr_expect_eq(step.swa_num_key_value_heads, 8);
+    cr_expect_eq(step.attn_output_gate, GATE_HEADWISE);   // use_head_wise_attn_gate
+    expect_error("{\"num_hidden_layers\": 2, \"hidden_size\": 64, \"num_attention_heads\": 4, "
+                 "\"attention_other_setting\": 3}", "'attention_other_setting' must be an object", NULL);
+    expect_error("{\"num_hidden_layers\": 2, \"hidden_size\": 64, \"num_attention_heads\": 4, "
+                 "\"attention_other_setting\": {\"num_attention_groups\": 0}}", "'attention_other_setting.num_attention_groups'", NULL);
+}
+
 // ---- the overflow class: huge but well-formed numbers -------------------------------------------------
 
 static void expect_tool_error(const char *args, const char *needle) {
