@@ -28,7 +28,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures test test-run sanitize bench golden weights clean
+.PHONY: all build deps figures configs-table test test-run sanitize bench golden weights clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -65,8 +65,17 @@ endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
 # Every chapter program regenerates its figures from the shipped weights.
-figures: $(addprefix $(BIN),$(CHAPTERS))
+figures: $(addprefix $(BIN),$(CHAPTERS)) $(BIN)kvcache
 	@for c in $(CHAPTERS); do echo "== ./$$c"; ./$(BIN)$$c || exit 1; done
+	@mkdir -p figures/configs && ./$(BIN)kvcache --layers-plot figures/configs/layer_strips.png data/configs/*.json >/dev/null
+
+# The table of every shipped config in data/configs/README.md, rewritten from ./kvcache --table between its
+# marker lines (a test fails when the two differ).
+configs-table: $(BIN)kvcache
+	@mkdir -p $(BUILD) && ./$(BIN)kvcache --table data/configs/*.json > $(BUILD)/configs-table.md
+	@awk -v t=$(BUILD)/configs-table.md '/^<!-- table:/ { print; while ((getline l < t) > 0) print l; skip = 1; next } \
+	    /^<!-- end of table -->/ { skip = 0 } !skip' data/configs/README.md > $(BUILD)/configs-README.md
+	@mv $(BUILD)/configs-README.md data/configs/README.md
 
 # ---- tests ------------------------------------------------------------------------------------------
 $(BUILD)/tests/run: $(TEST_SRC:%.c=$(BUILD)/%.o) $(LIBS)

@@ -117,8 +117,8 @@ static void figure_kv_memory(const CliArgs *a, const char *configs) {
     char labels[2][1200], b[32];
     for (int m = 0; m < 2; m++) {
         const ModelGeometry *g = &c[m].g;
-        snprintf(labels[m], sizeof labels[m], "%s: %d layers x 2 x %d heads x %d dims x 2 B = %s/token", g->name,
-                 g->n_layers, g->n_heads, g->head_dim, fmt_bytes(b, sizeof b, kvcache_bytes_per_token(g)));
+        snprintf(labels[m], sizeof labels[m], "%.*s: %d layers x 2 x %d heads x %d dims x 2 B = %s/token",
+                 (int)sizeof g->name, g->name, g->n_layers, g->n_heads, g->head_dim, fmt_bytes(b, sizeof b, kvcache_bytes_per_token(g)));
         c[m].label = labels[m];
     }
     chapter_memory_plot(a, "03_kv_cache_vs_context", "KV cache of multi-head attention grows linearly with context",

@@ -132,6 +132,37 @@ static void figure_accuracy(const CliArgs *a, const char *weights_dir) {
     plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "04_accuracy_vs_kv_heads"), a->png, a->svg);
 }
 
+// Figure 5: the article's MHA -> GQA -> MQA sweep on a real config: Llama 3 8B (32 query heads of 128,
+// 32 layers) with every KV-head count that divides 32, at 128K tokens. Halving the KV heads halves the
+// cache; the shipped 8 is 4x below MHA.
+static void figure_group_sweep(const CliArgs *a, const char *configs) {
+    static const int G[6] = {32, 16, 8, 4, 2, 1};
+    ModelGeometry base;
+    chapter_config(&base, configs, "llama3-8b.json", "Llama 3 8B");
+    const char *labels[6];
+    char lab[6][96];
+    double values[6];
+    int colors[6];
+    for (int k = 0; k < 6; k++) {
+        ModelGeometry g = base;
+        g.n_kv_heads = G[k];
+        values[k] = kvcache_total_bytes(&g, 131072, 1);
+        snprintf(lab[k], sizeof lab[k], "%s, %d KV head%s%s", G[k] == 32 ? "MHA" : G[k] == 1 ? "MQA" : "GQA", G[k],
+                 G[k] == 1 ? "" : "s", G[k] == base.n_kv_heads ? " (as shipped)" : "");
+        labels[k] = lab[k];
+        colors[k] = G[k] == 32 ? COLOR_MHA : G[k] == 1 ? COLOR_MQA : COLOR_GQA;
+    }
+    BarChart bc = {
+        .title = "Llama 3 8B at 128K tokens with 32 down to 1 KV heads",
+        .subtitle = "llama3-8b.json with num_key_value_heads changed (./kvcache --set does the same), one sequence, bf16",
+        .xlabel = "KV cache at 131072 tokens (bytes)",
+        .labels = labels, .values = values, .colors = colors, .n = 6, .fmt = AXIS_BYTES,
+        .note = "32 layers x 2 (K and V) x KV heads x 128 dims x 2 bytes per token: each halving of the KV heads halves the cache",
+    };
+    char path[1024];
+    plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "05_group_sweep"), a->png, a->svg);
+}
+
 int main(int argc, char **argv) {
     const char *configs = "data/configs", *weights_dir = "data/weights";
     CliOpt opts[] = {
@@ -158,7 +189,9 @@ int main(int argc, char **argv) {
     figure_groups(&a);
     figure_sarvam(&a, configs);
     figure_accuracy(&a, weights_dir);
-    printf("ch04: wrote figures to %s/ (01_grouped_heads, 02_kv_vs_groups, 03_sarvam_gqa_vs_mla, 04_accuracy_vs_kv_heads)\n", a.out);
+    figure_group_sweep(&a, configs);
+    printf("ch04: wrote figures to %s/ (01_grouped_heads, 02_kv_vs_groups, 03_sarvam_gqa_vs_mla, 04_accuracy_vs_kv_heads, "
+           "05_group_sweep)\n", a.out);
     free(a.pos);
     return 0;
 }

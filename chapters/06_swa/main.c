@@ -523,6 +523,46 @@ static void figure_kv_sweep(const CliArgs *a, const char *configs) {
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "04_gemma3_ratio_and_window_sweep"), a->png, a->svg);
 }
 
+// Figure 9: the article's sweep over the local:global ratio on a real config: Gemma 3 27B (62 layers, W
+// 1024) with R local layers per global one, R = 0 (all global) to all local, at 32K and 128K tokens.
+static void figure_ratio_sweep(const CliArgs *a, const char *configs) {
+    static const int R[] = {0, 1, 2, 3, 5, 7, 11, 15, 30};
+    enum { NR = sizeof R / sizeof R[0] };
+    static const long ctx[2] = {32768, 131072};
+    ModelGeometry base;
+    load_config(&base, configs, "gemma3-27b.json");
+    double xs[NR], ys[2][NR], lx[2] = {0, R[NR - 1]}, ly[2];
+    char labels[3][160], b[32], b2[32];
+    PlotSeries series[3];
+    for (int r = 0; r < NR; r++) xs[r] = R[r];
+    for (int c = 0; c < 2; c++) {
+        for (int r = 0; r < NR; r++) {
+            ModelGeometry g = base;
+            swa_set_pattern(&g, R[r], base.sliding_window);
+            ys[c][r] = kvcache_total_bytes(&g, ctx[c], 1);
+        }
+        snprintf(labels[c], sizeof labels[c], "at %ldK tokens: %s all global, %s at 5:1 (as shipped)", ctx[c] / 1024,
+                 fmt_bytes(b, sizeof b, ys[c][0]), fmt_bytes(b2, sizeof b2, ys[c][4]));
+        series[c] = (PlotSeries){.label = labels[c], .x = xs, .y = ys[c], .n = NR, .color = c ? COLOR_SWA : COLOR_GQA,
+                                 .markers = 1};
+    }
+    ModelGeometry all = base;
+    swa_set_pattern(&all, SWA_ALL_LOCAL, base.sliding_window);
+    ly[0] = ly[1] = kvcache_total_bytes(&all, ctx[1], 1);
+    snprintf(labels[2], sizeof labels[2], "every layer local (either context): %s", fmt_bytes(b, sizeof b, ly[0]));
+    series[2] = (PlotSeries){.label = labels[2], .x = lx, .y = ly, .n = 2, .color = COLOR_OTHER, .dashed = 1};
+    LineChart c = {
+        .title = "Gemma 3 27B: KV cache against the local:global ratio",
+        .subtitle = "gemma3-27b.json (W 1024, 16 KV heads of 128, bf16) with R local layers per global one",
+        .xlabel = "R: local layers per global layer (0 = every layer global)", .ylabel = "KV cache (bytes)",
+        .xfmt = AXIS_PLAIN, .yfmt = AXIS_BYTES, .xmin = 0, .xmax = R[NR - 1], .ymin = 0,
+        .series = series, .n_series = 3, .legend_pos = 1,
+        .note = "layer i is global iff (i+1) % (R+1) == 0; past W only the global layers grow, so the cache falls like 1/(R+1)",
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "09_ratio_sweep"), a->png, a->svg);
+}
+
 // ---- Figure: the running code's cache equals the formula ---------------------------------------------
 
 static void figure_measured_cache(const CliArgs *a) {
@@ -619,11 +659,12 @@ int main(int argc, char **argv) {
     figure_masks(&a);
     figure_kv_real(&a, configs);
     figure_kv_sweep(&a, configs);
+    figure_ratio_sweep(&a, configs);
     run_ablation(&a, wdir, samples);
     figure_measured_cache(&a);
     printf("ch06: wrote figures to %s/ (01_global_vs_local_mask, 02_trained_layer_heatmaps, 03_kv_cache_real_models, "
            "04_gemma3_ratio_and_window_sweep, 05/06_ablation_*_vs_window, 07_ablation_accuracy_by_distance, "
-           "08_ring_buffer_cache_measured)\n", a.out);
+           "08_ring_buffer_cache_measured, 09_ratio_sweep)\n", a.out);
     free(a.pos);
     return 0;
 }
