@@ -4,9 +4,16 @@
 CC      ?= gcc
 BUILD   ?= build
 BINDIR  ?= .
-# x86-64-v3 = AVX2 + FMA. -ffp-contract=off keeps a*b+c as two roundings everywhere, so weights and
-# figures are the same bytes on every machine of this class, whatever OMP_NUM_THREADS is.
-OPT     ?= -O3 -march=x86-64-v3 -ffp-contract=off
+# The kernels (common/simd.h) compile to AVX2/FMA on an x86-64 CPU that has them (-march=x86-64-v3,
+# chosen by tools/cpu_flags.sh) and to plain C everywhere else, or with `make PORTABLE=1`; both give the
+# same bits. -ffp-contract=off keeps a*b+c as two roundings wherever the code does not ask for a fused
+# multiply-add, so weights and figures are the same bytes whatever OMP_NUM_THREADS is.
+ifeq ($(PORTABLE),1)
+ARCH_FLAGS :=
+else
+ARCH_FLAGS := $(shell tools/cpu_flags.sh)
+endif
+OPT     ?= -O3 $(ARCH_FLAGS) -ffp-contract=off
 PKGS    := cairo libcjson stb
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra $(OPT) -fopenmp -Icommon -Ichapters \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP
@@ -37,6 +44,8 @@ all: deps
 
 deps:
 	@tools/deps.sh
+	@if [ -n "$(ARCH_FLAGS)" ]; then echo "  kernels: AVX2 + FMA ($(ARCH_FLAGS))"; \
+	 else echo "  kernels: plain C ($(if $(filter 1,$(PORTABLE)),PORTABLE=1,no AVX2 + FMA on this CPU))"; fi
 
 build: $(BINS)
 
@@ -81,8 +90,16 @@ configs-table: $(BIN)kvcache
 $(BUILD)/tests/run: $(TEST_SRC:%.c=$(BUILD)/%.o) $(LIBS)
 	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIBS) $(LDLIBS) -lcriterion -o $@
 
+# Every test, then (on a machine whose default build uses the AVX2/FMA kernels) the same tests on the
+# plain-C build, and a check that both builds train the same bytes.
 test: deps
 	@$(MAKE) --no-print-directory test-run
+ifneq ($(ARCH_FLAGS),)
+	@echo "== the plain-C build (PORTABLE=1): the same tests"
+	@$(MAKE) --no-print-directory BUILD=build/portable BINDIR=build/portable/bin PORTABLE=1 test-run
+	@echo "== the two builds compute the same bits"
+	@tools/same_bits.sh $(BINDIR) build/portable/bin
+endif
 
 test-run: $(BUILD)/tests/run $(BINS)
 	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
@@ -90,7 +107,7 @@ test-run: $(BUILD)/tests/run $(BINS)
 # The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize: deps
 	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
-	    BINDIR=build/san/bin OPT="-O1 -g -march=x86-64-v3 -ffp-contract=off $(SAN)" test-run
+	    BINDIR=build/san/bin OPT="-O1 -g $(ARCH_FLAGS) -ffp-contract=off $(SAN)" test-run
 
 # ---- benchmarks, golden values, weights ---------------------------------------------------------------
 # The benchmark links OpenBLAS as its peer; it is built under build/ and run by `make bench`.

@@ -60,6 +60,41 @@ static HeadRange head_range(const AttnHeads *h, int g0, int g1) {
 }
 
 // Phase 1 for keys k0..k1-1: s[a*n + k] for the nh heads (a = h - h0); mx[a] = max(mx[a], their max).
+// dot_f32(q_u, k, dk) * scale for the nq <= 8 queries q_u = q + u*dk at once: the same eight-lane
+// chain per query, but the queries' chains interleaved, so a wide key (MLA's 544) is not one long chain
+// of dependent multiply-adds, and each chunk of the key is loaded once for all of them.
+static void dots_multi(float *out, size_t out_stride, const float *q, int nq, const float *k, int dk, float scale) {
+    if (nq == 8) {   // eight named accumulators: kept in registers across the loop
+        const float *q0 = q, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk, *q4 = q3 + dk, *q5 = q4 + dk, *q6 = q5 + dk,
+                    *q7 = q6 + dk;
+        v8f a0 = v8_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        int c = 0;
+        for (; c + 8 <= dk; c += 8) {
+            v8f kv = v8_load(k + c);
+            a0 = v8_fma(v8_load(q0 + c), kv, a0);
+            a1 = v8_fma(v8_load(q1 + c), kv, a1);
+            a2 = v8_fma(v8_load(q2 + c), kv, a2);
+            a3 = v8_fma(v8_load(q3 + c), kv, a3);
+            a4 = v8_fma(v8_load(q4 + c), kv, a4);
+            a5 = v8_fma(v8_load(q5 + c), kv, a5);
+            a6 = v8_fma(v8_load(q6 + c), kv, a6);
+            a7 = v8_fma(v8_load(q7 + c), kv, a7);
+        }
+        if (c == dk) {
+            out[0] = v8_sum(a0) * scale;
+            out[out_stride] = v8_sum(a1) * scale;
+            out[2 * out_stride] = v8_sum(a2) * scale;
+            out[3 * out_stride] = v8_sum(a3) * scale;
+            out[4 * out_stride] = v8_sum(a4) * scale;
+            out[5 * out_stride] = v8_sum(a5) * scale;
+            out[6 * out_stride] = v8_sum(a6) * scale;
+            out[7 * out_stride] = v8_sum(a7) * scale;
+            return;
+        }
+    }
+    for (int u = 0; u < nq; u++) out[(size_t)u * out_stride] = dot_f32(q + (size_t)u * dk, k, dk) * scale;
+}
+
 static void phase_scores(float *s, float *mx, int n, const float *q, const AttnKeys *ks, const AttnHeads *h,
                          HeadRange hr, int k0, int k1) {
     int dk = h->dk;
@@ -67,9 +102,9 @@ static void phase_scores(float *s, float *mx, int n, const float *q, const AttnK
         const float *krow = ks->k + (size_t)key_row(ks, k) * ks->k_stride;
         for (int g = hr.g0; g < hr.g1; g++) {
             const float *kk = krow + (size_t)g * ks->k_head;
-            for (int j = 0; j < hr.grp; j++) {
-                int hh = g * hr.grp + j;
-                s[(size_t)(hh - hr.h0) * n + k] = dot_f32(q + (size_t)hh * dk, kk, dk) * h->scale;
+            for (int j = 0; j < hr.grp; j += 8) {
+                int hh = g * hr.grp + j, nq = hr.grp - j < 8 ? hr.grp - j : 8;
+                dots_multi(s + (size_t)(hh - hr.h0) * n + k, (size_t)n, q + (size_t)hh * dk, nq, kk, dk, h->scale);
             }
         }
     }
@@ -210,6 +245,23 @@ static void phase_merge(float *o, float *p, size_t p_stride, float *psink, const
         for (; k + 8 <= n; k += 8) v8_store(pa + k, v8_mul(v8_load(sa + k), iv));
         for (; k < n; k++) pa[k] = sa[k] * inv;
     }
+}
+
+// dst (T x T) = src^T, in 8 x 8 tiles (registers), the edges one by one: a column-by-column copy
+// writes one cache line per element.
+static void transpose_square(float *dst, const float *src, int T) {
+    int T8 = T / 8 * 8;
+    for (int i = 0; i < T8; i += 8)
+        for (int j = 0; j < T8; j += 8) {
+            v8f in[8], out[8];
+            for (int r = 0; r < 8; r++) in[r] = v8_load(src + (size_t)(i + r) * T + j);
+            v8_transpose(out, in);
+            for (int r = 0; r < 8; r++) v8_store(dst + (size_t)(j + r) * T + i, out[r]);
+        }
+    for (int i = 0; i < T; i++)
+        for (int j = i < T8 ? T8 : 0; j < T; j++) dst[(size_t)j * T + i] = src[(size_t)i * T + j];
+    for (int i = T8; i < T; i++)
+        for (int j = 0; j < T8; j++) dst[(size_t)j * T + i] = src[(size_t)i * T + j];
 }
 
 // Dot products of x (d) with n vectors stored transposed: t[c * t_stride + k] is dim c of vector k
@@ -419,6 +471,21 @@ static void query_one_block(float *o, float *p, float *psink, float *s, int n, f
     float inv = L > 0.0f ? 1.0f / L : 0.0f;
     v8f iv = v8_set1(inv);
     int c = 0;
+    for (; c + 32 <= dv; c += 32) {   // four independent chains per key (one per 8 dims)
+        v8f x0 = v8_zero(), x1 = v8_zero(), x2 = v8_zero(), x3 = v8_zero();
+        for (k = 0; k < n; k++) {
+            v8f w = v8_set1(s[k]);
+            const float *vv = v + (size_t)k * v_stride + c;
+            x0 = v8_fma(w, v8_load(vv), x0);
+            x1 = v8_fma(w, v8_load(vv + 8), x1);
+            x2 = v8_fma(w, v8_load(vv + 16), x2);
+            x3 = v8_fma(w, v8_load(vv + 24), x3);
+        }
+        v8_store(o + c, v8_mul(x0, iv));
+        v8_store(o + c + 8, v8_mul(x1, iv));
+        v8_store(o + c + 16, v8_mul(x2, iv));
+        v8_store(o + c + 24, v8_mul(x3, iv));
+    }
     for (; c + 16 <= dv; c += 16) {
         v8f x0 = v8_zero(), x1 = v8_zero();
         for (k = 0; k < n; k++) {
@@ -528,11 +595,40 @@ void attn_batch_forward(float *o, size_t o_stride, float *P, float *psink, const
     }
 }
 
-// dst (d) += sum_k coef[k] * rows[k] (row k at x + k*stride), k = 0..n-1. Eight floats of dst at a
-// time, the keys dealt round-robin into four partial sums (k % 4), joined as ((s0 + s1) + (s2 + s3))
-// and added to dst: four independent FMA chains instead of one, in a fixed order.
+// dst (d) += sum_k coef[k] * rows[k] (row k at x + k*stride), k = 0..n-1, in a fixed order: 32 dims at
+// a time with the keys dealt into two partial sums (k % 2), or 8 at a time into four (k % 4), joined in
+// a fixed tree and added to dst. Several independent FMA chains, each coefficient broadcast once for
+// all the dims it scales.
 static void axpy_rows(float *dst, const float *coef, const float *x, size_t stride, int n, int d) {
     int c = 0;
+    for (; c + 32 <= d; c += 32) {
+        v8f a0 = v8_zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int k = 0;
+        for (; k + 2 <= n; k += 2) {
+            const float *r = x + (size_t)k * stride + c, *r2 = r + stride;
+            v8f w = v8_set1(coef[k]), w2 = v8_set1(coef[k + 1]);
+            a0 = v8_fma(w, v8_load(r), a0);
+            a1 = v8_fma(w, v8_load(r + 8), a1);
+            a2 = v8_fma(w, v8_load(r + 16), a2);
+            a3 = v8_fma(w, v8_load(r + 24), a3);
+            b0 = v8_fma(w2, v8_load(r2), b0);
+            b1 = v8_fma(w2, v8_load(r2 + 8), b1);
+            b2 = v8_fma(w2, v8_load(r2 + 16), b2);
+            b3 = v8_fma(w2, v8_load(r2 + 24), b3);
+        }
+        if (k < n) {
+            const float *r = x + (size_t)k * stride + c;
+            v8f w = v8_set1(coef[k]);
+            a0 = v8_fma(w, v8_load(r), a0);
+            a1 = v8_fma(w, v8_load(r + 8), a1);
+            a2 = v8_fma(w, v8_load(r + 16), a2);
+            a3 = v8_fma(w, v8_load(r + 24), a3);
+        }
+        v8_store(dst + c, v8_add(v8_load(dst + c), v8_add(a0, b0)));
+        v8_store(dst + c + 8, v8_add(v8_load(dst + c + 8), v8_add(a1, b1)));
+        v8_store(dst + c + 16, v8_add(v8_load(dst + c + 16), v8_add(a2, b2)));
+        v8_store(dst + c + 24, v8_add(v8_load(dst + c + 24), v8_add(a3, b3)));
+    }
     for (; c + 8 <= d; c += 8) {
         v8f s0 = v8_zero(), s1 = v8_zero(), s2 = v8_zero(), s3 = v8_zero();
         int k = 0;
@@ -566,7 +662,7 @@ static void backward_span(float *dq, float *dk, float *dv, float *dsink_b, const
     int T = a->T, W = a->window, dkw = h->dk, dvw = h->dv, grp = h->n_heads / h->n_kv_heads, h0 = g * grp;
     int Tp = (T + 7) / 8 * 8 + 8;
     size_t TT = (size_t)T * T, row0 = (size_t)b * T;
-    float *vt = work, *dp = vt + (size_t)dvw * Tp, *gst = dp + Tp, *pt = gst + TT;
+    float *vt = work, *dp = vt + (size_t)dvw * Tp, *gs = dp + Tp, *gst = gs + TT, *pt = gst + TT;
     const float *kb = a->k + row0 * a->k_stride + (size_t)g * a->k_head;
     const float *vb = a->v + row0 * a->v_stride + (size_t)g * a->v_head;
     float *dkb = dk + row0 * a->k_stride + (size_t)g * a->k_head, *dvb = dv + row0 * a->v_stride + (size_t)g * a->v_head;
@@ -593,12 +689,13 @@ static void backward_span(float *dq, float *dk, float *dv, float *dsink_b, const
             // s_k = (q . k_k) * scale  =>  dq += gs_k k_k (now), dk_k += gs_k q (below)
             axpy_rows(dq + (row0 + i) * a->q_stride + (size_t)hh * dkw, dp, kb + (size_t)lo * a->k_stride, a->k_stride,
                       n, dkw);
-            for (k = 0; k < lo; k++) gst[(size_t)k * T + i] = 0.0f;
-            for (k = 0; k < n; k++) gst[(size_t)(lo + k) * T + i] = dp[k];
-            for (k = i + 1; k < T; k++) gst[(size_t)k * T + i] = 0.0f;
+            float *gsi = gs + (size_t)i * T;   // row i of gs (T x T): this query's gs at its keys, 0 elsewhere
+            memset(gsi, 0, sizeof(float) * (size_t)lo);
+            memcpy(gsi + lo, dp, sizeof(float) * (size_t)n);
+            memset(gsi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
         }
-        for (int i = 0; i < T; i++)
-            for (int k = 0; k < T; k++) pt[(size_t)k * T + i] = Ph[(size_t)i * T + k];
+        transpose_square(gst, gs, T);
+        transpose_square(pt, Ph, T);
         // key k is read by queries k .. k + W - 1 (all later ones without a window)
         for (int k = 0; k < T; k++) {
             int cnt = W > 0 && k + W < T ? W : T - k;
@@ -619,7 +716,7 @@ void attn_batch_backward(float *dq, float *dk, float *dv, float *dsink, const fl
     float *dsink_b = h->sink && dsink ? callocCheck((size_t)B * H, sizeof(float)) : NULL;
     #pragma omp parallel
     {
-        size_t nbuf = (size_t)T + (size_t)grp * (T + 1) + (size_t)h->dv * Tp + (size_t)Tp + 2 * TT;
+        size_t nbuf = (size_t)T + (size_t)grp * (T + 1) + (size_t)h->dv * Tp + (size_t)Tp + 3 * TT;
         float *buf = mallocCheck(sizeof(float) * nbuf);
         float *dp = buf, *pbuf = buf + T, *sbuf = pbuf + (size_t)grp * T, *work = sbuf + grp;
         int *rows = mallocCheck(sizeof(int) * (size_t)T);

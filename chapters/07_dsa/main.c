@@ -330,7 +330,7 @@ static void figure_decode_time(const CliArgs *a, int max_context, int reps) {
     for (long ctx = 1024; ctx <= max_context && n < MAXP; ctx *= 2, n++) {
         xs[n] = (double)ctx;
         t_mla[n] = 1e3 * mla_decode_seconds_per_token(&g, params, (int)ctx, 1, reps, 1);
-        t_dsa[n] = 1e3 * dsa_decode_seconds_per_token(&g, params, (int)ctx, reps, 1);
+        t_dsa[n] = 1e3 * dsa_decode_seconds_per_token(&g, params, (int)ctx, reps, 1, NULL);
         printf("  %10ld %14.3f %14.3f %7.1fx\n", ctx, t_mla[n], t_dsa[n], t_mla[n] / t_dsa[n]);
     }
     double kx[2] = {g.index_topk, g.index_topk}, ky[2] = {t_dsa[0] * 0.5, t_mla[n - 1] * 1.5};
