@@ -26,15 +26,30 @@ void attn_keys_span(AttnKeys *keys, int lo, int hi, int base, int cap) {
     int first = cap - r0 < n ? cap - r0 : n;
     keys->n = n;
     keys->rows = NULL;
+    keys->k1 = keys->v1 = NULL;
     keys->start[0] = r0;
     keys->len[0] = first;
     keys->start[1] = 0;
     keys->len[1] = n - first;
 }
 
-static inline int key_row(const AttnKeys *ks, int k) {
-    if (ks->rows) return ks->rows[k];
-    return k < ks->len[0] ? ks->start[0] + k : ks->start[1] + (k - ks->len[0]);
+void attn_keys_list(AttnKeys *keys, const int *rows, int n) {
+    keys->n = n;
+    keys->rows = rows;
+    keys->k1 = keys->v1 = NULL;
+    keys->start[0] = keys->start[1] = 0;
+    keys->len[0] = n;
+    keys->len[1] = 0;
+}
+
+// Where key k's key head 0 and value head 0 sit (add g * k_head / v_head for KV head g).
+static inline const float *key_at(const AttnKeys *ks, int k) {
+    if (k < ks->len[0]) return ks->k + (size_t)(ks->rows ? ks->rows[k] : ks->start[0] + k) * ks->k_stride;
+    return (ks->k1 ? ks->k1 : ks->k) + (size_t)(ks->start[1] + (k - ks->len[0])) * ks->k_stride;
+}
+static inline const float *value_at(const AttnKeys *ks, int k) {
+    if (k < ks->len[0]) return ks->v + (size_t)(ks->rows ? ks->rows[k] : ks->start[0] + k) * ks->v_stride;
+    return (ks->v1 ? ks->v1 : ks->v) + (size_t)(ks->start[1] + (k - ks->len[0])) * ks->v_stride;
 }
 
 static int n_blocks(int n) { return (n + ATTN_BLOCK - 1) / ATTN_BLOCK; }
@@ -99,7 +114,7 @@ static void phase_scores(float *s, float *mx, int n, const float *q, const AttnK
                          HeadRange hr, int k0, int k1) {
     int dk = h->dk;
     for (int k = k0; k < k1; k++) {
-        const float *krow = ks->k + (size_t)key_row(ks, k) * ks->k_stride;
+        const float *krow = key_at(ks, k);
         for (int g = hr.g0; g < hr.g1; g++) {
             const float *kk = krow + (size_t)g * ks->k_head;
             for (int j = 0; j < hr.grp; j += 8) {
@@ -152,7 +167,7 @@ static void phase_values(float *part, float *s, int n, const float *M, const Att
     //    loaded once for the heads that read it.
     if (hr.grp == 1 && hr.g1 - hr.g0 > 1) {
         for (int k = k0; k < k1; k++) {
-            const float *vrow = ks->v + (size_t)key_row(ks, k) * ks->v_stride;
+            const float *vrow = value_at(ks, k);
             for (int g = hr.g0; g < hr.g1; g++) {
                 int a = g - hr.g0;
                 axpy_f32(part + (size_t)a * (1 + dv) + 1, s[(size_t)a * n + k], vrow + (size_t)g * ks->v_head, dv);
@@ -164,7 +179,7 @@ static void phase_values(float *part, float *s, int n, const float *M, const Att
     const float *vrows[VTILE];
     for (int t0 = k0; t0 < k1; t0 += VTILE) {
         int nt = k1 - t0 < VTILE ? k1 - t0 : VTILE;
-        for (int t = 0; t < nt; t++) vrows[t] = ks->v + (size_t)key_row(ks, t0 + t) * ks->v_stride;
+        for (int t = 0; t < nt; t++) vrows[t] = value_at(ks, t0 + t);
         for (int g = hr.g0; g < hr.g1; g++)
             for (int j0 = 0; j0 < hr.grp; j0 += 4) {
                 int ht = hr.grp - j0 < 4 ? hr.grp - j0 : 4, a0 = (g - hr.g0) * hr.grp + j0;
@@ -390,6 +405,7 @@ void attn_query_backward(float *dq, float *dk, float *dv, float *dsink, const fl
                          const AttnHeads *h, int g0, int g1, float *scratch) {
     HeadRange hr = head_range(h, g0, g1);
     int n = keys->n, dkw = h->dk, dvw = h->dv;
+    CHECK(!keys->k1 && !keys->v1, "attention backward: keys in one buffer only (dk and dv share its rows)");
     float *dp = scratch;
     for (int g = hr.g0; g < hr.g1; g++)
         for (int j = 0; j < hr.grp; j++) {
@@ -398,7 +414,7 @@ void attn_query_backward(float *dq, float *dk, float *dv, float *dsink, const fl
             float *gq = dq + (size_t)hh * dkw;
             // o = sum_k p_k v_k  =>  dp_k = do . v_k;  softmax: ds_k = p_k (dp_k - sum_k p_k dp_k)
             for (int k = 0; k < n; k++)
-                dp[k] = dot_f32(go, keys->v + (size_t)key_row(keys, k) * keys->v_stride + (size_t)g * keys->v_head, dvw);
+                dp[k] = dot_f32(go, value_at(keys, k) + (size_t)g * keys->v_head, dvw);
             v8f acc = v8_zero();
             int k = 0;
             for (; k + 8 <= n; k += 8) acc = v8_fma(v8_load(pa + k), v8_load(dp + k), acc);
@@ -408,7 +424,8 @@ void attn_query_backward(float *dq, float *dk, float *dv, float *dsink, const fl
             if (h->sink && dsink) dsink[hh] -= psink[a] * sum;
             // s_k = (q . k_k) * scale  =>  dq += gs_k k_k, dk_k += gs_k q;  and dv_k += p_k do
             for (k = 0; k < n; k++) {
-                size_t r = (size_t)key_row(keys, k);
+                size_t r = (size_t)(k < keys->len[0] ? (keys->rows ? keys->rows[k] : keys->start[0] + k)
+                                                     : keys->start[1] + (k - keys->len[0]));
                 float gs = pa[k] * (dp[k] - sum) * h->scale;
                 axpy_f32(gq, gs, keys->k + r * keys->k_stride + (size_t)g * keys->k_head, dkw);
                 axpy_f32(dk + r * keys->k_stride + (size_t)g * keys->k_head, gs, qh, dkw);
@@ -435,8 +452,7 @@ static void batch_keys(AttnKeys *ks, int *rows, const AttnBatch *a, int b, int i
         int n = 0;
         for (int j = 0; j <= i; j++)
             if (m[j]) rows[n++] = j;
-        ks->n = n;
-        ks->rows = rows;
+        attn_keys_list(ks, rows, n);
     } else {
         attn_keys_span(ks, first_key(i, a->window), i, 0, a->T);
     }

@@ -37,18 +37,27 @@ typedef struct {
     const float *sink;         // (H) learned sink logits, or NULL
 } AttnHeads;
 
+// The n keys come in two segments, read in this order:
+//   segment 0, keys 0 .. len[0]-1: rows start[0], start[0]+1, ... of (k, v), or, when rows is not
+//              NULL, the rows rows[0 .. len[0]-1] of (k, v) (DSA's top-k);
+//   segment 1, keys len[0] .. n-1: rows start[1], start[1]+1, ... of (k1, v1), or of (k, v) when k1 is
+//              NULL (the wrapped part of a ring buffer; or a second buffer, e.g. raw recent tokens after
+//              compressed entries). Both buffers share the strides.
 typedef struct {
     const float *k, *v;
     size_t k_stride, k_head;   // floats between rows, and between the key heads of a row
     size_t v_stride, v_head;
-    int n;                     // keys the query reads
-    int start[2], len[2];      // rows start[0] .. start[0]+len[0]-1, then start[1] .. (len[1] may be 0)
-    const int *rows;           // or, when not NULL, the n rows in reading order
+    int n;                     // keys the query reads: len[0] + len[1]
+    int start[2], len[2];
+    const int *rows;           // segment 0 as a list of rows, or NULL
+    const float *k1, *v1;      // segment 1's buffer, or NULL for (k, v)
 } AttnKeys;
 
 // Keys of one query: positions lo..hi of a buffer whose position j sits in row (j - base) % cap (a
-// ring of cap rows; base 0 and cap > hi is a plain array), as at most two runs.
+// ring of cap rows; base 0 and cap > hi is a plain array), as at most two runs of (k, v).
 void attn_keys_span(AttnKeys *keys, int lo, int hi, int base, int cap);
+// Keys of one query: the n rows of (k, v) listed in rows, in that order.
+void attn_keys_list(AttnKeys *keys, const int *rows, int n);
 
 // Floats of scratch attn_query needs for n keys (scores, block sums) and H heads of dv.
 size_t attn_scratch_floats(const AttnHeads *h, int n);

@@ -273,3 +273,37 @@ Test(attention, backward_thread_count_independent) {
     cr_assert(memcmp(g1, g2, sizeof(float) * (nq + 2 * nk)) == 0, "1 and 2 threads give different gradients");
     free(q); free(k); free(v); free(R); free(o); free(P); free(g1); free(g2);
 }
+
+// Keys from two buffers (a list of rows of one, then a run of the other: compressed entries, then the
+// raw recent tokens) give the same bits as the same keys copied into one buffer in that order.
+Test(attention, two_buffers_equal_one) {
+    int H = 2, dk = 16, dv = 8, na = 40, nb = 9;
+    Rng rng;
+    rng_seed(&rng, 12);
+    float *ka = test_randn(&rng, (size_t)na * dk, 1.0f), *va = test_randn(&rng, (size_t)na * dv, 1.0f);
+    float *kb = test_randn(&rng, (size_t)nb * dk, 1.0f), *vb = test_randn(&rng, (size_t)nb * dv, 1.0f);
+    float *q = test_randn(&rng, (size_t)H * dk, 1.0f), *sink = test_randn(&rng, (size_t)H, 1.0f);
+    int rows[5] = {3, 7, 8, 20, 39};
+    AttnHeads h = {.n_heads = H, .n_kv_heads = 1, .dk = dk, .dv = dv, .scale = 0.25f, .sink = sink};
+    // the two-buffer form: rows of a, then rows 2..8 of b
+    AttnKeys two = {.k = ka, .v = va, .k_stride = (size_t)dk, .k_head = (size_t)dk, .v_stride = (size_t)dv,
+                    .v_head = (size_t)dv, .n = 5 + 7, .rows = rows, .start = {0, 2}, .len = {5, 7}, .k1 = kb, .v1 = vb};
+    // the same keys in one buffer
+    float *kc = mallocCheck(sizeof(float) * 12 * dk), *vc = mallocCheck(sizeof(float) * 12 * dv);
+    for (int i = 0; i < 12; i++) {
+        const float *ks = i < 5 ? ka + (size_t)rows[i] * dk : kb + (size_t)(2 + i - 5) * dk;
+        const float *vs = i < 5 ? va + (size_t)rows[i] * dv : vb + (size_t)(2 + i - 5) * dv;
+        memcpy(kc + (size_t)i * dk, ks, sizeof(float) * dk);
+        memcpy(vc + (size_t)i * dv, vs, sizeof(float) * dv);
+    }
+    AttnKeys one = {.k = kc, .v = vc, .k_stride = (size_t)dk, .k_head = (size_t)dk, .v_stride = (size_t)dv,
+                    .v_head = (size_t)dv};
+    attn_keys_span(&one, 0, 11, 0, 12);
+    float *work = mallocCheck(sizeof(float) * attn_scratch_floats(&h, 12));
+    float o1[16], o2[16], p1[24], p2[24], s1[2], s2[2];
+    attn_query(o1, p1, 12, s1, q, &two, &h, 0, 1, work);
+    attn_query(o2, p2, 12, s2, q, &one, &h, 0, 1, work);
+    cr_assert(memcmp(o1, o2, sizeof(float) * H * dv) == 0 && memcmp(p1, p2, sizeof p1) == 0 && memcmp(s1, s2, sizeof s1) == 0,
+              "two buffers and one buffer differ");
+    free(ka); free(va); free(kb); free(vb); free(q); free(sink); free(kc); free(vc); free(work);
+}

@@ -483,8 +483,7 @@ void mla_cache_attend(MixerCache *c, float *out, const float *params, const int 
     size_t row = (size_t)(z.dc + z.dr);
     AttnKeys span = {.k = c->rows, .v = c->rows, .k_stride = row, .k_head = row, .v_stride = row, .v_head = row};
     if (rows) {
-        span.n = n_rows;
-        span.rows = rows;
+        attn_keys_list(&span, rows, n_rows);
     } else {
         attn_keys_span(&span, first_key(t, c->window), t, 0, c->cap);   // position j in slot j % cap
     }
