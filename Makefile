@@ -35,7 +35,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures configs-table test test-run sanitize bench golden weights clean
+.PHONY: all build deps figures configs-table test test-run sanitize bench golden weights arm-check clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -120,6 +120,11 @@ bench: deps
 	@tools/deps.sh --golden
 	$(BUILD)/bench
 	PYTHON=$(PYTHON) tools/bench_train.sh
+
+# The kernels built for 64-bit ARM and run under qemu compute the same bits as this machine's build.
+arm-check: deps
+	@tools/deps.sh --arm
+	@tools/arm_check.sh
 
 golden: deps build
 	@tools/deps.sh --golden
