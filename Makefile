@@ -64,9 +64,11 @@ $(BIN)$(1): $(BUILD)/tools/$(1).o $(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
-# Every chapter program regenerates its figures from the shipped weights.
-figures: $(addprefix $(BIN),$(CHAPTERS))
+# Every chapter program regenerates its figures from the shipped weights; then the contact sheet
+# (figures/README.md) is rewritten from their SVGs.
+figures: $(addprefix $(BIN),$(CHAPTERS) contactsheet)
 	@for c in $(CHAPTERS); do echo "== ./$$c"; ./$(BIN)$$c || exit 1; done
+	@./$(BIN)contactsheet figures
 
 # ---- tests ------------------------------------------------------------------------------------------
 $(BUILD)/tests/run: $(TEST_SRC:%.c=$(BUILD)/%.o) $(LIBS)
