@@ -203,13 +203,26 @@ void chapter_memory_plot(const CliArgs *a, const MemoryPlot *p) {
         printf("  %-34s %12s %14s %14s\n", g->name, b1, fmt_bytes(b2, sizeof b2, kvcache_total_bytes(g, 32768, 1)),
                fmt_bytes(b3, sizeof b3, kvcache_total_bytes(g, end, 1)));
     }
+    // the default note says where the numbers come from, and how a line's end is marked when one is
+    int n_limited = 0, n_at_edge = 0;
+    for (int m = 0; m < p->n; m++) {
+        long ms = p->curves[m].g.max_seq_len;
+        n_limited += ms > 0 && ms < p->max_context;
+        n_at_edge += ms == p->max_context;
+    }
+    const char *note = p->note ? p->note
+                       : n_limited ? "from each model's config.json (data/configs/), bf16; a bar ends a line at the "
+                                     "model's max_position_embeddings"
+                       : n_at_edge == p->n ? "from each model's config.json (data/configs/), bf16; the axis ends at the "
+                                             "models' max_position_embeddings"
+                                           : "from each model's config.json (data/configs/), bf16";
     LineChart chart = {
         .title = p->title, .subtitle = p->subtitle, .claim = p->claim,
         .xlabel = "context length (tokens)", .ylabel = "KV cache per sequence (bytes)",
         .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES, .xmin = p->log_axes ? 1024 : 0, .xmax = (double)p->max_context,
         .logx = p->log_axes, .logy = p->log_axes,
         .series = series, .n_series = p->n, .legend_pos = p->legend_pos,
-        .note = p->note ? p->note : "from each model's config.json (data/configs/), bf16; a bar ends a line at the model's max_position_embeddings",
+        .note = note,
     };
     char path[1024];
     plot_line_chart(&chart, path_join(path, sizeof path, a->out, p->name), a->png, a->svg);

@@ -153,7 +153,7 @@ static void figure_accuracy(const CliArgs *a, const char *weights_dir) {
     PlotRef ref = {.label = chance_label, .value = 100.0 * chance};
     bc.refs = &ref;
     bc.n_refs = 1;
-    bc.note = "a toy: one seed, one task; real models recover quality with more training (the article cites GQA papers)";
+    bc.note = "a toy: one seed, one task; it says nothing by itself about large models";
     char path[1024];
     plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "04_accuracy_vs_kv_heads"), a->png, a->svg);
 }

@@ -41,7 +41,7 @@ static void figure_per_token(const CliArgs *a) {
                  "with MQA and 576 with MLA (a latent of 512 and a shared RoPE key of 64): 1.8% of MHA.",
         .xlabel = "numbers cached per token per layer (elements)",
         .labels = labels, .values = values, .colors = colors, .n = 4, .fmt = AXIS_PLAIN,
-        .note = "DeepSeek-V2 paper, Table 1: MLA's cache equals GQA with about 2.25 groups; MQA is smaller still but loses quality",
+        .note = "DeepSeek-V2 paper, Table 1: MLA's cache equals that of GQA with about 2.25 groups",
     };
     char path[1024];
     plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "01_cache_per_token"), a->png, a->svg);
