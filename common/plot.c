@@ -155,6 +155,29 @@ double plot_text_wrapped(cairo_t *cr, const char *s, double x, double y, double 
     return n_lines ? (n_lines - 1) * line_h + font_size(cr) : 0;
 }
 
+int plot_wrap_lines(cairo_t *cr, const char *s, double maxw, char (*lines)[PLOT_LINE_CHARS], int max_lines) {
+    int n = 0;
+    char line[PLOT_LINE_CHARS] = "";
+    const char *p = s ? s : "";
+    while (*p && n < max_lines) {
+        while (*p == ' ') p++;
+        const char *q = p;
+        while (*q && *q != ' ') q++;
+        if (q == p) break;
+        char trial[PLOT_LINE_CHARS];
+        snprintf(trial, sizeof trial, "%s%s%.*s", line, line[0] ? " " : "", (int)(q - p), p);
+        if (line[0] && plot_text_width(cr, trial) > maxw) {
+            snprintf(lines[n++], PLOT_LINE_CHARS, "%s", line);
+            snprintf(line, sizeof line, "%.*s", (int)(q - p), p);
+        } else {
+            memcpy(line, trial, sizeof line);
+        }
+        p = q;
+    }
+    if (line[0] && n < max_lines) snprintf(lines[n++], PLOT_LINE_CHARS, "%s", line);
+    return n;
+}
+
 // ---- writing ----------------------------------------------------------------------------------------
 typedef struct {
     unsigned char *data;
@@ -720,7 +743,7 @@ typedef struct {
     int member[MAXS], n;
     char text[1024];            // the members' labels joined by " = "
     double w;                   // width of the legend entry (sample + text)
-    char lines[6][256];         // the direct label, wrapped
+    char lines[6][PLOT_LINE_CHARS];   // the entry's text, wrapped
     int n_lines;
     double lw, lh;              // its size
     double anchor_y, label_y;   // the line's end and the label's top, canvas points
@@ -1002,26 +1025,8 @@ static double wrap_entries(LineLayout *L, cairo_t *cr, double wrap_w, double sam
     plot_font(cr, LEG_FONT, 0);
     for (int e = 0; e < L->n_ent; e++) {
         Entry *E = &L->ent[e];
-        E->n_lines = 0;
+        E->n_lines = plot_wrap_lines(cr, E->text, wrap_w, E->lines, 6);
         E->lw = 0;
-        const char *p = E->text;
-        char line[256] = "";
-        while (*p && E->n_lines < 6) {
-            while (*p == ' ') p++;
-            const char *q = p;
-            while (*q && *q != ' ') q++;
-            if (q == p) break;
-            char trial[256];
-            snprintf(trial, sizeof trial, "%s%s%.*s", line, line[0] ? " " : "", (int)(q - p), p);
-            if (line[0] && plot_text_width(cr, trial) > wrap_w) {
-                snprintf(E->lines[E->n_lines++], sizeof E->lines[0], "%s", line);
-                snprintf(line, sizeof line, "%.*s", (int)(q - p), p);
-            } else {
-                memcpy(line, trial, sizeof line);
-            }
-            p = q;
-        }
-        if (line[0] && E->n_lines < 6) snprintf(E->lines[E->n_lines++], sizeof E->lines[0], "%s", line);
         for (int k = 0; k < E->n_lines; k++) E->lw = fmax(E->lw, plot_text_width(cr, E->lines[k]));
         E->lh = (E->n_lines - 1) * LEG_LINE + LEG_FONT;
         E->w = sample + 8 + E->lw;

@@ -166,6 +166,10 @@ void plot_text(cairo_t *cr, double x, double y, double ax, double ay, const char
 // (left-aligned at x). Returns the block's height (0 for NULL or empty s).
 double plot_text_wrapped(cairo_t *cr, const char *s, double x, double y, double maxw, double line_h,
                          int draw);
+// Greedy word wrap of s at maxw in the current font into at most max_lines lines of PLOT_LINE_CHARS;
+// returns the number of lines (words past the last line are dropped).
+#define PLOT_LINE_CHARS 256
+int plot_wrap_lines(cairo_t *cr, const char *s, double maxw, char (*lines)[PLOT_LINE_CHARS], int max_lines);
 // The figures' title (bold, 18 down to 15) and optional subtitle (13 down to 11, grey), each ONE line
 // at most maxw wide with the top of the first at y: too long a line is shrunk within those sizes, then
 // cut with "..." and a warning on stderr. *fits (may be NULL) gets 1 if nothing was cut. The footnote

@@ -44,7 +44,7 @@ typedef struct {
     ItemKind kind;
     int row, lane, span;
     char name[96], shape[160], detail[160];
-    char lines[8][160];        // text items, wrapped
+    char lines[8][PLOT_LINE_CHARS];   // text items, wrapped
     int n_lines;
     long elems;
     int parts, color, flags, badge;
@@ -193,25 +193,7 @@ void schem_link(Schematic *s, int a, int pa, int b, int pb) { add_arrow(s, a, pa
 // ---- layout ----------------------------------------------------------------------------------------------
 static void wrap_text(Item *it, cairo_t *cr) {
     plot_font(cr, TEXT_FONT, 0);
-    it->n_lines = 0;
-    const char *p = it->detail;
-    char line[160] = "";
-    while (*p && it->n_lines < 8) {
-        while (*p == ' ') p++;
-        const char *q = p;
-        while (*q && *q != ' ') q++;
-        if (q == p) break;
-        char trial[160];
-        snprintf(trial, sizeof trial, "%s%s%.*s", line, line[0] ? " " : "", (int)(q - p), p);
-        if (line[0] && plot_text_width(cr, trial) > TEXT_WRAP) {
-            snprintf(it->lines[it->n_lines++], sizeof it->lines[0], "%s", line);
-            snprintf(line, sizeof line, "%.*s", (int)(q - p), p);
-        } else {
-            memcpy(line, trial, sizeof line);
-        }
-        p = q;
-    }
-    if (line[0] && it->n_lines < 8) snprintf(it->lines[it->n_lines++], sizeof it->lines[0], "%s", line);
+    it->n_lines = plot_wrap_lines(cr, it->detail, TEXT_WRAP, it->lines, 8);
 }
 
 static double label_width(cairo_t *cr, const Item *it) {
