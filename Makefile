@@ -73,10 +73,12 @@ $(BIN)$(1): $(BUILD)/tools/$(1).o $(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
-# Every chapter program regenerates its figures from the shipped weights.
-figures: $(addprefix $(BIN),$(CHAPTERS)) $(BIN)kvcache
+# Every chapter program regenerates its figures from the shipped weights, ./kvcache draws the layer
+# strip of every shipped config; then the contact sheet (figures/README.md) is rewritten from the SVGs.
+figures: $(addprefix $(BIN),$(CHAPTERS) contactsheet) $(BIN)kvcache
 	@for c in $(CHAPTERS); do echo "== ./$$c"; ./$(BIN)$$c || exit 1; done
 	@mkdir -p figures/configs && ./$(BIN)kvcache --layers-plot figures/configs/layer_strips.png data/configs/*.json >/dev/null
+	@./$(BIN)contactsheet figures
 
 # The table of every shipped config in data/configs/README.md, rewritten from ./kvcache --table between its
 # marker lines (a test fails when the two differ).

@@ -193,3 +193,60 @@ Test(cli, chapter_figures_pass_pngcheck_and_render) {
     snprintf(cmd, sizeof cmd, "for f in %s/*.svg; do rsvg-convert \"$f\" > /dev/null || exit 1; done", dir);
     cr_expect_eq(system(cmd), 0, "an SVG in %s does not render", dir);
 }
+
+// The schematics (drawn by the toolkit in common/schematic.c) are valid files too.
+Test(cli, schematic_figures_pass_pngcheck_and_render) {
+    char dir[256], out[8192], args[400], cmd[1200];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(args, sizeof args, "--out %s", dir);
+    cr_assert_eq(test_run(out, sizeof out, "ch04", args), 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "pngcheck -q %s/06_gqa_schematic.png > /dev/null", dir);
+    cr_expect_eq(system(cmd), 0, "pngcheck failed on the schematic in %s", dir);
+    snprintf(cmd, sizeof cmd, "rsvg-convert %s/06_gqa_schematic.svg > /dev/null", dir);
+    cr_expect_eq(system(cmd), 0, "the schematic's SVG in %s does not render", dir);
+}
+
+// figures/README.md (the contact sheet) is what the committed SVGs say: it cannot drift from them.
+Test(cli, contact_sheet_is_current) {
+    char out[4096], args[1200];
+    snprintf(args, sizeof args, "--check %s/figures", test_root());
+    cr_expect_eq(test_run(out, sizeof out, "contactsheet", args), 0, "%s", out);
+}
+
+Test(cli, contact_sheet_lists_every_svg_with_its_title_and_claim) {
+    char dir[256], sub[400], path[600], out[4096], args[600];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(sub, sizeof sub, "%s/ch42", dir);
+    cr_assert(mkdir(sub, 0755) == 0);
+    snprintf(path, sizeof path, "%s/01_fig.svg", sub);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\">\n<title>A &amp; B</title>\n"
+          "<desc>one | claim</desc></svg>\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "%s", dir);
+    cr_assert_eq(test_run(out, sizeof out, "contactsheet", args), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/README.md", dir);
+    f = fopen(path, "r");
+    cr_assert(f);
+    char buf[8192] = {0};
+    cr_assert(fread(buf, 1, sizeof buf - 1, f) > 0);
+    fclose(f);
+    cr_expect(strstr(buf, "**A & B**<br>one \\| claim | `./ch42` |"), "row missing or wrong:\n%s", buf);
+    snprintf(args, sizeof args, "--check %s", dir);
+    cr_expect_eq(test_run(out, sizeof out, "contactsheet", args), 0, "%s", out);
+    // a figure added since: --check fails
+    snprintf(path, sizeof path, "%s/02_new.svg", sub);
+    f = fopen(path, "w");
+    cr_assert(f);
+    fputs("<svg><title>new</title><desc>d</desc></svg>\n", f);
+    fclose(f);
+    cr_expect_eq(test_run(out, sizeof out, "contactsheet", args), 1, "%s", out);
+    cr_expect(!test_has_tmp_files(dir));
+}
+
+Test(cli, contact_sheet_on_a_missing_folder_is_one_line_exit_2) {
+    char out[4096];
+    cr_expect_eq(test_run(out, sizeof out, "contactsheet", "/nonexistent-attention-figures"), 2, "%s", out);
+    cr_expect_eq(test_count_lines(out), 1, "%s", out);
+}

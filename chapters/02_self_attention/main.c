@@ -50,14 +50,18 @@ static void figure_trained(const CliArgs *a) {
         {.values = A[2], .mask = causal, .rows = n, .cols = n, .title = t2, .row_labels = t.labels,
          .col_labels = t.labels, .xlabel = "key j"},
     };
-    char sub[256], cap[160];
-    snprintf(sub, sizeof sub, "one head per layer on a recall example (pairs, then ':' and queried keys); %s",
+    char sub[256], cap[160], claim[300];
+    snprintf(sub, sizeof sub, "one head per layer on a recall example (pairs, then ':' and the queried keys); %s",
              trained_caption(&t, cap, sizeof cap));
+    snprintf(claim, sizeof claim, "After training, layer 0 looks one token back and layer %d sends each queried key to "
+             "the value stored after it (%.1f%% held-out recall); the untrained twin spreads its weight evenly.", L - 1,
+             100.0 * t.info.accuracy);
     HeatmapFigure f = {
         .title = "Training teaches a head where to look: each queried key finds the value stored after it",
-        .subtitle = sub, .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 0,
+        .subtitle = sub, .claim = claim, .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 0,
         .colorbar_label = "attention weight",
-        .note = "layer 0 learned to look one token back (so each value token knows its key); layer 1 then matches the query to that key. Untrained: same seed, no training. Hatched: masked future tokens.",
+        .note = "layer 0 learned to look one token back (so each value token knows its key); layer 1 then matches the "
+                "query to that key. Untrained: the same seed before any step.",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "03_trained_attention"), a->png, a->svg);
@@ -100,7 +104,8 @@ int main(int argc, char **argv) {
                     .ylabel = "query i (attending)"};
     HeatmapFigure f1 = {
         .title = "The masked attention matrix of a decoder",
-        .subtitle = "one head, random weights (seeded): each row sums to 1 over the tokens it may see; hatched cells are masked (future tokens)",
+        .subtitle = "one head, random weights (seeded): each row sums to 1 over the tokens it may see",
+        .claim = "A decoder's attention matrix is lower-triangular: token i spreads a weight of 1 over tokens 0..i, and the future is masked.",
         .panels = &p1, .n_panels = 1, .vmin = 0, .vmax = 1, .show_values = 1,
         .colorbar_label = "attention weight",
     };
@@ -122,11 +127,12 @@ int main(int argc, char **argv) {
         selfattn_forward(out, Pk[m], x, wq, wk, wv, mk[m], T, D, DH, scratch);
         panels[m] = (HeatPanel){.values = Pk[m], .mask = mk[m], .rows = T, .cols = T, .title = masks[m].title,
                                 .row_labels = tokens, .col_labels = tokens, .xlabel = "key j",
-                                .ylabel = m == 0 ? "query i" : NULL};
+                                .ylabel = "query i"};
     }
     HeatmapFigure f2 = {
         .title = "One head, four masks: who may attend to whom",
-        .subtitle = "same weights and tokens in every panel; only the mask changes. Hatched cells are masked and get weight exactly 0",
+        .subtitle = "the same weights and tokens in every panel; only the mask changes",
+        .claim = "The same head under four masks: bidirectional sees everything, causal the past, prefix-LM the whole prompt, a window of 3 only the last 3 tokens.",
         .panels = panels, .n_panels = 4, .panels_per_row = 2, .vmin = 0, .vmax = 1, .show_values = 1,
         .colorbar_label = "attention weight",
     };
