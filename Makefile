@@ -102,6 +102,8 @@ ifneq ($(ARCH_FLAGS),)
 	@echo "== the two builds compute the same bits"
 	@tools/same_bits.sh $(BINDIR) build/portable/bin
 endif
+	@echo "== the exercises: every starter fails its checker, the reference passes"
+	@$(MAKE) --no-print-directory exercises-check
 
 test-run: $(BUILD)/tests/run $(BINS)
 	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
@@ -110,6 +112,60 @@ test-run: $(BUILD)/tests/run $(BINS)
 sanitize: deps
 	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
 	    BINDIR=build/san/bin OPT="-O1 -g $(ARCH_FLAGS) -ffp-contract=off $(SAN)" test-run
+
+# ---- classroom exercises (chapters/NN_name/EXERCISES.md, tools/exercises.sh, tools/exercises.txt) ----
+# `make exercises [CH=05] [OUT=dir]` writes a student tree; in it (or here) `make check EX=05.2` or
+# `make ex05` builds the focused tests (tests/test_exercises.c) and prints a verdict per exercise.
+EX_SRC   := $(shell grep -lE '^[[:space:]]*// EXERCISE ex[0-9][0-9]\.[0-9]+ begin' $(COMMON_SRC) $(MECH_SRC))
+EX_LABS  := $(addprefix ex,$(patsubst ch%,%,$(CHAPTERS)))
+EX_TESTS := $(BUILD)/tests/test_exercises.o $(BUILD)/tests/helpers.o
+EXB      := $(BUILD)/exercises
+OUT      ?= build/student
+.PHONY: exercises check exercises-check $(EX_LABS)
+
+exercises:
+	@tools/exercises.sh student $(OUT) $(CH)
+
+$(BUILD)/tests/exercises: $(EX_TESTS) $(LIBS)
+	$(CC) $(CFLAGS) $(EX_TESTS) $(LIBS) $(LDLIBS) -lcriterion -o $@
+
+check: deps
+	@$(MAKE) -s --no-print-directory $(BUILD)/tests/exercises $(BIN)kvcache
+	@EX_RUN=$(BUILD)/tests/exercises EX_KVCACHE=$(BINDIR)/kvcache tools/exercises.sh check $(EX)
+$(EX_LABS): deps
+	@$(MAKE) -s --no-print-directory $(BUILD)/tests/exercises $(BIN)kvcache
+	@EX_RUN=$(BUILD)/tests/exercises EX_KVCACHE=$(BINDIR)/kvcache tools/exercises.sh check $(patsubst ex%,%,$@)
+
+# The self-test (`make test` runs it): the marked files in their student form (every stub in place,
+# compiled with -Werror) and in the self-test's form (the stub EXERCISE_STUB names, else the reference),
+# each linked with the focused tests; then tools/exercises.sh selftest.
+$(EXB)/student/%.c: %.c tools/exercises.sh
+	@mkdir -p $(dir $@)
+	@tools/exercises.sh stub $< > $@.tmp && mv $@.tmp $@
+$(EXB)/select/%.c: %.c tools/exercises.sh
+	@mkdir -p $(dir $@)
+	@tools/exercises.sh select $< > $@.tmp && mv $@.tmp $@
+$(EXB)/student/%.o: $(EXB)/student/%.c
+	$(CC) $(CFLAGS) -O1 -Werror -I$(dir $*) -c $< -o $@
+$(EXB)/select/%.o: $(EXB)/select/%.c
+	$(CC) $(CFLAGS) -O1 -I$(dir $*) -c $< -o $@
+$(EXB)/%/run: $(addprefix $(EXB)/%/,$(EX_SRC:.c=.o)) $(EX_TESTS) $(LIBS)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIBS) $(LDLIBS) -lcriterion -o $@
+.SECONDARY: $(foreach f,student select,$(addprefix $(EXB)/$(f)/,$(EX_SRC) $(EX_SRC:.c=.o)))
+
+# One student's submission (tools/check_class.sh): the files with exercise regions taken from the folder
+# SUB, compiled and linked with this tree's focused tests and everything else; `make SUB=dir NAME=x
+# $(BUILD)/class/x/run`.
+ifdef SUB
+$(BUILD)/class/$(NAME)/%.o: $(SUB)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O1 -I$(dir $*) -c $< -o $@
+$(BUILD)/class/$(NAME)/run: $(EX_SRC:%.c=$(BUILD)/class/$(NAME)/%.o) $(EX_TESTS) $(LIBS)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIBS) $(LDLIBS) -lcriterion -o $@
+endif
+
+exercises-check: $(EXB)/select/run $(EXB)/student/run $(BUILD)/tests/exercises $(BIN)kvcache
+	@EX_KVCACHE=$(BINDIR)/kvcache tools/exercises.sh selftest $(EXB)/select/run $(EXB)/student/run $(BUILD)/tests/exercises
 
 # ---- benchmarks, golden values, weights ---------------------------------------------------------------
 # The benchmark links OpenBLAS as its peer; it is built under build/ and run by `make bench`.

@@ -22,15 +22,18 @@
 void attn_keys_span(AttnKeys *keys, int lo, int hi, int base, int cap) {
     CHECK(lo >= base && hi >= lo - 1 && cap > 0 && hi - lo + 1 <= cap, "attn_keys_span: keys %d..%d, base %d, %d rows",
           lo, hi, base, cap);
+    keys->rows = NULL;
+    keys->k1 = keys->v1 = NULL;
+    // EXERCISE ex06.1 begin: keys->n, and the one or two runs of rows (start, len) that hold positions lo..hi
+    // EXERCISE ex06.1 stub: keys->n = keys->start[0] = keys->len[0] = keys->start[1] = keys->len[1] = 0;
     int n = hi - lo + 1, r0 = (lo - base) % cap;   // one modulo per query, none per key
     int first = cap - r0 < n ? cap - r0 : n;
     keys->n = n;
-    keys->rows = NULL;
-    keys->k1 = keys->v1 = NULL;
     keys->start[0] = r0;
     keys->len[0] = first;
     keys->start[1] = 0;
     keys->len[1] = n - first;
+    // EXERCISE ex06.1 end
 }
 
 void attn_keys_list(AttnKeys *keys, const int *rows, int n) {
@@ -70,8 +73,11 @@ typedef struct {
 static HeadRange head_range(const AttnHeads *h, int g0, int g1) {
     CHECK(h->n_kv_heads > 0 && h->n_heads % h->n_kv_heads == 0 && 0 <= g0 && g0 < g1 && g1 <= h->n_kv_heads,
           "attention: heads %d / %d KV heads, range %d..%d", h->n_heads, h->n_kv_heads, g0, g1);
+    // EXERCISE ex04.1 begin: the query heads that read KV heads g0..g1-1: grp per KV head, the first h0, nh in all
+    // EXERCISE ex04.1 stub: return (HeadRange){0, 0, 0, g0, g1};
     int grp = h->n_heads / h->n_kv_heads;
     return (HeadRange){grp, g0 * grp, (g1 - g0) * grp, g0, g1};
+    // EXERCISE ex04.1 end
 }
 
 // Phase 1 for keys k0..k1-1: s[a*n + k] for the nh heads (a = h - h0); mx[a] = max(mx[a], their max).

@@ -355,6 +355,8 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
 // ---- softmax ------------------------------------------------------------------------------------
 
 void softmax_row(float *p, const float *logits, const unsigned char *mask, int n) {
+    // EXERCISE ex01.1 begin: p = softmax of the visible logits (max subtracted first); masked keys get exactly 0
+    // EXERCISE ex01.1 stub: (void)logits; (void)mask; for (int j = 0; j < n; j++) p[j] = 0.0f;
     float maxv = -INFINITY;
     for (int j = 0; j < n; j++)
         if ((!mask || mask[j]) && logits[j] > maxv) maxv = logits[j];
@@ -370,6 +372,7 @@ void softmax_row(float *p, const float *logits, const unsigned char *mask, int n
     }
     float inv = 1.0f / sum;   // sum >= 1: the max contributes exp(0)
     for (int j = 0; j < n; j++) p[j] *= inv;
+    // EXERCISE ex01.1 end
 }
 
 void softmax_row_backward(float *dlogits, const float *p, const float *dp, int n) {
@@ -387,6 +390,8 @@ void mask_fill(unsigned char *mask, MaskKind kind, int T, int param) {
     for (int i = 0; i < T; i++) {
         for (int j = 0; j < T; j++) {
             int see;
+            // EXERCISE ex02.1 begin: see = 1 when query i may read key j under this mask (param: prefix or window)
+            // EXERCISE ex02.1 stub: see = 0;
             switch (kind) {
             case MASK_BIDIRECTIONAL: see = 1; break;
             case MASK_CAUSAL: see = j <= i; break;
@@ -394,6 +399,7 @@ void mask_fill(unsigned char *mask, MaskKind kind, int T, int param) {
             case MASK_SLIDING: see = j <= i && j > i - param; break;
             default: see = 0; CHECK(0, "unknown mask kind %d", (int)kind);
             }
+            // EXERCISE ex02.1 end
             mask[(long)i * T + j] = (unsigned char)see;
         }
     }

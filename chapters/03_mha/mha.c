@@ -322,6 +322,10 @@ size_t mha_cache_peak_bytes(const MixerCache *c) {
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
                     int head_dim) {
     CHECK(c->n < c->max_T, "gqa decode: cache is full (%d tokens)", c->max_T);
+    CHECK(n_heads == c->heads.n_heads && head_dim == c->heads.dk, "gqa decode: %d heads of %d, cache made for %d of %d",
+          n_heads, head_dim, c->heads.n_heads, c->heads.dk);
+    // EXERCISE ex03.1 begin: append k, v (G*dh each) as position c->n; o (H*dh) = every head over the positions it sees
+    // EXERCISE ex03.1 stub: (void)q; (void)k; (void)v; memset(o, 0, sizeof(float) * (size_t)n_heads * head_dim);
     int t = c->n;   // this token's position
     int kvd = c->kv_dim;
     // its k and v go into row (t - base) % cap, which on a full ring is the row of token t - W: no
@@ -334,12 +338,11 @@ void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, con
 
     // every query head against the cached keys (the last W on a local layer): the attention core
     // reads each cached row once for all heads, and splits a long cache over threads
-    CHECK(n_heads == c->heads.n_heads && head_dim == c->heads.dk, "gqa decode: %d heads of %d, cache made for %d of %d",
-          n_heads, head_dim, c->heads.n_heads, c->heads.dk);
     AttnKeys ks = {.k = c->k, .v = c->v, .k_stride = (size_t)kvd, .k_head = (size_t)head_dim,
                    .v_stride = (size_t)kvd, .v_head = (size_t)head_dim};
     attn_keys_span(&ks, first_key(t, c->window), t, c->base, c->cap);
     attn_query(o, NULL, 0, NULL, q, &ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
+    // EXERCISE ex03.1 end
 }
 
 static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {

@@ -491,6 +491,7 @@ void mla_cache_attend(MixerCache *c, float *out, const float *params, const int 
         // W_UK folds into the query: q_lat (dc) = W_UK[h]^T q_nope, so every head scores the dc-wide
         // latents directly: its query [q_lat | q_pe] against the cached row [c_kv | k_pe]. The core reads
         // each cached row once for all heads; W_UV folds into the output: o_h (dv) = W_UV[h] u_h.
+        // EXERCISE ex05.2 begin: each head's absorbed query, row h of c->qabs: [W_UK[h]^T q_nope_h (dc) | q_pe_h (dr)]
         for (int h = 0; h < z.H; h++) {
             const float *qh = c->q + (size_t)h * z.dqk;
             const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
@@ -499,12 +500,15 @@ void mla_cache_attend(MixerCache *c, float *out, const float *params, const int 
             for (int i = 0; i < z.dn; i++) axpy_f32(qa, qh[i], w_uk + (size_t)i * z.dc, z.dc);
             memcpy(qa + z.dc, qh + z.dn, sizeof(float) * (size_t)z.dr);
         }
+        // EXERCISE ex05.2 end
         AttnHeads heads = heads_absorbed(&z);
         attn_query(c->u, NULL, 0, NULL, c->qabs, &span, &heads, 0, 1, c->work);
+        // EXERCISE ex05.1 begin: each head's output o_h (dv) = W_UV[h] u_h, from its weighted sum of latents u_h (dc)
         for (int h = 0; h < z.H; h++) {
             const float *w_uv = w.wkv_b + (size_t)h * z.dkv * z.dc + (size_t)z.dn * z.dc;   // W_UV[h] (dv, dc)
             for (int r = 0; r < z.dv; r++) c->o[(size_t)h * z.dv + r] = dot_f32(w_uv + (size_t)r * z.dc, c->u + (size_t)h * z.dc, z.dc);
         }
+        // EXERCISE ex05.1 end
     } else {
         int held = held_tokens(c);
         for (int j = 0; j < held; j++) memcpy(c->lat + (size_t)j * z.dc, c->rows + (size_t)j * row, sizeof(float) * (size_t)z.dc);

@@ -164,10 +164,12 @@ static float index_score(const float *iq, const float *iw, const float *k, const
 
 // Key a ranks before key b: a larger score, or the same score and a lower index (a strict total order,
 // so the top-k set is unique whatever algorithm finds it).
-static int ranks_before(const float *s, int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); }
+static inline int ranks_before(const float *s, int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); }
 
 int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk) {
     CHECK(n > 0 && topk > 0, "dsa_select_topk: n %d, topk %d", n, topk);
+    // EXERCISE ex07.1 begin: sel = the k = min(topk, n) best keys in ascending order (ties: lower index); return k
+    // EXERCISE ex07.1 stub: (void)sel; (void)work; (void)scores; return 0;
     int k = topk < n ? topk : n;
     if (k == n) {
         for (int j = 0; j < n; j++) sel[j] = j;
@@ -202,6 +204,7 @@ int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk) {
         if (j == kth || ranks_before(scores, j, kth)) sel[m++] = j;
     CHECK(m == k, "dsa_select_topk: selected %d of %d", m, k);
     return k;
+    // EXERCISE ex07.1 end
 }
 
 // The keys query t attends to in this phase, ascending, into keys; returns how many. scores: its

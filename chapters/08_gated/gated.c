@@ -118,15 +118,21 @@ static void norm_gain(float *eff, const float *w, const Dims *z) {
 }
 
 void gated_rope(float *x, int pos, const ModelGeometry *g, int layer, int inverse) {
+    // EXERCISE ex08.2 begin: rotate the first gated_rotary_dims(g) dims of x, half-split pairs, the layer's theta
+    // EXERCISE ex08.2 stub: (void)x; (void)pos; (void)g; (void)layer; (void)inverse;
     int rot = gated_rotary_dims(g);
     if (rot > 0) rope_apply(x, pos, rot, mha_layer_rope_theta(g, layer), ROPE_HALF, inverse);
+    // EXERCISE ex08.2 end
 }
 
 // The gate of channel c of a head whose projection row has its gate at gh: sigmoid(g_c), sigmoid(g)
 // for a headwise gate, 1 without one.
 static float gate_at(const float *gh, const Dims *z, int c) {
+    // EXERCISE ex08.1 begin: the factor channel c of the head is multiplied by (z->gw gate values at gh)
+    // EXERCISE ex08.1 stub: (void)gh; (void)z; (void)c; return 1.0f;
     if (z->gw == 0) return 1.0f;
     return sigmoidf_(gh[z->gw == 1 ? 0 : c]);
+    // EXERCISE ex08.1 end
 }
 
 // og (n, H*dh) = o * sigmoid(g), g read from the projection rows qg (n, H*(dh+gw)).

@@ -54,6 +54,9 @@ static void check_dims(const DeltaDims *z) {
 // (Row c is final before it is read, and every sum runs over c in order: the same bits as four passes.)
 static void token_step(float *o, float *S, float *r, const float *q, const float *k, const float *v, float beta,
                        const float *g, int g_dim, int dk, int dv) {
+    // EXERCISE ex09.1 begin: decay S, then the delta rule: write beta (v - S^T k) under key k; o = S^T q (if o)
+    // EXERCISE ex09.1 stub: (void)S; (void)r; (void)q; (void)k; (void)v; (void)beta; (void)g; (void)g_dim; (void)dk;
+    // EXERCISE ex09.1 stub: if (o) for (int e = 0; e < dv; e++) o[e] = 0.0f;
     for (int e = 0; e < dv; e++) r[e] = v[e];
     for (int c = 0; c < dk; c++) {
         float a = expf(g[g_dim == 1 ? 0 : c]), kc = k[c];
@@ -72,6 +75,7 @@ static void token_step(float *o, float *S, float *r, const float *q, const float
         if (o)
             for (int e = 0; e < dv; e++) o[e] += Sc[e] * qc;        // o = S^T q
     }
+    // EXERCISE ex09.1 end
 }
 
 void delta_rule_recurrent(float *o, float *S, const float *q, const float *k, const float *v, const float *beta,

@@ -37,12 +37,15 @@ void lightning_geometry_set(ModelGeometry *g, int H, int dh) {
 }
 
 double lightning_slope(const ModelGeometry *g, int layer, int h) {
+    // EXERCISE ex10.1 begin: s_h of head h (of H) in layer `layer` (of L): the decay per token is exp(-s_h)
+    // EXERCISE ex10.1 stub: (void)g; (void)layer; (void)h; return 0.0;
     int H = g->linear_num_value_heads, L = g->n_layers;
     // MiniMax's get_slope_rate: ALiBi's geometric slopes times a factor that falls from 1 (first layer)
     // to about 1e-5 (last layer). The 1e-5 in the denominator keeps L = 1 finite.
     double base = pow(2.0, -8.0 / H);
     double factor = 1.0 - (double)layer / ((double)(L - 1) + 1e-5) + 1e-5;
     return pow(base, h + 1) * factor;
+    // EXERCISE ex10.1 end
 }
 
 void lightning_decay_profile(float *prof, const ModelGeometry *g, int layer, int n_dist) {

@@ -155,12 +155,16 @@ static void discretize(float *u, float *dt, float *g, float *v, const float *x, 
     for (int n = 0; n < rows; n++)
         for (int h = 0; h < z->H; h++) {
             size_t i = (size_t)n * z->H + h;
+            // EXERCISE ex10.2 begin: u += dt_bias; Delta = softplus(u); log-decay g = Delta A_h; v = Delta x (P values)
+            // EXERCISE ex10.2 stub: (void)u; (void)x; (void)ldx; (void)w; dt[i] = g[i] = 0.0f;
+            // EXERCISE ex10.2 stub: for (int p = 0; p < z->P; p++) v[(size_t)n * z->HP + (size_t)h * z->P + p] = 0.0f;
             u[i] += w->dt_bias[h];
             dt[i] = softplusf_(u[i]);
             g[i] = dt[i] * -expf(w->A_log[h]);
             const float *xh = x + (size_t)n * ldx + (size_t)h * z->P;
             float *vh = v + (size_t)n * z->HP + (size_t)h * z->P;
             for (int p = 0; p < z->P; p++) vh[p] = dt[i] * xh[p];
+            // EXERCISE ex10.2 end
         }
 }
 
