@@ -494,6 +494,17 @@ Test(kvquant, kvcache_tool_flag) {
     cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(ds, "kv_quant_bits_per_element")), 8.0 * 360 / 576);
     cJSON_Delete(arr);
 
+    // DeepSeek-V3.2's FP8 layout without its scales: the latent in fp8, the RoPE key in bf16
+    rc = test_run(out, sizeof out, "kvcache", "data/configs/deepseek-v3.json --kv-quant fp8 --kv-quant-rope bf16 --json");
+    cr_assert_eq(rc, 0, "%s", out);
+    arr = cJSON_Parse(out);
+    cr_assert(cJSON_IsArray(arr), "%s", out);
+    cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetArrayItem(arr, 0), "kv_bytes_per_token")),
+                 61.0 * (512 + 64 * 2));
+    cJSON_Delete(arr);
+    expect_kvq_tool_error("data/configs/deepseek-v3.json --kv-quant-rope bf16", "--kv-quant-rope: needs --kv-quant");
+    expect_kvq_tool_error("data/configs/deepseek-v3.json --kv-quant fp8 --kv-quant-rope fp4", "--kv-quant-rope: unknown scheme 'fp4'");
+
     snprintf(args, sizeof args, "%s --kv-quant int5", cfg);
     expect_kvq_tool_error(args, "--kv-quant: unknown scheme 'int5'");
     snprintf(args, sizeof args, "%s --kv-quant int4:0", cfg);
