@@ -212,12 +212,14 @@ Test(kvquant_cache, mla_absorbed_equals_naive_on_the_same_codes) {
     rng_seed(&r, 10);
     int T = 24;
     float *x = test_randn(&r, (size_t)T * 32, 1.0f), a[32], b[32];
-    for (int i = 0; i < N_SCHEMES; i++) {
-        KvqScheme s = kvq_scheme(SCHEMES[i]);
-        KvQuant *q = kvq_new(&s, 11);
+    KvqScheme bf = kvq_scheme("bf16");
+    KvQuant *rope_bf16 = kvq_new(&bf, 1);
+    for (int i = 0; i < 2 * N_SCHEMES; i++) {   // then again with the RoPE key in bf16
+        KvqScheme s = kvq_scheme(SCHEMES[i % N_SCHEMES]);
+        KvQuant *q = kvq_new(&s, 11), *rope = i < N_SCHEMES ? NULL : rope_bf16;
         MixerCache *naive = mla_mixer.cache_new(&m, T), *absorbed = mla_mixer.cache_new(&m, T);
-        mla_cache_set_quant(naive, q, NULL);
-        mla_cache_set_quant(absorbed, q, NULL);
+        mla_cache_set_quant(naive, q, rope);
+        mla_cache_set_quant(absorbed, q, rope);
         mla_set_decode_path(naive, 0);
         for (int t = 0; t < T; t++) {
             mla_mixer.decode(&m, naive, a, x + 32 * t, params);
@@ -228,6 +230,7 @@ Test(kvquant_cache, mla_absorbed_equals_naive_on_the_same_codes) {
         mla_mixer.cache_free(absorbed);
         kvq_free(q);
     }
+    kvq_free(rope_bf16);
     free(params);
     free(x);
 }
@@ -265,6 +268,37 @@ Test(kvquant_cache, quantized_model_cache_bytes_equal_the_formula) {
         free(logits);
         model_free(m);
     }
+}
+
+// MLA with its RoPE key in bf16 and the latent coded: the cache counts both, as the formula does.
+Test(kvquant_cache, mla_rope_key_in_its_own_format_is_counted) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/data/weights/ch05_recall_mla.safetensors", test_root());
+    Model *m = model_load(path, mixer_by_name, NULL, err, sizeof err);
+    cr_assert(m, "%s", err);
+    ModelGeometry g = m->g;
+    g.dtype_bytes = 4;
+    float *logits = mallocCheck(sizeof(float) * (size_t)m->g.vocab_size);
+    KvqScheme bf = kvq_scheme("bf16"), k2 = kvq_scheme("kivi2:8"), t3 = kvq_scheme("turbo3");
+    KvQuant *rope = kvq_new(&bf, 1), *q[2] = {kvq_new(&k2, 1), kvq_new(&t3, 1)};
+    const KvqScheme *sc[2] = {&k2, &t3};
+    for (int i = 0; i < 2; i++) {
+        ModelCache *c = model_cache_new(m, 32);
+        kvq_model_quantize(c, q[i], rope);
+        for (int t = 0; t < 32; t++) {
+            model_decode(c, logits, t % m->g.vocab_size);
+            cr_assert_eq((double)model_cache_bytes(c), kvcache_quant_total_bytes(&g, sc[i], &bf, t + 1, 1), "%s step %d",
+                         sc[i]->name, t);
+        }
+        model_cache_free(c);
+    }
+    // per token, turbo3: 2 layers x (latent 32: 12 + 2; RoPE key 8 in bf16: 16)
+    cr_expect_eq(kvq_model_bytes_per_token(m, &t3, &bf), 2.0 * (14 + 16));
+    kvq_free(rope);
+    kvq_free(q[0]);
+    kvq_free(q[1]);
+    free(logits);
+    model_free(m);
 }
 
 // A window layer's quantized ring stops growing at W tokens, like the fp32 one.
