@@ -3,7 +3,7 @@
 //
 // One slot per held token: the codes of every vector of the row, each vector's own scales and zero
 // points in front of its codes. KIVI's key chunks keep their per-channel zero and scale apart (one pair
-// per channel per chunk of G tokens) and the chunk being filled in full precision.
+// per channel per chunk of G tokens), and the tokens of the chunk being filled stay in full precision.
 #include "kvquant.h"
 
 #include <math.h>

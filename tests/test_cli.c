@@ -122,6 +122,12 @@ Test(cli, ch12_names_a_bad_model_in_its_lists) {
     expect_one_line_error("ch12", args, "missing.safetensors");
     snprintf(args, sizeof args, "--out %s --gqa ch04_recall_g2.safetensors,%s", out_dir, bad);
     expect_one_line_error("ch12", args, "corrupt.safetensors");
+    snprintf(args, sizeof args, "--out %s --gqa ch05_recall_mla.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--gqa expects gqa models");
+    snprintf(args, sizeof args, "--out %s --mla ch03_induction.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--mla expects mla models");
+    snprintf(args, sizeof args, "--out %s --mha ch03_induction.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--mha expects recall models, this one learned induction");
     snprintf(args, sizeof args, "--out %s --mha ch04_recall_g4.safetensors,,x", out_dir);
     expect_one_line_error("ch12", args, "--mha: empty file name");
     snprintf(args, sizeof args, "--out %s --samples 0", out_dir);

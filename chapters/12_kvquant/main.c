@@ -576,7 +576,21 @@ int main(int argc, char **argv) {
                     ms[n++].setting = s;
                 }
     }
-    for (int k = 0; k < n; k++) trained_load(&ms[k].t, ms[k].path);
+    for (int k = 0; k < n; k++) {
+        trained_load(&ms[k].t, ms[k].path);
+        // a setting's models must be what its flag says: recall models with that attention in every layer
+        int set = ms[k].setting;
+        if (set < 0) continue;
+        const Model *m = ms[k].t.model;
+        const char *want = set >= SET_MLA ? "mla" : "gqa";
+        for (int l = 0; l < m->g.n_layers; l++)
+            if (strcmp(m->mixers[l].ops->name, want) != 0)
+                die_user("%s: %s expects %s models, layer %d is %s", ms[k].path, FLAG[set >= SET_MLA ? SET_MLA : set], want,
+                         l, m->mixers[l].ops->name);
+        if (ms[k].t.task.kind != TASK_RECALL)
+            die_user("%s: %s expects recall models, this one learned %s", ms[k].path, FLAG[set >= SET_MLA ? SET_MLA : set],
+                     ms[k].t.task.name);
+    }
     ensure_out_dir(a.out);
 
     figure_synthetic(&a);
