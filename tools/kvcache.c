@@ -321,7 +321,7 @@ static void draw_plot(const Model *m, int n, const char *file, long batch, const
     }
     char subtitle[224];
     if (g_quant)
-        snprintf(subtitle, sizeof subtitle, "batch %ld, cache quantized %s (scales and zero points included), fixed "
+        snprintf(subtitle, sizeof subtitle, "batch %ld, cache quantized %s (scales, zero points and norms included), fixed "
                  "state %s; sliding-window layers hold min(context, W) tokens", batch, g_quant->name, dtype_label);
     else
         snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens; "
