@@ -9,7 +9,7 @@
 #include "check.h"
 #include "helpers.h"
 
-static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10"};
+static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10", "ch12"};
 #define N_CHAPTERS (int)(sizeof chapters / sizeof chapters[0])
 
 // Runs PROG ARGS, expects exit 2 and exactly one line of output that contains `needle`.
@@ -58,7 +58,7 @@ Test(cli, bad_weights_are_named_and_nothing_is_written) {
     fclose(f);
     for (int i = 1; i < N_CHAPTERS; i++) {
         char out_dir[400], args[1200];
-        if (!strcmp(chapters[i], "ch10")) continue;   // draws a folder of models: the next test
+        if (!strcmp(chapters[i], "ch10") || !strcmp(chapters[i], "ch12")) continue;   // folders and lists of models
         snprintf(out_dir, sizeof out_dir, "%s/out-%s", dir, chapters[i]);
         snprintf(args, sizeof args, "--out %s --weights %s/missing.safetensors", out_dir, dir);
         expect_one_line_error(chapters[i], args, "missing.safetensors");
@@ -105,6 +105,36 @@ Test(cli, bad_weights_dir_is_named_and_nothing_is_written) {
         expect_one_line_error(progs[i], args, "ch09_attention.safetensors");
         cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before failing", progs[i]);
     }
+}
+
+// Chapter 12 takes lists of models per setting (one per seed): a missing or corrupt one, or a malformed
+// list, is named in one line before any figure is written.
+Test(cli, ch12_names_a_bad_model_in_its_lists) {
+    char dir[256], bad[512], out_dir[400], args[1600];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(bad, sizeof bad, "%s/corrupt.safetensors", dir);
+    FILE *f = fopen(bad, "wb");
+    cr_assert(f);
+    fputs("\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ", f);
+    fclose(f);
+    snprintf(out_dir, sizeof out_dir, "%s/out", dir);
+    snprintf(args, sizeof args, "--out %s --mla %s/missing.safetensors", out_dir, dir);
+    expect_one_line_error("ch12", args, "missing.safetensors");
+    snprintf(args, sizeof args, "--out %s --gqa ch04_recall_g2.safetensors,%s", out_dir, bad);
+    expect_one_line_error("ch12", args, "corrupt.safetensors");
+    snprintf(args, sizeof args, "--out %s --gqa ch05_recall_mla.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--gqa expects gqa models");
+    snprintf(args, sizeof args, "--out %s --mla ch03_induction.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--mla expects mla models");
+    snprintf(args, sizeof args, "--out %s --mha ch03_induction.safetensors", out_dir);
+    expect_one_line_error("ch12", args, "--mha expects recall models, this one learned induction");
+    snprintf(args, sizeof args, "--out %s --mha ch04_recall_g4.safetensors,,x", out_dir);
+    expect_one_line_error("ch12", args, "--mha: empty file name");
+    snprintf(args, sizeof args, "--out %s --samples 0", out_dir);
+    expect_one_line_error("ch12", args, "--samples");
+    snprintf(args, sizeof args, "--out %s --weights-dir %s/nowhere", out_dir, dir);
+    expect_one_line_error("ch12", args, "nowhere");
+    cr_expect_eq(test_count_files(out_dir), 0, "ch12 wrote files before failing");
 }
 
 Test(cli, out_that_is_a_file_is_rejected_before_writing) {

@@ -16,6 +16,7 @@
 
 #include "attention.h"
 #include "check.h"
+#include "kvquant.h"
 #include "mathx.h"
 
 enum { WQ, WK, WV, WO, N_WEIGHTS };
@@ -231,12 +232,28 @@ struct MixerCache {
     AttnHeads heads;    // the layer's heads as the attention core sees them
     float *work;        // the core's scratch for the most keys one query sees (scratch)
     float *extra;       // scratch of the mixer that built on this cache (mha_cache_new_with_scratch)
+    // a quantized cache (chapter 12; NULL: the fp32 rows above are the cache): K and V live as codes in
+    // these streams, and k, v become one step's scratch that each step decodes the held rows into
+    KvqStream *qk, *qv;
+    float *qw, *ow;     // (H*dh) the query turned into the streams' working domain, and the output before
+                        // it is turned back
 };
 
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
     CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mha_cache_fill_random: %d more tokens exceed max_T %d",
           n_tokens, c->max_T);
     int rows = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    if (c->qk) {   // a quantized cache takes its rows through the encoder, one token at a time
+        for (int t = 0; t < n_tokens; t++) {
+            rng_fill_normal(rng, c->kt, c->kv_dim, 1.0f);
+            rng_fill_normal(rng, c->vt, c->kv_dim, 1.0f);
+            kvq_put(c->qk, c->n, c->kt);
+            kvq_put(c->qv, c->n, c->vt);
+            c->n++;
+        }
+        if (rows > c->held_peak) c->held_peak = rows;
+        return;
+    }
     rng_fill_normal(rng, c->k, (long)rows * c->kv_dim, 1.0f);
     rng_fill_normal(rng, c->v, (long)rows * c->kv_dim, 1.0f);
     c->n += n_tokens;
@@ -303,6 +320,9 @@ static MixerCache *gqa_cache_new(const Mixer *m, int max_T) { return mha_cache_n
 
 static void gqa_cache_free(MixerCache *c) {
     if (!c) return;
+    kvq_stream_free(c->qk);
+    kvq_stream_free(c->qv);
+    free(c->qw);
     free(c->k);
     free(c->q);
     free(c);
@@ -311,12 +331,44 @@ static void gqa_cache_free(MixerCache *c) {
 // Bytes of K and V actually holding tokens: 2 (K and V) * G * dh * 4 bytes (fp32) per token held, and
 // a local layer holds min(n, W) tokens: the per-layer term of kvcache_total_bytes with dtype_bytes = 4.
 // One-step scratch is not counted: it is not cache that grows with context.
+// A quantized cache counts its codes, scales and zero points (kvq_stream_held_bytes).
 static size_t gqa_cache_bytes(const MixerCache *c) {
+    if (c->qk) return kvq_stream_held_bytes(c->qk) + kvq_stream_held_bytes(c->qv);
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)cache_held(c);
 }
 
 size_t mha_cache_peak_bytes(const MixerCache *c) {
+    if (c->qk) return gqa_cache_bytes(c);   // decode only: a quantized cache never shrinks
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->held_peak;
+}
+
+void mha_cache_set_quant(MixerCache *c, KvQuant *q) {
+    CHECK(c->n == 0 && !c->qk, "gqa: a cache is quantized before its first token, once");
+    if (!q) return;
+    CHECK(kvq_scheme_of(q)->family != KVQ_KIVI || c->window == 0,
+          "gqa: KIVI's key chunks need every token kept; layer has a window of %d", c->window);
+    int G = c->heads.n_kv_heads, *w = mallocCheck(sizeof(int) * (size_t)G);
+    for (int g = 0; g < G; g++) w[g] = c->heads.dk;   // one vector per KV head
+    c->qk = kvq_stream_new(q, KVQ_KEY, w, G, c->cap);
+    c->qv = kvq_stream_new(q, KVQ_VALUE, w, G, c->cap);
+    free(w);
+    c->qw = mallocCheck(sizeof(float) * 2 * (size_t)c->heads.n_heads * c->heads.dk);
+    c->ow = c->qw + (size_t)c->heads.n_heads * c->heads.dk;
+}
+
+// The attention of one step over a quantized cache: the held rows are decoded into k and v in the
+// streams' working domain, the query heads are turned into it (scores are unchanged: (Pi q).(Pi k) =
+// q.k), and the weighted sum of values is turned back. For a scheme without a rotation the turns do
+// nothing, so fp32 codes give the fp32 cache's bits.
+static void quant_attend(MixerCache *c, float *o, const float *q, const AttnKeys *ks, int lo, int t) {
+    int H = c->heads.n_heads, dh = c->heads.dk;
+    kvq_get(c->qk, c->k, (size_t)c->kv_dim, lo, t, 0);
+    kvq_get(c->qv, c->v, (size_t)c->kv_dim, lo, t, 0);
+    memcpy(c->qw, q, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qk, c->qw + (size_t)h * dh, dh, 0);
+    attn_query(c->ow, NULL, 0, NULL, c->qw, ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
+    memcpy(o, c->ow, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qv, o + (size_t)h * dh, dh, 1);
 }
 
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
@@ -327,8 +379,13 @@ void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, con
     // its k and v go into row (t - base) % cap, which on a full ring is the row of token t - W: no
     // query from here on can see that one
     size_t row = (size_t)((t - c->base) % c->cap) * kvd;
-    memcpy(c->k + row, k, sizeof(float) * (size_t)kvd);
-    memcpy(c->v + row, v, sizeof(float) * (size_t)kvd);
+    if (c->qk) {
+        kvq_put(c->qk, t, k);
+        kvq_put(c->qv, t, v);
+    } else {
+        memcpy(c->k + row, k, sizeof(float) * (size_t)kvd);
+        memcpy(c->v + row, v, sizeof(float) * (size_t)kvd);
+    }
     c->n++;
     if (cache_held(c) > c->held_peak) c->held_peak = cache_held(c);
 
@@ -339,6 +396,10 @@ void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, con
     AttnKeys ks = {.k = c->k, .v = c->v, .k_stride = (size_t)kvd, .k_head = (size_t)head_dim,
                    .v_stride = (size_t)kvd, .v_head = (size_t)head_dim};
     attn_keys_span(&ks, first_key(t, c->window), t, c->base, c->cap);
+    if (c->qk) {
+        quant_attend(c, o, q, &ks, first_key(t, c->window), t);
+        return;
+    }
     attn_query(o, NULL, 0, NULL, q, &ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
 }
 
@@ -367,6 +428,7 @@ void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, cons
     int qd = H * dh, kvd = G * dh, W = c->window, n0 = c->n;
     CHECK(n_tokens >= 1 && n0 + n_tokens <= c->max_T, "gqa prefill: %d tokens after %d do not fit %d", n_tokens,
           n0, c->max_T);
+    CHECK(!c->qk, "gqa prefill: a quantized cache decodes one token at a time");
     double theta = mha_layer_rope_theta(g, m->layer);
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
