@@ -8,10 +8,13 @@
 
 #include <cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MODEL_FORMAT "attention-tiny-lm/1"
+// The largest head count or per-head width a weights file may declare: any two multiplied stay in int.
+#define MODEL_MAX_DIM (1 << 14)
 // Elementwise loops go parallel past this many elements (below it a parallel region costs more).
 #define ELEMS_PAR_MIN (1L << 15)
 
@@ -121,22 +124,74 @@ static Model *model_create(const ModelGeometry *g, const MixerOps *const *mixers
     return m;
 }
 
-// 0 if the model's own dimensions are usable (the mixers check theirs), else -1 with the reason.
+// 0 if every dimension is in a range the code can multiply without overflow (two fields' product stays
+// below 2^31, so no int size inside a mixer can wrap) and the model's own dimensions are usable, else -1
+// with the reason naming the key. The mixers check the rest (mixer_check).
 static int model_check_geometry(const ModelGeometry *g, char *why, size_t cap) {
-    if (g->n_layers < 1 || g->n_layers > GEOM_MAX_LAYERS) {
-        snprintf(why, cap, "n_layers %d out of range [1, %d]", g->n_layers, GEOM_MAX_LAYERS);
+    static const struct { const char *key; size_t off; int lo, hi; } range[] = {
+        {"n_layers", offsetof(ModelGeometry, n_layers), 1, GEOM_MAX_LAYERS},
+        {"d_model", offsetof(ModelGeometry, d_model), 1, 1 << 16},
+        {"d_ff", offsetof(ModelGeometry, d_ff), 1, 1 << 20},
+        {"vocab_size", offsetof(ModelGeometry, vocab_size), 1, 1 << 20},
+        {"max_seq_len", offsetof(ModelGeometry, max_seq_len), 1, 1 << 20},
+        {"n_heads", offsetof(ModelGeometry, n_heads), 1, MODEL_MAX_DIM},
+        {"n_kv_heads", offsetof(ModelGeometry, n_kv_heads), 1, MODEL_MAX_DIM},
+        {"head_dim", offsetof(ModelGeometry, head_dim), 1, MODEL_MAX_DIM},
+        {"q_lora_rank", offsetof(ModelGeometry, q_lora_rank), 0, MODEL_MAX_DIM},
+        {"kv_lora_rank", offsetof(ModelGeometry, kv_lora_rank), 0, MODEL_MAX_DIM},
+        {"qk_nope_head_dim", offsetof(ModelGeometry, qk_nope_head_dim), 0, MODEL_MAX_DIM},
+        {"qk_rope_head_dim", offsetof(ModelGeometry, qk_rope_head_dim), 0, MODEL_MAX_DIM},
+        {"v_head_dim", offsetof(ModelGeometry, v_head_dim), 0, MODEL_MAX_DIM},
+        {"sliding_window", offsetof(ModelGeometry, sliding_window), 0, 1 << 20},
+        {"index_n_heads", offsetof(ModelGeometry, index_n_heads), 0, MODEL_MAX_DIM},
+        {"index_head_dim", offsetof(ModelGeometry, index_head_dim), 0, MODEL_MAX_DIM},
+        {"index_topk", offsetof(ModelGeometry, index_topk), 0, 1 << 20},
+        {"linear_num_key_heads", offsetof(ModelGeometry, linear_num_key_heads), 0, MODEL_MAX_DIM},
+        {"linear_num_value_heads", offsetof(ModelGeometry, linear_num_value_heads), 0, MODEL_MAX_DIM},
+        {"linear_key_head_dim", offsetof(ModelGeometry, linear_key_head_dim), 0, MODEL_MAX_DIM},
+        {"linear_value_head_dim", offsetof(ModelGeometry, linear_value_head_dim), 0, MODEL_MAX_DIM},
+        {"linear_conv_kernel_dim", offsetof(ModelGeometry, linear_conv_kernel_dim), 0, 64},
+    };
+    for (size_t i = 0; i < sizeof range / sizeof range[0]; i++) {
+        int v = *(const int *)((const char *)g + range[i].off);
+        if (v < range[i].lo || v > range[i].hi) {
+            snprintf(why, cap, "'%s' %d out of range [%d, %d]", range[i].key, v, range[i].lo, range[i].hi);
+            return -1;
+        }
+    }
+    // RoPE turns pair i by pos * theta^(-2i/n): a base below 1 would make those angles overflow.
+    if (!(g->rope_theta >= 1.0 && isfinite(g->rope_theta))) {
+        snprintf(why, cap, "'rope_theta' %g must be a finite number >= 1", g->rope_theta);
         return -1;
     }
-    if (g->d_model < 1 || g->d_model > 65536) { snprintf(why, cap, "d_model %d out of range", g->d_model); return -1; }
-    if (g->d_ff < 1 || g->d_ff > 1 << 20) { snprintf(why, cap, "d_ff %d out of range", g->d_ff); return -1; }
-    if (g->vocab_size < 1 || g->vocab_size > 1 << 20) { snprintf(why, cap, "vocab_size %d out of range", g->vocab_size); return -1; }
-    if (g->max_seq_len < 1 || g->max_seq_len > 1 << 20) { snprintf(why, cap, "max_seq_len %d out of range", g->max_seq_len); return -1; }
+    if (!(g->rope_local_theta == 0.0 || (g->rope_local_theta >= 1.0 && isfinite(g->rope_local_theta)))) {
+        snprintf(why, cap, "'rope_local_theta' %g must be 0 (same as rope_theta) or a finite number >= 1", g->rope_local_theta);
+        return -1;
+    }
+    if (!(g->partial_rotary_factor >= 0.0 && g->partial_rotary_factor <= 1.0)) {
+        snprintf(why, cap, "'partial_rotary_factor' %g must be in (0, 1] (0: all dims)", g->partial_rotary_factor);
+        return -1;
+    }
     return geometry_validate(g, why, cap) ? 0 : -1;
 }
 
+// 0 if mixers[l] can run layer l for every layer (MixerOps.validate), else -1 with the reason.
+static int mixer_check(const ModelGeometry *g, const MixerOps *const *mixers, char *why, size_t cap) {
+    for (int l = 0; l < g->n_layers; l++) {
+        char r[384];
+        CHECK(mixers[l] && mixers[l]->validate, "layer %d: mixer without a validate hook", l);
+        if (!mixers[l]->validate(g, l, r, sizeof r)) {
+            snprintf(why, cap, "layer %d (mixer '%s'): %s", l, mixers[l]->name, r);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 Model *model_new(const ModelGeometry *g, const MixerOps *const *mixers, uint64_t seed) {
-    char why[256];
-    if (model_check_geometry(g, why, sizeof why) != 0) die_user("model geometry: %s", why);
+    char why[512];
+    if (model_check_geometry(g, why, sizeof why) != 0 || mixer_check(g, mixers, why, sizeof why) != 0)
+        die_user("model geometry: %s", why);
     Model *m = model_create(g, mixers);
     model_init_params(m, seed);
     return m;
@@ -729,6 +784,10 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
     for (int l = 0; l < g.n_layers; l++) {
         ops[l] = lookup(names[l]);
         if (!ops[l]) { snprintf(err, cap, "%s: unknown mixer '%s' at layer %d", path, names[l], l); goto fail; }
+    }
+    if (mixer_check(&g, ops, why, sizeof why) != 0) {
+        snprintf(err, cap, "%s: geometry: %s", path, why);
+        goto fail;
     }
     // The tensors must hold every parameter: refuse before allocating for a geometry the file can't back.
     {

@@ -114,8 +114,12 @@ static void stub_mixing_matrix(const Mixer *m, float *A, const float *act, const
     for (int i = 0; i < T; i++)
         for (int j = 0; j < T; j++) A[i * T + j] = j <= i ? 1.0f / (float)(i + 1) : 0.0f;
 }
+static int stub_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    (void)g; (void)layer; (void)why; (void)cap;
+    return 1;
+}
 static const MixerOps stub_mixer = {
-    .name = "stub", .param_tensors = stub_param_tensors, .init = stub_init, .act_floats = stub_act_floats,
+    .name = "stub", .validate = stub_validate, .param_tensors = stub_param_tensors, .init = stub_init, .act_floats = stub_act_floats,
     .forward = stub_forward, .backward = stub_backward, .cache_new = stub_cache_new,
     .cache_free = stub_cache_free, .cache_bytes = stub_cache_bytes, .decode = stub_decode,
     .n_mix_heads = stub_n_mix_heads, .mixing_matrix = stub_mixing_matrix,
@@ -441,7 +445,7 @@ Test(model_weights, malformed_files_give_clear_errors) {
     st_free(&st);
     static const struct { const char *from, *to, *needle; } edits[] = {
         {"\"d_model\":8", "\"d_modelx\":8", "'d_model' missing"},
-        {"\"n_kv_heads\":1", "\"n_kv_heads\":0", "num_key_value_heads must be positive"},
+        {"\"n_kv_heads\":1", "\"n_kv_heads\":0", "'n_kv_heads' 0 out of range"},
         {"\"d_ff\":12", "\"d_ff\":1.5", "'d_ff' is not an integer"},
         {"\"d_ff\":12", "\"d_ff\":13", "layers.0.mlp.w_gate"},
         {"\"stub\"", "\"nosuch\"", "unknown mixer 'nosuch' at layer 1"},

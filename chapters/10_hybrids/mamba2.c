@@ -419,8 +419,17 @@ void mamba2_decay_profile(float *prof, const Mixer *m, const float *x, const flo
     free(out);
 }
 
+static int mamba2_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_linear(g, layer, "mamba2", LINEAR_MAMBA2, why, cap)) return 0;
+    if (g->linear_conv_kernel_dim < 2)
+        return mixer_fail(why, cap, "linear_conv_kernel_dim %d: mixer 'mamba2' needs a short conv of width >= 2",
+                          g->linear_conv_kernel_dim);
+    return 1;
+}
+
 const MixerOps mamba2_mixer = {
     .name = "mamba2",
+    .validate = mamba2_validate,
     .param_tensors = mamba2_param_tensors,
     .init = mamba2_init,
     .act_floats = mamba2_act_floats,
