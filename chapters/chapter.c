@@ -15,10 +15,8 @@ void trained_load(Trained *t, const char *path) {
     memset(t, 0, sizeof *t);
     t->path = path;
     char err[1024];
-    t->model = model_load(path, mixer_by_name, &t->info, err, sizeof err);
+    t->model = train_load_model(path, mixer_by_name, &t->info, &t->task, err, sizeof err);
     if (!t->model) die_user("%s", err);
-    if (!t->info.task_config || task_from_json(&t->task, t->info.task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in its metadata (%s)", path, t->info.task_config ? err : "missing");
     const MixerOps *ops[GEOM_MAX_LAYERS];
     for (int l = 0; l < t->model->g.n_layers; l++) ops[l] = t->model->mixers[l].ops;
     t->untrained = model_new(&t->model->g, ops, t->info.seed);

@@ -7,6 +7,8 @@
 #include "safetensors.h"
 
 #include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -709,6 +711,32 @@ void model_save(const Model *m, const ModelInfo *info, const char *path) {
     stw_free(w);
 }
 
+// Index of the first NaN or inf among x[0..n), or n when every value is finite.
+static size_t first_non_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return n;
+}
+
+// A metadata number: the whole string a decimal number (no blanks, no sign for seed and steps) in
+// [lo, hi]. 0, or -1 with a message naming the key.
+static int meta_number(const SafeTensors *st, const char *key, int integer, double lo, double hi, double *out,
+                       char *err, size_t cap) {
+    const char *s = st_meta(st, key);
+    if (!s) return 0;
+    char *end;
+    errno = 0;
+    double v = integer ? (double)strtoull(s, &end, 10) : strtod(s, &end);
+    int digits_first = (s[0] >= '0' && s[0] <= '9') || (!integer && s[0] == '-' && s[1] >= '0' && s[1] <= '9');
+    if (!digits_first || *end || errno || !(v >= lo && v <= hi)) {
+        if (integer) snprintf(err, cap, "%s: metadata '%s' must be a non-negative integer, got '%.40s'", st->path, key, s);
+        else snprintf(err, cap, "%s: metadata '%s' must be a number in [%g, %g], got '%.40s'", st->path, key, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static char *dup_str(const char *s) {
     if (!s) return NULL;
     size_t n = strlen(s) + 1;
@@ -736,20 +764,29 @@ static int load_info(const SafeTensors *st, ModelInfo *info, int vocab_size, cha
         }
         info->vocab = dup_str(s);
     }
-    char *end;
-    if ((s = st_meta(st, "seed"))) info->seed = strtoull(s, &end, 10);
-    if ((s = st_meta(st, "steps"))) info->steps = (int)strtol(s, &end, 10);
-    if ((s = st_meta(st, "loss"))) info->loss = strtod(s, &end);
-    if ((s = st_meta(st, "accuracy"))) info->accuracy = strtod(s, &end);
+    double v;
+    if (meta_number(st, "seed", 1, 0, 18446744073709551615.0, &v, err, cap)) return -1;
+    if ((s = st_meta(st, "seed"))) info->seed = strtoull(s, NULL, 10);   // exact, not through a double
+    if (meta_number(st, "steps", 1, 0, 2147483647.0, &v, err, cap)) return -1;
+    if (st_meta(st, "steps")) info->steps = (int)v;
+    if (meta_number(st, "loss", 0, 0, HUGE_VAL, &v, err, cap)) return -1;
+    if (st_meta(st, "loss")) info->loss = v;
+    if (meta_number(st, "accuracy", 0, 0, 1, &v, err, cap)) return -1;
+    if (st_meta(st, "accuracy")) info->accuracy = v;
     const StTensor *c = st_find(st, "train.loss_curve");
     if (c) {
         if (c->dtype != ST_F32 || c->ndim != 2 || c->shape[0] != 2) {
             snprintf(err, cap, "%s: tensor 'train.loss_curve' must be F32 of shape [2, n]", st->path);
             return -1;
         }
-        info->n_curve = (int)c->shape[1];
-        info->curve = mallocCheck(sizeof(float) * 2 * (size_t)(info->n_curve > 0 ? info->n_curve : 1));
-        memcpy(info->curve, c->data, sizeof(float) * 2 * (size_t)info->n_curve);
+        size_t n = (size_t)c->shape[1];
+        if (n > (size_t)INT_MAX / 2 || first_non_finite((const float *)c->data, 2 * n) < 2 * n) {
+            snprintf(err, cap, "%s: tensor 'train.loss_curve' holds a non-finite value or too many points", st->path);
+            return -1;
+        }
+        info->n_curve = (int)n;
+        info->curve = mallocCheck(sizeof(float) * 2 * (n > 0 ? n : 1));
+        memcpy(info->curve, c->data, sizeof(float) * 2 * n);
     }
     return 0;
 }
@@ -807,6 +844,14 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
         if (!st_find(&st, t->name)) { snprintf(err, cap, "%s: tensor '%s' missing", path, t->name); goto fail; }
         const float *src = st_get_f32(&st, t->name, t->ndim, t->shape, err, cap);
         if (!src) goto fail;
+        // A NaN or inf weight poisons every output it touches (and NaN compares false, so checks
+        // downstream would pass it): refuse it here, naming where it is.
+        size_t bad = first_non_finite(src, t->size);
+        if (bad < t->size) {
+            snprintf(err, cap, "%s: tensor '%s' holds a non-finite value (%g) at element %zu", path, t->name,
+                     (double)src[bad], bad);
+            goto fail;
+        }
         memcpy(m->params + t->offset, src, sizeof(float) * t->size);
     }
     for (int i = 0; i < st.n_tensors; i++) {

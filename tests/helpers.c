@@ -119,6 +119,11 @@ const ParamTensor *test_find_param(const ParamTensor *t, int n, const char *name
     return NULL;
 }
 
+double test_worst(double worst, double d) {
+    if (isnan(worst)) return worst;
+    return d <= worst ? worst : d;
+}
+
 double test_rel_err(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {

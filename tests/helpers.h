@@ -35,6 +35,9 @@ float *test_randn(Rng *r, size_t n, float std);
 // Floats in one parameter tensor, and the tensor called name among t[0..n) (the test fails without it).
 size_t test_tensor_size(const ParamTensor *t);
 const ParamTensor *test_find_param(const ParamTensor *t, int n, const char *name);
+// The larger of worst and d, where a NaN wins and stays (fmax would drop it, so a NaN result would
+// pass "worst < tol"). Start from 0 and fold every difference in.
+double test_worst(double worst, double d);
 // ||a - b|| / ||b|| in double.
 double test_rel_err(const float *a, const float *b, size_t n);
 // Asserts |got - want| <= tol * max(1, |want|) element by element; what names the tensor.

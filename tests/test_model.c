@@ -247,7 +247,7 @@ static void decode_matches(const MixerOps *first, const MixerOps *second) {
     double worst = 0.0;
     for (int t = 0; t < T; t++) {
         model_decode(c, logits, tok[t]);
-        for (int v = 0; v < V; v++) worst = fmax(worst, fabs(logits[v] - m->logits[t * V + v]));
+        for (int v = 0; v < V; v++) worst = test_worst(worst, fabs(logits[v] - m->logits[t * V + v]));
     }
     cr_expect(worst < 1e-5, "%s/%s: cached decode logits differ from the full forward by %g", first->name,
               second->name, worst);
@@ -271,7 +271,7 @@ Test(model, batch_rows_are_independent) {
     for (int b = 0; b < B; b++) {
         model_forward(m, tok + b * T, NULL, 1, T);
         double worst = 0.0;
-        for (int k = 0; k < T * V; k++) worst = fmax(worst, fabs(m->logits[k] - all[b * T * V + k]));
+        for (int k = 0; k < T * V; k++) worst = test_worst(worst, fabs(m->logits[k] - all[b * T * V + k]));
         cr_expect(worst < 1e-6, "row %d of a batch differs from the same sequence alone by %g", b, worst);
     }
     free(all);
@@ -503,7 +503,7 @@ static void golden_case(const char *weights_rel, const char *golden_rel) {
     const float *logits = st_get_f32(&st, "logits", 3, ls, err, sizeof err);
     cr_assert(logits, "%s", err);
     double worst = 0.0;
-    for (int k = 0; k < B * T * V; k++) worst = fmax(worst, fabs(m->logits[k] - logits[k]));
+    for (int k = 0; k < B * T * V; k++) worst = test_worst(worst, fabs(m->logits[k] - logits[k]));
     cr_expect(worst < 1e-4, "%s: logits differ from PyTorch by %g", weights_rel, worst);
     const float *loss = st_get_f32(&st, "loss", 1, one, err, sizeof err);
     cr_assert(loss, "%s", err);
@@ -518,7 +518,7 @@ static void golden_case(const char *weights_rel, const char *golden_rel) {
         double scale = 0.0, diff = 0.0;
         for (size_t k = 0; k < t->size; k++) {
             scale = fmax(scale, fabs(ref[k]));
-            diff = fmax(diff, fabs(m->grads[t->offset + k] - ref[k]));
+            diff = test_worst(diff, fabs(m->grads[t->offset + k] - ref[k]));
         }
         cr_expect(diff <= 1e-3 * scale + 1e-7, "%s: gradient of %s differs by %g (largest |grad| %g)",
                   weights_rel, t->name, diff, scale);

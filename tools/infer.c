@@ -74,6 +74,9 @@ int main(int argc, char **argv) {
     int *tok = mallocCheck(sizeof(int) * (size_t)g->max_seq_len);
     int T = parse_tokens(tokens_arg, tok, g->max_seq_len, V, g->max_seq_len);
     model_forward(m, tok, NULL, 1, T);
+    for (size_t i = 0; i < (size_t)T * V; i++)
+        if (!isfinite(m->logits[i]))
+            die_user("%s: the model's logits are not finite on these tokens (weights too large for float32)", a.pos[0]);
 
     // token names from the file's vocabulary (ids when it has none)
     cJSON *vocab = info.vocab ? cJSON_Parse(info.vocab) : NULL;

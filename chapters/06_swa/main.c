@@ -26,6 +26,7 @@
 #include "registry.h"
 #include "rng.h"
 #include "tasks.h"
+#include "train.h"
 
 // ---- Figure 1: the two masks ------------------------------------------------------------------------
 
@@ -130,10 +131,8 @@ static int key_distance(const int *tok, int i) {
 
 static Model *load_model(const char *path, ModelInfo *info, Task *task) {
     char err[1024];
-    Model *m = model_load(path, mixer_by_name, info, err, sizeof err);
+    Model *m = train_load_model(path, mixer_by_name, info, task, err, sizeof err);
     if (!m) die_user("%s (run `make weights` to train the chapter's models)", err);
-    if (!info->task_config || task_from_json(task, info->task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in the metadata (%s)", path, info->task_config ? err : "task_config missing");
     return m;
 }
 

@@ -90,14 +90,12 @@ static void mean_heads(float *mean, const float *P, int H, int T) {
 static void load_trained(Trained *tr, const char *path) {
     char err[1024];
     memset(tr, 0, sizeof *tr);
-    tr->m = model_load(path, mixer_by_name, &tr->info, err, sizeof err);
+    tr->m = train_load_model(path, mixer_by_name, &tr->info, &tr->task, err, sizeof err);
     if (!tr->m) die_user("%s (run `make weights` to train the chapter's model)", err);
     const ModelGeometry *g = &tr->m->g;
     for (int l = 0; l < g->n_layers; l++)
         if (tr->m->mixers[l].ops != &dsa_mixer) die_user("%s: layer %d is '%s', this chapter draws DSA models", path, l,
                                                         tr->m->mixers[l].ops->name);
-    if (!tr->info.task_config || task_from_json(&tr->task, tr->info.task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in the metadata (%s)", path, tr->info.task_config ? err : "task_config missing");
     tr->T = tr->task.seq_len;
     tr->L = g->n_layers;
     tr->H = g->n_heads;
