@@ -10,22 +10,59 @@
 
 const char *g_prog = "attention";
 
+// The one escape every echoed string goes through: a control byte (newline, tab, ESC, ...) becomes
+// "\n", "\t" or "\xHH", so a user string can never split a message over lines or drive the terminal.
+// Writes at most 4 characters and a NUL into out; returns how many characters.
+static int escape_byte(char out[5], unsigned char c) {
+    if (c == '\n') return snprintf(out, 5, "\\n");
+    if (c == '\t') return snprintf(out, 5, "\\t");
+    if (c == '\r') return snprintf(out, 5, "\\r");
+    if (c < 0x20 || c == 0x7f) return snprintf(out, 5, "\\x%02x", c);
+    out[0] = (char)c;
+    out[1] = '\0';
+    return 1;
+}
+
+const char *str_escape(char *buf, size_t cap, const char *s) {
+    size_t n = 0;
+    if (!cap) return buf;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char e[5];
+        int k = escape_byte(e, *p);
+        if (n + (size_t)k + 4 > cap) {   // keep room for "..." and the NUL
+            size_t dots = cap - 1 - n < 3 ? cap - 1 - n : 3;
+            memcpy(buf + n, "...", dots);
+            n += dots;
+            break;
+        }
+        memcpy(buf + n, e, (size_t)k);
+        n += (size_t)k;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+// "PROG: " + the formatted message, escaped as a whole, + one newline: one line whatever it echoes.
+static void print_message(const char *head, const char *fmt, va_list ap) {
+    char msg[8192], esc[8192];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fprintf(stderr, "%s: %s%s\n", g_prog, head, str_escape(esc, sizeof esc, msg));
+}
+
 void die_user(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s: ", g_prog);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    print_message("", fmt, ap);
     va_end(ap);
     exit(2);
 }
 
 void die_internal(const char *file, int line, const char *fmt, ...) {
+    char head[512];
+    snprintf(head, sizeof head, "internal error at %s:%d: ", file, line);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s: internal error at %s:%d: ", g_prog, file, line);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    print_message(head, fmt, ap);
     va_end(ap);
     exit(1);
 }

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "check.h"
+#include "cli.h"
 #include "helpers.h"
 
 static const char *chapters[] = {"ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10"};
@@ -192,4 +193,23 @@ Test(cli, chapter_figures_pass_pngcheck_and_render) {
     cr_expect_eq(system(cmd), 0, "pngcheck failed on %s", dir);
     snprintf(cmd, sizeof cmd, "for f in %s/*.svg; do rsvg-convert \"$f\" > /dev/null || exit 1; done", dir);
     cr_expect_eq(system(cmd), 0, "an SVG in %s does not render", dir);
+}
+
+Test(check, str_escape_keeps_one_line) {
+    char b[64];
+    cr_expect_str_eq(str_escape(b, sizeof b, "a\nb\tc\x1b[31m\x7f"), "a\\nb\\tc\\x1b[31m\\x7f");
+    cr_expect_str_eq(str_escape(b, sizeof b, "plain \xe2\x90\xa3 utf-8"), "plain \xe2\x90\xa3 utf-8");
+    cr_expect_str_eq(str_escape(b, 8, "abcdefghij"), "abcd...");
+    cr_expect_eq(strlen(str_escape(b, 4, "\n\n\n")), 3, "a cut escape still fits: %s", b);
+}
+
+Test(check, strict_integers) {
+    long v = 0;
+    cr_expect_eq(cli_parse_integer("42", 0, 100, &v), 0);
+    cr_expect_eq(v, 42);
+    cr_expect_eq(cli_parse_integer("-5", -10, 10, &v), 0);
+    cr_expect_eq(v, -5);
+    static const char *bad[] = {" 5", "+5", "5 ", "-5", "0x10", "1e3", "", "-", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_expect_eq(cli_parse_integer(bad[i], 0, 1000, &v), -1, "'%s' was accepted", bad[i]);
 }

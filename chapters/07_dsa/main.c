@@ -388,7 +388,9 @@ int main(int argc, char **argv) {
 
     Trained tr;
     load_trained(&tr, a.weights);
-    printf("ch07: %s: %d layers of DSA, top-%d of up to %d keys\n", a.weights, tr.L, tr.topk, tr.T);
+    char esc[1100];
+    printf("ch07: %s: %d layers of DSA, top-%d of up to %d keys\n", str_escape(esc, sizeof esc, a.weights), tr.L,
+           tr.topk, tr.T);
     figure_indexer(&a, &tr);
     figure_topk_vs_window(&a, &tr);
     figure_sparse_attention(&a, &tr);

@@ -252,7 +252,8 @@ int main(int argc, char **argv) {
     trained_load(&hybrid, a.weights);
     trained_load(&att, path_join(path, sizeof path, wdir, ATTN_MODEL));
     trained_load(&gdn, path_join(path, sizeof path, wdir, GDN_MODEL));
-    printf("ch09: %s: %s\n", a.weights, hybrid.model->g.name);
+    char e1[1100], e2[200];
+    printf("ch09: %s: %s\n", str_escape(e1, sizeof e1, a.weights), str_escape(e2, sizeof e2, hybrid.model->g.name));
     figure_state(&a, &gdn);
     figure_mixing(&a, &hybrid);
     figure_capacity(&a, &hybrid, &att, &gdn);
