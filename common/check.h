@@ -56,6 +56,10 @@ void ensure_out_dir(const char *dir);
 // Fails now, with one line naming flag and path, if the file `path` cannot be written later (missing
 // folder, no permission, a folder of that name), instead of after the work is done. Creates nothing.
 void check_writable(const char *flag, const char *path);
+// Opens path for reading only if it is a regular file (checked without blocking: a FIFO is refused,
+// not waited on; so are folders and devices) and sets *size (if size). NULL with the reason in why
+// ("is a folder, expected a file", "cannot open: No such file or directory"); the caller names the input.
+FILE *open_regular(const char *path, size_t *size, char *why, size_t cap);
 // Joins dir + "/" + name into buf (exits on overflow).
 const char *path_join(char *buf, size_t cap, const char *dir, const char *name);
 

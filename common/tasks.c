@@ -10,6 +10,7 @@
 // Seeds of the fixed things every build shares: the grammar corpus and the chapter example sample.
 #define CORPUS_SEED 20240601u
 #define CORPUS_CHARS 120000
+#define CORPUS_MAX_BYTES (256 << 20)   // a character-level tiny model needs far less text than this
 #define EXAMPLE_SEED 7u
 
 static void task_clear(Task *t, TaskKind kind, const char *name, int seq_len) {
@@ -283,16 +284,18 @@ void task_corpus(Task *t, int seq_len, const char *path) {
         }
     } else {
         snprintf(t->source, sizeof t->source, "%s", path);
-        FILE *f = fopen(path, "rb");
-        if (!f) die_user("--corpus: cannot open '%s'", path);
-        fseek(f, 0, SEEK_END);
-        long size = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        if (size < 0) die_user("--corpus: cannot read '%s'", path);
-        bytes = mallocCheck((size_t)size + 1);
-        n = (long)fread(bytes, 1, (size_t)size, f);
+        char why[256];
+        size_t size;
+        FILE *f = open_regular(path, &size, why, sizeof why);
+        if (!f) die_user("--corpus '%s': %s", path, why);
+        if (size > CORPUS_MAX_BYTES) {
+            fclose(f);
+            die_user("--corpus '%s': %zu bytes; at most %d MiB of text", path, size, CORPUS_MAX_BYTES >> 20);
+        }
+        bytes = mallocCheck(size + 1);
+        n = (long)fread(bytes, 1, size, f);
         fclose(f);
-        if (n != size) die_user("--corpus: short read on '%s'", path);
+        if (n != (long)size) die_user("--corpus '%s': short read (did the file change?)", path);
         // both parts must hold at least one window of seq_len + 1 characters
         if (n / 10 < seq_len + 1)
             die_user("--corpus: '%s' has %ld bytes; seq_len %d needs at least %ld (10%% is held out)",

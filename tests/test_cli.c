@@ -1,10 +1,13 @@
 // test_cli.c: every chapter program rejects bad input with one clear line and exit 2, prints --help,
 // and never leaves a half-written file behind.
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "cli.h"
@@ -212,4 +215,39 @@ Test(check, strict_integers) {
     static const char *bad[] = {" 5", "+5", "5 ", "-5", "0x10", "1e3", "", "-", "99999999999999999999"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         cr_expect_eq(cli_parse_integer(bad[i], 0, 1000, &v), -1, "'%s' was accepted", bad[i]);
+}
+
+// Killed between opening its temp file and renaming it into place, a program leaves no temp file: the
+// SIGINT/SIGTERM handler removes it, then the process still dies of the signal.
+Test(check, signal_during_write_leaves_no_temp_file) {
+    static const int sigs[] = {SIGTERM, SIGINT};
+    for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) {
+        char dir[256], path[512];
+        test_tmpdir(dir, sizeof dir);
+        snprintf(path, sizeof path, "%s/out.safetensors", dir);
+        int ready[2];
+        cr_assert_eq(pipe(ready), 0);
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+            signal(sigs[k], SIG_DFL);   // as a fresh program starts
+            AtomicFile af;
+            atomic_open(&af, path);
+            fputs("half a file", af.f);
+            fflush(af.f);
+            if (write(ready[1], "x", 1) != 1) _exit(3);
+            for (;;) pause();
+        }
+        char c;
+        cr_assert_eq(read(ready[0], &c, 1), 1);
+        cr_expect(test_has_tmp_files(dir), "the temp file should exist while the write is in flight");
+        kill(pid, sigs[k]);
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_expect(WIFSIGNALED(status) && WTERMSIG(status) == sigs[k], "the child should die of signal %d", sigs[k]);
+        cr_expect(!test_has_tmp_files(dir), "signal %d left a temp file in %s", sigs[k], dir);
+        cr_expect_eq(test_count_files(dir), 0, "nothing may be left in %s", dir);
+        close(ready[0]);
+        close(ready[1]);
+    }
 }
