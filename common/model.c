@@ -675,6 +675,7 @@ void model_info_free(ModelInfo *info) {
     free(info->task_config);
     free(info->vocab);
     free(info->curve);
+    free(info->corpus);
     memset(info, 0, sizeof *info);
 }
 
@@ -696,6 +697,10 @@ void model_save(const Model *m, const ModelInfo *info, const char *path) {
             int64_t shape[2] = {2, info->n_curve};
             stw_add_f32(w, "train.loss_curve", info->curve, 2, shape);
             stw_meta(w, "loss_curve", "tensor train.loss_curve (2, n): row 0 optimizer step, row 1 training loss (mean since the previous point)");
+        }
+        if (info->corpus && info->n_corpus > 0) {
+            int64_t shape[1] = {info->n_corpus};
+            stw_add(w, "meta.corpus_heldout", ST_U8, info->corpus, 1, shape);
         }
         if (info->task[0]) stw_meta(w, "task", info->task);
         if (info->task_config) stw_meta(w, "task_config", info->task_config);
@@ -773,6 +778,16 @@ static int load_info(const SafeTensors *st, ModelInfo *info, int vocab_size, cha
     if (st_meta(st, "loss")) info->loss = v;
     if (meta_number(st, "accuracy", 0, 0, 1, &v, err, cap)) return -1;
     if (st_meta(st, "accuracy")) info->accuracy = v;
+    const StTensor *txt = st_find(st, "meta.corpus_heldout");
+    if (txt) {
+        if (txt->dtype != ST_U8 || txt->ndim != 1) {
+            snprintf(err, cap, "%s: tensor 'meta.corpus_heldout' must be U8 of shape [n]", st->path);
+            return -1;
+        }
+        info->n_corpus = (long)txt->shape[0];
+        info->corpus = mallocCheck((size_t)(info->n_corpus > 0 ? info->n_corpus : 1));
+        memcpy(info->corpus, txt->data, (size_t)info->n_corpus);
+    }
     const StTensor *c = st_find(st, "train.loss_curve");
     if (c) {
         if (c->dtype != ST_F32 || c->ndim != 2 || c->shape[0] != 2) {
@@ -856,7 +871,7 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
     }
     for (int i = 0; i < st.n_tensors; i++) {
         const char *n = st.tensors[i].name;
-        if (strncmp(n, "train.", 6) != 0 && !model_find_tensor(m, n)) {
+        if (strncmp(n, "train.", 6) != 0 && strncmp(n, "meta.", 5) != 0 && !model_find_tensor(m, n)) {
             snprintf(err, cap, "%s: unexpected tensor '%s' (not part of this geometry)", path, n);
             goto fail;
         }

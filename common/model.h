@@ -115,6 +115,8 @@ typedef struct {
     double loss, accuracy;  // final held-out metrics (NAN: not measured)
     float *curve;           // (2, n_curve): row 0 step, row 1 training loss; NULL if none
     int n_curve;
+    unsigned char *corpus;  // a --corpus model's held-out text (tensor meta.corpus_heldout); NULL if none
+    long n_corpus;
 } ModelInfo;
 void model_info_free(ModelInfo *info);
 

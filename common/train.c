@@ -144,6 +144,16 @@ Model *train_load_model(const char *path, MixerLookup lookup, ModelInfo *info, T
         snprintf(err, cap, "%s: metadata 'task_config': %s", path, why);
         goto fail;
     }
+    if (task_is_file_corpus(task)) {   // its text comes from the file, not from the path it was read at
+        if (!info->corpus) {
+            snprintf(err, cap, "%s: a --corpus model without its text (tensor 'meta.corpus_heldout' missing; retrain it)", path);
+            goto fail;
+        }
+        if (task_corpus_attach(task, info->corpus, info->n_corpus, why, sizeof why) != 0) {
+            snprintf(err, cap, "%s: tensor 'meta.corpus_heldout': %s", path, why);
+            goto fail;
+        }
+    }
     if (task->vocab_size > g->vocab_size) {
         snprintf(err, cap, "%s: metadata 'task_config' describes %d tokens but the model's vocab_size is %d", path,
                  task->vocab_size, g->vocab_size);

@@ -251,3 +251,30 @@ Test(check, signal_during_write_leaves_no_temp_file) {
         close(ready[1]);
     }
 }
+
+// A model trained on the user's own text (--task corpus --corpus FILE) carries its held-out text, so the
+// chapters draw it after the file is gone.
+Test(cli, corpus_model_is_drawn_without_its_text_file) {
+    char dir[256], corpus[512], weights[512], args[2048], out[8192];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(corpus, sizeof corpus, "%s/text.txt", dir);
+    snprintf(weights, sizeof weights, "%s/corpus.safetensors", dir);
+    FILE *f = fopen(corpus, "w");
+    cr_assert(f);
+    for (int i = 0; i < 60; i++) fprintf(f, "the cat sees a dog. a dog runs home.\n");
+    fclose(f);
+    snprintf(args, sizeof args, "--task corpus --corpus %s --seq-len 16 --d-model 16 --heads 2 --layers 2 --steps 3 "
+             "--batch 4 --quiet --out %s", corpus, weights);
+    cr_assert_eq(test_run(out, sizeof out, "train", args), 0, "train: %s", out);
+    cr_assert_eq(remove(corpus), 0);
+    static const char *progs[] = {"ch02", "ch03"};
+    for (int i = 0; i < 2; i++) {
+        char figs[600];
+        snprintf(figs, sizeof figs, "%s/figs-%s", dir, progs[i]);
+        snprintf(args, sizeof args, "--weights %s --out %s --format png", weights, figs);
+        cr_expect_eq(test_run(out, sizeof out, progs[i], args), 0, "%s %s: %s", progs[i], args, out);
+        cr_expect_geq(test_count_files(figs), 4, "%s drew %d files", progs[i], test_count_files(figs));
+    }
+    snprintf(args, sizeof args, "%s --tokens 1,2,3", weights);
+    cr_expect_eq(test_run(out, sizeof out, "infer", args), 0, "infer: %s", out);
+}

@@ -312,6 +312,7 @@ int main(int argc, char **argv) {
     info.loss = r.eval_loss;
     info.accuracy = r.eval_accuracy;
     info.n_curve = train_loss_curve(&r, CURVE_POINTS, &info.curve);
+    info.n_corpus = task_corpus_heldout(&task, &info.corpus);   // so the chapters can draw a --corpus model
     model_save(m, &info, out);
 
     char sz[32];

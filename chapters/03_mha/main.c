@@ -50,8 +50,8 @@ static void figure_heads(const CliArgs *a, Trained *t) {
                                     .xlabel = "key j", .ylabel = h == 0 ? "query i" : NULL};
         }
     char sub[300], cap[160];
-    snprintf(sub, sizeof sub, "%d heads per layer on an induction example (a segment, then the same segment again); %s",
-             H, trained_caption(t, cap, sizeof cap));
+    snprintf(sub, sizeof sub, "%d heads per layer on %s; %s", H, task_example_phrase(&t->task),
+             trained_caption(t, cap, sizeof cap));
     HeatmapFigure f = {
         .title = "Multi-head attention: every head learns its own pattern",
         .subtitle = sub, .panels = panels, .n_panels = 3 * H, .panels_per_row = H, .vmin = 0, .vmax = 1,
@@ -150,7 +150,9 @@ int main(int argc, char **argv) {
     figure_heads(&a, &t);
     figure_decode(&a, &t);
     figure_kv_memory(&a, configs);
-    trained_plot_curve(&t, &a, "04_training_curve", "Training the chapter-3 model on the induction task");
+    char curve[160];
+    snprintf(curve, sizeof curve, "Training the chapter-3 model on the %s task", t.task.name);
+    trained_plot_curve(&t, &a, "04_training_curve", curve);
     trained_free(&t);
     printf("ch03: wrote figures to %s/ (01_heads, 02_decode_equals_forward, 03_kv_cache_vs_context, 04_training_curve)\n", a.out);
     free(a.pos);

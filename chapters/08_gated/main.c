@@ -132,10 +132,11 @@ static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
              "all layers; layer %d drawn", 100.0 * sink[0], 100.0 * sink[1], layer);
     snprintf(sub, sizeof sub, "top row: gated model (%s); bottom row: its ungated twin (%s), same data, steps and seed. "
              "Percentages: mean weight on the first token over queries 1..T-1 (panel titles: this layer and head); "
-             "uniform attention would give %.0f%%%s. The first token is the first key of the recall example, not a "
+             "uniform attention would give %.0f%%%s. The first token is %s, not a "
              "beginning-of-sequence token.",
              trained_caption(gt, c0, sizeof c0), trained_caption(ut, c1, sizeof c1), 100.0 * uniform,
-             fmax(sink[0], sink[1]) < uniform ? ", so neither tiny model grows a first-token sink" : "");
+             fmax(sink[0], sink[1]) < uniform ? ", so neither tiny model grows a first-token sink" : "",
+             gt->task.kind == TASK_RECALL ? "the first key of the recall example" : "an ordinary token of the example");
     HeatmapFigure f = {
         .title = title, .subtitle = sub, .panels = panels, .n_panels = 2 * H, .panels_per_row = H, .vmin = 0, .vmax = 1,
         .show_values = 0, .colorbar_label = "attention weight",
