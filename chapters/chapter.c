@@ -2,6 +2,7 @@
 #include "chapter.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,36 @@ void trained_free(Trained *t) {
     model_free(t->untrained);
     model_info_free(&t->info);
     task_free(&t->task);
+}
+
+// Whether name is one of the '|'-separated words of list.
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; *p; ) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+void trained_require(const Trained *t, const char *mixers, int kind, const char *what) {
+    static const char *task_names[] = {"recall", "induction", "corpus"};
+    for (int l = 0; l < t->model->g.n_layers; l++)
+        if (!in_list(mixers, t->model->mixers[l].ops->name))
+            die_user("%s: layer %d is '%s', but %s draws %s models", t->path, l, t->model->mixers[l].ops->name, what, mixers);
+    if (kind >= 0 && t->task.kind != (TaskKind)kind)
+        die_user("%s: trained on %s, but %s needs a model trained on %s", t->path, t->task.name, what, task_names[kind]);
+}
+
+void trained_check(const char *path, const char *mixers, int kind, const char *what) {
+    Trained *t = mallocCheck(sizeof *t);
+    trained_load(t, path);
+    trained_require(t, mixers, kind, what);
+    trained_free(t);
+    free(t);
 }
 
 int trained_attention(Trained *t, int untrained, int layer, float *A) {
@@ -129,6 +160,16 @@ void chapter_capacity_plot(const CliArgs *a, const char *name, const char *title
 #include "hfconfig.h"
 #include "kvcache.h"
 #include "plot.h"
+
+void chapter_check_configs(const char *dir, ...) {
+    va_list ap;
+    va_start(ap, dir);
+    for (const char *file = va_arg(ap, const char *); file; file = va_arg(ap, const char *)) {
+        ModelGeometry g;
+        chapter_config(&g, dir, file, NULL);
+    }
+    va_end(ap);
+}
 
 void chapter_config(ModelGeometry *g, const char *dir, const char *file, const char *display_name) {
     char path[1024], err[1024];

@@ -1,6 +1,7 @@
 // test_cli.c: every chapter program rejects bad input with one clear line and exit 2, prints --help,
 // and never leaves a half-written file behind.
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,4 +278,47 @@ Test(cli, corpus_model_is_drawn_without_its_text_file) {
     }
     snprintf(args, sizeof args, "%s --tokens 1,2,3", weights);
     cr_expect_eq(test_run(out, sizeof out, "infer", args), 0, "infer: %s", out);
+}
+
+// Every input is checked before the first figure: a folder of broken config.json files, or an empty
+// --weights-dir, fails with one line and leaves the --out folder empty (ch03 once wrote two figures
+// before reading its configs).
+Test(cli, bad_configs_or_weights_dir_fail_before_any_figure) {
+    char dir[256], cfg[400], empty[400], src[700], dst[700];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(cfg, sizeof cfg, "%s/configs", dir);
+    snprintf(empty, sizeof empty, "%s/no-models", dir);
+    cr_assert_eq(mkdir(cfg, 0777), 0);
+    cr_assert_eq(mkdir(empty, 0777), 0);
+    snprintf(src, sizeof src, "%s/data/configs", test_root());
+    DIR *d = opendir(src);
+    cr_assert(d, "cannot list %s", src);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)); ) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".json")) continue;
+        snprintf(dst, sizeof dst, "%s/%s", cfg, e->d_name);
+        FILE *f = fopen(dst, "w");
+        cr_assert(f);
+        fputs("{\"hidden_size\": ", f);
+        fclose(f);
+        n++;
+    }
+    closedir(d);
+    cr_assert_geq(n, 10);
+    for (int i = 2; i < N_CHAPTERS; i++) {
+        char out_dir[500], args[1200];
+        snprintf(out_dir, sizeof out_dir, "%s/out-%s", dir, chapters[i]);
+        snprintf(args, sizeof args, "--out %s --configs %s", out_dir, cfg);
+        expect_one_line_error(chapters[i], args, ".json");
+        cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before reading its configs", chapters[i]);
+    }
+    static const char *with_dir[] = {"ch04", "ch05", "ch06", "ch09", "ch10"};
+    for (size_t i = 0; i < sizeof with_dir / sizeof with_dir[0]; i++) {
+        char out_dir[500], args[1200];
+        snprintf(out_dir, sizeof out_dir, "%s/out2-%s", dir, with_dir[i]);
+        snprintf(args, sizeof args, "--out %s --weights-dir %s", out_dir, empty);
+        expect_one_line_error(with_dir[i], args, "no-models/");
+        cr_expect_eq(test_count_files(out_dir), 0, "%s wrote files before loading its models", with_dir[i]);
+    }
 }

@@ -29,7 +29,6 @@
 static void figure_heads(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
     int H = g->n_heads, T = t->n_tokens, L = g->n_layers;
-    if (H > 8) die_user("%s: the figure draws at most 8 heads, the model has %d", t->path, H);
     size_t hs = (size_t)H * T * T;
     float *A = mallocCheck(sizeof(float) * hs * 3);
     trained_attention(t, 0, 0, A);
@@ -144,9 +143,13 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
+    // every input first: a bad one fails before anything is written
+    chapter_check_configs(configs, "gpt2.json", "olmo2-7b.json", NULL);
     Trained t;
     trained_load(&t, a.weights);
+    trained_require(&t, "gqa|gated", -1, "chapter 3 (its cache is K and V per KV head)");
+    if (t.model->g.n_heads > 8) die_user("%s: the figure draws at most 8 heads, the model has %d", t.path, t.model->g.n_heads);
+    ensure_out_dir(a.out);
     figure_heads(&a, &t);
     figure_decode(&a, &t);
     figure_kv_memory(&a, configs);

@@ -96,6 +96,8 @@ static void load_trained(Trained *tr, const char *path) {
     for (int l = 0; l < g->n_layers; l++)
         if (tr->m->mixers[l].ops != &dsa_mixer) die_user("%s: layer %d is '%s', this chapter draws DSA models", path, l,
                                                         tr->m->mixers[l].ops->name);
+    if (tr->task.kind != TASK_RECALL)
+        die_user("%s: trained on %s, but this chapter's figures measure recall", path, tr->task.name);
     tr->T = tr->task.seq_len;
     tr->L = g->n_layers;
     tr->H = g->n_heads;
@@ -254,15 +256,21 @@ static void figure_sparse_attention(const CliArgs *a, Trained *tr) {
 
 // ---- figure 4: cache memory of DeepSeek-V3.2 vs V3 vs an MHA equivalent ---------------------------------
 
+// DeepSeek-V3.2 and V3 from their config.json (exits with one line naming a bad one).
+static void load_configs(ModelGeometry *v32, ModelGeometry *v3, const char *configs) {
+    char path[1024], err[512];
+    if (hfconfig_load(v32, path_join(path, sizeof path, configs, "deepseek-v3.2.json"), err, sizeof err) != 0)
+        die_user("%s", err);
+    if (hfconfig_load(v3, path_join(path, sizeof path, configs, "deepseek-v3.json"), err, sizeof err) != 0)
+        die_user("%s", err);
+    if (v32->index_n_heads <= 0) die_user("%s/deepseek-v3.2.json: no indexer (index_n_heads) in the config", configs);
+}
+
 static void figure_kv_memory(const CliArgs *a, const char *configs) {
     enum { NPTS = 8 };
     ModelGeometry v32, v3, mha;
-    char path[1024], err[512];
-    if (hfconfig_load(&v32, path_join(path, sizeof path, configs, "deepseek-v3.2.json"), err, sizeof err) != 0)
-        die_user("%s", err);
-    if (hfconfig_load(&v3, path_join(path, sizeof path, configs, "deepseek-v3.json"), err, sizeof err) != 0)
-        die_user("%s", err);
-    if (v32.index_n_heads <= 0) die_user("%s/deepseek-v3.2.json: no indexer (index_n_heads) in the config", configs);
+    char path[1024];
+    load_configs(&v32, &v3, configs);
     v32.dtype_bytes = v3.dtype_bytes = 2;   // count everything in bf16
     // the same model as plain MHA: every head caches its own K and V (v_head_dim wide)
     mha = v3;
@@ -384,10 +392,13 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
+    // every input first: a bad one fails before anything is written
+    ModelGeometry v32, v3;
+    load_configs(&v32, &v3, configs);
     Trained tr;
     load_trained(&tr, a.weights);
+    ensure_out_dir(a.out);
     char esc[1100];
     printf("ch07: %s: %d layers of DSA, top-%d of up to %d keys\n", str_escape(esc, sizeof esc, a.weights), tr.L,
            tr.topk, tr.T);
