@@ -95,9 +95,14 @@ bench: deps
 	$(BUILD)/bench
 	PYTHON=$(PYTHON) tools/bench_train.sh
 
+# The weights format, from data/weights/README.md alone: PyTorch loads the shipped attention models and
+# matches ./infer's logits.
+FORMAT_CHECK := ch02_recall ch03_induction ch04_recall_g1 ch05_recall_mla ch06_3to1_w4 ch08_gated
+
 golden: deps build
 	@tools/deps.sh --golden
 	$(PYTHON) tests/reference/make_golden.py
+	@for w in $(FORMAT_CHECK); do $(PYTHON) tools/load_in_pytorch.py data/weights/$$w.safetensors || exit 1; done
 
 weights: deps build
 	tools/make_weights.sh

@@ -94,8 +94,8 @@ int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
         return fail(why, cap, "unknown qk norm kind %d", g->qk_norm);
     if (g->partial_rotary_factor < 0.0 || g->partial_rotary_factor > 1.0)
         return fail(why, cap, "partial_rotary_factor must be in (0, 1], got %g", g->partial_rotary_factor);
-    // RoPE rotates pairs, so the rotated part of a head must be even.
-    if (g->attn == ATTN_GQA) {
+    // RoPE rotates pairs, so the rotated part of a head must be even (in a model with attention layers).
+    if (g->attn == ATTN_GQA && geometry_count(g, LAYER_GLOBAL) + geometry_count(g, LAYER_LOCAL) > 0) {
         double rot = geometry_rotary_fraction(g) * g->head_dim;
         if (rot != (double)(int)rot || ((int)rot) % 2 != 0)
             return fail(why, cap, "partial_rotary_factor %g of head_dim %d does not give an even number of "

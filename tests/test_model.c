@@ -585,6 +585,56 @@ Test(model_shipped, every_file_matches_its_record) {
     cr_expect(n >= 6, "only %d weights files in %s", n, dir);
 }
 
+// Format 1 (the shipped files) read, written again as format 2 (kinds as names, no attention fields in a
+// linear-only model, meta.loss_curve), read back: the same geometry, parameters, record and logits.
+Test(model_shipped, every_file_survives_format_2) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/data/weights", test_root());
+    DIR *d = opendir(dir);
+    cr_assert(d, "%s missing (run `make weights`)", dir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)); ) {
+        size_t len = strlen(e->d_name);
+        if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors") != 0) continue;
+        char path[1500], copy[600], err[512];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ModelInfo i1, i2;
+        Model *m1 = model_load(path, mixer_by_name, &i1, err, sizeof err);
+        cr_assert(m1, "%s", err);
+        model_save(m1, &i1, tmp_path(copy, sizeof copy, "format2.safetensors"));
+        Model *m2 = model_load(copy, mixer_by_name, &i2, err, sizeof err);
+        cr_assert(m2, "%s rewritten: %s", e->d_name, err);
+        SafeTensors st;
+        cr_assert_eq(st_load(&st, copy, err, sizeof err), 0, "%s", err);
+        cr_expect_str_eq(st_meta(&st, "format"), "attention-tiny-lm/2");
+        const char *geo = st_meta(&st, "geometry");
+        cr_expect(strstr(geo, "\"layer_kind\":[\"") != NULL, "%s: layer kinds not written as names: %s", e->d_name, geo);
+        int linear_only = geometry_count(&m1->g, LAYER_LINEAR) == m1->g.n_layers;
+        cr_expect(linear_only == (strstr(geo, "\"n_heads\"") == NULL), "%s: n_heads written iff the model has attention: %s",
+                  e->d_name, geo);
+        cr_expect(st_find(&st, "meta.loss_curve") && !st_find(&st, "train.loss_curve"), "%s: loss curve name", e->d_name);
+        st_free(&st);
+        cr_expect_eq(m2->n_params, m1->n_params);
+        cr_expect(memcmp(m1->params, m2->params, sizeof(float) * m1->n_params) == 0, "%s: parameters differ", e->d_name);
+        for (int l = 0; l < m1->g.n_layers; l++) cr_expect_eq(m1->mixers[l].ops, m2->mixers[l].ops);
+        cr_expect_eq(i1.n_curve, i2.n_curve);
+        cr_expect(i1.seed == i2.seed && i1.steps == i2.steps && fabs(i1.accuracy - i2.accuracy) < 1e-6);
+        int T = m1->g.max_seq_len < 8 ? m1->g.max_seq_len : 8, tok[8];
+        for (int t = 0; t < T; t++) tok[t] = (3 * t + 1) % m1->g.vocab_size;
+        model_forward(m1, tok, NULL, 1, T);
+        model_forward(m2, tok, NULL, 1, T);
+        cr_expect(memcmp(m1->logits, m2->logits, sizeof(float) * (size_t)T * m1->g.vocab_size) == 0,
+                  "%s: logits differ after the rewrite", e->d_name);
+        model_info_free(&i1);
+        model_info_free(&i2);
+        model_free(m1);
+        model_free(m2);
+        n++;
+    }
+    closedir(d);
+    cr_expect_geq(n, 6);
+}
+
 Test(model_shipped, ch02_recall) { shipped_accuracy("data/weights/ch02_recall.safetensors", 0.95, 256); }
 Test(model_shipped, ch03_recall) { shipped_accuracy("data/weights/ch03_recall.safetensors", 0.95, 256); }
 Test(model_shipped, ch03_induction) { shipped_accuracy("data/weights/ch03_induction.safetensors", 0.95, 256); }

@@ -87,10 +87,15 @@ int main(int argc, char **argv) {
     char idbuf[2][16];
     #define NAME(i, slot) (vocab ? cJSON_GetArrayItem(vocab, (i))->valuestring \
                                  : (snprintf(idbuf[slot], sizeof idbuf[slot], "%d", (i)), idbuf[slot]))
-    char name[200], task[64];
-    printf("infer: %s, %d layers, d_model %d, query heads %d (kv %d), task %s; %d tokens\n",
-           str_escape(name, sizeof name, g->name), g->n_layers, g->d_model, g->n_heads, g->n_kv_heads,
-           info.task[0] ? str_escape(task, sizeof task, info.task) : "?", T);
+    char name[200], task[64], heads[96];
+    int n_linear = geometry_count(g, LAYER_LINEAR);
+    if (n_linear == g->n_layers)
+        snprintf(heads, sizeof heads, "%s value heads %d (key heads %d)", geometry_linear_name(g), g->linear_num_value_heads,
+                 g->linear_num_key_heads);
+    else
+        snprintf(heads, sizeof heads, "query heads %d (kv %d)%s", g->n_heads, g->n_kv_heads, n_linear ? ", with linear layers" : "");
+    printf("infer: %s, %d layers, d_model %d, %s, task %s; %d tokens\n", str_escape(name, sizeof name, g->name),
+           g->n_layers, g->d_model, heads, info.task[0] ? str_escape(task, sizeof task, info.task) : "?", T);
     printf("  %4s  %-8s  %-10s  %s\n", "pos", "token", "predicted", "p");
     for (int t = 0; t < T; t++) {
         const float *lg = m->logits + (size_t)t * V;
