@@ -28,7 +28,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures test test-run sanitize bench golden weights clean
+.PHONY: all build deps figures test test-run sanitize fuzz bench golden weights clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -78,10 +78,35 @@ test: deps
 test-run: $(BUILD)/tests/run $(BINS)
 	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
 
-# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer, then 30 s of
+# each fuzz target.
 sanitize: deps
 	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
 	    BINDIR=build/san/bin OPT="-O1 -g -march=x86-64-v3 -ffp-contract=off $(SAN)" test-run
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
+
+# ---- fuzzing ------------------------------------------------------------------------------------------
+# libFuzzer targets (tests/fuzz/): the safetensors reader, the config reader with the cache formulas,
+# and model load + forward + decode, built with Debian's clang under AddressSanitizer and
+# UndefinedBehaviorSanitizer; tools/fuzz.sh runs each for FUZZ_SECONDS from the seed corpus.
+FUZZ_SECONDS ?= 300
+FUZZ_DIR     := build/fuzz
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -g -O1 -march=x86-64-v3 -ffp-contract=off -fopenmp \
+                -Icommon -Ichapters $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_OBJ     := $(COMMON_SRC:%.c=$(FUZZ_DIR)/%.o) $(MECH_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_BINS    := $(addprefix $(FUZZ_DIR)/fuzz_,safetensors config model)
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) $(LDLIBS) -o $@
+
+fuzz:
+	@tools/deps.sh --fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@tools/fuzz.sh $(FUZZ_SECONDS)
 
 # ---- benchmarks, golden values, weights ---------------------------------------------------------------
 # The benchmark links OpenBLAS as its peer; it is built under build/ and run by `make bench`.

@@ -13,6 +13,9 @@ const char *test_root(void);
 // Runs "BINDIR/PROG ARGS" through sh; captures stdout+stderr (truncated to cap) into out and returns
 // the exit status (or -1 if it died on a signal).
 int test_run(char *out, size_t cap, const char *prog, const char *args);
+// The same, killed after `seconds` (exit status 124 then), so a program that blocks fails its test
+// instead of hanging the suite.
+int test_run_limited(char *out, size_t cap, const char *prog, const char *args, int seconds);
 // Number of lines in s (a final line without '\n' counts).
 int test_count_lines(const char *s);
 // A fresh empty temp folder (mkdtemp) under /tmp; the path is written into buf.

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Checks the Debian packages this project needs, prints what it found, and installs what is missing
-# with apt-get (through sudo when not root). `tools/deps.sh --golden` adds PyTorch for `make golden`.
+# with apt-get (through sudo when not root). `tools/deps.sh --golden` adds PyTorch for `make golden`,
+# `tools/deps.sh --fuzz` clang with libFuzzer and its OpenMP runtime for `make fuzz`.
 set -e
 need="gcc make pkg-config libcairo2-dev libstb-dev libcjson-dev libcriterion-dev libopenblas-dev fonts-dejavu-core pngcheck librsvg2-bin"
 [ "$1" = "--golden" ] && need="python3 python3-torch python3-numpy"
+[ "$1" = "--fuzz" ] && need="clang libclang-rt-14-dev libomp-dev"
 missing=""
 for p in $need; do
     v=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$p" 2>/dev/null || true)

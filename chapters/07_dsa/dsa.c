@@ -161,8 +161,12 @@ static float index_score(const float *iq, const float *iw, const float *k, const
 // ---- the selector ----------------------------------------------------------------------------------
 
 // Key a ranks before key b: a larger score, or the same score and a lower index (a strict total order,
-// so the top-k set is unique whatever algorithm finds it).
-static int ranks_before(const float *s, int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); }
+// so the top-k set is unique whatever algorithm finds it). A NaN score (weights that overflow float32)
+// ranks below every number, so the order stays total and the selection never fails.
+static int ranks_before(const float *s, int a, int b) {
+    float x = isnan(s[a]) ? -INFINITY : s[a], y = isnan(s[b]) ? -INFINITY : s[b];
+    return x > y || (x == y && a < b);
+}
 
 int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk) {
     CHECK(n > 0 && topk > 0, "dsa_select_topk: n %d, topk %d", n, topk);
