@@ -462,7 +462,8 @@ char *task_vocab_json(const Task *t) {
 // An integer field of o, or -1 with a message.
 static int json_int(const cJSON *o, const char *key, int *out, char *err, size_t cap) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) {
+    // range first: converting a double outside int's range to int is undefined
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 2e9) || v->valuedouble != floor(v->valuedouble)) {
         snprintf(err, cap, "task config: '%s' missing or not an integer", key);
         return -1;
     }

@@ -1,15 +1,25 @@
-// fuzz_model.c: a weights file (common/model.c over the safetensors reader) on arbitrary bytes, and
-// what a program does with one that loads: the forward on a few tokens, every layer's mixing matrix,
-// and cached decode of the same tokens. A bad file must be one line of error; a loaded one must run
-// without a memory error or an internal error (which would exit and be reported).
+// fuzz_model.c: a weights file on arbitrary bytes, read the way the chapters read it (common/train.c's
+// train_load_model: the model, its task and stored text, the example's forward) and the way ./infer
+// does (common/model.c's model_load), then what a program does with one that loads: the forward on a
+// few tokens, every layer's mixing matrix, and cached decode of the same tokens. A bad file must be
+// refused with a message; a loaded one must run without a memory error or an internal error (which
+// would exit and be reported).
 #include "fuzz_common.h"
 #include "model.h"
 #include "registry.h"
+#include "train.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[1024];
     ModelInfo info;
-    Model *m = model_load(fuzz_file(data, size, ".safetensors"), mixer_by_name, &info, err, sizeof err);
+    Task task;
+    const char *path = fuzz_file(data, size, ".safetensors");
+    Model *m = train_load_model(path, mixer_by_name, &info, &task, err, sizeof err);
+    if (m) task_free(&task);
+    else {
+        fuzz_rejected(err);
+        m = model_load(path, mixer_by_name, &info, err, sizeof err);
+    }
     if (!m) {
         fuzz_rejected(err);
         return 0;
