@@ -281,8 +281,7 @@ Test(cli, corpus_model_is_drawn_without_its_text_file) {
 }
 
 // Every input is checked before the first figure: a folder of broken config.json files, or an empty
-// --weights-dir, fails with one line and leaves the --out folder empty (ch03 once wrote two figures
-// before reading its configs).
+// --weights-dir, fails with one line and leaves the --out folder empty (not even created).
 Test(cli, bad_configs_or_weights_dir_fail_before_any_figure) {
     char dir[256], cfg[400], empty[400], src[700], dst[700];
     test_tmpdir(dir, sizeof dir);
