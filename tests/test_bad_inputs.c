@@ -18,6 +18,7 @@
 #include <cJSON.h>
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,6 +216,11 @@ static void expand(char *out, size_t cap, const char *args, const char *dir) {
     out[n] = '\0';
 }
 
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
 typedef struct { int index; } Case;
 
 ParameterizedTestParameters(bad_inputs, table) {
@@ -247,4 +253,5 @@ ParameterizedTest(Case *c, bad_inputs, table) {
         cr_expect_eq(test_count_files(dir), before, "bad_inputs.tsv:%d %s: a failed run changed %s", r.line, where, dir);
         cr_expect(!test_has_tmp_files(dir), "bad_inputs.tsv:%d %s: a temp file was left in %s", r.line, where, dir);
     }
+    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);   // the row's inputs (edited weights, FIFOs) go
 }

@@ -8,11 +8,15 @@
 #include <string.h>
 #include <unistd.h>
 
-// Writes data to a file of this process (in /dev/shm when it exists) and returns its path: the loaders
-// read files, and a file is how a user hands them input.
+static char fuzz_path[256];
+static void fuzz_remove_file(void) { unlink(fuzz_path); }
+
+// Writes data to a file of this process (in /dev/shm when it exists, removed at exit) and returns its
+// path: the loaders read files, and a file is how a user hands them input.
 static inline const char *fuzz_file(const uint8_t *data, size_t size, const char *ext) {
-    static char path[256];
-    snprintf(path, sizeof path, "%s/attn-fuzz-%ld%s", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp",
+    char *path = fuzz_path;
+    if (!path[0]) atexit(fuzz_remove_file);
+    snprintf(path, sizeof fuzz_path, "%s/attn-fuzz-%ld%s", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp",
              (long)getpid(), ext);
     FILE *f = fopen(path, "wb");
     if (!f || (size && fwrite(data, 1, size, f) != size) || fclose(f) != 0) abort();
