@@ -494,8 +494,21 @@ void mha_attention_probs(float *P, const float *x, const float *params, const Mi
     free(out);
 }
 
+// Load-time check of everything geometry_check and the layer functions assume.
+static int gqa_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "gqa", ATTN_GQA, 1, why, cap)) return 0;
+    if (g->head_dim < 2 || g->head_dim % 2 != 0)
+        return mixer_fail(why, cap, "head_dim %d must be positive and even (RoPE rotates pairs)", g->head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE ||
+        (g->partial_rotary_factor != 0.0 && g->partial_rotary_factor != 1.0))
+        return mixer_fail(why, cap, "attn_output_gate, qk_norm and partial_rotary_factor are for mixer 'gated'; "
+                                    "mixer 'gqa' has no gate, no qk norm and rotates every dim");
+    return 1;
+}
+
 const MixerOps gqa_mixer = {
     .name = "gqa",
+    .validate = gqa_validate,
     .param_tensors = gqa_param_tensors,
     .init = gqa_init,
     .act_floats = gqa_act_floats,

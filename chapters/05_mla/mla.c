@@ -583,8 +583,26 @@ static void mla_mixing_matrix(const Mixer *m, float *A, const float *act, const 
     memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
 }
 
+// Load-time check of everything dims_of and the layer functions assume (dsa's validate starts here).
+static int mla_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "mla", ATTN_MLA, 1, why, cap)) return 0;
+    if (g->kv_lora_rank < 1) return mixer_fail(why, cap, "kv_lora_rank %d must be positive", g->kv_lora_rank);
+    if (g->v_head_dim < 1) return mixer_fail(why, cap, "v_head_dim %d must be positive", g->v_head_dim);
+    if (g->q_lora_rank < 0 || g->qk_nope_head_dim < 0 || g->qk_rope_head_dim < 0)
+        return mixer_fail(why, cap, "q_lora_rank %d, qk_nope_head_dim %d and qk_rope_head_dim %d must not be negative",
+                          g->q_lora_rank, g->qk_nope_head_dim, g->qk_rope_head_dim);
+    if (g->qk_nope_head_dim + g->qk_rope_head_dim < 1)
+        return mixer_fail(why, cap, "qk_nope_head_dim + qk_rope_head_dim must be positive");
+    if (g->qk_rope_head_dim % 2 != 0)
+        return mixer_fail(why, cap, "qk_rope_head_dim %d must be even (RoPE rotates pairs)", g->qk_rope_head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE)
+        return mixer_fail(why, cap, "attn_output_gate and qk_norm are for mixer 'gated'; mixer 'mla' has neither");
+    return 1;
+}
+
 const MixerOps mla_mixer = {
     .name = "mla",
+    .validate = mla_validate,
     .param_tensors = mla_param_tensors,
     .init = mla_init,
     .act_floats = mla_act_floats,

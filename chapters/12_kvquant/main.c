@@ -606,6 +606,8 @@ int main(int argc, char **argv) {
             die_user("%s: %s expects recall models, this one learned %s", ms[k].path, FLAG[set >= SET_MLA ? SET_MLA : set],
                      ms[k].t.task.name);
     }
+    // every input before the first figure: the two configs figure 7 reads, too
+    chapter_check_configs(configs, "llama3-70b.json", "deepseek-v3.json", NULL);
     ensure_out_dir(a.out);
 
     figure_synthetic(&a);
