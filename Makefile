@@ -35,7 +35,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures configs-table test test-run sanitize bench golden weights arm-check clean
+.PHONY: all build deps figures configs-table test test-run sanitize fuzz bench golden weights arm-check clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -108,10 +108,35 @@ endif
 test-run: $(BUILD)/tests/run $(BINS)
 	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
 
-# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer, then 30 s of
+# each fuzz target.
 sanitize: deps
 	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
 	    BINDIR=build/san/bin OPT="-O1 -g $(ARCH_FLAGS) -ffp-contract=off $(SAN)" test-run
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
+
+# ---- fuzzing ------------------------------------------------------------------------------------------
+# libFuzzer targets (tests/fuzz/): the safetensors reader, the config reader with the cache formulas,
+# and model load + forward + decode, built with Debian's clang under AddressSanitizer and
+# UndefinedBehaviorSanitizer; tools/fuzz.sh runs each for FUZZ_SECONDS from the seed corpus.
+FUZZ_SECONDS ?= 300
+FUZZ_DIR     := build/fuzz
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -g -O1 $(ARCH_FLAGS) -ffp-contract=off -fopenmp \
+                -Icommon -Ichapters $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_OBJ     := $(COMMON_SRC:%.c=$(FUZZ_DIR)/%.o) $(MECH_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_BINS    := $(addprefix $(FUZZ_DIR)/fuzz_,safetensors config model)
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) $(LDLIBS) -o $@
+
+fuzz:
+	@tools/deps.sh --fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@tools/fuzz.sh $(FUZZ_SECONDS)
 
 # ---- classroom exercises (chapters/NN_name/EXERCISES.md, tools/exercises.sh, tools/exercises.txt) ----
 # `make exercises [CH=05] [OUT=dir]` writes a student tree; in it (or here) `make check EX=05.2` or
@@ -184,9 +209,14 @@ arm-check: deps
 	@tools/deps.sh --arm
 	@tools/arm_check.sh
 
+# The weights format, from data/weights/README.md alone: PyTorch loads the shipped attention models and
+# matches ./infer's logits.
+FORMAT_CHECK := ch02_recall ch03_induction ch04_recall_g1 ch05_recall_mla ch06_3to1_w4 ch08_gated
+
 golden: deps build
 	@tools/deps.sh --golden
 	$(PYTHON) tests/reference/make_golden.py
+	@for w in $(FORMAT_CHECK); do $(PYTHON) tools/load_in_pytorch.py data/weights/$$w.safetensors || exit 1; done
 
 weights: deps build
 	tools/make_weights.sh

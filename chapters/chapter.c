@@ -2,6 +2,7 @@
 #include "chapter.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +18,8 @@ void trained_load(Trained *t, const char *path) {
     memset(t, 0, sizeof *t);
     t->path = path;
     char err[1024];
-    t->model = model_load(path, mixer_by_name, &t->info, err, sizeof err);
+    t->model = train_load_model(path, mixer_by_name, &t->info, &t->task, err, sizeof err);
     if (!t->model) die_user("%s", err);
-    if (!t->info.task_config || task_from_json(&t->task, t->info.task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in its metadata (%s)", path, t->info.task_config ? err : "missing");
     const MixerOps *ops[GEOM_MAX_LAYERS];
     for (int l = 0; l < t->model->g.n_layers; l++) ops[l] = t->model->mixers[l].ops;
     t->untrained = model_new(&t->model->g, ops, t->info.seed);
@@ -35,6 +34,36 @@ void trained_free(Trained *t) {
     model_free(t->untrained);
     model_info_free(&t->info);
     task_free(&t->task);
+}
+
+// Whether name is one of the '|'-separated words of list.
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; *p; ) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+void trained_require(const Trained *t, const char *mixers, int kind, const char *what) {
+    static const char *task_names[] = {"recall", "induction", "corpus"};
+    for (int l = 0; l < t->model->g.n_layers; l++)
+        if (!in_list(mixers, t->model->mixers[l].ops->name))
+            die_user("%s: layer %d is '%s', but %s draws %s models", t->path, l, t->model->mixers[l].ops->name, what, mixers);
+    if (kind >= 0 && t->task.kind != (TaskKind)kind)
+        die_user("%s: trained on %s, but %s needs a model trained on %s", t->path, t->task.name, what, task_names[kind]);
+}
+
+void trained_check(const char *path, const char *mixers, int kind, const char *what) {
+    Trained *t = mallocCheck(sizeof *t);
+    trained_load(t, path);
+    trained_require(t, mixers, kind, what);
+    trained_free(t);
+    free(t);
 }
 
 int trained_attention(Trained *t, int untrained, int layer, float *A) {
@@ -149,6 +178,16 @@ double chapter_chance(const Task *t) {
 }
 
 // ---- real models' memory ------------------------------------------------------------------------
+
+void chapter_check_configs(const char *dir, ...) {
+    va_list ap;
+    va_start(ap, dir);
+    for (const char *file = va_arg(ap, const char *); file; file = va_arg(ap, const char *)) {
+        ModelGeometry g;
+        chapter_config(&g, dir, file, NULL);
+    }
+    va_end(ap);
+}
 
 void chapter_config(ModelGeometry *g, const char *dir, const char *file, const char *display_name) {
     char path[1024], err[1024];

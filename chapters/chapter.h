@@ -23,6 +23,17 @@ typedef struct {
 // Loads path (exits with one line naming the file if it is missing or malformed).
 void trained_load(Trained *t, const char *path);
 void trained_free(Trained *t);
+
+// ---- checks a chapter runs before its first figure, so a bad input leaves nothing written -----------
+// Exits with one line naming t's file unless every layer's mixer is one of `mixers` ("gqa|gated"; mha
+// and mqa are gqa) and, when kind >= 0, t learned that task: a figure built for one mechanism or task
+// never draws another as if it were. what: the figure, for the message.
+void trained_require(const Trained *t, const char *mixers, int kind, const char *what);
+// trained_load, trained_require and trained_free: for models a chapter loads only later.
+void trained_check(const char *path, const char *mixers, int kind, const char *what);
+// Reads every listed config.json (dir/name, the list NULL-terminated) and exits with one line naming
+// the first that is missing or malformed.
+void chapter_check_configs(const char *dir, ...) __attribute__((sentinel));
 // Attention of layer `layer` on the task's example: A (n_heads, T, T), for the trained model or its
 // untrained twin. Returns the number of heads.
 int trained_attention(Trained *t, int untrained, int layer, float *A);

@@ -98,9 +98,9 @@ int geometry_validate(const ModelGeometry *g, char *why, size_t cap) {
         return fail(why, cap, "unknown qk norm kind %d", g->qk_norm);
     if (g->partial_rotary_factor < 0.0 || g->partial_rotary_factor > 1.0)
         return fail(why, cap, "partial_rotary_factor must be in (0, 1], got %g", g->partial_rotary_factor);
-    // RoPE rotates pairs, so the rotated part of a head must be even. Like transformers, the count is
-    // int(partial_rotary_factor * head_dim) (MiMo-V2: int(0.334 * 192) = 64).
-    if (g->attn == ATTN_GQA) {
+    // RoPE rotates pairs, so the rotated part of a head must be even (in a model with attention layers).
+    // Like transformers, the count is int(partial_rotary_factor * head_dim) (MiMo-V2: int(0.334 * 192) = 64).
+    if (g->attn == ATTN_GQA && geometry_count(g, LAYER_GLOBAL) + geometry_count(g, LAYER_LOCAL) + geometry_count(g, LAYER_CHUNKED) > 0) {
         double rot = floor(geometry_rotary_fraction(g) * g->head_dim + 1e-9);
         if (rot < 2 || ((long long)rot) % 2 != 0)
             return fail(why, cap, "partial_rotary_factor %g of head_dim %d does not give an even number of "

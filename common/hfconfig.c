@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
+
 // Defaults of transformers' config classes that the published config.json files rely on.
 typedef struct {
     const char *model_type;
@@ -965,9 +967,10 @@ int hfconfig_load(ModelGeometry *g, const char *path, char *err, size_t cap) {
 
 int hfconfig_load_set(ModelGeometry *g, const char *path, const char *const *sets, int n_sets, char *err, size_t cap) {
     enum { MAX_BYTES = 16 << 20 };   // real config.json files are a few KiB; refuse anything huge
-    FILE *f = fopen(path, "rb");
+    char why[256];
+    FILE *f = open_regular(path, NULL, why, sizeof why);
     if (!f) {
-        snprintf(err, cap, "%s: cannot open: %s", path, strerror(errno));
+        snprintf(err, cap, "%s: %s", path, why);
         return -1;
     }
     char *text = malloc(MAX_BYTES + 1);

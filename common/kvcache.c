@@ -109,3 +109,92 @@ double kvcache_total_bytes(const ModelGeometry *g, long context, long batch) {
     for (int l = 0; l < g->n_layers; l++) elems += kvcache_layer_elems(g, l, context);
     return (double)batch * (elems * g->dtype_bytes + kvcache_fixed_bytes(g));
 }
+
+// ---- a quantized cache -------------------------------------------------------------------------------
+
+// Bytes of h vectors of width w over n held entries (per_token: one more entry, in the long run).
+static double vectors_bytes(const ModelGeometry *g, const KvqScheme *s, double h, int w, KvqRole role, long n,
+                            int per_token) {
+    return h * (per_token ? kvq_vector_bytes(s, w, role) : kvq_stream_bytes_for(s, &w, 1, role, n, g->dtype_bytes));
+}
+
+// Bytes one layer holds for n entries (tokens) coded by s, or (per_token) the long-run bytes of one more.
+// The indexer key counts when with_indexer (a compressed layer's raw entries have none).
+static double layer_quant_bytes(const ModelGeometry *g, int layer, const KvqScheme *s, const KvqScheme *rope, long n,
+                                int per_token, int with_indexer) {
+    double b;
+    if (g->attn == ATTN_MLA) {
+        b = vectors_bytes(g, s, 1, g->kv_lora_rank, KVQ_KEY, n, per_token);
+        if (g->qk_rope_head_dim > 0) b += vectors_bytes(g, rope ? rope : s, 1, g->qk_rope_head_dim, KVQ_KEY, n, per_token);
+    } else {
+        int h, dk, dv;
+        geometry_layer_kv(g, layer, &h, &dk, &dv);
+        b = vectors_bytes(g, s, h, dk, KVQ_KEY, n, per_token);
+        if (!g->kv_one_tensor) b += vectors_bytes(g, s, h, dv, KVQ_VALUE, n, per_token);
+    }
+    if (with_indexer && geometry_layer_has_indexer(g, layer))
+        b += vectors_bytes(g, s, 1, g->index_head_dim, KVQ_KEY, n, per_token);
+    return b;
+}
+
+double kvcache_quant_bytes_per_token(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope) {
+    double bytes = 0.0;
+    for (int l = 0; l < g->n_layers; l++) {
+        if (kvcache_elems_per_token_layer(g, l) == 0) continue;   // linear, MLP-only, KV-shared
+        double b = layer_quant_bytes(g, l, s, rope, 0, 1, 1);
+        bytes += g->layer_kind[l] == LAYER_COMPRESSED ? b / g->compress_ratios[l] : b;
+    }
+    return bytes;
+}
+
+double kvcache_quant_total_bytes(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope, long context,
+                                 long batch) {
+    double bytes = 0.0;   // one sequence at `context` tokens, all layers
+    for (int l = 0; l < g->n_layers; l++) {
+        if (kvcache_elems_per_token_layer(g, l) == 0) continue;
+        switch (g->layer_kind[l]) {
+        case LAYER_LOCAL:
+            bytes += layer_quant_bytes(g, l, s, rope, context < g->sliding_window ? context : g->sliding_window, 0, 1);
+            break;
+        case LAYER_CHUNKED:
+            bytes += layer_quant_bytes(g, l, s, rope, context < g->attention_chunk_size ? context : g->attention_chunk_size, 0, 1);
+            break;
+        case LAYER_COMPRESSED:
+            bytes += layer_quant_bytes(g, l, s, rope, context < g->sliding_window ? context : g->sliding_window, 0, 0) +
+                     layer_quant_bytes(g, l, s, rope, context / g->compress_ratios[l], 0, 1);
+            break;
+        default:
+            bytes += layer_quant_bytes(g, l, s, rope, context, 0, 1);
+        }
+    }
+    return (double)batch * (bytes + kvcache_fixed_bytes(g));
+}
+
+double kvcache_quant_model_bytes(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope) {
+    // per width and scheme: the RoPE key's width may be coded by its own scheme
+    int widths[8], n = 0;
+    double rope_bytes = 0.0;
+    for (int l = 0; l < g->n_layers; l++) {
+        if (kvcache_elems_per_token_layer(g, l) == 0) continue;
+        int w[4], k = 0;
+        if (g->attn == ATTN_MLA) {
+            w[k++] = g->kv_lora_rank;
+            if (g->qk_rope_head_dim > 0 && rope) rope_bytes = kvq_model_bytes(rope, g->qk_rope_head_dim);
+            else if (g->qk_rope_head_dim > 0) w[k++] = g->qk_rope_head_dim;
+        } else {
+            int h, dk, dv;
+            geometry_layer_kv(g, l, &h, &dk, &dv);
+            w[k++] = dk;
+            if (!g->kv_one_tensor) w[k++] = dv;
+        }
+        if (geometry_layer_has_indexer(g, l)) w[k++] = g->index_head_dim;
+        for (int i = 0; i < k; i++) {
+            int seen = 0;
+            for (int j = 0; j < n; j++) seen |= widths[j] == w[i];
+            if (!seen && n < 8) widths[n++] = w[i];
+        }
+    }
+    double bytes = rope_bytes;
+    for (int i = 0; i < n; i++) bytes += kvq_model_bytes(s, widths[i]);
+    return bytes;
+}

@@ -8,6 +8,7 @@
 // The tiny models' decode code allocates exactly these bytes (a test holds them equal).
 #pragma once
 #include "geometry.h"
+#include "kvquant.h"
 
 // Elements one cached token (or one compressed entry) adds to one layer: K and V (or the MLA latent, or
 // DeepSeek V4's single K = V entry) plus the layer's indexer key. 0 for linear, MLP-only and KV-shared
@@ -33,3 +34,17 @@ double kvcache_compressor_bytes(const ModelGeometry *g);
 double kvcache_layer_elems(const ModelGeometry *g, int layer, long context);
 // Total cache bytes for batch sequences of `context` tokens each, windows and fixed state included.
 double kvcache_total_bytes(const ModelGeometry *g, long context, long batch);
+
+// ---- a quantized cache (chapter 12) --------------------------------------------------------------------
+// The same counts with every cached vector coded by s (kvquant.h): per layer one key and one value vector
+// per KV head (one vector when K = V), MLA's latent and RoPE key as two key vectors (the RoPE key coded
+// by rope, NULL: by s), an indexer key as a key vector; codes plus their scales and zero points.
+// Bytes one more token adds, all layers (kvcache_bytes_per_token's counterpart; KIVI's per-chunk ranges
+// shared out over their G tokens).
+double kvcache_quant_bytes_per_token(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope);
+// Total for batch sequences of context tokens (kvcache_total_bytes's counterpart): each layer's held
+// tokens coded by s, KIVI's last (held mod G) tokens in dtype_bytes; the fixed state is not quantized.
+double kvcache_quant_total_bytes(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope, long context,
+                                 long batch);
+// Bytes per model, not per token: s's codebooks and matrices for each vector width the model caches.
+double kvcache_quant_model_bytes(const ModelGeometry *g, const KvqScheme *s, const KvqScheme *rope);

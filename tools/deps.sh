@@ -1,11 +1,13 @@
 #!/bin/sh
 # Checks the Debian packages this project needs, prints what it found, and installs what is missing
 # with apt-get (through sudo when not root). `tools/deps.sh --golden` adds PyTorch for `make golden`,
-# `--arm` the ARM cross compiler and qemu for `make arm-check`.
+# `--arm` the ARM cross compiler and qemu for `make arm-check`, `--fuzz` clang with libFuzzer and its
+# OpenMP runtime for `make fuzz`.
 set -e
 need="gcc make pkg-config libcairo2-dev libstb-dev libcjson-dev libcriterion-dev libopenblas-dev fonts-dejavu-core pngcheck librsvg2-bin"
 [ "${1:-}" = "--golden" ] && need="python3 python3-torch python3-numpy"
 [ "${1:-}" = "--arm" ] && need="gcc-aarch64-linux-gnu qemu-user"
+[ "${1:-}" = "--fuzz" ] && need="clang libclang-rt-14-dev libomp-dev"
 # Without Debian's package tools (macOS, another distribution) say what is needed instead of failing
 # somewhere in the build. Debian and Ubuntu on arm64 (Raspberry Pi OS, Graviton, a Linux VM on an Apple
 # Silicon laptop) have every package above, and the build picks the plain-C kernels there by itself.

@@ -9,7 +9,8 @@
 // things apart: the KV bytes per token of their attention layers, which grow with context, and the fixed
 // state of their linear layers (recurrent state, fp32 unless the config says otherwise, plus the short-conv
 // state in the cache dtype), which does not; a line under the table splits the fixed state.
-// --json prints the same numbers as JSON; --plot draws total vs context.
+// --json prints the same numbers as JSON; --plot draws total vs context. --kv-quant SCHEME counts the cache
+// quantized (chapter 12, common/kvquant.h): codes plus their scales, zero points and norms per token.
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include "geometry.h"
 #include "hfconfig.h"
 #include "kvcache.h"
+#include "kvquant.h"
 #include "plot.h"
 
 static const char *dtype_names[] = {"bf16", "fp16", "fp32", "fp8"};
@@ -33,7 +35,22 @@ typedef struct {
     char dtype[24];          // "bf16" (from --dtype) or "fp32 (config)"
     char conv_dtype[16];     // the cache dtype's short name: "bf16" (from --dtype), "16-bit" (config)
     double per_token, fixed, state, conv, total;
+    double plain_per_token;  // per token at the dtype, for the --kv-quant line
 } Model;
+
+static const KvqScheme *g_quant, *g_quant_rope;   // --kv-quant and --kv-quant-rope, or NULL
+
+// The total at context for batch sequences: quantized when --kv-quant says so.
+static double total_bytes(const ModelGeometry *g, long context, long batch) {
+    return g_quant ? kvcache_quant_total_bytes(g, g_quant, g_quant_rope, context, batch) : kvcache_total_bytes(g, context, batch);
+}
+
+// Elements one token adds (the per-token bytes at 1 byte per element).
+static double elems_per_token(const ModelGeometry *g) {
+    ModelGeometry one = *g;
+    one.dtype_bytes = 1;
+    return kvcache_bytes_per_token(&one);
+}
 
 // "128K" for 131072, "1M" for 1048576, else the plain number.
 static const char *fmt_tokens(char *buf, size_t cap, long n) {
@@ -118,7 +135,8 @@ static void print_table(const Model *m, int n, long context, long batch) {
         snprintf(row[0], CELL, "%s", m[i].g.name);
         describe_layers(row[1], CELL, &m[i].g);
         describe_attention(row[2], CELL, &m[i].g);
-        snprintf(row[3], CELL, "%s", m[i].dtype);
+        if (g_quant) snprintf(row[3], CELL, "%s (%.2f bits)", g_quant->name, 8.0 * m[i].per_token / elems_per_token(&m[i].g));
+        else snprintf(row[3], CELL, "%s", m[i].dtype);
         fmt_both(row[4], CELL, m[i].per_token);
         fmt_both(row[5], CELL, m[i].fixed);
         fmt_both(row[6], CELL, m[i].total);
@@ -137,6 +155,20 @@ static void print_table(const Model *m, int n, long context, long batch) {
         printf("\n");
     }
     printf("(local layers hold min(context, W) tokens; K = 1024 tokens; KiB, MiB, GiB are powers of 2)\n");
+    for (int i = 0; g_quant && i < n; i++) {
+        const ModelGeometry *g = &m[i].g;
+        char a[32], b[32], c[32];
+        double model = kvcache_quant_model_bytes(g, g_quant, g_quant_rope);
+        printf("%s: --kv-quant %s%s%s: %.2f bits per cached element, scales, zero points and norms included: %s per token "
+               "instead of %s (%.2fx smaller)", g->name, g_quant->name, g_quant_rope && g->attn == ATTN_MLA ? ", RoPE key " : "",
+               g_quant_rope && g->attn == ATTN_MLA ? g_quant_rope->name : "", 8.0 * m[i].per_token / elems_per_token(g),
+               fmt_bytes(a, sizeof a, m[i].per_token), fmt_bytes(b, sizeof b, m[i].plain_per_token),
+               m[i].plain_per_token / m[i].per_token);
+        if (model > 0) printf("; plus %s per model (codebooks, rotation%s)", fmt_bytes(c, sizeof c, model),
+                              g_quant->qjl ? ", sketch" : "");
+        if (g_quant->family == KVQ_KIVI) printf("; the last (tokens mod %d) tokens stay in the cache dtype", g_quant->group);
+        printf("\n");
+    }
     if (beyond) printf("* the context is longer than the model's max_position_embeddings\n");
     for (int i = 0; i < n; i++) {
         const ModelGeometry *g = &m[i].g;
@@ -200,6 +232,13 @@ static void print_json(const Model *m, int n, long context, long batch) {
         cJSON_AddStringToObject(o, "dtype", m[i].dtype);
         cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
         cJSON_AddNumberToObject(o, "kv_bytes_per_token", m[i].per_token);
+        if (g_quant) {
+            cJSON_AddStringToObject(o, "kv_quant", g_quant->name);
+            if (g_quant_rope && g->attn == ATTN_MLA) cJSON_AddStringToObject(o, "kv_quant_rope", g_quant_rope->name);
+            cJSON_AddNumberToObject(o, "kv_quant_bits_per_element", 8.0 * m[i].per_token / elems_per_token(g));
+            cJSON_AddNumberToObject(o, "kv_bytes_per_token_unquantized", m[i].plain_per_token);
+            cJSON_AddNumberToObject(o, "kv_quant_model_bytes", kvcache_quant_model_bytes(g, g_quant, g_quant_rope));
+        }
         cJSON_AddNumberToObject(o, "fixed_state_bytes", m[i].fixed);
         if (g->linear_kind != LINEAR_NONE) {
             cJSON_AddStringToObject(o, "linear_kind", geometry_linear_name(g));
@@ -264,7 +303,7 @@ static void draw_plot(const Model *m, int n, const char *file, long batch, const
     int used[COLOR_COUNT] = {0};
     for (int i = 0; i < n; i++) {
         char a[64], b[32], c[32] = "";
-        for (int p = 0; p < NPTS; p++) ys[i][p] = kvcache_total_bytes(&m[i].g, (long)xs[p], batch);
+        for (int p = 0; p < NPTS; p++) ys[i][p] = total_bytes(&m[i].g, (long)xs[p], batch);
         describe_attention(a, sizeof a, &m[i].g);
         if (m[i].fixed > 0) {   // hybrids: the flat part of the curve at short context
             char f[24];
@@ -281,8 +320,12 @@ static void draw_plot(const Model *m, int n, const char *file, long batch, const
                                  .dashed = used[color]++ % 2 == 1};
     }
     char subtitle[224];
-    snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens; "
-             "linear layers hold a fixed state", batch, dtype_label);
+    if (g_quant)
+        snprintf(subtitle, sizeof subtitle, "batch %ld, cache quantized %s (scales, zero points and norms included), fixed "
+                 "state %s; sliding-window layers hold min(context, W) tokens", batch, g_quant->name, dtype_label);
+    else
+        snprintf(subtitle, sizeof subtitle, "batch %ld, %s; sliding-window layers hold min(context, W) tokens; "
+                 "linear layers hold a fixed state", batch, dtype_label);
     LineChart c = {
         .title = "KV cache memory vs context length",
         .subtitle = subtitle,
@@ -519,7 +562,7 @@ static void print_markdown_table(const Model *m, int n) {
 int main(int argc, char **argv) {
     long context = 131072, batch = 1;
     int dtype = -1, json = 0, table = 0;
-    const char *plot = NULL, *layers_plot = NULL;
+    const char *plot = NULL, *layers_plot = NULL, *kv_quant = NULL, *kv_quant_rope = NULL;
     // --set key=value may repeat, which the shared parser does not do: take them out of argv first.
     const char *sets[16];
     int n_sets = 0, kept = 1;
@@ -543,6 +586,10 @@ int main(int argc, char **argv) {
          .help = "sequences held at once (default 1)", .min = 1, .max = 1e9},
         {.name = "--dtype", .type = OPT_CHOICE, .dst = &dtype, .meta = "bf16|fp16|fp32|fp8",
          .help = "cache element type (default: the config's torch_dtype, else bf16)"},
+        {.name = "--kv-quant", .type = OPT_STRING, .dst = &kv_quant, .meta = "SCHEME[:GROUP]",
+         .help = "count the cache quantized: " KVQ_SCHEMES_HELP " (scales and zero points included)"},
+        {.name = "--kv-quant-rope", .type = OPT_STRING, .dst = &kv_quant_rope, .meta = "SCHEME[:GROUP]",
+         .help = "with --kv-quant: MLA's RoPE key in this scheme instead (e.g. bf16, as DeepSeek's FP8 MLA cache keeps it)"},
         {.name = "--json", .type = OPT_FLAG, .dst = &json, .help = "print JSON instead of a table"},
         {.name = "--plot", .type = OPT_STRING, .dst = &plot, .meta = "FILE.svg|.png",
          .help = "draw total cache vs context (1K..1M tokens) for all models"},
@@ -576,6 +623,20 @@ int main(int argc, char **argv) {
         check_writable("--layers-plot", layers_plot);
     }
     if (table && dtype < 0) dtype = 0;   // the README table is in bf16
+    KvqScheme quant;
+    if (kv_quant) {
+        char err[256];
+        if (kvq_parse(&quant, kv_quant, err, sizeof err) != 0) die_user("--kv-quant: %s", err);
+        if (table) die_user("--table prints the README's table (bf16); it takes no --kv-quant");
+        g_quant = &quant;
+    }
+    KvqScheme quant_rope;
+    if (kv_quant_rope) {
+        char err[256];
+        if (!kv_quant) die_user("--kv-quant-rope: needs --kv-quant (the scheme of everything else)");
+        if (kvq_parse(&quant_rope, kv_quant_rope, err, sizeof err) != 0) die_user("--kv-quant-rope: %s", err);
+        g_quant_rope = &quant_rope;
+    }
 
     Model *m = callocCheck((size_t)a.n_pos, sizeof *m);
     for (int i = 0; i < a.n_pos; i++) {
@@ -591,11 +652,12 @@ int main(int argc, char **argv) {
         }
         snprintf(m[i].conv_dtype, sizeof m[i].conv_dtype, "%s",
                  dtype >= 0 ? dtype_names[dtype] : dtype_short(m[i].g.dtype_bytes, "16-bit"));
-        m[i].per_token = kvcache_bytes_per_token(&m[i].g);
+        m[i].plain_per_token = kvcache_bytes_per_token(&m[i].g);
+        m[i].per_token = g_quant ? kvcache_quant_bytes_per_token(&m[i].g, g_quant, g_quant_rope) : m[i].plain_per_token;
         m[i].fixed = kvcache_fixed_bytes(&m[i].g);
         m[i].state = kvcache_state_bytes(&m[i].g);
         m[i].conv = kvcache_conv_bytes(&m[i].g);
-        m[i].total = kvcache_total_bytes(&m[i].g, context, batch);
+        m[i].total = total_bytes(&m[i].g, context, batch);
     }
     if (plot) draw_plot(m, a.n_pos, plot, batch, dtype >= 0 ? dtype_names[dtype] : "each config's torch_dtype");
     if (layers_plot) draw_layers_plot(m, a.n_pos, layers_plot);

@@ -16,6 +16,7 @@
 
 #include "attention.h"
 #include "check.h"
+#include "kvquant.h"
 #include "mathx.h"
 
 enum { WQ, WK, WV, WO, N_WEIGHTS };
@@ -231,12 +232,28 @@ struct MixerCache {
     AttnHeads heads;    // the layer's heads as the attention core sees them
     float *work;        // the core's scratch for the most keys one query sees (scratch)
     float *extra;       // scratch of the mixer that built on this cache (mha_cache_new_with_scratch)
+    // a quantized cache (chapter 12; NULL: the fp32 rows above are the cache): K and V live as codes in
+    // these streams, and k, v become one step's scratch that each step decodes the held rows into
+    KvqStream *qk, *qv;
+    float *qw, *ow;     // (H*dh) the query turned into the streams' working domain, and the output before
+                        // it is turned back
 };
 
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
     CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mha_cache_fill_random: %d more tokens exceed max_T %d",
           n_tokens, c->max_T);
     int rows = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    if (c->qk) {   // a quantized cache takes its rows through the encoder, one token at a time
+        for (int t = 0; t < n_tokens; t++) {
+            rng_fill_normal(rng, c->kt, c->kv_dim, 1.0f);
+            rng_fill_normal(rng, c->vt, c->kv_dim, 1.0f);
+            kvq_put(c->qk, c->n, c->kt);
+            kvq_put(c->qv, c->n, c->vt);
+            c->n++;
+        }
+        if (rows > c->held_peak) c->held_peak = rows;
+        return;
+    }
     rng_fill_normal(rng, c->k, (long)rows * c->kv_dim, 1.0f);
     rng_fill_normal(rng, c->v, (long)rows * c->kv_dim, 1.0f);
     c->n += n_tokens;
@@ -303,6 +320,9 @@ static MixerCache *gqa_cache_new(const Mixer *m, int max_T) { return mha_cache_n
 
 static void gqa_cache_free(MixerCache *c) {
     if (!c) return;
+    kvq_stream_free(c->qk);
+    kvq_stream_free(c->qv);
+    free(c->qw);
     free(c->k);
     free(c->q);
     free(c);
@@ -311,12 +331,51 @@ static void gqa_cache_free(MixerCache *c) {
 // Bytes of K and V actually holding tokens: 2 (K and V) * G * dh * 4 bytes (fp32) per token held, and
 // a local layer holds min(n, W) tokens: the per-layer term of kvcache_total_bytes with dtype_bytes = 4.
 // One-step scratch is not counted: it is not cache that grows with context.
+// A quantized cache counts its codes, scales and zero points (kvq_stream_held_bytes).
 static size_t gqa_cache_bytes(const MixerCache *c) {
+    if (c->qk) return kvq_stream_held_bytes(c->qk) + kvq_stream_held_bytes(c->qv);
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)cache_held(c);
 }
 
 size_t mha_cache_peak_bytes(const MixerCache *c) {
+    if (c->qk) return gqa_cache_bytes(c);   // decode only: a quantized cache never shrinks
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->held_peak;
+}
+
+void mha_cache_set_quant(MixerCache *c, KvQuant *q) {
+    CHECK(c->n == 0 && !c->qk, "gqa: a cache is quantized before its first token, once");
+    if (!q) return;
+    CHECK(kvq_scheme_of(q)->family != KVQ_KIVI || c->window == 0,
+          "gqa: KIVI's key chunks need every token kept; layer has a window of %d", c->window);
+    int G = c->heads.n_kv_heads, *w = mallocCheck(sizeof(int) * (size_t)G);
+    for (int g = 0; g < G; g++) w[g] = c->heads.dk;   // one vector per KV head
+    c->qk = kvq_stream_new(q, KVQ_KEY, w, G, c->cap);
+    c->qv = kvq_stream_new(q, KVQ_VALUE, w, G, c->cap);
+    free(w);
+    c->qw = mallocCheck(sizeof(float) * 2 * (size_t)c->heads.n_heads * c->heads.dk);
+    c->ow = c->qw + (size_t)c->heads.n_heads * c->heads.dk;
+}
+
+// One step over a quantized cache (chapter 12): the new key and value are stored as codes, the held
+// rows are decoded into k and v in the streams' working domain, the query heads are turned into it
+// (scores are unchanged: (Pi q).(Pi k) = q.k), and the weighted sum of values is turned back. For a
+// scheme without a rotation the turns do nothing, so fp32 codes give the fp32 cache's bits.
+static void quant_step(MixerCache *c, float *o, const float *q, const float *k, const float *v) {
+    int H = c->heads.n_heads, dh = c->heads.dk, t = c->n, lo = first_key(t, c->window);
+    kvq_put(c->qk, t, k);
+    kvq_put(c->qv, t, v);
+    c->n++;
+    if (cache_held(c) > c->held_peak) c->held_peak = cache_held(c);
+    AttnKeys ks = {.k = c->k, .v = c->v, .k_stride = (size_t)c->kv_dim, .k_head = (size_t)dh,
+                   .v_stride = (size_t)c->kv_dim, .v_head = (size_t)dh};
+    attn_keys_span(&ks, lo, t, c->base, c->cap);
+    kvq_get(c->qk, c->k, (size_t)c->kv_dim, lo, t, 0);
+    kvq_get(c->qv, c->v, (size_t)c->kv_dim, lo, t, 0);
+    memcpy(c->qw, q, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qk, c->qw + (size_t)h * dh, dh, 0);
+    attn_query(c->ow, NULL, 0, NULL, c->qw, &ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
+    memcpy(o, c->ow, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qv, o + (size_t)h * dh, dh, 1);
 }
 
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
@@ -324,6 +383,10 @@ void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, con
     CHECK(c->n < c->max_T, "gqa decode: cache is full (%d tokens)", c->max_T);
     CHECK(n_heads == c->heads.n_heads && head_dim == c->heads.dk, "gqa decode: %d heads of %d, cache made for %d of %d",
           n_heads, head_dim, c->heads.n_heads, c->heads.dk);
+    if (c->qk) {
+        quant_step(c, o, q, k, v);
+        return;
+    }
     // EXERCISE ex03.1 begin: append k, v (G*dh each) as position c->n; o (H*dh) = every head over the positions it sees
     // EXERCISE ex03.1 stub: (void)q; (void)k; (void)v; memset(o, 0, sizeof(float) * (size_t)n_heads * head_dim);
     int t = c->n;   // this token's position
@@ -370,6 +433,7 @@ void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, cons
     int qd = H * dh, kvd = G * dh, W = c->window, n0 = c->n;
     CHECK(n_tokens >= 1 && n0 + n_tokens <= c->max_T, "gqa prefill: %d tokens after %d do not fit %d", n_tokens,
           n0, c->max_T);
+    CHECK(!c->qk, "gqa prefill: a quantized cache decodes one token at a time");
     double theta = mha_layer_rope_theta(g, m->layer);
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
@@ -435,8 +499,21 @@ void mha_attention_probs(float *P, const float *x, const float *params, const Mi
     free(out);
 }
 
+// Load-time check of everything geometry_check and the layer functions assume.
+static int gqa_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "gqa", ATTN_GQA, 1, why, cap)) return 0;
+    if (g->head_dim < 2 || g->head_dim % 2 != 0)
+        return mixer_fail(why, cap, "head_dim %d must be positive and even (RoPE rotates pairs)", g->head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE ||
+        (g->partial_rotary_factor != 0.0 && g->partial_rotary_factor != 1.0))
+        return mixer_fail(why, cap, "attn_output_gate, qk_norm and partial_rotary_factor are for mixer 'gated'; "
+                                    "mixer 'gqa' has no gate, no qk norm and rotates every dim");
+    return 1;
+}
+
 const MixerOps gqa_mixer = {
     .name = "gqa",
+    .validate = gqa_validate,
     .param_tensors = gqa_param_tensors,
     .init = gqa_init,
     .act_floats = gqa_act_floats,

@@ -25,7 +25,6 @@
 static void figure_grouped_heads(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
     int H = g->n_heads, G = g->n_kv_heads, T = t->n_tokens, L = g->n_layers;
-    if (H > 16) die_user("%s: the figure draws at most 16 heads, the model has %d", t->path, H);
     float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
     trained_attention(t, 0, L - 1, A);
     unsigned char *causal = mallocCheck((size_t)(T * T));
@@ -113,8 +112,11 @@ static void figure_sarvam(const CliArgs *a, const char *configs) {
 
 // Figure 4: the same recall task learned with 4, 2 and 1 KV heads (same data, steps and seed): what
 // each model's cache costs per token against the accuracy it reached.
+static const char *const SWEEP_FILES[3] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors",
+                                           "ch04_recall_g1.safetensors"};
+
 static void figure_accuracy(const CliArgs *a, const char *weights_dir) {
-    static const char *files[3] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors", "ch04_recall_g1.safetensors"};
+    const char *const *files = SWEEP_FILES;
     static const int color[3] = {COLOR_MHA, COLOR_GQA, COLOR_MQA};
     BarChart bc = {0};
     const char *labels[3];
@@ -237,9 +239,16 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
+    // every input first: a bad one fails before anything is written
+    chapter_check_configs(configs, "sarvam-30b.json", "sarvam-105b.json", NULL);
+    char path[1024];
+    for (int k = 0; k < 3; k++)
+        trained_check(path_join(path, sizeof path, weights_dir, SWEEP_FILES[k]), "gqa", TASK_RECALL, "the KV-heads sweep");
     Trained t;
     trained_load(&t, a.weights);
+    trained_require(&t, "gqa|gated", -1, "the grouped-heads figure");
+    if (t.model->g.n_heads > 16) die_user("%s: the figure draws at most 16 heads, the model has %d", t.path, t.model->g.n_heads);
+    ensure_out_dir(a.out);
     figure_grouped_heads(&a, &t);
     trained_free(&t);
     figure_groups(&a);

@@ -167,7 +167,6 @@ static void figure_decode_time(const CliArgs *a, Rng *rng) {
 static void figure_trained(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
     int H = g->n_heads, T = t->n_tokens, L = g->n_layers;
-    if (H > 8) die_user("%s: the figure draws at most 8 heads, the model has %d", t->path, H);
     float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
     trained_attention(t, 0, L - 1, A);
     unsigned char *causal = mallocCheck((size_t)(T * T));
@@ -199,9 +198,11 @@ static void figure_trained(const CliArgs *a, Trained *t) {
 
 // Figure 5: the toy version of DeepSeek-V2's ablation: MHA, GQA, MQA and MLA trained on the same recall
 // data with the same steps and seed; accuracy against KV bytes per token.
+static const char *const ABLATION_FILES[4] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors",
+                                              "ch04_recall_g1.safetensors", "ch05_recall_mla.safetensors"};
+
 static void figure_ablation(const CliArgs *a, const char *weights_dir) {
-    static const char *files[4] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors",
-                                   "ch04_recall_g1.safetensors", "ch05_recall_mla.safetensors"};
+    const char *const *files = ABLATION_FILES;
     static const int color[4] = {COLOR_MHA, COLOR_GQA, COLOR_MQA, COLOR_MLA};
     double x[4], y[4], chance = 0;
     char labels[4][160];
@@ -390,11 +391,19 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
+    // every input first: a bad one fails before anything is written
+    chapter_check_configs(configs, "deepseek-v3.json", "kimi-k2.json", NULL);
+    char path[1024];
+    for (int k = 0; k < 4; k++)
+        trained_check(path_join(path, sizeof path, weights_dir, ABLATION_FILES[k]), k < 3 ? "gqa" : "mla", TASK_RECALL,
+                      "the MHA/GQA/MQA/MLA ablation");
+    Trained t;
+    trained_load(&t, a.weights);
+    trained_require(&t, "mla|dsa", -1, "the trained-MLA figure");
+    if (t.model->g.n_heads > 8) die_user("%s: the figure draws at most 8 heads, the model has %d", t.path, t.model->g.n_heads);
     ensure_out_dir(a.out);
     Rng rng;
     rng_seed(&rng, a.seed);
-    Trained t;
-    trained_load(&t, a.weights);
     figure_per_token(&a);
     figure_memory(&a, configs);
     figure_latent_sweep(&a, configs);

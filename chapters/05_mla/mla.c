@@ -22,6 +22,7 @@
 #include "03_mha/mha.h"   // mha_layer_window, mha_layer_rope_theta: layer kinds mean the same here
 #include "attention.h"
 #include "check.h"
+#include "kvquant.h"
 #include "mathx.h"
 
 typedef struct { int d, H, qr, dc, dn, dr, dv, dqk, dkv; } Dims;
@@ -368,6 +369,9 @@ struct MixerCache {
     float *lat;       // (cap, dc) naive: the latents, contiguous
     float *kvh;       // (cap, dn+dv) naive: one head's rebuilt [k_nope | v] of every held token
     float *kh;        // (cap, dqk) naive: one head's whole keys [k_nope | k_pe]
+    // a quantized cache (chapter 12; NULL: rows is the cache): c_kv and k_pe live as codes in these two
+    // streams (pe NULL without a RoPE key), and rows becomes one step's scratch they are decoded into
+    KvqStream *quant, *quant_pe;
 };
 
 static AttnHeads heads_absorbed(const Dims *z) {
@@ -405,6 +409,8 @@ static MixerCache *mla_cache_new(const Mixer *m, int max_T) {
 
 static void mla_cache_free(MixerCache *c) {
     if (!c) return;
+    kvq_stream_free(c->quant);
+    kvq_stream_free(c->quant_pe);
     free(c->rows);   // the start of the one block
     free(c);
 }
@@ -414,11 +420,26 @@ static int held_tokens(const MixerCache *c) { return c->n < c->cap ? c->n : c->c
 // (dc + dr) * 4 bytes (fp32) per token held: the per-layer term of kvcache_total_bytes with
 // dtype_bytes = 4. The reserved capacity and the one-step scratch are not counted.
 static size_t mla_cache_bytes(const MixerCache *c) {
+    if (c->quant)   // codes, scales and zero points
+        return kvq_stream_held_bytes(c->quant) + (c->quant_pe ? kvq_stream_held_bytes(c->quant_pe) : 0);
     return sizeof(float) * (size_t)(c->z.dc + c->z.dr) * (size_t)held_tokens(c);
 }
 
 void mla_set_decode_path(MixerCache *c, int absorbed) { c->absorbed = absorbed != 0; }
 int mla_decode_path(const MixerCache *c) { return c->absorbed; }
+
+void mla_cache_set_quant(MixerCache *c, KvQuant *q, KvQuant *rope_key) {
+    CHECK(c->n == 0 && !c->quant, "mla: a cache is quantized before its first token, once");
+    if (!q) return;
+    if (!rope_key) rope_key = q;
+    CHECK((kvq_scheme_of(q)->family != KVQ_KIVI && kvq_scheme_of(rope_key)->family != KVQ_KIVI) || c->window == 0,
+          "mla: KIVI's key chunks need every token kept; layer has a window of %d", c->window);
+    // the latent and the RoPE key are separate vectors with their own scales (or rotation), and may have
+    // separate formats. Both are read as keys first (absorbed: [q_lat | q_pe] . [c_kv | k_pe]), so
+    // both are coded as keys are.
+    c->quant = kvq_stream_new(q, KVQ_KEY, &c->z.dc, 1, c->cap);
+    if (c->z.dr > 0) c->quant_pe = kvq_stream_new(rope_key, KVQ_KEY, &c->z.dr, 1, c->cap);
+}
 
 static size_t slot_of(const MixerCache *c, int pos) {
     CHECK(pos >= 0 && pos < c->n && pos >= c->n - c->cap, "mla: position %d is not held (%d decoded, %d slots)",
@@ -449,6 +470,10 @@ void mla_cache_append(const Mixer *m, MixerCache *c, const float *x, const float
     for (int h = 0; h < z.H; h++) rope_apply(c->q + (size_t)h * z.dqk + z.dn, t, z.dr, theta, ROPE_INTERLEAVED, 0);
     latent_forward(row, c->ckv_raw, NULL, row + z.dc, x, &w, &z, 1);
     rope_apply(row + z.dc, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    if (c->quant) {
+        kvq_put(c->quant, t, row);
+        if (c->quant_pe) kvq_put(c->quant_pe, t, row + z.dc);
+    }
     c->n++;
 }
 
@@ -487,6 +512,13 @@ void mla_cache_attend(MixerCache *c, float *out, const float *params, const int 
     } else {
         attn_keys_span(&span, first_key(t, c->window), t, 0, c->cap);   // position j in slot j % cap
     }
+    // a quantized cache: decode the held rows (the naive path needs the latents themselves; the
+    // absorbed one reads them in the codes' working domain, its query and output turned to match)
+    CHECK(!c->quant || !rows, "mla decode: a quantized cache attends over the causal span only");
+    if (c->quant) {
+        kvq_get(c->quant, c->rows, row, first_key(t, c->window), t, !c->absorbed);
+        if (c->quant_pe) kvq_get(c->quant_pe, c->rows + z.dc, row, first_key(t, c->window), t, !c->absorbed);
+    }
     if (c->absorbed) {
         // W_UK folds into the query: q_lat (dc) = W_UK[h]^T q_nope, so every head scores the dc-wide
         // latents directly: its query [q_lat | q_pe] against the cached row [c_kv | k_pe]. The core reads
@@ -501,8 +533,16 @@ void mla_cache_attend(MixerCache *c, float *out, const float *params, const int 
             memcpy(qa + z.dc, qh + z.dn, sizeof(float) * (size_t)z.dr);
         }
         // EXERCISE ex05.2 end
+        if (c->quant)   // the codes' working domain: each query turned to match (u turned back below)
+            for (int h = 0; h < z.H; h++) {
+                float *qa = c->qabs + (size_t)h * row;
+                kvq_rotate(c->quant, qa, z.dc, 0);
+                if (c->quant_pe) kvq_rotate(c->quant_pe, qa + z.dc, z.dr, 0);
+            }
         AttnHeads heads = heads_absorbed(&z);
         attn_query(c->u, NULL, 0, NULL, c->qabs, &span, &heads, 0, 1, c->work);
+        if (c->quant)
+            for (int h = 0; h < z.H; h++) kvq_rotate(c->quant, c->u + (size_t)h * z.dc, z.dc, 1);
         // EXERCISE ex05.1 begin: each head's output o_h (dv) = W_UV[h] u_h, from its weighted sum of latents u_h (dc)
         for (int h = 0; h < z.H; h++) {
             const float *w_uv = w.wkv_b + (size_t)h * z.dkv * z.dc + (size_t)z.dn * z.dc;   // W_UV[h] (dv, dc)
@@ -549,8 +589,26 @@ static void mla_mixing_matrix(const Mixer *m, float *A, const float *act, const 
     memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
 }
 
+// Load-time check of everything dims_of and the layer functions assume (dsa's validate starts here).
+static int mla_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "mla", ATTN_MLA, 1, why, cap)) return 0;
+    if (g->kv_lora_rank < 1) return mixer_fail(why, cap, "kv_lora_rank %d must be positive", g->kv_lora_rank);
+    if (g->v_head_dim < 1) return mixer_fail(why, cap, "v_head_dim %d must be positive", g->v_head_dim);
+    if (g->q_lora_rank < 0 || g->qk_nope_head_dim < 0 || g->qk_rope_head_dim < 0)
+        return mixer_fail(why, cap, "q_lora_rank %d, qk_nope_head_dim %d and qk_rope_head_dim %d must not be negative",
+                          g->q_lora_rank, g->qk_nope_head_dim, g->qk_rope_head_dim);
+    if (g->qk_nope_head_dim + g->qk_rope_head_dim < 1)
+        return mixer_fail(why, cap, "qk_nope_head_dim + qk_rope_head_dim must be positive");
+    if (g->qk_rope_head_dim % 2 != 0)
+        return mixer_fail(why, cap, "qk_rope_head_dim %d must be even (RoPE rotates pairs)", g->qk_rope_head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE)
+        return mixer_fail(why, cap, "attn_output_gate and qk_norm are for mixer 'gated'; mixer 'mla' has neither");
+    return 1;
+}
+
 const MixerOps mla_mixer = {
     .name = "mla",
+    .validate = mla_validate,
     .param_tensors = mla_param_tensors,
     .init = mla_init,
     .act_floats = mla_act_floats,
@@ -594,6 +652,15 @@ void mla_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
     CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mla_cache_fill_random: %d more tokens exceed %d", n_tokens,
           c->max_T);
     int held = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    if (c->quant) {   // through the encoders, one token at a time
+        for (int t = 0; t < n_tokens; t++, c->n++) {
+            float *row = c->rows + (size_t)(c->n % c->cap) * (c->z.dc + c->z.dr);
+            rng_fill_normal(rng, row, c->z.dc + c->z.dr, 1.0f);
+            kvq_put(c->quant, c->n, row);
+            if (c->quant_pe) kvq_put(c->quant_pe, c->n, row + c->z.dc);
+        }
+        return;
+    }
     rng_fill_normal(rng, c->rows, (long)held * (c->z.dc + c->z.dr), 1.0f);
     c->n += n_tokens;
 }

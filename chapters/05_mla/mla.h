@@ -18,6 +18,7 @@
 // on a LAYER_LOCAL layer when nonzero). A LAYER_LOCAL layer sees the last sliding_window keys, itself
 // included, and its decode cache is a ring buffer of that many tokens.
 #pragma once
+#include "kvquant.h"
 #include "mixer.h"
 #include "rng.h"
 
@@ -40,6 +41,14 @@ void mla_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads)
 //                 per-head key or value is ever materialized.
 void mla_set_decode_path(MixerCache *c, int absorbed);
 int mla_decode_path(const MixerCache *c);   // 1 absorbed, 0 naive
+
+// A quantized cache (chapter 12): from the first token on, the latent c_kv is kept as q's codes and the
+// RoPE key k_pe as rope_key's (NULL: q's too; kvquant.h), cache_bytes counts those, and every step
+// decodes the held rows before attending: the naive path decodes the vectors themselves, the absorbed one
+// reads them in the codes' working domain. (DeepSeek-V3.2's FP8 cache keeps k_pe in bf16 beside an fp8
+// latent: rope_key is that choice.) Causal span only (not DSA's selected rows); KIVI only on global layers. The quantizers must
+// outlive the cache; q NULL keeps fp32.
+void mla_cache_set_quant(MixerCache *c, KvQuant *q, KvQuant *rope_key);
 
 // What the cache holds for the token at position pos (one of the tokens still held):
 // c_kv (kv_lora_rank), after kv_norm; k_pe (qk_rope_head_dim), after RoPE.

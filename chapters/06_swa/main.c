@@ -27,6 +27,7 @@
 #include "registry.h"
 #include "rng.h"
 #include "tasks.h"
+#include "train.h"
 
 // ---- Figure 1: the two masks ------------------------------------------------------------------------
 
@@ -129,12 +130,17 @@ static int key_distance(const int *tok, int i) {
     return -1;
 }
 
+// The chapter's figures read their models as copy (induction) models with softmax attention layers.
 static Model *load_model(const char *path, ModelInfo *info, Task *task) {
     char err[1024];
-    Model *m = model_load(path, mixer_by_name, info, err, sizeof err);
+    Model *m = train_load_model(path, mixer_by_name, info, task, err, sizeof err);
     if (!m) die_user("%s (run `make weights` to train the chapter's models)", err);
-    if (!info->task_config || task_from_json(task, info->task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in the metadata (%s)", path, info->task_config ? err : "task_config missing");
+    if (task->kind != TASK_INDUCTION)
+        die_user("%s: trained on %s, but this chapter's figures need a model trained on induction (the copy task)", path,
+                 task->name);
+    for (int l = 0; l < m->g.n_layers; l++)
+        if (m->mixers[l].ops != &gqa_mixer)
+            die_user("%s: layer %d is '%s', but this chapter draws gqa (mha, mqa) models", path, l, m->mixers[l].ops->name);
     return m;
 }
 
@@ -325,6 +331,18 @@ static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int 
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "07_ablation_accuracy_by_distance"), a->png, a->svg);
 }
 
+// Exits with one line unless path is a model figure 02 can draw.
+static void check_heatmap_model(const char *path) {
+    ModelInfo info;
+    Task task;
+    Model *m = load_model(path, &info, &task);
+    if (m->g.n_layers * m->g.n_heads > 16)
+        die_user("%s: %d layers x %d heads is more panels than this figure draws (16)", path, m->g.n_layers, m->g.n_heads);
+    model_info_free(&info);
+    task_free(&task);
+    model_free(m);
+}
+
 // Figure: every head of every layer of one trained model on the task's fixed example.
 static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
     ModelInfo info;
@@ -332,7 +350,7 @@ static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
     Model *m = load_model(path, &info, &task);
     const ModelGeometry *g = &m->g;
     int T = task.seq_len, L = g->n_layers, H = g->n_heads;
-    if (L * H > 16) die_user("%s: %d layers x %d heads is more panels than this figure draws (16)", path, L, H);
+    CHECK(L * H <= 16, "%s: %d layers x %d heads (check_heatmap_model first)", path, L, H);
     int *tok = mallocCheck(sizeof(int) * T), *tgt = mallocCheck(sizeof(int) * T);
     task_example(&task, tok, tgt);
     model_forward(m, tok, NULL, 1, T);
@@ -377,12 +395,10 @@ static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
     model_free(m);
 }
 
-static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
-    Ablation abl[N_ABL];
-    memset(abl, 0, sizeof abl);
-    int seq_len = 0, min_dist = 1 << 30, max_dist = 0;
-    printf("  %-28s %-8s %6s %9s %9s %11s %11s  %s\n", "model", "pattern", "window", "accuracy", "loss",
-           "key <= W", "key > W", "(train's eval)");
+// Every ablation model from dir, checked against the others (exits with one line naming a bad one).
+static void load_ablation(Ablation *abl, const char *dir) {
+    memset(abl, 0, sizeof(Ablation) * N_ABL);
+    int seq_len = 0;
     for (int k = 0; k < N_ABL; k++) {
         Ablation *A = &abl[k];
         char path[1024];
@@ -397,6 +413,15 @@ static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
         swa_pattern_string(A->pattern, sizeof A->pattern, &A->m->g);
         A->train_accuracy = info.accuracy;
         model_info_free(&info);
+    }
+}
+
+static void run_ablation(const CliArgs *a, Ablation *abl, int n_samples) {
+    int min_dist = 1 << 30, max_dist = 0;
+    printf("  %-28s %-8s %6s %9s %9s %11s %11s  %s\n", "model", "pattern", "window", "accuracy", "loss",
+           "key <= W", "key > W", "(train's eval)");
+    for (int k = 0; k < N_ABL; k++) {
+        Ablation *A = &abl[k];
         evaluate(A, n_samples, a->seed ^ 0x5eed5eedULL);
         for (int dd = 1; dd <= MAX_DIST; dd++)
             if (A->scored[dd]) {
@@ -431,10 +456,13 @@ static void load_config(ModelGeometry *g, const char *dir, const char *file) {
     if (hfconfig_load(g, path_join(path, sizeof path, dir, file), err, sizeof err) != 0) die_user("%s", err);
 }
 
+// The config.json files the memory figures read (the sweeps vary gemma3-27b.json).
+static const char *const REAL_CONFIGS[] = {"gemma2-9b.json", "gemma3-27b.json", "olmo3-7b.json", "gpt-oss-20b.json"};
+
 // Figure: KV cache vs context for four sliding-window models, each against itself counted all-global,
 // each up to its max_position_embeddings.
 static void figure_kv_real(const CliArgs *a, const char *configs) {
-    static const char *files[] = {"gemma2-9b.json", "gemma3-27b.json", "olmo3-7b.json", "gpt-oss-20b.json"};
+    const char *const *files = REAL_CONFIGS;
     static const char *names[] = {"Gemma 2 9B", "Gemma 3 27B", "OLMo 3 7B", "gpt-oss-20b"};
     static const int colors[] = {COLOR_GQA, COLOR_SWA, COLOR_MLA, COLOR_DSA};
     enum { N = 4 };
@@ -653,28 +681,26 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
     // the heatmap model comes from --weights-dir unless --weights names another file
     char heat[1024];
     if (a.weights == spec.default_weights) path_join(heat, sizeof heat, wdir, HEATMAP_MODEL);
     else snprintf(heat, sizeof heat, "%s", a.weights);
 
-    // every input is checked before the first figure is written, so a bad flag leaves nothing behind
-    for (int k = -1; k < N_ABL; k++) {
-        char path[1024];
-        const char *p = k < 0 ? heat : path_join(path, sizeof path, wdir, ablation_files[k]);
-        FILE *f = fopen(p, "rb");
-        if (!f) die_user("cannot read weights '%s' (run `make weights` to train the chapter's models)", p);
-        fclose(f);
-    }
+    // every input is checked before the first figure is written, so a bad one leaves nothing behind
+    ModelGeometry cg;
+    for (size_t k = 0; k < sizeof REAL_CONFIGS / sizeof REAL_CONFIGS[0]; k++) load_config(&cg, configs, REAL_CONFIGS[k]);
+    check_heatmap_model(heat);
+    Ablation abl[N_ABL];
+    load_ablation(abl, wdir);
+    ensure_out_dir(a.out);
 
-    figure_layer_heatmaps(&a, heat);   // first: a corrupt --weights fails before any figure is written
+    figure_layer_heatmaps(&a, heat);
     figure_masks(&a);
     figure_kv_real(&a, configs);
     figure_kv_sweep(&a, configs);
     figure_ratio_sweep(&a, configs);
-    run_ablation(&a, wdir, samples);
+    run_ablation(&a, abl, samples);
     figure_measured_cache(&a);
     printf("ch06: wrote figures to %s/ (01_global_vs_local_mask, 02_trained_layer_heatmaps, 03_kv_cache_real_models, "
            "04_gemma3_ratio_and_window_sweep, 05/06_ablation_*_vs_window, 07_ablation_accuracy_by_distance, "

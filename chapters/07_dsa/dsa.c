@@ -163,8 +163,12 @@ static float index_score(const float *iq, const float *iw, const float *k, const
 // ---- the selector ----------------------------------------------------------------------------------
 
 // Key a ranks before key b: a larger score, or the same score and a lower index (a strict total order,
-// so the top-k set is unique whatever algorithm finds it).
-static inline int ranks_before(const float *s, int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); }
+// so the top-k set is unique whatever algorithm finds it). A NaN score (weights that overflow float32)
+// ranks below every number, so the order stays total and the selection never fails.
+static inline int ranks_before(const float *s, int a, int b) {
+    float x = isnan(s[a]) ? -INFINITY : s[a], y = isnan(s[b]) ? -INFINITY : s[b];
+    return x > y || (x == y && a < b);
+}
 
 int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk) {
     CHECK(n > 0 && topk > 0, "dsa_select_topk: n %d, topk %d", n, topk);
@@ -550,8 +554,20 @@ static void dsa_mixing_matrix(const Mixer *m, float *A, const float *act, const 
     memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
 }
 
+// Load-time check: MLA's requirements, an indexer, and global layers only (what dims_of assumes).
+static int dsa_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (g->layer_kind[layer] == LAYER_LOCAL)
+        return mixer_fail(why, cap, "layer_kind of layer %d is 'local', but mixer 'dsa' is global attention", layer);
+    if (!mla_mixer.validate(g, layer, why, cap)) return 0;
+    if (g->index_n_heads < 1 || g->index_head_dim < 1 || g->index_topk < 1)
+        return mixer_fail(why, cap, "mixer 'dsa' needs an indexer: index_n_heads %d, index_head_dim %d and index_topk "
+                          "%d must all be positive", g->index_n_heads, g->index_head_dim, g->index_topk);
+    return 1;
+}
+
 const MixerOps dsa_mixer = {
     .name = "dsa",
+    .validate = dsa_validate,
     .param_tensors = dsa_param_tensors,
     .init = dsa_init,
     .act_floats = dsa_act_floats,

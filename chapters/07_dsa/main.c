@@ -93,14 +93,14 @@ static void mean_heads(float *mean, const float *P, int H, int T) {
 static void dsa_load_trained(DsaTrained *tr, const char *path) {
     char err[1024];
     memset(tr, 0, sizeof *tr);
-    tr->m = model_load(path, mixer_by_name, &tr->info, err, sizeof err);
+    tr->m = train_load_model(path, mixer_by_name, &tr->info, &tr->task, err, sizeof err);
     if (!tr->m) die_user("%s (run `make weights` to train the chapter's model)", err);
     const ModelGeometry *g = &tr->m->g;
     for (int l = 0; l < g->n_layers; l++)
         if (tr->m->mixers[l].ops != &dsa_mixer) die_user("%s: layer %d is '%s', this chapter draws DSA models", path, l,
                                                         tr->m->mixers[l].ops->name);
-    if (!tr->info.task_config || task_from_json(&tr->task, tr->info.task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in the metadata (%s)", path, tr->info.task_config ? err : "task_config missing");
+    if (tr->task.kind != TASK_RECALL)
+        die_user("%s: trained on %s, but this chapter's figures measure recall", path, tr->task.name);
     tr->T = tr->task.seq_len;
     tr->L = g->n_layers;
     tr->H = g->n_heads;
@@ -164,7 +164,7 @@ static void figure_indexer(const CliArgs *a, DsaTrained *tr) {
     char sub[700], note[400], claim[400];
     snprintf(sub, sizeof sub, "layer %d on a recall example; %d indexer heads, one %d-wide indexer key per token; KL to the "
              "attention %.3f nats per query", l, g->index_n_heads, g->index_head_dim, kl);
-    snprintf(claim, sizeof claim, "DsaTrained with a KL loss toward the model's attention, the lightning indexer's softmax "
+    snprintf(claim, sizeof claim, "Trained with a KL loss toward the model's attention, the lightning indexer's softmax "
              "lands where the dense MLA attention goes (KL %.3f nats per query), from one %d-wide key per token.", kl,
              g->index_head_dim);
     snprintf(note, sizeof note, "I(t,s) = sum over the indexer heads of w(t,h) * ReLU(q(t,h) . k(s)); it can be negative "
@@ -261,14 +261,25 @@ static void figure_sparse_attention(const CliArgs *a, DsaTrained *tr) {
 
 // ---- figure 4: cache memory of DeepSeek-V3.2 vs V3 vs an MHA equivalent ---------------------------------
 
+// DeepSeek-V3.2 and V3 from their config.json (exits with one line naming a bad one).
+static void load_configs(ModelGeometry *v32, ModelGeometry *v3, const char *configs) {
+    char path[1024], err[512];
+    if (hfconfig_load(v32, path_join(path, sizeof path, configs, "deepseek-v3.2.json"), err, sizeof err) != 0)
+        die_user("%s", err);
+    if (hfconfig_load(v3, path_join(path, sizeof path, configs, "deepseek-v3.json"), err, sizeof err) != 0)
+        die_user("%s", err);
+    if (v32->index_n_heads <= 0) die_user("%s/deepseek-v3.2.json: no indexer (index_n_heads) in the config", configs);
+}
+
 static void figure_kv_memory(const CliArgs *a, const char *configs) {
     MemoryCurve c[2];
     ModelGeometry mha;
     memset(c, 0, sizeof c);
-    chapter_config(&c[0].g, configs, "deepseek-v3.2.json", "DeepSeek-V3.2");
-    chapter_config(&c[1].g, configs, "deepseek-v3.json", "DeepSeek-V3");
+    load_configs(&c[0].g, &c[1].g, configs);
+    snprintf(c[0].g.name, sizeof c[0].g.name, "DeepSeek-V3.2");
+    snprintf(c[1].g.name, sizeof c[1].g.name, "DeepSeek-V3");
+    c[0].g.dtype_bytes = c[1].g.dtype_bytes = 2;   // count everything in bf16
     const ModelGeometry *v32 = &c[0].g, *v3 = &c[1].g;
-    if (v32->index_n_heads <= 0) die_user("%s/deepseek-v3.2.json: no indexer (index_n_heads) in the config", configs);
     // the MHA equivalent (chapter 5's figure 02) would flatten both lines at 47x their size: it goes in the note
     chapter_mha_twin(&mha, v3, "the same model as MHA");
     char labels[2][200], b1[32], b2[32], b3[32];
@@ -469,11 +480,16 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
+    // every input first: a bad one fails before anything is written
+    ModelGeometry v32, v3;
+    load_configs(&v32, &v3, configs);
     DsaTrained tr;
     dsa_load_trained(&tr, a.weights);
-    printf("ch07: %s: %d layers of DSA, top-%d of up to %d keys\n", a.weights, tr.L, tr.topk, tr.T);
+    ensure_out_dir(a.out);
+    char esc[1100];
+    printf("ch07: %s: %d layers of DSA, top-%d of up to %d keys\n", str_escape(esc, sizeof esc, a.weights), tr.L,
+           tr.topk, tr.T);
     figure_indexer(&a, &tr);
     figure_topk_vs_window(&a, &tr);
     figure_sparse_attention(&a, &tr);

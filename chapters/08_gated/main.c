@@ -25,6 +25,17 @@
 
 #define MAX_HEADS 8
 
+// What figures 1 and 2 need of the pair (checked before the first figure).
+static void check_pair(const Trained *gt, const Trained *ut, int layer) {
+    const ModelGeometry *g = &gt->model->g;
+    if (gated_gate_width(g) == 0) die_user("%s: the model has no output gate (attn_output_gate none), nothing to draw", gt->path);
+    if (g->n_layers > 4) die_user("%s: the gate figure draws at most 4 layers, the model has %d", gt->path, g->n_layers);
+    if (ut->n_tokens != gt->n_tokens || ut->model->g.n_heads != g->n_heads || strcmp(ut->task.name, gt->task.name))
+        die_user("%s and %s: the gated and the ungated model must share task, length and heads", gt->path, ut->path);
+    if (layer < 0 || layer >= g->n_layers || layer >= ut->model->g.n_layers)
+        die_user("--layer %d: the models have %d layers", layer, g->n_layers);
+}
+
 static void require_gated(const Trained *t) {
     for (int l = 0; l < t->model->g.n_layers; l++)
         if (t->model->mixers[l].ops != &gated_mixer)
@@ -47,8 +58,6 @@ static void figure_gates(const CliArgs *a, Trained *t) {
     static const char *head_names[MAX_HEADS] = {"head 0", "head 1", "head 2", "head 3", "head 4", "head 5", "head 6", "head 7"};
     const ModelGeometry *g = &t->model->g;
     int T = t->n_tokens, L = g->n_layers, gw = gated_gate_width(g), width = g->n_heads * gw;
-    if (gw == 0) die_user("%s: the model has no output gate (attn_output_gate none), nothing to draw", t->path);
-    if (L > 4) die_user("%s: the gate figure draws at most 4 layers, the model has %d", t->path, L);
     model_forward(t->model, t->tokens, NULL, 1, T);
     float *gates = mallocCheck(sizeof(float) * (size_t)L * T * width);
     HeatPanel panels[4];
@@ -102,10 +111,6 @@ static double model_sink(Trained *t, float *A) {
 static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
     const ModelGeometry *g = &gt->model->g;
     int T = gt->n_tokens, H = g->n_heads;
-    if (ut->n_tokens != T || ut->model->g.n_heads != H || strcmp(ut->task.name, gt->task.name))
-        die_user("%s and %s: the gated and the ungated model must share task, length and heads", gt->path, ut->path);
-    if (layer < 0 || layer >= g->n_layers || layer >= ut->model->g.n_layers)
-        die_user("--layer %d: the models have %d layers", layer, g->n_layers);
     float *A = mallocCheck(sizeof(float) * 2 * (size_t)H * T * T);
     double sink[2] = {model_sink(gt, A), model_sink(ut, A)};
     trained_attention(gt, 0, layer, A);
@@ -144,10 +149,11 @@ static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
              100.0 * drawn[1], layer, 100.0 * sink[0], 100.0 * sink[1], 100.0 * uniform,
              fmax(sink[0], sink[1]) < uniform ? "neither tiny model grows a first-token sink"
                                               : "the first token draws more than its share");
-    char note[300];
+    char note[400];
     snprintf(note, sizeof note, "first-token weight: mean over queries 1..T-1 (panel titles: each head); over all layers "
-             "and heads %.0f%% gated, %.0f%% ungated. The first token is the first key of the recall example, not a "
-             "beginning-of-sequence token.", 100.0 * sink[0], 100.0 * sink[1]);
+             "and heads %.0f%% gated, %.0f%% ungated. The first token is %s, not a beginning-of-sequence token.",
+             100.0 * sink[0], 100.0 * sink[1],
+             gt->task.kind == TASK_RECALL ? "the first key of the recall example" : "an ordinary token of the example");
     HeatmapFigure f = {
         .title = title, .subtitle = sub, .claim = claim, .note = note, .panels = panels, .n_panels = 2 * H,
         .panels_per_row = H, .vmin = 0, .vmax = 1, .show_values = 0, .colorbar_label = "attention weight",
@@ -353,14 +359,18 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
+    // every input first: a bad one fails before anything is written
+    chapter_check_configs(configs, "qwen3-next-80b-a3b.json", NULL);
     Trained gt, ut;
     trained_load(&gt, a.weights);
     trained_load(&ut, ungated);
     require_gated(&gt);
     require_gated(&ut);
+    if (layer < 0) layer = gt.model->g.n_layers - 1;
+    check_pair(&gt, &ut, layer);
     ensure_out_dir(a.out);
     figure_gates(&a, &gt);
-    figure_sink(&a, &gt, &ut, layer >= 0 ? layer : gt.model->g.n_layers - 1);
+    figure_sink(&a, &gt, &ut, layer);
     figure_partial_rope(&a, configs, &gt);
     figure_cache_per_token(&a, configs);
     figure_schematic(&a, configs);

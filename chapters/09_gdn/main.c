@@ -48,7 +48,6 @@ static int last_linear_layer(const Model *m) {
 static void figure_state(const CliArgs *a, Trained *t) {
     const Model *m = t->model;
     int layer = last_linear_layer(m), T = t->n_tokens;
-    if (layer < 0) die_user("%s: the model has no Gated DeltaNet layer", t->path);
     const ModelGeometry *g = &m->g;
     int dk = g->linear_key_head_dim, dv = g->linear_value_head_dim, head = 0;
     // after 1, 2, 4, 8 and 16 pairs (the pairs come first: token 2p-1 ends pair p), and at the end
@@ -95,7 +94,6 @@ static void figure_state(const CliArgs *a, Trained *t) {
 static void figure_mixing(const CliArgs *a, Trained *t) {
     Model *m = t->model;
     int la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
-    if (first_layer(m, LAYER_LINEAR) < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
     model_forward(m, t->tokens, NULL, 1, T);
     // the DeltaNet layer (head 0) that reaches furthest back
     int ll = -1;
@@ -153,6 +151,23 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
 }
 
 // ---- Figure 3: capacity: recall accuracy vs number of pairs -----------------------------------------------
+
+// What the figures need of the three models, checked before the first figure: recall models, an
+// all-DeltaNet model, a hybrid with a DeltaNet and an attention layer, and the hybrid's pair counts
+// inside every model's task.
+static void check_models(const Trained *hybrid, const Trained *att, const Trained *gdn) {
+    trained_require(gdn, "gdn", TASK_RECALL, "the state figure");
+    trained_require(att, "gqa|gated|mla|dsa", TASK_RECALL, "the capacity figure");
+    trained_require(hybrid, "gdn|gated|gqa", TASK_RECALL, "the mixing-matrix figure");
+    if (first_layer(hybrid->model, LAYER_LINEAR) < 0 || first_layer(hybrid->model, LAYER_GLOBAL) < 0)
+        die_user("%s: the hybrid needs a DeltaNet and an attention layer", hybrid->path);
+    const Trained *ts[3] = {hybrid, att, gdn};
+    int n = hybrid->task.n_pairs;
+    for (int k = 0; k < 3; k++)
+        if (n > ts[k]->task.n_keys || 2 * n + 2 > ts[k]->task.seq_len)
+            die_user("%s: %d pairs (the hybrid's count) do not fit its recall task (%d keys, %d tokens)", ts[k]->path, n,
+                     ts[k]->task.n_keys, ts[k]->task.seq_len);
+}
 
 static void figure_capacity(const CliArgs *a, Trained *hybrid, Trained *att, Trained *gdn) {
     int lo = 1, hi = hybrid->task.n_pairs;
@@ -247,15 +262,18 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
-    // every weights file first: a missing or corrupt one fails before any figure is written
+    // every input first: a missing or bad one fails before anything is written
+    chapter_check_configs(configs, "qwen3-next-80b-a3b.json", "qwen3.5-9b.json", NULL);
     Trained hybrid, att, gdn;
     char path[1024];
     trained_load(&hybrid, a.weights);
     trained_load(&att, path_join(path, sizeof path, wdir, ATTN_MODEL));
     trained_load(&gdn, path_join(path, sizeof path, wdir, GDN_MODEL));
-    printf("ch09: %s: %s\n", a.weights, hybrid.model->g.name);
+    check_models(&hybrid, &att, &gdn);
+    ensure_out_dir(a.out);
+    char e1[1100], e2[200];
+    printf("ch09: %s: %s\n", str_escape(e1, sizeof e1, a.weights), str_escape(e2, sizeof e2, hybrid.model->g.name));
     figure_state(&a, &gdn);
     figure_mixing(&a, &hybrid);
     figure_capacity(&a, &hybrid, &att, &gdn);

@@ -32,27 +32,38 @@
 typedef struct {
     const char *file, *label;
     int color, dashed, hybrid;
+    const char *mixers;   // the mixers its layers may have (checked at load)
 } ModelSpec;
 
 enum { M_ATTN, M_GDN, M_KDA, M_LIGHTNING, M_MAMBA2, M_QWEN, M_KIMI, M_MINIMAX, M_NEMOTRON, N_MODELS };
 static const ModelSpec MODELS[N_MODELS] = {
-    {"ch09_attention.safetensors", "gated softmax attention (all layers)", COLOR_GATED, 0, 0},
-    {"ch09_gdn.safetensors", "Gated DeltaNet (all layers)", COLOR_GDN, 0, 0},
-    {"ch10_kda.safetensors", "Kimi Delta Attention (all layers)", COLOR_KDA, 0, 0},
-    {"ch10_lightning.safetensors", "Lightning attention (all layers)", COLOR_LIGHTNING, 0, 0},
-    {"ch10_mamba2.safetensors", "Mamba-2 (all layers)", COLOR_MAMBA2, 0, 0},
-    {"ch09_hybrid.safetensors", "Qwen3-Next style: 3 Gated DeltaNet : 1 gated attention", COLOR_GDN, 1, 1},
-    {"ch10_kimi.safetensors", "Kimi Linear style: 3 KDA : 1 MLA", COLOR_KDA, 1, 1},
-    {"ch10_minimax.safetensors", "MiniMax style: 7 Lightning : 1 softmax", COLOR_LIGHTNING, 1, 1},
-    {"ch10_nemotron.safetensors", "Nemotron style: 4 Mamba-2 : 1 attention", COLOR_MAMBA2, 1, 1},
+    {"ch09_attention.safetensors", "gated softmax attention (all layers)", COLOR_GATED, 0, 0, "gated|gqa"},
+    {"ch09_gdn.safetensors", "Gated DeltaNet (all layers)", COLOR_GDN, 0, 0, "gdn"},
+    {"ch10_kda.safetensors", "Kimi Delta Attention (all layers)", COLOR_KDA, 0, 0, "kda"},
+    {"ch10_lightning.safetensors", "Lightning attention (all layers)", COLOR_LIGHTNING, 0, 0, "lightning"},
+    {"ch10_mamba2.safetensors", "Mamba-2 (all layers)", COLOR_MAMBA2, 0, 0, "mamba2"},
+    {"ch09_hybrid.safetensors", "Qwen3-Next style: 3 Gated DeltaNet : 1 gated attention", COLOR_GDN, 1, 1, "gdn|gated"},
+    {"ch10_kimi.safetensors", "Kimi Linear style: 3 KDA : 1 MLA", COLOR_KDA, 1, 1, "kda|mla"},
+    {"ch10_minimax.safetensors", "MiniMax style: 7 Lightning : 1 softmax", COLOR_LIGHTNING, 1, 1, "lightning|gqa"},
+    {"ch10_nemotron.safetensors", "Nemotron style: 4 Mamba-2 : 1 attention", COLOR_MAMBA2, 1, 1, "mamba2|gqa"},
 };
 
-// All of MODELS from wdir, loaded once (exits with one line naming a missing or corrupt file, before any
-// figure is written).
+// All of MODELS from wdir, loaded once and checked (each of its kind, trained on one recall task with the
+// same example, every pair count of the first model inside every task): exits with one line naming a
+// missing, corrupt or unfit file, before any figure is written.
 static Trained *load_models(const char *wdir) {
     Trained *t = mallocCheck(sizeof(Trained) * N_MODELS);
     char path[1024];
-    for (int k = 0; k < N_MODELS; k++) trained_load(&t[k], path_join(path, sizeof path, wdir, MODELS[k].file));
+    for (int k = 0; k < N_MODELS; k++) {
+        trained_load(&t[k], path_join(path, sizeof path, wdir, MODELS[k].file));
+        trained_require(&t[k], MODELS[k].mixers, TASK_RECALL, "chapter 10");
+        int n = t[0].task.n_pairs;
+        if (n > t[k].task.n_keys || 2 * n + 2 > t[k].task.seq_len)
+            die_user("%s: %d pairs do not fit its recall task (%d keys, %d tokens)", t[k].path, n, t[k].task.n_keys,
+                     t[k].task.seq_len);
+        if (t[k].n_tokens != t[0].n_tokens || memcmp(t[k].tokens, t[0].tokens, sizeof(int) * (size_t)t[0].n_tokens))
+            die_user("%s: its example differs from %s's; the models must share one recall task", t[k].path, t[0].path);
+    }
     return t;
 }
 
@@ -80,8 +91,6 @@ static void figure_mixing(const CliArgs *a, Trained *models) {
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < T; j++) causal[i * T + j] = j <= i;
             labels = t[k]->labels;
-        } else if (t[k]->n_tokens != T || memcmp(t[k]->tokens, t[0]->tokens, sizeof(int) * (size_t)T)) {
-            die_user("%s: its example differs from %s's; the models must share one recall task", t[k]->path, t[0]->path);
         }
         model_forward(m, t[k]->tokens, NULL, 1, T);
         // the last layer: the first layers of every model mostly mix neighbours (previous-token work)
@@ -311,8 +320,10 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
+    // every input first: a missing or bad one fails before anything is written
+    chapter_check_configs(configs, "kimi-linear-48b-a3b.json", "minimax-text-01.json", "nemotron-3-nano-30b-a3b.json", NULL);
     Trained *models = load_models(wdir);
+    ensure_out_dir(a.out);
     figure_mixing(&a, models);
     figure_decay(&a, models);
     figure_capacity(&a, models);
