@@ -223,6 +223,8 @@ static int n_groups(int d, int G) { return (d + G - 1) / G; }
 
 // z (fp16, down) and s (fp16, up) for values x[0], x[stride], ... (n of them) at B bits.
 static void asym_range(uint16_t *z, uint16_t *s, const float *x, size_t stride, int n, int B) {
+    // EXERCISE ex12.1 begin: z = the smallest of the n values rounded down to fp16, s = (largest - z) / (2^B - 1) rounded up
+    // EXERCISE ex12.1 stub: (void)x; (void)stride; (void)n; (void)B; (void)fp16_down; *z = *s = 0;
     float lo = x[0], hi = x[0];
     for (int i = 1; i < n; i++) {
         float v = x[(size_t)i * stride];
@@ -231,6 +233,7 @@ static void asym_range(uint16_t *z, uint16_t *s, const float *x, size_t stride, 
     }
     *z = fp16_down(lo);
     *s = fp16_up(((double)hi - kvq_fp16_to(*z)) / (double)((1 << B) - 1));
+    // EXERCISE ex12.1 end
 }
 
 static unsigned asym_code(float x, float z, float s, int B) {
@@ -737,6 +740,8 @@ static void kivi_flush(KvqStream *s, int last) {
         }
     }
     if (s->role == KVQ_VALUE) return;
+    // EXERCISE ex12.2 begin: per channel of the row, z and s over the chunk's G tokens (chunk_zs), then each token's code
+    // EXERCISE ex12.2 stub: memset(s->chunk_zs + (size_t)(first / G) * 2 * s->row, 0, sizeof(uint16_t) * 2 * (size_t)s->row);
     uint16_t *zs = s->chunk_zs + (size_t)(first / G) * 2 * s->row;
     for (int p = 0; p < s->n_parts; p++)
         for (int j = 0; j < s->w[p]; j++) {
@@ -748,6 +753,7 @@ static void kivi_flush(KvqStream *s, int last) {
                 bits_put(codes, (size_t)j, B, asym_code(s->resid[(size_t)t * s->row + col], z, sc, B));
             }
         }
+    // EXERCISE ex12.2 end
 }
 
 void kvq_put(KvqStream *s, int pos, const float *row) {

@@ -22,6 +22,7 @@
 #include "attention.h"
 #include "check.h"
 #include "helpers.h"
+#include "kvquant.h"
 #include "mathx.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -1075,4 +1076,163 @@ Test(ex10_2, delta_and_decay) {
                   (double)out[i], (double)want[i], i / d % T);
     free(params); free(out); free(act); free(D);
     st_free(&st);
+}
+
+// ===================================================================================================
+// ex12.1  a group's zero point and scale (asym_range, common/kvquant.c), ex12.2  KIVI's keys per channel
+// ===================================================================================================
+
+// Every finite fp16 value, ascending, so a number rounds outward by a search (independent of the
+// project's own stepping).
+static float fp16_all[65536];
+static int fp16_n;
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+static void fp16_table(void) {
+    if (fp16_n) return;
+    for (int h = 0; h < 65536; h++) {
+        float f = kvq_fp16_to((uint16_t)h);
+        if (isfinite(f)) fp16_all[fp16_n++] = f;
+    }
+    qsort(fp16_all, (size_t)fp16_n, sizeof(float), cmp_float);
+}
+static float fp16_below(double x) {   // the largest fp16 <= x
+    int lo = 0, hi = fp16_n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (fp16_all[mid] <= x) lo = mid; else hi = mid - 1;
+    }
+    return fp16_all[lo];
+}
+static float fp16_above(double x) {   // the smallest fp16 >= x
+    int lo = 0, hi = fp16_n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (fp16_all[mid] >= x) hi = mid; else lo = mid + 1;
+    }
+    return fp16_all[lo];
+}
+
+enum { RANGE_RIGHT, RANGE_NEAREST, RANGE_2B_LEVELS, RANGE_UNROUNDED_Z, RANGE_MAX_ZERO, N_RANGE };
+static const char *const RANGE_HINT[N_RANGE] = {
+    "",
+    "It matches z and s rounded to the NEAREST fp16: round outward instead (z down with fp16_down, s up with fp16_up), or the group's largest value can fall outside z + (2^B - 1) s and its code clips.",
+    "It matches s = (largest - z) / 2^B: B bits give the codes 0 .. 2^B - 1, so 2^B - 1 steps go from z to the largest value.",
+    "It matches s computed from the smallest value itself: the decoder adds code * s to the STORED z (fp16), so s = (largest - kvq_fp16_to(*z)) / (2^B - 1).",
+    "It matches a zero point of 0 (a symmetric range): z is the group's smallest value, so a group of positive values still uses every code.",
+};
+
+// The decoded values y of n values x[i * stride] sharing one zero point and scale at B bits, the way
+// variant v computes the range: y = z + code s, code = round((x - z) / s) clipped to 0 .. 2^B - 1.
+static void group_decode(float *y, const float *x, size_t stride, int n, int B, int v) {
+    double lo = x[0], hi = x[0], top = (double)((1 << B) - 1);
+    for (int i = 1; i < n; i++) lo = fmin(lo, x[(size_t)i * stride]), hi = fmax(hi, x[(size_t)i * stride]);
+    float z, sc;
+    switch (v) {
+    case RANGE_NEAREST: z = kvq_fp16_to(kvq_fp16_from((float)lo)); sc = kvq_fp16_to(kvq_fp16_from((float)((hi - z) / top))); break;
+    case RANGE_2B_LEVELS: z = fp16_below(lo); sc = fp16_above((hi - z) / (top + 1)); break;
+    case RANGE_UNROUNDED_Z: z = fp16_below(lo); sc = fp16_above((hi - lo) / top); break;
+    case RANGE_MAX_ZERO: z = 0.0f; sc = fp16_above(hi / top); break;
+    default: z = fp16_below(lo); sc = fp16_above((hi - z) / top); break;
+    }
+    for (int i = 0; i < n; i++) {
+        double c = sc > 0.0f ? nearbyint(((double)x[(size_t)i * stride] - z) / sc) : 0.0;
+        c = c < 0 ? 0 : c > top ? top : c;
+        y[(size_t)i * stride] = z + (float)c * sc;
+    }
+}
+
+static int same_floats(const float *a, const float *b, int n) {
+    for (int i = 0; i < n; i++)
+        if (!(fabsf(a[i] - b[i]) <= 1e-6f * fmaxf(1.0f, fabsf(b[i])))) return 0;
+    return 1;
+}
+
+// n_tok rows of width d (row-major): unit normal, with some channels far off (outliers) and, at 200, a
+// range where neighbouring fp16 values are 0.125 apart, so the rounding direction shows.
+static float *quant_inputs(int n_tok, int d, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed);
+    float *x = test_randn(&r, (size_t)n_tok * d, 1.0f);
+    for (int t = 0; t < n_tok; t++) {
+        x[(size_t)t * d + 2] += 12.0f;
+        if (d > 7) x[(size_t)t * d + 7] = 200.0f + 3.0f * x[(size_t)t * d + 7];
+    }
+    return x;
+}
+
+Test(ex12_1, int_groups_round_trip) {
+    fp16_table();
+    enum { D = 20, GR = 8, N_TOK = 3 };   // groups of 8, 8 and a last one of 4
+    float *x = quant_inputs(N_TOK, D, 121);
+    for (int j = 0; j < D; j++) x[j] = j < 16 ? x[j] : -3.25f;   // token 0's last group: all equal (s = 0)
+    for (int B = 2; B <= 4; B++) {
+        char name[16];
+        snprintf(name, sizeof name, "int%d:%d", B, GR);
+        KvqScheme sch = kvq_scheme(name);
+        KvQuant *q = kvq_new(&sch, 1);
+        int w[1] = {D};
+        KvqStream *st = kvq_stream_new(q, KVQ_VALUE, w, 1, N_TOK);
+        for (int t = 0; t < N_TOK; t++) kvq_put(st, t, x + (size_t)t * D);
+        float got[N_TOK * D], want[N_RANGE][N_TOK * D];
+        kvq_get(st, got, D, 0, N_TOK - 1, 1);
+        for (int v = 0; v < N_RANGE; v++)
+            for (int t = 0; t < N_TOK; t++)
+                for (int g0 = 0; g0 < D; g0 += GR)
+                    group_decode(want[v] + t * D + g0, x + t * D + g0, 1, D - g0 < GR ? D - g0 : GR, B, v);
+        for (int i = 0; i < N_TOK * D; i++) {
+            if (fabsf(got[i] - want[RANGE_RIGHT][i]) <= 1e-6f * fmaxf(1.0f, fabsf(want[RANGE_RIGHT][i]))) continue;
+            int v = 1;
+            while (v < N_RANGE && !same_floats(got, want[v], N_TOK * D)) v++;
+            int g0 = i % D / GR * GR;
+            cr_assert(0, "%s (groups of %d channels): token %d, channel %d (its group: channels %d..%d) is %.6g after the round trip, want %.6g (the value was %.6g). %s",
+                      name, GR, i / D, i % D, g0, (g0 + GR < D ? g0 + GR : D) - 1, (double)got[i], (double)want[RANGE_RIGHT][i], (double)x[i],
+                      v < N_RANGE ? RANGE_HINT[v]
+                                  : "z = the group's smallest value rounded down to fp16 (fp16_down), s = (largest - z) / (2^B - 1) rounded up (fp16_up), both stored as fp16 bits: the n values are x[0], x[stride], ..., x[(n-1) stride].");
+        }
+        kvq_stream_free(st);
+        kvq_free(q);
+    }
+    free(x);
+}
+
+Test(ex12_2, keys_per_channel_per_chunk) {
+    fp16_table();
+    enum { GR = 4, N_TOK = 10, ROW = 9 };   // two vectors per row (6 and 3 channels), two full chunks and 2 tokens
+    const int w[2] = {6, 3}, off[2] = {0, 6};
+    float *x = quant_inputs(N_TOK, ROW, 122);
+    KvqScheme sch = kvq_scheme("kivi2:4");
+    KvQuant *q = kvq_new(&sch, 1);
+    KvqStream *st = kvq_stream_new(q, KVQ_KEY, w, 2, 16);
+    for (int t = 0; t < N_TOK; t++) kvq_put(st, t, x + (size_t)t * ROW);
+    float got[N_TOK * ROW], want[N_TOK * ROW], per_token[N_TOK * ROW];
+    kvq_get(st, got, ROW, 0, N_TOK - 1, 1);
+    memcpy(want, x, sizeof want);
+    memcpy(per_token, x, sizeof per_token);
+    for (int c0 = 0; c0 + GR <= N_TOK; c0 += GR)
+        for (int col = 0; col < ROW; col++) group_decode(want + c0 * ROW + col, x + c0 * ROW + col, ROW, GR, 2, RANGE_RIGHT);
+    for (int t = 0; t < (N_TOK / GR) * GR; t++)   // the slip: one range per token's vector, as intB
+        for (int p = 0; p < 2; p++) group_decode(per_token + t * ROW + off[p], x + t * ROW + off[p], 1, w[p], 2, RANGE_RIGHT);
+    for (int t = 0; t < N_TOK; t++)
+        for (int col = 0; col < ROW; col++) {
+            int i = t * ROW + col;
+            if (fabsf(got[i] - want[i]) <= 1e-6f * fmaxf(1.0f, fabsf(want[i]))) continue;
+            int p = col >= off[1], zero = 1, first_ok = 1;
+            for (int k = 0; k < (N_TOK / GR) * GR * ROW; k++) zero &= got[k] == 0.0f;
+            for (int tt = 0; tt < (N_TOK / GR) * GR; tt++)
+                for (int c = 0; c < w[0]; c++) first_ok &= fabsf(got[tt * ROW + c] - want[tt * ROW + c]) <= 1e-6f * fmaxf(1.0f, fabsf(want[tt * ROW + c]));
+            const char *hint =
+                "For every channel col of the row (vector p, channel j: col = off[p] + j): asym_range over the chunk's G values resid[t*row + col], t = 0..G-1 (stride row), into zs[2*col] and zs[2*col+1]; then token first+t's code asym_code(...) at bit j of its slot's area boff[p].";
+            if (t >= (N_TOK / GR) * GR) hint = "This token's chunk is not complete, so it stays in full precision: only kivi_flush's chunk (tokens first..last) is coded.";
+            else if (zero) hint = "Every coded key decodes to 0: are the chunk's zero points and scales written to chunk_zs (2 per channel), and the codes into the slots?";
+            else if (same_floats(got, per_token, (N_TOK / GR) * GR * ROW)) hint = "It matches one range per TOKEN (as intB does): KIVI's key range runs down a CHANNEL, over the chunk's G tokens (stride row), so an outlier channel gets its own range.";
+            else if (p == 1 && first_ok) hint = "The first vector of the row is right, the second (3 channels) is not: channel j of vector p is column off[p] + j of the row, and its codes sit at bit j of the area boff[p].";
+            cr_assert(0, "kivi2:4 keys, rows of two vectors (6 and 3 channels), channel 2 an outlier: token %d, channel %d (vector %d) is %.6g after the round trip, want %.6g (the key was %.6g). %s",
+                      t, col, p, (double)got[i], (double)want[i], (double)x[i], hint);
+        }
+    kvq_stream_free(st);
+    kvq_free(q);
+    free(x);
 }
