@@ -1176,7 +1176,7 @@ Test(ex12_1, int_groups_round_trip) {
     float *x = quant_inputs(N_TOK, D, 121);
     for (int j = 0; j < D; j++) x[j] = j < 16 ? x[j] : -3.25f;   // token 0's last group: all equal (s = 0)
     for (int B = 2; B <= 4; B++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "int%d:%d", B, GR);
         KvqScheme sch = kvq_scheme(name);
         KvQuant *q = kvq_new(&sch, 1);
