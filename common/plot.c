@@ -155,6 +155,17 @@ double plot_text_wrapped(cairo_t *cr, const char *s, double x, double y, double 
     return n_lines ? (n_lines - 1) * line_h + font_size(cr) : 0;
 }
 
+// dst = line + " " + the word's wn chars (no space after an empty line), cut to PLOT_LINE_CHARS - 1 chars
+static void join_word(char dst[PLOT_LINE_CHARS], const char *line, const char *word, size_t wn) {
+    size_t k = strlen(line);
+    if (k > PLOT_LINE_CHARS - 1) k = PLOT_LINE_CHARS - 1;
+    memmove(dst, line, k);
+    if (k && k < PLOT_LINE_CHARS - 1) dst[k++] = ' ';
+    if (wn > PLOT_LINE_CHARS - 1 - k) wn = PLOT_LINE_CHARS - 1 - k;
+    memcpy(dst + k, word, wn);
+    dst[k + wn] = '\0';
+}
+
 int plot_wrap_lines(cairo_t *cr, const char *s, double maxw, char (*lines)[PLOT_LINE_CHARS], int max_lines) {
     int n = 0;
     char line[PLOT_LINE_CHARS] = "";
@@ -165,10 +176,10 @@ int plot_wrap_lines(cairo_t *cr, const char *s, double maxw, char (*lines)[PLOT_
         while (*q && *q != ' ') q++;
         if (q == p) break;
         char trial[PLOT_LINE_CHARS];
-        snprintf(trial, sizeof trial, "%s%s%.*s", line, line[0] ? " " : "", (int)(q - p), p);
+        join_word(trial, line, p, (size_t)(q - p));
         if (line[0] && plot_text_width(cr, trial) > maxw) {
             snprintf(lines[n++], PLOT_LINE_CHARS, "%s", line);
-            snprintf(line, sizeof line, "%.*s", (int)(q - p), p);
+            join_word(line, "", p, (size_t)(q - p));
         } else {
             memcpy(line, trial, sizeof line);
         }
