@@ -621,8 +621,8 @@ int main(int argc, char **argv) {
              "tokens held");
     snprintf(note, sizeof note,
              "All layers, one thread, random cache contents (data/ch11_decode.csv, ./ch11 --measure-decode); timings "
-             "depend on the machine, the file says where they were measured. Dense MLA reads every cached token; DSA "
-             "and CSA pay an indexer over all keys or entries, then attend to k; HCA reads T/m entries; the window W. "
+             "depend on the machine and its load. Dense MLA reads every cached token; DSA and CSA pay an indexer over "
+             "all keys or entries, then attend to k; HCA reads T/m entries; the window W. "
              "At these tiny widths DSA's indexer scan and top-k selection cost more than dense MLA's attention itself; "
              "at V3.2's widths they cost far less (chapter 7, make bench).");
     figure_toy(&a, "09_accuracy_vs_decode", "The toy comparison: recall accuracy against decode time per token at 64K", sub,
