@@ -455,7 +455,10 @@ static void figure_toy(const CliArgs *a, const char *name, const char *title, co
         char b[32];
         if (xfmt == AXIS_BYTES) fmt_bytes(b, sizeof b, x[k]);
         else snprintf(b, sizeof b, "%.3g ms", x[k]);
-        if (d->n[k] > 1)
+        if (d->n[k] > 1 && round(ys[k][0]) == round(ys[k][d->n[k] - 1]))
+            snprintf(labels[k], sizeof labels[k], "%s: %s, %.0f%% (%d seeds, all within a point)", SETTINGS[k].label, b,
+                     mean, d->n[k]);
+        else if (d->n[k] > 1)
             snprintf(labels[k], sizeof labels[k], "%s: %s, mean %.0f%% (%d seeds: %.0f to %.0f%%)", SETTINGS[k].label, b,
                      mean, d->n[k], ys[k][0], ys[k][d->n[k] - 1]);
         else
