@@ -12,6 +12,7 @@
 #include "10_hybrids/kda.h"
 #include "10_hybrids/lightning.h"
 #include "10_hybrids/mamba2.h"
+#include "11_compressed/compressed.h"
 
 static const struct {
     const char *name;
@@ -27,9 +28,12 @@ static const struct {
     {"kda", &kda_mixer},
     {"lightning", &lightning_mixer},
     {"mamba2", &mamba2_mixer},
+    {"csa", &csa_mixer},
+    {"hca", &hca_mixer},
+    {"v4swa", &v4swa_mixer},
 };
 
-const char *const mixer_names[] = {"gqa", "mha", "mqa", "mla", "dsa", "gated", "gdn", "kda", "lightning", "mamba2", NULL};
+const char *const mixer_names[] = {"gqa", "mha", "mqa", "mla", "dsa", "gated", "gdn", "kda", "lightning", "mamba2", "csa", "hca", "v4swa", NULL};
 
 const MixerOps *mixer_by_name(const char *name) {
     if (!name) return NULL;

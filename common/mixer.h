@@ -54,12 +54,30 @@ typedef struct {
     // much token j contributes to token i in head h.
     int (*n_mix_heads)(const ModelGeometry *g, int layer);
     void (*mixing_matrix)(const Mixer *m, float *A, const float *act, const float *params, int T);
+    // 1 if the mixer implements cross-layer KV sharing (Mixer.kv_share): in a geometry with
+    // num_kv_shared_layers, its layers may produce K/V for later layers or read an earlier layer's.
+    int kv_sharing;
 } MixerOps;
+
+// Cross-layer KV sharing (Gemma 3n / 4): a reading layer (geometry_kv_source(g, l) != l) computes only
+// its queries and attends over the K/V of its source layer. The model gives the source and its readers
+// one KvShare (common/model.c owns it); the mixer fills and reads it:
+//   forward:  the source publishes where it saved K and V, and where the readers' gradients of them
+//             go (zeroed by that forward); readers read k and v;
+//   backward: readers (later layers, so they run first) add into dk and dv; the source adds them to
+//             its own before going back through its projections;
+//   decode:   the model points cache at the source's cache before each step; readers attend over it.
+typedef struct {
+    const float *k, *v;      // the source's K and V of the last forward, in its own layout
+    float *dk, *dv;          // the readers' gradients of them (same layout)
+    const MixerCache *cache; // decode: the source layer's cache
+} KvShare;
 
 struct Mixer {
     const MixerOps *ops;
     const ModelGeometry *g;
     int layer;
+    KvShare *kv_share;       // NULL unless the layer takes part in cross-layer KV sharing
 };
 
 // Total floats of a mixer's parameters (sum of its tensors).
@@ -77,3 +95,8 @@ int mixer_validate_attention(const ModelGeometry *g, int layer, const char *who,
 // Checks shared by the linear mixers: layer `layer` is a linear layer, linear_kind is `kind`, the four
 // state dims are positive and linear_num_value_heads is a multiple of linear_num_key_heads.
 int mixer_validate_linear(const ModelGeometry *g, int layer, const char *who, int kind, char *why, size_t cap);
+// For param_tensors: out[] gets tensor i named names[i] of shape (rows[i], cols[i]) (cols 0: a vector),
+// all laid out back to back in this order, except those with rows[i] == 0 (tensors this layer does
+// not have, which take no room); returns how many (at most cap, else an internal error).
+int mixer_param_list(ParamTensor *out, int cap, const char *const *names, const int64_t *rows, const int64_t *cols,
+                     int n);

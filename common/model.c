@@ -121,6 +121,16 @@ static Model *model_create(const ModelGeometry *g, const MixerOps *const *mixers
         CHECK(mixers[l] != NULL, "layer %d has no mixer", l);
         m->mixers[l] = (Mixer){.ops = mixers[l], .g = &m->g, .layer = l};
     }
+    // cross-layer KV sharing: each source layer and its readers get one KvShare (mixer.h)
+    for (int l = 0; l < g->n_layers; l++) {
+        int src = geometry_kv_source(g, l);
+        if (src == l) continue;
+        CHECK(src >= 0 && mixers[l]->kv_sharing && mixers[src]->kv_sharing,
+              "layer %d reads layer %d's K/V, but mixer '%s' or '%s' cannot share KV", l, src, mixers[l]->name,
+              mixers[src]->name);
+        if (!m->mixers[src].kv_share) m->mixers[src].kv_share = callocCheck(1, sizeof(KvShare));
+        m->mixers[l].kv_share = m->mixers[src].kv_share;
+    }
     m->n_params = model_layout_params(m);
     m->params = mallocCheck(sizeof(float) * m->n_params);
     m->loss = -1.0f;
@@ -202,6 +212,8 @@ Model *model_new(const ModelGeometry *g, const MixerOps *const *mixers, uint64_t
 
 void model_free(Model *m) {
     if (!m) return;
+    for (int l = 0; l < m->g.n_layers; l++)   // each KvShare once: by its source layer
+        if (m->mixers[l].kv_share && geometry_kv_source(&m->g, l) == l) free(m->mixers[l].kv_share);
     free(m->params);
     free(m->grads);
     free(m->acts);
@@ -487,6 +499,8 @@ void model_decode(ModelCache *c, float *logits, int token) {
     for (int l = 0; l < g->n_layers; l++) {
         const LayerParams *lp = &m->layer[l];
         rmsnorm_forward(c->xn, NULL, c->x, P + lp->norm1, 1, d, MODEL_NORM_EPS);
+        KvShare *share = m->mixers[l].kv_share;
+        if (share && geometry_kv_source(g, l) == l) share->cache = c->layer[l];   // this cache, for its readers
         m->mixers[l].ops->decode(&m->mixers[l], c->layer[l], c->mix_out, c->xn, P + lp->mixer);
         for (int i = 0; i < d; i++) c->x[i] = c->x[i] + c->mix_out[i];
         rmsnorm_forward(c->xn, NULL, c->x, P + lp->norm2, 1, d, MODEL_NORM_EPS);
@@ -569,11 +583,26 @@ char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers)
         // for readers of the metadata (derived from the four dims above; ignored on load)
         cJSON_AddNumberToObject(o, "linear_state_elems", (double)geometry_linear_state_elems(g));
     }
+    // chapter 11's model options, written only when set
+    if (g->num_kv_shared_layers) cJSON_AddNumberToObject(o, "num_kv_shared_layers", g->num_kv_shared_layers);
+    if (g->attention_sinks) cJSON_AddNumberToObject(o, "attention_sinks", g->attention_sinks);
+    if (g->kv_one_tensor) cJSON_AddNumberToObject(o, "kv_one_tensor", g->kv_one_tensor);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_kind");
     cJSON *names = cJSON_AddArrayToObject(o, "mixers");
+    int compressed = 0, indexers = 0;
     for (int l = 0; l < g->n_layers; l++) {
         cJSON_AddItemToArray(kinds, cJSON_CreateString(LAYER_NAMES[g->layer_kind[l]]));
         cJSON_AddItemToArray(names, cJSON_CreateString(mixers[l]->name));
+        compressed |= g->compress_ratios[l] != 0;
+        indexers |= g->indexer_types[l] != 0;
+    }
+    // DeepSeek V4's per-layer fields (chapter 11), only when set
+    if (compressed || indexers) {
+        cJSON *cr = cJSON_AddArrayToObject(o, "compress_ratios"), *it = cJSON_AddArrayToObject(o, "indexer_types");
+        for (int l = 0; l < g->n_layers; l++) {
+            cJSON_AddItemToArray(cr, cJSON_CreateNumber(g->compress_ratios[l]));
+            cJSON_AddItemToArray(it, cJSON_CreateNumber(g->indexer_types[l]));
+        }
     }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
@@ -659,6 +688,9 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         {"linear_value_head_dim", 0, offsetof(ModelGeometry, linear_value_head_dim)},
         {"linear_conv_kernel_dim", 0, offsetof(ModelGeometry, linear_conv_kernel_dim)},
         {"state_dtype_bytes", 0, offsetof(ModelGeometry, state_dtype_bytes)},
+        {"num_kv_shared_layers", 0, offsetof(ModelGeometry, num_kv_shared_layers)},
+        {"attention_sinks", 0, offsetof(ModelGeometry, attention_sinks)},
+        {"kv_one_tensor", 0, offsetof(ModelGeometry, kv_one_tensor)},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         long v;
@@ -705,6 +737,25 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
                 goto done;
             }
             g->layer_kind[l] = (unsigned char)k;
+        }
+    }
+    static const struct { const char *key; int max; } lists[] = {{"compress_ratios", 65535}, {"indexer_types", INDEXER_NONE}};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, lists[k].key);
+        if (!arr) continue;
+        if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != g->n_layers) {
+            snprintf(err, cap, "geometry: '%s' must list %d layers", lists[k].key, g->n_layers);
+            goto done;
+        }
+        for (int l = 0; l < g->n_layers; l++) {
+            const cJSON *e = cJSON_GetArrayItem(arr, l);
+            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
+                e->valuedouble > lists[k].max) {
+                snprintf(err, cap, "geometry: bad %s at layer %d", lists[k].key, l);
+                goto done;
+            }
+            if (k == 0) g->compress_ratios[l] = (unsigned short)e->valueint;
+            else g->indexer_types[l] = (unsigned char)e->valueint;
         }
     }
     const cJSON *mx = cJSON_GetObjectItemCaseSensitive(o, "mixers");
@@ -900,6 +951,12 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
         snprintf(err, cap, "%s: geometry: %s", path, why);
         goto fail;
     }
+    for (int l = 0; l < g.n_layers; l++)
+        if (geometry_kv_source(&g, l) != l && !(ops[l]->kv_sharing && ops[geometry_kv_source(&g, l)]->kv_sharing)) {
+            snprintf(err, cap, "%s: geometry: layer %d shares K/V across layers, which mixer '%s' cannot do", path, l,
+                     names[l]);
+            goto fail;
+        }
     // The tensors must hold every parameter: refuse before allocating for a geometry the file can't back.
     {
         Model *lay = callocCheck(1, sizeof *lay);

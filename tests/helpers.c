@@ -46,6 +46,14 @@ int test_run_limited(char *out, size_t cap, const char *prog, const char *args, 
     return run_command(out, cap, cmd);
 }
 
+void test_expect_one_line_exit2(const char *prog, const char *args, const char *needle) {
+    char out[8192];
+    int rc = test_run(out, sizeof out, prog, args);
+    cr_expect_eq(rc, 2, "%s %s: exit %d, expected 2: %s", prog, args, rc, out);
+    cr_expect_eq(test_count_lines(out), 1, "%s %s: expected one line: %s", prog, args, out);
+    cr_expect(strstr(out, needle) != NULL, "%s %s: message lacks '%s': %s", prog, args, needle, out);
+}
+
 int test_count_lines(const char *s) {
     int n = 0;
     for (const char *p = s; *p; p++)
@@ -92,22 +100,76 @@ double test_mixer_loss(const Mixer *m, float *out, const float *x, const float *
     return l;
 }
 
+typedef struct {
+    const Mixer *m;
+    float *out;
+    const float *x, *params, *R;
+    int B, T;
+} MixerLoss;
+
+static double mixer_loss(const void *ctx) {
+    const MixerLoss *c = ctx;
+    return test_mixer_loss(c->m, c->out, c->x, c->params, c->R, c->B, c->T);
+}
+
 double test_mixer_fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n, float *out, const float *x,
                                const float *params, const float *R, int B, int T) {
-    const float h = 1e-2f;
+    MixerLoss c = {m, out, x, params, R, B, T};
+    return test_fd_rel_error_fn(mixer_loss, &c, v, ana, n, 1e-2f);
+}
+
+double test_fd_rel_error_fn(double (*loss)(const void *ctx), const void *ctx, float *v, const float *ana, size_t n,
+                            float h) {
     double num2 = 0, den2 = 0;
     for (size_t i = 0; i < n; i++) {
         float keep = v[i];
         v[i] = keep + h;
-        double lp = test_mixer_loss(m, out, x, params, R, B, T);
+        double lp = loss(ctx);
         v[i] = keep - h;
-        double lm = test_mixer_loss(m, out, x, params, R, B, T);
+        double lm = loss(ctx);
         v[i] = keep;
         double num = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
         num2 += (num - ana[i]) * (num - ana[i]);
         den2 += (double)ana[i] * ana[i];
     }
     return sqrt(num2 / (den2 > 0 ? den2 : 1e-30));
+}
+
+void test_model_gradcheck(Model *m, const int *tok, const int *tgt, int B, int T, const char *filter, uint64_t seed) {
+    model_forward(m, tok, tgt, B, T);
+    model_zero_grad(m);
+    model_backward(m);
+    float *grad = mallocCheck(sizeof(float) * m->n_params);
+    memcpy(grad, m->grads, sizeof(float) * m->n_params);
+    Rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ModelTensor *t = &m->tensors[i];
+        if (filter && !strstr(t->name, filter)) continue;
+        float *p = m->params + t->offset;
+        float *u = mallocCheck(sizeof(float) * t->size), *p0 = mallocCheck(sizeof(float) * t->size);
+        memcpy(p0, p, sizeof(float) * t->size);
+        double norm = 0.0, ana = 0.0;
+        for (size_t k = 0; k < t->size; k++) { u[k] = rng_normal(&r); norm += (double)u[k] * u[k]; }
+        for (size_t k = 0; k < t->size; k++) { u[k] /= (float)sqrt(norm); ana += (double)grad[t->offset + k] * u[k]; }
+        const float eps = 1e-2f;
+        for (size_t k = 0; k < t->size; k++) p[k] = p0[k] + eps * u[k];
+        model_forward(m, tok, tgt, B, T);
+        double lp = m->loss;
+        for (size_t k = 0; k < t->size; k++) p[k] = p0[k] - eps * u[k];
+        model_forward(m, tok, tgt, B, T);
+        double lm = m->loss;
+        memcpy(p, p0, sizeof(float) * t->size);
+        double num = (lp - lm) / (2.0 * eps);
+        double err = fabs(ana - num) / fmax(fmax(fabs(ana), fabs(num)), 1e-2);
+        cr_expect(err < 2e-2, "%s: tensor %s: analytic %.6g vs numeric %.6g (rel err %.3g)", m->g.name, t->name, ana, num,
+                  err);
+        cr_expect(fabs(ana) > 1e-4 || !strcmp(t->name, "tok_emb"),
+                  "tensor %s has a vanishing gradient (%g): the check would prove nothing", t->name, ana);
+        free(u);
+        free(p0);
+    }
+    free(grad);
 }
 
 float *test_randn(Rng *r, size_t n, float std) {

@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 #include "mixer.h"
+#include "model.h"
 #include "rng.h"
 #include "safetensors.h"
 
@@ -18,6 +19,8 @@ int test_run(char *out, size_t cap, const char *prog, const char *args);
 int test_run_limited(char *out, size_t cap, const char *prog, const char *args, int seconds);
 // Number of lines in s (a final line without '\n' counts).
 int test_count_lines(const char *s);
+// Runs PROG ARGS and expects a user error: exit status 2, one line of output, containing needle.
+void test_expect_one_line_exit2(const char *prog, const char *args, const char *needle);
 // A fresh empty temp folder (mkdtemp) under /tmp; the path is written into buf.
 const char *test_tmpdir(char *buf, size_t cap);
 // 1 if folder dir holds any file whose name contains ".tmp." (a half-written output).
@@ -31,6 +34,14 @@ int test_count_files(const char *dir);
 double test_mixer_loss(const Mixer *m, float *out, const float *x, const float *params, const float *R, int B, int T);
 double test_mixer_fd_rel_error(const Mixer *m, float *v, const float *ana, size_t n, float *out, const float *x,
                                const float *params, const float *R, int B, int T);
+// The same for any loss: loss(ctx) evaluated at v[i] +- h for each of the n floats of v, against ana.
+double test_fd_rel_error_fn(double (*loss)(const void *ctx), const void *ctx, float *v, const float *ana, size_t n,
+                            float h);
+// A whole model's gradient, tensor by tensor (every tensor whose name contains filter; NULL: all): the
+// directional derivative of m's loss on (tok, tgt) (B,T) along a random unit direction, analytic (from
+// model_backward) against central differences of step 1e-2; fails on a relative error above 2e-2 or a
+// vanishing gradient (except tok_emb's, which few tokens reach).
+void test_model_gradcheck(Model *m, const int *tok, const int *tgt, int B, int T, const char *filter, uint64_t seed);
 
 // ---- mixer tests ------------------------------------------------------------------------------------
 // n floats from N(0, std^2) (malloc'd).

@@ -244,6 +244,25 @@ Test(gemma, kv_sharing_counts_only_producing_layers) {
     cr_expect(geometry_kv_source(&s, 2) == 0 && geometry_kv_source(&s, 3) == 1);
 }
 
+// Gemma 4 E2B: 35 layers ((4 sliding, 1 full) x 7), the last 20 share, so only layers 0-14 cache: 12
+// sliding layers of 1 KV head x 256 (1024 B per token) and 3 full layers of 1 x 512 (global_head_dim,
+// 2048 B); shared sliding layers read layer 13, shared full ones layer 14.
+Test(gemma, gemma4_e2b_shares_20_layers) {
+    ModelGeometry g = load("gemma4-e2b.json");
+    cr_expect_eq(g.num_kv_shared_layers, 20);
+    cr_expect_eq(geometry_kv_source(&g, 14), 14);
+    cr_expect_eq(geometry_kv_source(&g, 15), 13);
+    cr_expect_eq(geometry_kv_source(&g, 19), 14);
+    cr_expect_eq(geometry_kv_source(&g, 34), 14);
+    cr_expect_eq(kvcache_elems_per_token_layer(&g, 4), 2 * 512);
+    cr_expect_eq(kvcache_elems_per_token_layer(&g, 15), 0);
+    cr_expect_eq(kvcache_bytes_per_token(&g), 12 * 1024.0 + 3 * 2048.0);
+    cr_expect_eq(kvcache_total_bytes(&g, 131072, 1), 12 * 512 * 1024.0 + 3 * 131072 * 2048.0);
+    ModelGeometry full = g;
+    full.num_kv_shared_layers = 0;
+    cr_expect_eq(kvcache_bytes_per_token(&full), 28 * 1024.0 + 7 * 2048.0);
+}
+
 // Gemma 4 31B: 50 sliding layers of 16 KV heads x 256 and 10 full layers of 4 x 512 (global_head_dim,
 // num_global_key_value_heads). attention_k_eq_v: V comes from k_proj, but K is normed and rotated and V
 // only normed, so both are cached: per token 50 x 2 x 16 x 256 x 2 + 10 x 2 x 4 x 512 x 2 = 901120 B.

@@ -366,20 +366,10 @@ static double fd_loss(const FdCase *f) {
     return l;
 }
 
+static double fd_loss_of(const void *f) { return fd_loss(f); }
+
 static double fd_rel_error(const FdCase *f, float *v, const float *ana, size_t n, float h) {
-    double num2 = 0, den2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        float keep = v[i];
-        v[i] = keep + h;
-        double lp = fd_loss(f);
-        v[i] = keep - h;
-        double lm = fd_loss(f);
-        v[i] = keep;
-        double num = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
-        num2 += (num - ana[i]) * (num - ana[i]);
-        den2 += (double)ana[i] * ana[i];
-    }
-    return sqrt(num2 / (den2 > 0 ? den2 : 1e-30));
+    return test_fd_rel_error_fn(fd_loss_of, f, v, ana, n, h);
 }
 
 // kl 0: d sum(out*R) for x and MLA's weights (the KL switched off); kl 1: d KL for the indexer's

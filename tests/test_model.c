@@ -170,46 +170,14 @@ static void random_batch(int *tok, int *tgt, int N, int V, uint64_t seed) {
 // ---- gradients against finite differences --------------------------------------------------------
 
 // For each tensor: the directional derivative along a random unit direction u, analytic (grad . u)
-// against central differences of the loss. A missing or wrong term in any backward shows up as a
-// relative error far above the float32 noise (~1e-3).
+// against central differences of the loss (test_model_gradcheck). A missing or wrong term in any
+// backward shows up as a relative error far above the float32 noise (~1e-3).
 static void gradcheck(const MixerOps *first, const MixerOps *second) {
     enum { B = 2, T = 6 };
     Model *m = tiny_model(first, second, 5);
     int tok[B * T], tgt[B * T];
     random_batch(tok, tgt, B * T, m->g.vocab_size, 17);
-    model_forward(m, tok, tgt, B, T);
-    model_zero_grad(m);
-    model_backward(m);
-    float *grad = malloc(sizeof(float) * m->n_params);
-    memcpy(grad, m->grads, sizeof(float) * m->n_params);
-    Rng r;
-    rng_seed(&r, 3);
-    for (int i = 0; i < m->n_tensors; i++) {
-        const ModelTensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
-        float *u = malloc(sizeof(float) * t->size), *p0 = malloc(sizeof(float) * t->size);
-        memcpy(p0, p, sizeof(float) * t->size);
-        double norm = 0.0, ana = 0.0;
-        for (size_t k = 0; k < t->size; k++) { u[k] = rng_normal(&r); norm += (double)u[k] * u[k]; }
-        for (size_t k = 0; k < t->size; k++) { u[k] /= (float)sqrt(norm); ana += (double)grad[t->offset + k] * u[k]; }
-        const float eps = 1e-2f;
-        for (size_t k = 0; k < t->size; k++) p[k] = p0[k] + eps * u[k];
-        model_forward(m, tok, tgt, B, T);
-        double lp = m->loss;
-        for (size_t k = 0; k < t->size; k++) p[k] = p0[k] - eps * u[k];
-        model_forward(m, tok, tgt, B, T);
-        double lm = m->loss;
-        memcpy(p, p0, sizeof(float) * t->size);
-        double num = (lp - lm) / (2.0 * eps);
-        double err = fabs(ana - num) / fmax(fmax(fabs(ana), fabs(num)), 1e-2);
-        cr_expect(err < 2e-2, "%s/%s: tensor %s: analytic %.6g vs numeric %.6g (rel err %.3g)",
-                  first->name, second->name, t->name, ana, num, err);
-        cr_expect(fabs(ana) > 1e-4 || !strcmp(t->name, "tok_emb"),
-                  "tensor %s has a vanishing gradient (%g): the check would prove nothing", t->name, ana);
-        free(u);
-        free(p0);
-    }
-    free(grad);
+    test_model_gradcheck(m, tok, tgt, B, T, NULL, 3);
     model_free(m);
 }
 
@@ -642,11 +610,7 @@ Test(model_shipped, ch03_induction) { shipped_accuracy("data/weights/ch03_induct
 // ---- the tools' flags ---------------------------------------------------------------------------
 
 static void expect_one_line_exit2(const char *prog, const char *args, const char *needle) {
-    char out[8192];
-    int rc = test_run(out, sizeof out, prog, args);
-    cr_expect_eq(rc, 2, "%s %s: exit %d, expected 2: %s", prog, args, rc, out);
-    cr_expect_eq(test_count_lines(out), 1, "%s %s: expected one line: %s", prog, args, out);
-    cr_expect(strstr(out, needle) != NULL, "%s %s: message lacks '%s': %s", prog, args, needle, out);
+    test_expect_one_line_exit2(prog, args, needle);
 }
 
 Test(model_tools, train_bad_flags) {

@@ -12,6 +12,7 @@
 #include "07_dsa/dsa.h"
 #include "09_gdn/gdn.h"
 #include "10_hybrids/decay.h"
+#include "11_compressed/compressed.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -637,6 +638,50 @@ static void bench_decay_prefill(const BenchOpts *o) {
                   "form still wins by moving the work into matrix products, as it does on GPUs with tensor cores.");
 }
 
+// ---- section: DeepSeek V4's compressed layers (chapter 11) ------------------------------------------
+
+// One layer of each V4 kind at V4's per-head widths with fewer heads: 8 query heads of 512 sharing one
+// K = V head of 512, a raw window of 128, CSA m 4 with an indexer of 4 heads x 128 choosing 512 entries,
+// HCA m 128; against the dense MLA layer of attn_decode (16 heads, dc 512 + dr 32).
+static void bench_v4_decode(const BenchOpts *o) {
+    int n_ctx = decode_n_contexts(o), max_ctx = DECODE_CONTEXTS[n_ctx - 1], reps = o->quick ? 2 : 4;
+    ModelGeometry g, mla;
+    v4_geometry_tiny(&g, 3, 1024, 8, 512, 128);
+    g.max_seq_len = max_ctx + 1;
+    g.index_n_heads = 4;
+    g.index_head_dim = 128;
+    g.index_topk = 512;
+    v4_set_layer(&g, 1, 4, 1);
+    v4_set_layer(&g, 2, 128, 0);
+    mla_geometry_tiny(&mla, 1, 1024, 16);
+    mla.q_lora_rank = 0;
+    mla.max_seq_len = max_ctx + 1;
+    float *p[3], *p_mla = mixer_params_new(&mla_mixer, &mla, 12);
+    for (int l = 0; l < 3; l++) {
+        Mixer m = {.ops = v4_mixer_of(&g, l), .g = &g, .layer = l};
+        p[l] = mallocCheck(sizeof(float) * mixer_n_params(m.ops, &g, l));
+        Rng rng;
+        rng_seed(&rng, 20 + l);
+        m.ops->init(&m, p[l], &rng);
+    }
+    printf("v4_decode: DeepSeek V4's layers at d_model 1024, 8 query heads of 512 sharing one K = V head of 512, raw\n"
+           "  window 128; CSA m 4 (entries of 8 tokens) with an indexer of 4 heads x 128 and top-%d; HCA m 128; dense MLA\n"
+           "  (attn_decode's) for scale. ms per decoded token, 1 thread, random cache contents; cache per token (fp32):\n"
+           "  CSA (512 + 128) / 4 floats, HCA 512 / 128, window-only none past 128, MLA 544.\n", g.index_topk);
+    printf("%10s %12s %12s %12s %12s\n", "context", "window-only", "CSA", "HCA", "dense MLA");
+    for (int i = 0; i < n_ctx; i++) {
+        int T = DECODE_CONTEXTS[i];
+        printf("%10d", T);
+        for (int l = 0; l < 3; l++) print_ms(compressed_decode_seconds_per_token(&g, l, p[l], T, reps, 1));
+        print_ms(mla_decode_seconds_per_token(&mla, p_mla, T, 1, reps, 1));
+        printf("\n");
+        fflush(stdout);
+    }
+    printf("\n");
+    for (int l = 0; l < 3; l++) free(p[l]);
+    free(p_mla);
+}
+
 // ---- sections -----------------------------------------------------------------------------------
 
 typedef struct {
@@ -653,6 +698,7 @@ static const BenchSection SECTIONS[] = {
     {"kvquant_decode", bench_kvquant_decode},
     {"gdn_prefill", bench_gdn_prefill},
     {"decay_prefill", bench_decay_prefill},
+    {"v4_decode", bench_v4_decode},
 };
 
 int main(int argc, char **argv) {

@@ -36,6 +36,14 @@ GATE="--rotary-fraction 0.5"
 # Chapter 8: gated attention and its ungated twin, same data, steps and seed (2 heads of 32: with 4 heads
 # of 16 only 4 dims would rotate under partial RoPE, and nothing learned recall).
 GATED="--mixer gated --task recall --layers 2 --d-model 64 --heads 2 --kv-heads 1 --qk-norm zero --rotary-fraction 0.25 --steps 8000 --seed 1337"
+# Chapter 11: the toy comparison of DeepSeek V4's layers against MLA and DSA: the same recall data (8 pairs,
+# then 8 filler tokens, so every answer lies beyond the raw window of 8), steps and seed; each V4 model starts
+# with a window-only layer as V4 does. DSA's dense warm-up is 6000 of the 8000 steps: with the default 2000
+# it ended on the loss plateau (dense MLA left it only at step ~6800 for this seed), and the sparse stage
+# never found the pairs (25% held out); with 6000 it leaves the plateau at ~1900 and ends at 100%. The
+# other seeds (1, 2) are in data/ch11_toy.csv, written by tools/ch11_toy.sh. The sink model's twin without
+# sinks is chapter 4's ch04_recall_g2 (the same command without --sinks).
+V4TOY="--task recall --pairs 8 --gap 8 --seq-len 48 --layers 2 --d-model 64 --heads 4 --steps 8000 --seed 1337"
 cat > "$log/jobs" <<JOBS
 ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
 ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
@@ -64,6 +72,12 @@ ch10_mamba2|--mixer mamba2 --layers 4 $MAMBA $CAP
 ch10_kimi|--mixer kda,kda,kda,mla --layers 4 $LIN $CAP
 ch10_nemotron|--mixer mamba2,mamba2,gqa,mamba2,mamba2 --layers 5 $MAMBA $CAP
 ch10_minimax|--mixer lightning,lightning,lightning,lightning,lightning,lightning,lightning,gqa --layers 8 $LIGHT $CAP
+ch11_mla|--mixer mla $V4TOY
+ch11_dsa|--mixer dsa --topk 8 --dense-steps 6000 $V4TOY
+ch11_csa|--mixer v4swa,csa --window 8 --csa-ratio 4 --topk 2 $V4TOY
+ch11_hca|--mixer v4swa,hca --window 8 --hca-ratio 8 $V4TOY
+ch11_window|--mixer v4swa,v4swa --window 8 $V4TOY
+ch11_sinks|--mixer gqa --kv-heads 2 --sinks $RECALL
 JOBS
 [ -f tools/weights_extra.txt ] && cat tools/weights_extra.txt >> "$log/jobs"
 # ONLY=REGEX retrains just the models whose names match (e.g. `make weights ONLY='ch09|ch10'`).
@@ -71,6 +85,8 @@ if [ -n "${ONLY:-}" ]; then
     grep -E "^(${ONLY})[^|]*\|" "$log/jobs" > "$log/jobs.only" || true
     mv "$log/jobs.only" "$log/jobs"
 fi
+# LIST=1 prints the selected "name|flags" lines instead of training (tools/ch11_toy.sh reads them).
+if [ -n "${LIST:-}" ]; then cat "$log/jobs"; exit 0; fi
 
 run() {  # name flags...
     name=$1; shift

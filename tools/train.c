@@ -18,6 +18,7 @@
 #include "registry.h"
 #include "05_mla/mla.h"
 #include "07_dsa/dsa.h"
+#include "11_compressed/compressed.h"
 #include "tasks.h"
 #include "train.h"
 
@@ -35,7 +36,7 @@ static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, i
 }
 
 // What a --mixer list asks for, checked once: which mixer each layer gets and what that implies.
-typedef enum { KV_NONE, KV_ALL, KV_ONE, KV_CHOICE } KvRule;   // how --kv-heads is decided
+typedef enum { KV_NONE, KV_ALL, KV_ONE, KV_CHOICE, KV_V4 } KvRule;   // how --kv-heads is decided
 typedef struct {
     const MixerOps *ops[GEOM_MAX_LAYERS];
     int linear[GEOM_MAX_LAYERS];   // 1: a fixed-state layer
@@ -43,6 +44,7 @@ typedef struct {
     KvRule kv_rule;
     const char *attn_name;         // the attention mixer's name ("" without attention)
     int has_mla, has_dsa, has_gated;
+    int has_v4, has_csa;           // DeepSeek V4 layers (csa, hca, v4swa), one family that mixes freely
     char short_name[64];           // "mha", or "gdn,gdn,gdn,gated" as given
 } MixerPlan;
 
@@ -51,6 +53,7 @@ static void plan_parse(MixerPlan *p, const char *list, int layers) {
         {"mha", 0, KV_ALL}, {"gqa", 0, KV_CHOICE}, {"mqa", 0, KV_ONE}, {"mla", 0, KV_ALL}, {"dsa", 0, KV_ALL},
         {"gated", 0, KV_CHOICE}, {"gdn", LINEAR_GDN, KV_NONE}, {"kda", LINEAR_KDA, KV_NONE},
         {"lightning", LINEAR_LIGHTNING, KV_NONE}, {"mamba2", LINEAR_MAMBA2, KV_NONE},
+        {"csa", 0, KV_V4}, {"hca", 0, KV_V4}, {"v4swa", 0, KV_V4},
     };
     memset(p, 0, sizeof *p);
     p->attn_name = "";
@@ -74,7 +77,7 @@ static void plan_parse(MixerPlan *p, const char *list, int layers) {
         size_t k = 0;
         while (k < sizeof known / sizeof known[0] && strcmp(known[k].name, nm)) k++;
         if (k == sizeof known / sizeof known[0] || !mixer_by_name(nm))
-            die_user("--mixer: unknown mixer '%s' (mha|gqa|mqa|mla|dsa|gated|gdn|kda|lightning|mamba2)", nm);
+            die_user("--mixer: unknown mixer '%s' (mha|gqa|mqa|mla|dsa|gated|gdn|kda|lightning|mamba2|csa|hca|v4swa)", nm);
         p->ops[l] = mixer_by_name(nm);
         if (known[k].linear_kind) {
             if (p->linear_kind && p->linear_kind != known[k].linear_kind)
@@ -83,8 +86,11 @@ static void plan_parse(MixerPlan *p, const char *list, int layers) {
             p->linear[l] = 1;
             continue;
         }
-        if (*p->attn_name && strcmp(p->attn_name, nm))
+        int v4 = known[k].kv == KV_V4;
+        if (*p->attn_name && strcmp(p->attn_name, nm) && !(v4 && p->has_v4))
             die_user("--mixer '%s': one kind of attention layer per model (%s and %s)", list, p->attn_name, nm);
+        p->has_v4 |= v4;
+        p->has_csa |= !strcmp(nm, "csa");
         p->attn_name = known[k].name;
         p->kv_rule = known[k].kv;
         p->has_mla |= !strcmp(nm, "mla") || !strcmp(nm, "dsa");
@@ -92,6 +98,7 @@ static void plan_parse(MixerPlan *p, const char *list, int layers) {
         p->has_gated |= !strcmp(nm, "gated");
     }
     if (p->has_dsa && p->linear_kind) die_user("--mixer '%s': dsa layers do not mix with linear layers here", list);
+    if (p->has_v4 && p->linear_kind) die_user("--mixer '%s': DeepSeek V4 layers do not mix with linear layers here", list);
 }
 
 // Index of word in "a|b|c", or a user error naming the flag.
@@ -115,12 +122,15 @@ int main(int argc, char **argv) {
     const char *mixer_list = "mha", *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
     const char *gate = NULL, *qk_norm = NULL;
     int window = 0, topk = 4, index_heads = 4, index_dim = 16, dense_steps = -1;
+    int csa_ratio = 4, hca_ratio = 16, head_dim = 0, sinks = 0, kv_shared = 0;
     int linear_heads = 0, linear_key_heads = 0, linear_key_dim = 0, linear_value_dim = 0, conv = -1;
     CliOpt opts[] = {
         {"--mixer", OPT_STRING, &mixer_list, "M[,M...]", "token mixer of each layer, a comma list cycled over the layers (default mha). "
          "Attention: mha (kv heads = heads), gqa, mqa (1 kv head), mla (latent d_model/2), dsa (MLA + a top-k lightning indexer), "
          "gated (Qwen3-Next gated attention). Linear: gdn (Gated DeltaNet), kda (Kimi Delta Attention), lightning (MiniMax-01), "
-         "mamba2. Example: gdn,gdn,gdn,gated with --layers 4 is Qwen3-Next's 3:1 hybrid", 0, 0},
+         "mamba2. DeepSeek V4 (one shared K = V head, a raw window, learned sinks): csa (compressed entries + a top-k "
+         "indexer), hca (heavily compressed, all entries), v4swa (the window only); they mix, e.g. v4swa,csa,hca. "
+         "Example: gdn,gdn,gdn,gated with --layers 4 is Qwen3-Next's 3:1 hybrid", 0, 0},
         {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
@@ -128,7 +138,8 @@ int main(int argc, char **argv) {
         {"--heads", OPT_INT, &heads, "N", "query heads per attention layer (default 4)", 1, 256},
         {"--kv-heads", OPT_INT, &kv_heads, "N", "key/value heads for gqa and gated (default heads/2)", 1, 256},
         {"--pattern", OPT_STRING, &pattern, "P", "layer pattern: global (default), local, R (R local layers per global one), gemma2|gemma3|olmo3|gpt-oss", 0, 0},
-        {"--window", OPT_INT, &window, "W", "sliding window of the local layers (keys seen, itself included)", 1, 1 << 20},
+        {"--window", OPT_INT, &window, "W", "sliding window of the local layers (keys seen, itself included); for csa/hca/v4swa "
+         "the raw window every layer keeps (default 8)", 1, 1 << 20},
         {"--gate", OPT_STRING, &gate, "G", "gated: output gate none|elementwise|headwise (default elementwise)", 0, 0},
         {"--qk-norm", OPT_STRING, &qk_norm, "N", "gated: RMSNorm of q and k heads none|rms|zero (weight 1+w; default zero)", 0, 0},
         {"--rotary-fraction", OPT_DOUBLE, &rotary_fraction, "F", "gated: fraction of head_dim RoPE rotates (default 0.25)", 0.0, 1.0},
@@ -152,6 +163,13 @@ int main(int argc, char **argv) {
         {"--index-heads", OPT_INT, &index_heads, "N", "dsa: lightning indexer heads (default 4)", 1, 256},
         {"--index-dim", OPT_INT, &index_dim, "N", "dsa: width of the indexer's heads and shared key (default 16)", 2, 4096},
         {"--dense-steps", OPT_INT, &dense_steps, "N", "dsa: dense warm-up steps before the sparse ones (default steps/4)", 0, 10000000},
+        {"--csa-ratio", OPT_INT, &csa_ratio, "M", "csa: tokens per compressed entry (overlapping groups, each entry mixes 2M; default 4, as V4)", 2, 512},
+        {"--hca-ratio", OPT_INT, &hca_ratio, "M", "hca: tokens per compressed entry (default 16; V4 uses 128)", 2, 512},
+        {"--head-dim", OPT_INT, &head_dim, "N", "csa/hca/v4swa: width of the one shared K = V head and of each query head (default 2 * d_model / heads)", 2, 1024},
+        {"--sinks", OPT_FLAG, &sinks, NULL, "mha/gqa/mqa/gated: a learned sink logit per head in the softmax denominator (gpt-oss); "
+         "csa/hca/v4swa always have them, as V4", 0, 0},
+        {"--kv-shared", OPT_INT, &kv_shared, "N", "mha/gqa/mqa: the last N layers compute only queries and read the K/V of the last "
+         "earlier layer of the same kind (Gemma 3n / 4 cross-layer KV sharing)", 1, 255},
         {"--out", OPT_STRING, &out, "FILE", "weights to write (.safetensors), required", 0, 0},
         {"--loss-plot", OPT_STRING, &loss_plot, "FILE", "also draw the loss curve (FILE.png or FILE.svg)", 0, 0},
         {"--log-y", OPT_FLAG, &log_y, NULL, "loss plot on a log y axis", 0, 0},
@@ -185,6 +203,9 @@ int main(int argc, char **argv) {
     } else if (plan.kv_rule == KV_ONE) {
         if (kv_heads && kv_heads != 1) die_user("--kv-heads %d: mqa has exactly 1 kv head; use --mixer gqa", kv_heads);
         kv_heads = 1;
+    } else if (plan.kv_rule == KV_V4) {
+        if (kv_heads && kv_heads != 1) die_user("--kv-heads %d: DeepSeek V4 layers keep exactly 1 shared K = V head", kv_heads);
+        kv_heads = 1;
     } else if (plan.kv_rule == KV_CHOICE) {
         if (!kv_heads) kv_heads = heads >= 2 ? heads / 2 : 1;
     } else {
@@ -200,8 +221,15 @@ int main(int argc, char **argv) {
     int local_per_global;
     if (swa_parse_pattern(pattern, &local_per_global) != 0)
         die_user("--pattern: expected global, local, a ratio R or gemma2|gemma3|olmo3|gpt-oss, got '%s'", pattern);
+    if (plan.has_v4 && local_per_global != 0) die_user("--pattern: DeepSeek V4 layers say their own kind (--mixer v4swa,csa,hca)");
     if (local_per_global != 0 && !window) die_user("--pattern %s: local layers need --window W", pattern);
-    if (local_per_global == 0 && window) die_user("--window: only with a --pattern that has local layers");
+    if (local_per_global == 0 && window && !plan.has_v4) die_user("--window: only with a --pattern that has local layers");
+    if (!plan.has_v4 && head_dim) die_user("--head-dim: only with DeepSeek V4 layers (--mixer csa|hca|v4swa)");
+    if (sinks && (plan.has_v4 || plan.has_mla || !*plan.attn_name))
+        die_user("--sinks: only with mha, gqa, mqa or gated layers%s", plan.has_v4 ? " (V4 layers always have sinks)" : "");
+    if (kv_shared && (plan.kv_rule == KV_V4 || plan.has_mla || plan.has_gated || plan.linear_kind))
+        die_user("--kv-shared: only with mha, gqa or mqa layers");
+    if (kv_shared >= layers) die_user("--kv-shared %d: must be below --layers %d (some layer must produce K/V)", kv_shared, layers);
     if (local_per_global != 0 && plan.linear_kind) die_user("--pattern: sliding windows and linear layers do not mix here");
     if (!d_ff) d_ff = 2 * d_model;
     check_writable("--out", out);
@@ -277,8 +305,29 @@ int main(int argc, char **argv) {
             g.head_dim = g.linear_value_head_dim;
         }
     }
+    if (plan.has_v4) {   // chapter 11: DeepSeek V4's layers
+        if (!head_dim) head_dim = 2 * d_model / heads;
+        if (head_dim % 8) die_user("--head-dim %d: must be a multiple of 8 (a quarter of it rotates, in pairs)", head_dim);
+        v4_geometry_tiny(&g, layers, d_model, heads, head_dim, window ? window : 8);
+        snprintf(g.name, sizeof g.name, "%s", name);
+        g.vocab_size = task.vocab_size;
+        g.d_ff = d_ff;
+        g.max_seq_len = seq_len;
+        if (plan.has_csa) {
+            g.index_n_heads = index_heads;
+            g.index_head_dim = index_dim;
+            g.index_topk = topk;
+            if (index_dim % 2) die_user("--index-dim %d: must be even (RoPE pairs)", index_dim);
+        }
+        for (int l = 0; l < layers; l++) {
+            if (plan.ops[l] == &csa_mixer) v4_set_layer(&g, l, csa_ratio, 1);
+            else if (plan.ops[l] == &hca_mixer) v4_set_layer(&g, l, hca_ratio, 0);
+        }
+    }
+    if (sinks) g.attention_sinks = SINKS_FULL | SINKS_SLIDING;
+    g.num_kv_shared_layers = kv_shared;
+    if ((plan.has_dsa || plan.has_csa) && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
     if (plan.has_dsa && local_per_global != 0) die_user("--pattern: dsa layers are global (no sliding window)");
-    if (plan.has_dsa && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
     if (local_per_global != 0) swa_set_pattern(&g, local_per_global, window);
     if (!strcmp(pattern, "gemma3")) swa_set_gemma3_rope(&g);   // RoPE base 1e4 on local layers, 1e6 on global
     char why[256];
@@ -307,7 +356,18 @@ int main(int argc, char **argv) {
                geometry_linear_name(&g), g.linear_num_value_heads, g.linear_num_key_heads, g.linear_key_head_dim,
                g.linear_value_head_dim, g.linear_conv_kernel_dim);
     TrainResult r;
-    if (plan.has_dsa) dsa_train(m, &task, &tc, dense_steps >= 0 ? dense_steps : steps / 4, &r);
+    if (!quiet && plan.has_v4) {
+        char kinds[GEOM_MAX_LAYERS * 8] = "";
+        for (int l = 0; l < layers; l++) {
+            char one[24];
+            snprintf(one, sizeof one, "%s%s", l ? "," : "", plan.ops[l]->name);
+            if (g.compress_ratios[l]) snprintf(one + strlen(one), sizeof one - strlen(one), "(m %d)", g.compress_ratios[l]);
+            strncat(kinds, one, sizeof kinds - strlen(kinds) - 1);
+        }
+        printf("train: DeepSeek V4 layers %s, raw window %d, one K = V head of %d, learned sinks%s\n", kinds,
+               g.sliding_window, g.head_dim, plan.has_csa ? "; CSA indexer trained toward the attention (KL)" : "");
+    }
+    if (plan.has_dsa || plan.has_csa) dsa_train(m, &task, &tc, dense_steps >= 0 ? dense_steps : steps / 4, &r);
     else train_run(m, &task, &tc, &r);
 
     ModelInfo info;

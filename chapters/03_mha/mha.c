@@ -7,6 +7,13 @@
 //   S_h = q_h k_g^T / sqrt(dh), masked causally (or to the last W keys on a local layer)
 //   P_h = softmax(S_h) row by row;  o_h = P_h v_g;  out = concat_h(o_h) Wo^T
 // Sharing a KV head between H/G query heads is the whole trick of GQA: the cache keeps G heads, not H.
+// Two options on top, both from the geometry:
+//   learned sinks (gpt-oss; geometry_layer_has_sinks): a logit s_h per head joins each row's softmax
+//     denominator only, p_j = exp(l_j) / (exp(s_h) + sum_i exp(l_i)), so a row may give less than 1
+//     to the real tokens; a parameter "sinks" (H), no cache;
+//   cross-layer KV sharing (Gemma 3n / 4; num_kv_shared_layers): a reading layer has only wq and wo,
+//     computes its queries and attends over the K/V its source layer made (Mixer.kv_share), and
+//     caches nothing.
 #include "03_mha/mha.h"
 
 #include <math.h>
@@ -19,7 +26,7 @@
 #include "kvquant.h"
 #include "mathx.h"
 
-enum { WQ, WK, WV, WO, N_WEIGHTS };
+enum { WQ, WK, WV, WO, SINKS, N_WEIGHTS };
 
 static void geometry_check(const ModelGeometry *g) {
     CHECK(g->n_heads > 0 && g->n_kv_heads > 0 && g->n_heads % g->n_kv_heads == 0,
@@ -27,35 +34,60 @@ static void geometry_check(const ModelGeometry *g) {
     CHECK(g->head_dim > 0 && g->head_dim % 2 == 0, "gqa: head_dim %d must be even (RoPE pairs)", g->head_dim);
 }
 
-// Offsets (floats) of wq, wk, wv, wo inside the layer's parameter slice.
-static void param_offsets(const ModelGeometry *g, size_t off[N_WEIGHTS]) {
+// 1 when the layer reads another layer's K/V (cross-layer KV sharing): no wk, wv, and no cache.
+static int kv_reader(const ModelGeometry *g, int layer) { return geometry_kv_source(g, layer) != layer; }
+
+// 1 when a later layer reads this layer's K/V: its forward keeps room for the readers' gradients.
+static int kv_producer(const ModelGeometry *g, int layer) {
+    for (int l = layer + 1; l < g->n_layers; l++)
+        if (geometry_kv_source(g, l) == layer) return 1;
+    return 0;
+}
+
+// Offsets (floats) of wq, wk, wv, wo, sinks inside the layer's parameter slice; off[i + 1] - off[i] is
+// tensor i's size, 0 for a tensor the layer does not have (wk, wv of a reader; sinks when off).
+static void param_offsets(const ModelGeometry *g, int layer, size_t off[N_WEIGHTS + 1]) {
     size_t d = (size_t)g->d_model, qd = (size_t)g->n_heads * g->head_dim;
-    size_t kvd = (size_t)g->n_kv_heads * g->head_dim;
-    off[WQ] = 0;
-    off[WK] = off[WQ] + qd * d;
-    off[WV] = off[WK] + kvd * d;
-    off[WO] = off[WV] + kvd * d;
+    size_t kvd = kv_reader(g, layer) ? 0 : (size_t)g->n_kv_heads * g->head_dim;
+    size_t sizes[N_WEIGHTS] = {qd * d, kvd * d, kvd * d, d * qd,
+                               geometry_layer_has_sinks(g, layer) ? (size_t)g->n_heads : 0};
+    off[0] = 0;
+    for (int i = 0; i < N_WEIGHTS; i++) off[i + 1] = off[i] + sizes[i];
+}
+
+// The sink logits of the layer (H), or NULL without sinks.
+static const float *sinks_of(const ModelGeometry *g, int layer, const float *params) {
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, layer, off);
+    return off[SINKS + 1] > off[SINKS] ? params + off[SINKS] : NULL;
 }
 
 // What forward saves, at (B,T). P comes first so batch 0's attention matrices sit at offset 0 whatever
 // B is (mixing_matrix knows only T).
 typedef struct {
-    float *P;   // (B,H,T,T) attention weights, exactly 0 where masked
-    float *q;   // (B,T,H*dh) queries after RoPE
-    float *k;   // (B,T,G*dh) keys after RoPE
-    float *v;   // (B,T,G*dh) values
-    float *o;   // (B,T,H*dh) concatenated head outputs, before Wo
+    float *P;     // (B,H,T,T) attention weights, exactly 0 where masked
+    float *q;     // (B,T,H*dh) queries after RoPE
+    float *k;     // (B,T,G*dh) keys after RoPE (a reader has none: NULL)
+    float *v;     // (B,T,G*dh) values (NULL for a reader)
+    float *o;     // (B,T,H*dh) concatenated head outputs, before Wo
+    float *psink; // (B,H,T) the weight each row gives its sink (NULL without sinks)
+    float *dks;   // (2, B,T,G*dh) a source layer's readers' gradients of its k and v (NULL if none read it)
 } MhaAct;
 
-static MhaAct act_view(const ModelGeometry *g, float *act, int B, int T) {
+static MhaAct act_view(const ModelGeometry *g, int layer, float *act, int B, int T) {
     size_t BT = (size_t)B * T, qd = (size_t)g->n_heads * g->head_dim;
-    size_t kvd = (size_t)g->n_kv_heads * g->head_dim;
+    size_t kvd = kv_reader(g, layer) ? 0 : (size_t)g->n_kv_heads * g->head_dim;
+    int sinks = geometry_layer_has_sinks(g, layer), producer = kv_producer(g, layer);
     MhaAct a;
     a.P = act;
     a.q = a.P + (size_t)B * g->n_heads * T * T;
-    a.k = a.q + BT * qd;
-    a.v = a.k + BT * kvd;
-    a.o = a.v + BT * kvd;
+    a.k = kvd ? a.q + BT * qd : NULL;
+    a.v = kvd ? a.q + BT * (qd + kvd) : NULL;
+    a.o = a.q + BT * (qd + 2 * kvd);
+    float *end = a.o + BT * qd;
+    a.psink = sinks ? end : NULL;
+    end += sinks ? (size_t)B * g->n_heads * T : 0;
+    a.dks = producer ? end : NULL;
     return a;
 }
 
@@ -86,8 +118,9 @@ void mha_rope_rows(float *x, int N, int T, int n_heads, int dh, int n_rot, doubl
 }
 
 // The heads of a layer as the attention core (common/attention.h) sees them.
-static AttnHeads heads_of(int H, int G, int dh) {
-    return (AttnHeads){.n_heads = H, .n_kv_heads = G, .dk = dh, .dv = dh, .scale = 1.0f / sqrtf((float)dh)};
+static AttnHeads heads_of(int H, int G, int dh, const float *sink) {
+    return (AttnHeads){.n_heads = H, .n_kv_heads = G, .dk = dh, .dv = dh, .scale = 1.0f / sqrtf((float)dh),
+                       .sink = sink};
 }
 
 // q (B*T, H*dh), k and v (B*T, G*dh): the rows of a batch as the core reads them.
@@ -99,60 +132,61 @@ static AttnBatch batch_of(const float *q, const float *k, const float *v, int B,
 }
 
 void mha_attention_forward(float *o, float *P, const float *q, const float *k, const float *v, int B, int T,
-                           int H, int G, int dh, int window) {
-    AttnHeads h = heads_of(H, G, dh);
+                           int H, int G, int dh, int window, const float *sink, float *psink) {
+    AttnHeads h = heads_of(H, G, dh, sink);
     AttnBatch a = batch_of(q, k, v, B, T, H, G, dh, window);
-    attn_batch_forward(o, (size_t)H * dh, P, NULL, &a, &h);
+    attn_batch_forward(o, (size_t)H * dh, P, psink, &a, &h);
 }
 
 void mha_attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *P, const float *q,
-                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window) {
-    AttnHeads h = heads_of(H, G, dh);
+                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window,
+                            const float *sink, const float *psink, float *dsink) {
+    AttnHeads h = heads_of(H, G, dh, sink);
     AttnBatch a = batch_of(q, k, v, B, T, H, G, dh, window);
-    attn_batch_backward(dq, dk, dv, NULL, d_o, (size_t)H * dh, P, NULL, &a, &h);
+    attn_batch_backward(dq, dk, dv, dsink, d_o, (size_t)H * dh, P, psink, &a, &h);
 }
 
 // ---- MixerOps ------------------------------------------------------------------------------------
 
 static int gqa_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
-    (void)layer;
     geometry_check(g);
-    CHECK(cap >= N_WEIGHTS, "gqa: param_tensors needs room for %d tensors, got %d", N_WEIGHTS, cap);
-    int64_t d = g->d_model, qd = (int64_t)g->n_heads * g->head_dim, kvd = (int64_t)g->n_kv_heads * g->head_dim;
-    static const char *names[N_WEIGHTS] = {"wq", "wk", "wv", "wo"};
-    int64_t rows[N_WEIGHTS] = {qd, kvd, kvd, d}, cols[N_WEIGHTS] = {d, d, d, qd};
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
-    for (int i = 0; i < N_WEIGHTS; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        snprintf(out[i].name, sizeof out[i].name, "%s", names[i]);
-        out[i].ndim = 2;
-        out[i].shape[0] = rows[i];
-        out[i].shape[1] = cols[i];
-        out[i].offset = off[i];
-    }
-    return N_WEIGHTS;
+    int64_t d = g->d_model, qd = (int64_t)g->n_heads * g->head_dim;
+    int64_t kvd = kv_reader(g, layer) ? 0 : (int64_t)g->n_kv_heads * g->head_dim;   // a reader has no wk, wv
+    static const char *const names[N_WEIGHTS] = {"wq", "wk", "wv", "wo", "sinks"};
+    int64_t rows[N_WEIGHTS] = {qd, kvd, kvd, d, geometry_layer_has_sinks(g, layer) ? g->n_heads : 0};
+    int64_t cols[N_WEIGHTS] = {d, d, d, qd, 0};
+    return mixer_param_list(out, cap, names, rows, cols, N_WEIGHTS);
 }
 
 static void gqa_init(const Mixer *m, float *params, Rng *rng) {
     const ModelGeometry *g = m->g;
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
-    long d = g->d_model, qd = (long)g->n_heads * g->head_dim, kvd = (long)g->n_kv_heads * g->head_dim;
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, m->layer, off);
+    long d = g->d_model, qd = (long)g->n_heads * g->head_dim;
     rng_fill_normal(rng, params + off[WQ], qd * d, 0.02f);
-    rng_fill_normal(rng, params + off[WK], kvd * d, 0.02f);
-    rng_fill_normal(rng, params + off[WV], kvd * d, 0.02f);
+    rng_fill_normal(rng, params + off[WK], (long)(off[WV] - off[WK]), 0.02f);
+    rng_fill_normal(rng, params + off[WV], (long)(off[WO] - off[WV]), 0.02f);
     // GPT-2: the projection back into the residual stream is scaled by 1/sqrt(2 * n_layers), so the
     // residual's variance does not grow with depth (two residual adds per block).
     int L = g->n_layers > 0 ? g->n_layers : 1;
     rng_fill_normal(rng, params + off[WO], d * qd, 0.02f / sqrtf(2.0f * (float)L));
+    // sinks start at 0: exp(0) = 1 joins each denominator, as if one more key scored 0
+    for (size_t i = off[SINKS]; i < off[SINKS + 1]; i++) params[i] = 0.0f;
 }
 
 static size_t gqa_act_floats(const ModelGeometry *g, int layer, int B, int T) {
-    (void)layer;
     size_t BT = (size_t)B * T, qd = (size_t)g->n_heads * g->head_dim;
-    size_t kvd = (size_t)g->n_kv_heads * g->head_dim;
-    return (size_t)B * g->n_heads * T * T + BT * (2 * qd + 2 * kvd);
+    size_t kvd = kv_reader(g, layer) ? 0 : (size_t)g->n_kv_heads * g->head_dim;
+    size_t n = (size_t)B * g->n_heads * T * T + BT * (2 * qd + 2 * kvd);
+    if (geometry_layer_has_sinks(g, layer)) n += (size_t)B * g->n_heads * T;
+    if (kv_producer(g, layer)) n += 2 * BT * (size_t)g->n_kv_heads * g->head_dim;
+    return n;
+}
+
+// The K/V a layer attends over in training: its own, or (a reader) its source layer's.
+static KvShare *share_of(const Mixer *m) {
+    CHECK(m->kv_share, "gqa: layer %d takes part in KV sharing but has no KvShare (model.c sets it)", m->layer);
+    return m->kv_share;
 }
 
 static void gqa_forward(const Mixer *m, float *out, float *act, const float *x, const float *params,
@@ -163,17 +197,30 @@ static void gqa_forward(const Mixer *m, float *out, float *act, const float *x, 
     int qd = H * dh, kvd = G * dh, N = B * T;
     int W = mha_layer_window(g, m->layer);
     double theta = mha_layer_rope_theta(g, m->layer);
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
-    MhaAct a = act_view(g, act, B, T);
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, m->layer, off);
+    MhaAct a = act_view(g, m->layer, act, B, T);
 
     linear_forward(a.q, x, params + off[WQ], NULL, N, d, qd);   // (B*T, H*dh)
-    linear_forward(a.k, x, params + off[WK], NULL, N, d, kvd);  // (B*T, G*dh)
-    linear_forward(a.v, x, params + off[WV], NULL, N, d, kvd);  // (B*T, G*dh)
     mha_rope_rows(a.q, N, T, H, dh, dh, theta, 0);
-    mha_rope_rows(a.k, N, T, G, dh, dh, theta, 0);
-
-    mha_attention_forward(a.o, a.P, a.q, a.k, a.v, B, T, H, G, dh, W);
+    const float *k = a.k, *v = a.v;
+    if (kv_reader(g, m->layer)) {   // the source layer's keys and values, already rotated
+        k = share_of(m)->k;
+        v = share_of(m)->v;
+    } else {
+        linear_forward(a.k, x, params + off[WK], NULL, N, d, kvd);  // (B*T, G*dh)
+        linear_forward(a.v, x, params + off[WV], NULL, N, d, kvd);  // (B*T, G*dh)
+        mha_rope_rows(a.k, N, T, G, dh, dh, theta, 0);
+    }
+    if (a.dks) {   // a source layer: show the readers its K/V and where their gradients go
+        KvShare *s = share_of(m);
+        s->k = a.k;
+        s->v = a.v;
+        s->dk = a.dks;
+        s->dv = a.dks + (size_t)N * kvd;
+        memset(a.dks, 0, sizeof(float) * 2 * (size_t)N * kvd);
+    }
+    mha_attention_forward(a.o, a.P, a.q, k, v, B, T, H, G, dh, W, sinks_of(g, m->layer, params), a.psink);
     linear_forward(out, a.o, params + off[WO], NULL, N, qd, d);   // (B*T, d)
 }
 
@@ -182,12 +229,12 @@ static void gqa_backward(const Mixer *m, float *dx, float *dparams, const float 
     const ModelGeometry *g = m->g;
     geometry_check(g);
     int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
-    int qd = H * dh, kvd = G * dh, N = B * T;
+    int qd = H * dh, kvd = G * dh, N = B * T, reader = kv_reader(g, m->layer);
     int W = mha_layer_window(g, m->layer);
     double theta = mha_layer_rope_theta(g, m->layer);
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
-    MhaAct a = act_view(g, (float *)act, B, T);   // read only
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, m->layer, off);
+    MhaAct a = act_view(g, m->layer, (float *)act, B, T);   // read only
 
     // Gradient buffers of q, k, v, o. The interface hands backward no scratch (act is const), so it
     // takes one zeroed block per call, never inside a loop.
@@ -199,14 +246,26 @@ static void gqa_backward(const Mixer *m, float *dx, float *dparams, const float 
     // out = o Wo^T: d_o = dout Wo, dWo += dout^T o
     linear_backward(d_o, dparams + off[WO], NULL, dout, a.o, params + off[WO], N, qd, d);
 
-    mha_attention_backward(dq, dk, dv, d_o, a.P, a.q, a.k, a.v, B, T, H, G, dh, W);
+    // a reader's key and value gradients belong to its source layer, which adds them to its own
+    const float *k = reader ? share_of(m)->k : a.k, *v = reader ? share_of(m)->v : a.v;
+    float *gk = reader ? share_of(m)->dk : dk, *gv = reader ? share_of(m)->dv : dv;
+    const float *sink = sinks_of(g, m->layer, params);
+    mha_attention_backward(dq, gk, gv, d_o, a.P, a.q, k, v, B, T, H, G, dh, W, sink, a.psink,
+                           sink ? dparams + off[SINKS] : NULL);
+    if (a.dks)
+        for (size_t i = 0; i < (size_t)N * kvd; i++) {
+            dk[i] += a.dks[i];
+            dv[i] += a.dks[(size_t)N * kvd + i];
+        }
 
     // RoPE is a rotation, so its backward is the inverse rotation at the same position.
     mha_rope_rows(dq, N, T, H, dh, dh, theta, 1);
-    mha_rope_rows(dk, N, T, G, dh, dh, theta, 1);
     linear_backward(dx, dparams + off[WQ], NULL, dq, x, params + off[WQ], N, d, qd);
-    linear_backward(dx, dparams + off[WK], NULL, dk, x, params + off[WK], N, d, kvd);
-    linear_backward(dx, dparams + off[WV], NULL, dv, x, params + off[WV], N, d, kvd);
+    if (!reader) {
+        mha_rope_rows(dk, N, T, G, dh, dh, theta, 1);
+        linear_backward(dx, dparams + off[WK], NULL, dk, x, params + off[WK], N, d, kvd);
+        linear_backward(dx, dparams + off[WV], NULL, dv, x, params + off[WV], N, d, kvd);
+    }
     free(dq);
 }
 
@@ -237,6 +296,7 @@ struct MixerCache {
     KvqStream *qk, *qv;
     float *qw, *ow;     // (H*dh) the query turned into the streams' working domain, and the output before
                         // it is turned back
+    int reader;         // 1: a KV-sharing reader: no K/V of its own (k, v NULL), attends its source's cache
 };
 
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
@@ -298,9 +358,12 @@ MixerCache *mha_cache_new_with_scratch(const Mixer *m, int max_T, size_t extra_f
     c->window = mha_layer_window(g, m->layer);
     c->kv_dim = (int)kvd;
     c->cap = cache_rest_cap(c);
-    c->heads = heads_of(g->n_heads, g->n_kv_heads, g->head_dim);
-    c->k = callocCheck(2 * (size_t)c->cap * kvd, sizeof(float));
-    c->v = c->k + (size_t)c->cap * kvd;
+    c->heads = heads_of(g->n_heads, g->n_kv_heads, g->head_dim, NULL);
+    c->reader = kv_reader(g, m->layer);
+    if (!c->reader) {
+        c->k = callocCheck(2 * (size_t)c->cap * kvd, sizeof(float));
+        c->v = c->k + (size_t)c->cap * kvd;
+    }
     // a query sees at most cap keys (W on a local layer), so the core's scratch is sized for that many
     size_t work = attn_scratch_floats(&c->heads, c->cap);
     c->q = callocCheck(2 * qd + 2 * kvd + work + extra_floats, sizeof(float));
@@ -333,6 +396,7 @@ static void gqa_cache_free(MixerCache *c) {
 // One-step scratch is not counted: it is not cache that grows with context.
 // A quantized cache counts its codes, scales and zero points (kvq_stream_held_bytes).
 static size_t gqa_cache_bytes(const MixerCache *c) {
+    if (c->reader) return 0;
     if (c->qk) return kvq_stream_held_bytes(c->qk) + kvq_stream_held_bytes(c->qv);
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)cache_held(c);
 }
@@ -379,10 +443,12 @@ static void quant_step(MixerCache *c, float *o, const float *q, const float *k, 
 }
 
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
-                    int head_dim) {
+                    int head_dim, const float *sink) {
     CHECK(c->n < c->max_T, "gqa decode: cache is full (%d tokens)", c->max_T);
     CHECK(n_heads == c->heads.n_heads && head_dim == c->heads.dk, "gqa decode: %d heads of %d, cache made for %d of %d",
           n_heads, head_dim, c->heads.n_heads, c->heads.dk);
+    CHECK(!c->reader, "gqa decode: a KV-sharing reader has no K/V of its own to append");
+    c->heads.sink = sink;
     if (c->qk) {
         quant_step(c, o, q, k, v);
         return;
@@ -408,22 +474,42 @@ void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, con
     // EXERCISE ex03.1 end
 }
 
+// A reader's step: its query (H*dh, rotated) against the keys its source layer holds, which already
+// include this token (the source is an earlier layer of the same step). Same keys, same order as the
+// source's own query would read: the forward's arithmetic.
+static void reader_step(MixerCache *c, const MixerCache *src, float *o, const float *q, const float *sink) {
+    int t = c->n;
+    CHECK(src && !src->reader && src->n == t + 1, "gqa decode: layer's KV source holds %d tokens, expected %d",
+          src ? src->n : -1, t + 1);
+    AttnKeys ks = {.k = src->k, .v = src->v, .k_stride = (size_t)src->kv_dim, .k_head = (size_t)c->heads.dk,
+                   .v_stride = (size_t)src->kv_dim, .v_head = (size_t)c->heads.dk};
+    attn_keys_span(&ks, first_key(t, src->window), t, src->base, src->cap);
+    c->heads.sink = sink;
+    attn_query(o, NULL, 0, NULL, q, &ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
+    c->n++;
+}
+
 static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
     const ModelGeometry *g = m->g;
     int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
     int qd = H * dh, kvd = G * dh;
     int t = c->n;   // this token's position
     double theta = mha_layer_rope_theta(g, m->layer);
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, m->layer, off);
+    const float *sink = sinks_of(g, m->layer, params);
 
     // project the one new token, rotate its query and key, then attend over the cache
     linear_forward(c->q, x, params + off[WQ], NULL, 1, d, qd);
-    linear_forward(c->kt, x, params + off[WK], NULL, 1, d, kvd);
-    linear_forward(c->vt, x, params + off[WV], NULL, 1, d, kvd);
     for (int h = 0; h < H; h++) rope_apply(c->q + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
-    for (int h = 0; h < G; h++) rope_apply(c->kt + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
-    mha_cache_step(c, c->o, c->q, c->kt, c->vt, H, dh);
+    if (c->reader) {
+        reader_step(c, share_of(m)->cache, c->o, c->q, sink);
+    } else {
+        linear_forward(c->kt, x, params + off[WK], NULL, 1, d, kvd);
+        linear_forward(c->vt, x, params + off[WV], NULL, 1, d, kvd);
+        for (int h = 0; h < G; h++) rope_apply(c->kt + (size_t)h * dh, t, dh, theta, ROPE_HALF, 0);
+        mha_cache_step(c, c->o, c->q, c->kt, c->vt, H, dh, sink);
+    }
     linear_forward(out, c->o, params + off[WO], NULL, 1, qd, d);
 }
 
@@ -434,9 +520,11 @@ void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, cons
     CHECK(n_tokens >= 1 && n0 + n_tokens <= c->max_T, "gqa prefill: %d tokens after %d do not fit %d", n_tokens,
           n0, c->max_T);
     CHECK(!c->qk, "gqa prefill: a quantized cache decodes one token at a time");
+    CHECK(!c->reader, "gqa prefill: not for a KV-sharing reader (decode it token by token)");
     double theta = mha_layer_rope_theta(g, m->layer);
-    size_t off[N_WEIGHTS];
-    param_offsets(g, off);
+    size_t off[N_WEIGHTS + 1];
+    param_offsets(g, m->layer, off);
+    c->heads.sink = sinks_of(g, m->layer, params);
 
     // A local layer's chunk: the first query (position n0) needs the W-1 keys before it, the last
     // one (n0+c-1) needs the chunk's own c keys, so the buffer holds W-1+c tokens while computing,
@@ -511,6 +599,10 @@ static int gqa_validate(const ModelGeometry *g, int layer, char *why, size_t cap
     return 1;
 }
 
+const float *mha_act_sink_weights(const Mixer *m, const float *act, int B, int T) {
+    return act_view(m->g, m->layer, (float *)act, B, T).psink;
+}
+
 const MixerOps gqa_mixer = {
     .name = "gqa",
     .validate = gqa_validate,
@@ -525,4 +617,5 @@ const MixerOps gqa_mixer = {
     .decode = gqa_decode,
     .n_mix_heads = gqa_n_mix_heads,
     .mixing_matrix = gqa_mixing_matrix,
+    .kv_sharing = 1,
 };

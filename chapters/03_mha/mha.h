@@ -10,6 +10,12 @@
 // every query and key head, base rope_theta (rope_local_theta on LAYER_LOCAL layers when nonzero).
 // A LAYER_LOCAL layer sees the last sliding_window keys, itself included (i - W < j <= i), and its
 // decode cache is a ring buffer of W rows: cache_bytes stops growing at W tokens (chapter 6).
+// Options from the geometry (chapter 11):
+//   learned sinks (geometry_layer_has_sinks: attention_sinks): a parameter "sinks" (H) after wo, one
+//     logit per head in every row's softmax denominator only (gpt-oss), initialised to 0; no cache.
+//   cross-layer KV sharing (num_kv_shared_layers, Gemma 3n / 4): a reading layer (geometry_kv_source(g,
+//     l) != l) has only wq, wo (and sinks), attends over its source layer's K/V (Mixer.kv_share, set by
+//     the model), and its cache holds nothing; the source's forward also keeps the readers' gradients.
 #pragma once
 #include "kvquant.h"
 #include "mixer.h"
@@ -52,11 +58,15 @@ void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng);
 void mha_rope_rows(float *x, int N, int T, int n_heads, int head_dim, int n_rot, double theta, int inverse);
 // The attention core: o (B,T,H*dh) and P (B,H,T,T) from q (B,T,H*dh), k, v (B,T,G*dh) (after RoPE);
 // causal, or the last `window` keys when window > 0; scale 1/sqrt(dh); P is exactly 0 where masked.
+// sink (H) the learned sink logits or NULL; psink (B,H,T) gets each row's weight on its sink (NULL
+// without sinks).
 void mha_attention_forward(float *o, float *P, const float *q, const float *k, const float *v, int B, int T,
-                           int H, int G, int dh, int window);
-// Its backward: accumulates dq (B,T,H*dh), dk, dv (B,T,G*dh) from d_o (B,T,H*dh).
+                           int H, int G, int dh, int window, const float *sink, float *psink);
+// Its backward: accumulates dq (B,T,H*dh), dk, dv (B,T,G*dh) from d_o (B,T,H*dh), and dsink (H) when the
+// heads have sinks (psink as the forward wrote it).
 void mha_attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *P, const float *q,
-                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window);
+                            const float *k, const float *v, int B, int T, int H, int G, int dh, int window,
+                            const float *sink, const float *psink, float *dsink);
 // The cache gqa_mixer.cache_new makes (for m's n_heads, n_kv_heads, head_dim and layer window), plus
 // extra_floats of scratch for the caller's one-step work (mha_cache_scratch). gqa_mixer.cache_free,
 // .cache_bytes and mha_cache_peak_bytes apply to it.
@@ -65,7 +75,9 @@ float *mha_cache_scratch(MixerCache *c);
 // Tokens the cache has seen: the position of the next token.
 int mha_cache_position(const MixerCache *c);
 // One decode step with q (H*dh), k, v (G*dh) already made (and rotated) by the caller: appends k, v at
-// the next position and writes every query head's output into o (H*dh). gqa_mixer.decode is this
-// after its own projections and RoPE.
+// the next position and writes every query head's output into o (H*dh); sink (H) the sink logits or
+// NULL. gqa_mixer.decode is this after its own projections and RoPE.
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
-                    int head_dim);
+                    int head_dim, const float *sink);
+// The weight each row gave its sink in a gqa forward at (B,T): (B,H,T) inside act, or NULL without sinks.
+const float *mha_act_sink_weights(const Mixer *m, const float *act, int B, int T);

@@ -151,13 +151,17 @@ static void index_forward(float *iq, float *ik, float *ik_raw, float *mean, floa
 }
 
 // I_{t,s} = sum_h w_{t,h} ReLU(q^I_{t,h} . k^I_s) for one query (iq: Hi*di, iw: Hi) and one key (di).
-static float index_score(const float *iq, const float *iw, const float *k, const Dims *z) {
+float dsa_index_score(const float *iq, const float *iw, const float *k, int Hi, int di) {
     float acc = 0.0f;
-    for (int h = 0; h < z->Hi; h++) {
-        float s = dot_f32(iq + (size_t)h * z->di, k, z->di);
+    for (int h = 0; h < Hi; h++) {
+        float s = dot_f32(iq + (size_t)h * di, k, di);
         if (s > 0.0f) acc += iw[h] * s;
     }
     return acc;
+}
+
+static float index_score(const float *iq, const float *iw, const float *k, const Dims *z) {
+    return dsa_index_score(iq, iw, k, z->Hi, z->di);
 }
 
 // ---- the selector ----------------------------------------------------------------------------------
@@ -662,10 +666,11 @@ void dsa_train(Model *m, const Task *task, const TrainConfig *c, int dense_steps
     sparse.seed = c->seed + 1;
     TrainResult r1, r2;
     dsa_set_phase(DSA_DENSE);
-    if (c->progress && dense_steps > 0) printf("dsa: stage 1, %d dense warm-up steps (the indexer imitates dense MLA)\n", dense_steps);
+    if (c->progress && dense_steps > 0) printf("dsa: stage 1, %d dense warm-up steps (the indexer imitates the dense attention)\n", dense_steps);
     train_run(m, task, &dense, &r1);
     dsa_set_phase(DSA_SPARSE);
-    if (c->progress) printf("dsa: stage 2, %d sparse steps (top-%d keys per query)\n", sparse.steps, m->g.index_topk);
+    if (c->progress) printf("dsa: stage 2, %d sparse steps (top-%d %s per query)\n", sparse.steps, m->g.index_topk,
+                            m->g.attn == ATTN_MLA ? "keys" : "compressed entries");
     train_run(m, task, &sparse, &r2);
     *r = r2;
     r->steps = c->steps;

@@ -59,6 +59,11 @@ float dsa_kl_coef(void);
 void dsa_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads, int index_n_heads,
                        int index_head_dim, int index_topk);
 
+// One query's indexer score of one key: sum over the Hi heads of iw[h] * ReLU(iq_h . k), iq (Hi*di), iw
+// (Hi), k (di); each dot product is dot_f32 (so a cached key scores to the same bits as in the forward).
+// Chapter 11's CSA scores its compressed entries with it.
+float dsa_index_score(const float *iq, const float *iw, const float *k, int Hi, int di);
+
 // The selector: writes the k = min(topk, n) indices of the largest scores (n), ascending, into sel (k)
 // and returns k. Ties go to the lower index. work (n) is scratch. O(n) on average (quickselect).
 int dsa_select_topk(int *sel, int *work, const float *scores, int n, int topk);

@@ -21,7 +21,7 @@
 #include "check.h"
 #include "mathx.h"
 
-enum { WQ, WK, WV, WO, Q_NORM, K_NORM, N_TENSORS };
+enum { WQ, WK, WV, WO, Q_NORM, K_NORM, SINKS, N_TENSORS };
 
 typedef struct {
     int d, H, G, dh;
@@ -31,6 +31,7 @@ typedef struct {
     int rot;         // dims of each head RoPE rotates
     int norm;        // QkNormKind
     int W;           // sliding window (0: causal over the whole past)
+    int sinks;       // 1: learned sink logits (a parameter "sinks" of H, chapter 11)
     double theta;
 } Dims;
 
@@ -57,6 +58,9 @@ static Dims dims_of(const ModelGeometry *g, int layer) {
     z.norm = g->qk_norm;
     z.W = mha_layer_window(g, layer);
     z.theta = mha_layer_rope_theta(g, layer);
+    z.sinks = geometry_layer_has_sinks(g, layer);
+    CHECK(geometry_kv_source(g, layer) == layer, "gated: layer %d reads another layer's K/V; gated attention does "
+          "not share KV across layers (use gqa)", layer);
     CHECK(z.H > 0 && z.G > 0 && z.H % z.G == 0, "gated: n_heads %d must be a positive multiple of n_kv_heads %d",
           z.H, z.G);
     CHECK(z.dh > 0 && z.rot >= 0 && z.rot <= z.dh && z.rot % 2 == 0,
@@ -68,7 +72,8 @@ static Dims dims_of(const ModelGeometry *g, int layer) {
 // Offsets (floats) of the tensors in the layer's parameter slice; the norms are absent (size 0) when off.
 static void param_offsets(const Dims *z, size_t off[N_TENSORS + 1]) {
     size_t sizes[N_TENSORS] = {(size_t)z->qgd * z->d, (size_t)z->kvd * z->d, (size_t)z->kvd * z->d,
-                               (size_t)z->d * z->qd, z->norm ? (size_t)z->dh : 0, z->norm ? (size_t)z->dh : 0};
+                               (size_t)z->d * z->qd, z->norm ? (size_t)z->dh : 0, z->norm ? (size_t)z->dh : 0,
+                               z->sinks ? (size_t)z->H : 0};
     off[0] = 0;
     for (int i = 0; i < N_TENSORS; i++) off[i + 1] = off[i] + sizes[i];
 }
@@ -84,6 +89,7 @@ typedef struct {
     float *o, *og;         // (N,H*dh) head outputs before and after the gate (og is Wo's input)
     float *rstd_q, *rstd_k;// (N*H), (N*G) of the norms
     float *wq_eff, *wk_eff;// (dh) the norms' gains: w, or 1 + w when zero-centred
+    float *psink;          // (B,H,T) each row's weight on its sink (NULL without sinks)
 } GatedAct;
 
 static GatedAct act_view(const Dims *z, float *act, int B, int T) {
@@ -102,13 +108,14 @@ static GatedAct act_view(const Dims *z, float *act, int B, int T) {
     a.rstd_k = a.rstd_q + N * z->H;
     a.wq_eff = a.rstd_k + N * z->G;
     a.wk_eff = a.wq_eff + z->dh;
+    a.psink = z->sinks ? a.wk_eff + z->dh : NULL;
     return a;
 }
 
 static size_t act_floats_of(const Dims *z, int B, int T) {
     size_t N = (size_t)B * T;
     return (size_t)B * z->H * T * T + N * ((size_t)z->qgd + 4 * (size_t)z->qd + 3 * (size_t)z->kvd + z->H + z->G) +
-           2 * (size_t)z->dh;
+           2 * (size_t)z->dh + (z->sinks ? (size_t)B * z->H * T : 0);
 }
 
 // The norm's gain as RMSNorm multiplies it: w, or 1 + w for the zero-centred form (so w = 0 is the
@@ -151,22 +158,11 @@ static void gate_forward(float *og, const float *o, const float *qg, const Dims 
 
 static int gated_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out, int cap) {
     Dims z = dims_of(g, layer);
-    int n = z.norm ? N_TENSORS : Q_NORM;   // the norms only when on
-    CHECK(cap >= n, "gated: param_tensors needs room for %d tensors, got %d", n, cap);
-    static const char *names[N_TENSORS] = {"wq", "wk", "wv", "wo", "q_norm", "k_norm"};
-    int64_t rows[N_TENSORS] = {z.qgd, z.kvd, z.kvd, z.d, z.dh, z.dh};
-    int64_t cols[N_TENSORS] = {z.d, z.d, z.d, z.qd, 0, 0};
-    size_t off[N_TENSORS + 1];
-    param_offsets(&z, off);
-    for (int i = 0; i < n; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        snprintf(out[i].name, sizeof out[i].name, "%s", names[i]);
-        out[i].ndim = cols[i] ? 2 : 1;
-        out[i].shape[0] = rows[i];
-        out[i].shape[1] = cols[i];
-        out[i].offset = off[i];
-    }
-    return n;
+    static const char *const names[N_TENSORS] = {"wq", "wk", "wv", "wo", "q_norm", "k_norm", "sinks"};
+    // the norms and the sinks only when on
+    int64_t rows[N_TENSORS] = {z.qgd, z.kvd, z.kvd, z.d, z.norm ? z.dh : 0, z.norm ? z.dh : 0, z.sinks ? z.H : 0};
+    int64_t cols[N_TENSORS] = {z.d, z.d, z.d, z.qd, 0, 0, 0};
+    return mixer_param_list(out, cap, names, rows, cols, N_TENSORS);
 }
 
 static void gated_init(const Mixer *m, float *params, Rng *rng) {
@@ -182,7 +178,8 @@ static void gated_init(const Mixer *m, float *params, Rng *rng) {
     rng_fill_normal(rng, params + off[WO], (long)z.d * z.qd, 0.02f / sqrtf(2.0f * (float)L));
     // the norms start as the identity gain: w = 1 for RMSNorm, w = 0 for the zero-centred form
     float w0 = z.norm == QK_NORM_ZERO_CENTRED ? 0.0f : 1.0f;
-    for (size_t i = off[Q_NORM]; i < off[N_TENSORS]; i++) params[i] = w0;
+    for (size_t i = off[Q_NORM]; i < off[SINKS]; i++) params[i] = w0;
+    for (size_t i = off[SINKS]; i < off[N_TENSORS]; i++) params[i] = 0.0f;   // sinks start at logit 0
 }
 
 static size_t gated_act_floats(const ModelGeometry *g, int layer, int B, int T) {
@@ -220,7 +217,8 @@ static void gated_forward(const Mixer *m, float *out, float *act, const float *x
         mha_rope_rows(a.q, N, T, z.H, z.dh, z.rot, z.theta, 0);
         mha_rope_rows(a.k, N, T, z.G, z.dh, z.rot, z.theta, 0);
     }
-    mha_attention_forward(a.o, a.P, a.q, a.k, a.v, B, T, z.H, z.G, z.dh, z.W);
+    mha_attention_forward(a.o, a.P, a.q, a.k, a.v, B, T, z.H, z.G, z.dh, z.W, z.sinks ? params + off[SINKS] : NULL,
+                          a.psink);
     gate_forward(a.og, a.o, a.qg, &z, N);
     linear_forward(out, a.og, params + off[WO], NULL, N, z.qd, z.d);    // (N, d)
 }
@@ -269,7 +267,8 @@ static void gated_backward(const Mixer *m, float *dx, float *dparams, const floa
             }
         }
 
-    mha_attention_backward(dq, dk, dv, d_o, a.P, a.q, a.k, a.v, B, T, z.H, z.G, z.dh, z.W);
+    mha_attention_backward(dq, dk, dv, d_o, a.P, a.q, a.k, a.v, B, T, z.H, z.G, z.dh, z.W,
+                           z.sinks ? params + off[SINKS] : NULL, a.psink, z.sinks ? dparams + off[SINKS] : NULL);
 
     // RoPE is a rotation: its backward is the inverse rotation of the same dims
     if (z.rot > 0) {
@@ -331,7 +330,7 @@ static void gated_decode(const Mixer *m, MixerCache *c, float *out, const float 
     int t = mha_cache_position(c);   // this token's position
     for (int h = 0; h < z.H; h++) gated_rope(q + (size_t)h * z.dh, t, m->g, m->layer, 0);
     for (int h = 0; h < z.G; h++) gated_rope(k + (size_t)h * z.dh, t, m->g, m->layer, 0);
-    mha_cache_step(c, o, q, k, v, z.H, z.dh);
+    mha_cache_step(c, o, q, k, v, z.H, z.dh, z.sinks ? params + off[SINKS] : NULL);
     gate_forward(og, o, qg, &z, 1);
     linear_forward(out, og, params + off[WO], NULL, 1, z.qd, z.d);
 }
@@ -371,6 +370,11 @@ static int gated_validate(const ModelGeometry *g, int layer, char *why, size_t c
         return mixer_fail(why, cap, "partial_rotary_factor %g of head_dim %d must turn an even number of dims", f,
                           g->head_dim);
     return 1;
+}
+
+const float *gated_sink_weights(const Mixer *m, const float *act, int B, int T) {
+    Dims z = dims_of(m->g, m->layer);
+    return act_view(&z, (float *)act, B, T).psink;
 }
 
 const MixerOps gated_mixer = {

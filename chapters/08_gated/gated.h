@@ -13,7 +13,8 @@
 //                theta^(-2i/rot)); the other head_dim - rot dims carry no position at all.
 // Parameters (PyTorch layout (out, in), no biases), back to back in this order:
 //   wq (H*(dh+gw), d) with gw = dh, 1 or 0 per the gate, wk (G*dh, d), wv (G*dh, d), wo (d, H*dh),
-//   then q_norm (dh), k_norm (dh) when qk_norm is on.
+//   then q_norm (dh), k_norm (dh) when qk_norm is on, then sinks (H) when the layer has learned sinks
+//   (geometry_layer_has_sinks, chapter 11: one logit per head in the softmax denominator only).
 // With GATE_NONE, QK_NORM_NONE and rotary fraction 1 the parameters and the numbers are gqa_mixer's.
 // The cache is GQA's: 2 * G * dh per token (the gate is recomputed from the query, never cached).
 #pragma once
@@ -33,3 +34,5 @@ void gated_rope(float *x, int pos, const ModelGeometry *g, int layer, int invers
 // The gate values sigmoid(g) of batch element 0 from a forward's act at (B,T): gates (T, H * gw),
 // row t = [head 0's gw values | head 1's | ...]. Nothing is written when the gate is off.
 void gated_gate_values(const Mixer *m, float *gates, const float *act, int B, int T);
+// The weight each row gave its sink in a forward at (B,T): (B,H,T) inside act, or NULL without sinks.
+const float *gated_sink_weights(const Mixer *m, const float *act, int B, int T);
