@@ -451,6 +451,15 @@ void model_decode(ModelCache *c, float *logits, int token) {
 
 // ---- geometry <-> JSON --------------------------------------------------------------------------
 
+// Recipe fields of the linear layers, written only when set (older files lack them: 0, the defaults).
+static const struct { const char *key; size_t off; } GEO_DOUBLES[] = {
+    {"linear_a_init_min", offsetof(ModelGeometry, linear_a_init_min)},
+    {"linear_a_init_max", offsetof(ModelGeometry, linear_a_init_max)},
+    {"linear_dt_init_min", offsetof(ModelGeometry, linear_dt_init_min)},
+    {"linear_dt_init_max", offsetof(ModelGeometry, linear_dt_init_max)},
+    {"linear_slope_scale", offsetof(ModelGeometry, linear_slope_scale)},
+};
+
 char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", g->name);
@@ -493,6 +502,10 @@ char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers)
         if (v) cJSON_AddNumberToObject(o, extra[i].key, v);
     }
     if (g->partial_rotary_factor > 0.0) cJSON_AddNumberToObject(o, "partial_rotary_factor", g->partial_rotary_factor);
+    for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
+        double v = *(const double *)((const char *)g + GEO_DOUBLES[i].off);
+        if (v != 0.0) cJSON_AddNumberToObject(o, GEO_DOUBLES[i].key, v);
+    }
     cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_kind");
     cJSON *names = cJSON_AddArrayToObject(o, "mixers");
@@ -567,6 +580,15 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
     g->attn = (AttnKind)v;
     const cJSON *prf = cJSON_GetObjectItemCaseSensitive(o, "partial_rotary_factor");
     g->partial_rotary_factor = cJSON_IsNumber(prf) ? prf->valuedouble : 0.0;
+    for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, GEO_DOUBLES[i].key);
+        if (!d) continue;
+        if (!cJSON_IsNumber(d) || !(d->valuedouble > 0.0) || !isfinite(d->valuedouble)) {
+            snprintf(err, cap, "geometry: '%s' must be a positive number", GEO_DOUBLES[i].key);
+            goto done;
+        }
+        *(double *)((char *)g + GEO_DOUBLES[i].off) = d->valuedouble;
+    }
     const cJSON *th = cJSON_GetObjectItemCaseSensitive(o, "rope_theta");
     g->rope_theta = cJSON_IsNumber(th) ? th->valuedouble : 10000.0;
     const cJSON *lth = cJSON_GetObjectItemCaseSensitive(o, "rope_local_theta");

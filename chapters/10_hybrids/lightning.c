@@ -42,7 +42,8 @@ double lightning_slope(const ModelGeometry *g, int layer, int h) {
     // to about 1e-5 (last layer). The 1e-5 in the denominator keeps L = 1 finite.
     double base = pow(2.0, -8.0 / H);
     double factor = 1.0 - (double)layer / ((double)(L - 1) + 1e-5) + 1e-5;
-    return pow(base, h + 1) * factor;
+    double scale = g->linear_slope_scale > 0.0 ? g->linear_slope_scale : 1.0;   // a training recipe's choice
+    return pow(base, h + 1) * factor * scale;
 }
 
 void lightning_decay_profile(float *prof, const ModelGeometry *g, int layer, int n_dist) {
@@ -88,7 +89,7 @@ static void lightning_init(const Mixer *m, float *params, Rng *rng) {
     Dims z = dims_of(m->g);
     ParamSpec s[N_SLOTS];
     specs(s, &z);
-    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
+    param_table_init(params, s, N_SLOTS, m->g, rng);
 }
 
 // ---- activations saved by forward -----------------------------------------------------------------
