@@ -28,7 +28,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures test test-run sanitize bench golden weights clean
+.PHONY: all build deps figures test test-run sanitize bench golden weights experiments clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -101,6 +101,10 @@ golden: deps build
 
 weights: deps build
 	tools/make_weights.sh
+
+# Every setting of tools/experiments.txt over its seeds: metrics in data/experiments/ (ONLY=REGEX: some groups).
+experiments: deps build
+	tools/experiments.sh
 
 clean:
 	rm -rf build $(CHAPTERS) $(TOOLS)

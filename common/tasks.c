@@ -223,11 +223,11 @@ int task_is_trigger(const Task *t, int token) {
     return t->kind == TASK_BACKCOPY && token >= 0 && token < t->n_triggers;
 }
 
-// A successor of token a drawn from the fixed chain.
-static int bigram_next(int a, int n, Rng *rng) {
+// A successor of token a drawn from fixed chain number `chain` (0: backcopy's; 1 + k: topic k's).
+static int bigram_next(int chain, int a, int n, Rng *rng) {
     float w[32], total = 0.0f;
     Rng row;
-    rng_seed(&row, BIGRAM_SEED * 64 + (uint64_t)a);
+    rng_seed(&row, (BIGRAM_SEED + (uint64_t)chain) * 64 + (uint64_t)a);
     for (int b = 0; b < n; b++) total += w[b] = expf(6.0f * rng_uniform(&row));
     float u = rng_uniform(rng) * total;
     for (int b = 0; b < n; b++) {
@@ -241,9 +241,65 @@ static void backcopy_sample(const Task *t, Rng *rng, int T, int *tok, int *tgt) 
     int n = t->n_triggers + t->n_symbols;
     tok[0] = (int)rng_below(rng, (uint32_t)n);
     for (int i = 0; i + 1 < T; i++)
-        tok[i + 1] = i >= 1 && tok[i] < t->n_triggers ? tok[i - 1] : bigram_next(tok[i], n, rng);
+        tok[i + 1] = i >= 1 && tok[i] < t->n_triggers ? tok[i - 1] : bigram_next(0, tok[i], n, rng);
     for (int i = 0; i + 1 < T; i++) tgt[i] = tok[i + 1];
     tgt[T - 1] = -1;
+}
+
+// ---- topics -------------------------------------------------------------------------------------
+// Vocabulary: n_topics topic tokens "T1".., then n_symbols symbols "a".. A sample of T tokens:
+//   topic k | stream: p + s symbols from chain 1 + k | copy of the stream's last s symbols
+// with s drawn in [L/4, L/2] (L = T - 1) as in the induction task, so the copy's offset varies. Scored:
+// every next token inside the stream (its distribution depends on the topic) and inside the copy.
+static int topics_check(int seq_len, int n_symbols, int n_topics, char *why, size_t cap) {
+    if (n_symbols < 2 || n_symbols > 26) { snprintf(why, cap, "topics: n_symbols must be in [2, 26], got %d", n_symbols); return -1; }
+    if (n_topics < 2 || n_topics > 9) { snprintf(why, cap, "topics: n_topics must be in [2, 9], got %d", n_topics); return -1; }
+    if (seq_len < 9) { snprintf(why, cap, "topics: seq_len must be >= 9, got %d", seq_len); return -1; }
+    return 0;
+}
+
+void task_topics(Task *t, int seq_len, int n_symbols, int n_topics) {
+    char why[256];
+    if (topics_check(seq_len, n_symbols, n_topics, why, sizeof why) != 0) die_user("%s", why);
+    task_clear(t, TASK_TOPICS, "topics", seq_len);
+    t->n_symbols = n_symbols;
+    t->n_topics = n_topics;
+    t->vocab_size = n_topics + n_symbols;
+    for (int i = 0; i < n_topics; i++) {
+        char s[4] = {'T', (char)('1' + i), 0};
+        vocab_set(t, i, s);
+    }
+    for (int i = 0; i < n_symbols; i++) {
+        char s[2] = {(char)('a' + i), 0};
+        vocab_set(t, n_topics + i, s);
+    }
+}
+
+static void topics_sample(const Task *t, Rng *rng, int T, int *tok, int *tgt) {
+    int K = t->n_topics, L = T - 1;
+    int smin = (L + 3) / 4, smax = L / 2;
+    int s = smin + (int)rng_below(rng, (uint32_t)(smax - smin + 1)), p = L - 2 * s;
+    int topic = (int)rng_below(rng, (uint32_t)K);
+    tok[0] = topic;
+    tok[1] = K + (int)rng_below(rng, (uint32_t)t->n_symbols);
+    for (int i = 1; i < p + s; i++) tok[i + 1] = K + bigram_next(1 + topic, tok[i] - K, t->n_symbols, rng);
+    for (int i = 0; i < s; i++) tok[1 + p + s + i] = tok[1 + p + i];
+    for (int i = 0; i < T; i++) tgt[i] = -1;
+    for (int i = 1; i < p + s; i++) tgt[i] = tok[i + 1];          // the stream: topic-dependent bigrams
+    for (int i = 1 + p + s; i + 1 < T; i++) tgt[i] = tok[i + 1];  // the copy: induction
+}
+
+void task_topics_layout(const Task *t, const int *tokens, int *topic, int *copy) {
+    *topic = t->bos;
+    int T = t->seq_len - t->bos, L = T - 1;
+    const int *tok = tokens + t->bos;
+    // the copy is the longest s in [L/4, L/2] whose last s tokens repeat the s before them
+    *copy = t->seq_len;
+    for (int s = L / 2; s >= (L + 3) / 4; s--) {
+        int p = L - 2 * s, same = 1;
+        for (int i = 0; i < s && same; i++) same = tok[1 + p + s + i] == tok[1 + p + i];
+        if (same) { *copy = t->bos + 1 + p + s; break; }
+    }
 }
 
 // ---- beginning of sequence ----------------------------------------------------------------------
@@ -265,6 +321,10 @@ static int bos_check(const Task *t, char *why, size_t cap) {
     }
     if (t->kind == TASK_BACKCOPY && inner < 4) {
         snprintf(why, cap, "bos: backcopy needs seq_len >= 5 with the BOS token, got %d", t->seq_len);
+        return -1;
+    }
+    if (t->kind == TASK_TOPICS && inner < 9) {
+        snprintf(why, cap, "bos: topics needs seq_len >= 10 with the BOS token, got %d", t->seq_len);
         return -1;
     }
     if (t->kind == TASK_CORPUS && inner < 2) {
@@ -433,6 +493,7 @@ void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *tar
     case TASK_INDUCTION: copy_sample(tokens, targets, T, 0, t->n_symbols, rng); break;
     case TASK_CORPUS: corpus_sample(t, rng, split, T, tokens, targets); break;
     case TASK_BACKCOPY: backcopy_sample(t, rng, T, tokens, targets); break;
+    case TASK_TOPICS: topics_sample(t, rng, T, tokens, targets); break;
     }
 }
 
@@ -496,6 +557,10 @@ char *task_config_json(const Task *t) {
     case TASK_BACKCOPY:
         cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
         cJSON_AddNumberToObject(o, "n_triggers", t->n_triggers);
+        break;
+    case TASK_TOPICS:
+        cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
+        cJSON_AddNumberToObject(o, "n_topics", t->n_topics);
         break;
     case TASK_CORPUS: {
         cJSON_AddStringToObject(o, "source", t->source);
@@ -577,6 +642,11 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
         if (json_int(o, "n_symbols", &sy, err, cap) || json_int(o, "n_triggers", &tr, err, cap)) goto done;
         if (backcopy_check(seq_len, sy, tr, err, cap)) goto done;
         task_backcopy(t, seq_len, sy, tr);
+    } else if (!strcmp(name->valuestring, "topics")) {
+        int sy, tp;
+        if (json_int(o, "n_symbols", &sy, err, cap) || json_int(o, "n_topics", &tp, err, cap)) goto done;
+        if (topics_check(seq_len, sy, tp, err, cap)) goto done;
+        task_topics(t, seq_len, sy, tp);
     } else if (!strcmp(name->valuestring, "corpus")) {
         const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "source");
         if (!cJSON_IsString(src)) { snprintf(err, cap, "task config: corpus 'source' missing"); goto done; }
@@ -597,7 +667,7 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
             }
         }
     } else {
-        snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction, backcopy or corpus)", name->valuestring);
+        snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction, backcopy, topics or corpus)", name->valuestring);
         goto done;
     }
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(o, "bos");

@@ -15,6 +15,10 @@
 //              token before the trigger. Scored on every next token. Only the triggers need attention (to
 //              the previous token); everywhere else the current token alone predicts the next one, so a
 //              head that serves the triggers has nothing to do elsewhere: where attention sinks form.
+//   topics     a topic token, then a stream from that topic's own bigram chain, then a copy of the
+//              stream's last part (as in induction). Scored on the stream's next tokens (which need the
+//              topic: a head that reads the topic token) and on the copy (previous-token and induction
+//              heads): three jobs at once, so the heads of one layer have reasons to differ.
 //   corpus     next-character prediction on a small English-like corpus made by a tiny grammar
 //              (or on a user's text file, --corpus FILE).
 #pragma once
@@ -25,12 +29,12 @@
 #define TASK_MAX_VOCAB 256
 #define TASK_TOKEN_CHARS 8
 
-typedef enum { TASK_RECALL = 0, TASK_INDUCTION = 1, TASK_CORPUS = 2, TASK_BACKCOPY = 3 } TaskKind;
+typedef enum { TASK_RECALL = 0, TASK_INDUCTION = 1, TASK_CORPUS = 2, TASK_BACKCOPY = 3, TASK_TOPICS = 4 } TaskKind;
 typedef enum { SPLIT_TRAIN = 0, SPLIT_HELDOUT = 1 } TaskSplit;
 
 typedef struct {
     TaskKind kind;
-    char name[16];                 // "recall", "induction", "corpus", "backcopy"
+    char name[16];                 // "recall", "induction", "corpus", "backcopy", "topics"
     int seq_len;                   // T of every sample
     int vocab_size;
     char vocab[TASK_MAX_VOCAB][TASK_TOKEN_CHARS];   // printable name of each token
@@ -46,6 +50,8 @@ typedef struct {
     int n_symbols;
     // backcopy: trigger tokens (ids 0..n_triggers-1; the symbols follow them)
     int n_triggers;
+    // topics: topic tokens (ids 0..n_topics-1, each with its own bigram chain; the symbols follow them)
+    int n_topics;
     // corpus: token ids of the whole text; [0, train_len) trains, [train_len, text_len) is held out
     int *text;
     long text_len, train_len;
@@ -64,6 +70,12 @@ void task_induction(Task *t, int seq_len, int n_symbols);
 // n_triggers in [1, 3] trigger tokens "X".."Z", then n_symbols in [2, 26] symbols "a"..; the bigram
 // chain over all of them is fixed (the same for every build).
 void task_backcopy(Task *t, int seq_len, int n_symbols, int n_triggers);
+// n_topics in [2, 9] topic tokens "T1".., then n_symbols in [2, 26] symbols "a"..; every topic's chain
+// is fixed (the same for every build).
+void task_topics(Task *t, int seq_len, int n_symbols, int n_topics);
+// Topics: where the parts of a sample lie (positions in the full sample, BOS included): the topic token
+// at *topic, the stream up to *copy - 1, the copy from *copy to the end. Needs the sample's tokens.
+void task_topics_layout(const Task *t, const int *tokens, int *topic, int *copy);
 // Backcopy: 1 if token is a trigger (its successor is a copy of the token before it).
 int task_is_trigger(const Task *t, int token);
 // Starts every sample (both splits and the example) with a beginning-of-sequence token, as real LLM

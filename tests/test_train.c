@@ -623,3 +623,50 @@ Test(train_tools, measure_reports_heads) {
     cr_expect(fabs(ff - uf) < 0.2 * uf, "untrained head: first %g vs uniform %g", ff, uf);
     cr_expect_eq(test_run(out, sizeof out, "measure", "/nonexistent.safetensors"), 2, "%s", out);
 }
+
+// Topics: the topic token first, a stream whose successors follow that topic's own chain (two topics'
+// chains differ), then a copy of the stream's end; scored inside the stream and inside the copy; the
+// layout helper finds the parts, with and without BOS.
+Test(train_tasks, topics_stream_then_copy) {
+    Task t;
+    task_topics(&t, 32, 16, 4);
+    cr_assert_eq(t.vocab_size, 20);
+    cr_expect_str_eq(task_token_str(&t, 0), "T1");
+    cr_expect_str_eq(task_token_str(&t, 4), "a");
+    Rng r;
+    rng_seed(&r, 21);
+    int tok[33], tgt[33], succ[2][16] = {{0}}, n[2] = {0, 0};
+    for (int smp = 0; smp < 2000; smp++) {
+        task_sample(&t, &r, SPLIT_TRAIN, tok, tgt);
+        cr_assert(tok[0] >= 0 && tok[0] < 4, "topic first");
+        int topic, copy;
+        task_topics_layout(&t, tok, &topic, &copy);
+        cr_assert_eq(topic, 0);
+        int s = 32 - copy;
+        cr_assert(s >= 8 && s <= 15, "copy of %d tokens", s);
+        for (int i = 1; i < 32; i++) cr_assert(tok[i] >= 4, "symbols after the topic");
+        for (int i = copy; i < 32; i++) cr_assert_eq(tok[i], tok[i - s], "position %d is a copy", i);
+        cr_expect_eq(tgt[0], -1);
+        cr_expect_eq(tgt[copy - 1], -1, "the copy's first token is not predictable");
+        cr_expect_eq(tgt[31], -1);
+        for (int i = 1; i < 31; i++)
+            if (i != copy - 1) cr_assert_eq(tgt[i], tok[i + 1], "scored next token at %d", i);
+        if (tok[0] < 2)   // successors of "a" inside the stream, by topic
+            for (int i = 1; i + 1 < copy; i++)
+                if (tok[i] == 4) { succ[tok[0]][tok[i + 1] - 4]++; n[tok[0]]++; }
+    }
+    cr_assert(n[0] > 300 && n[1] > 300);
+    double tv = 0.0;   // total variation distance between the two topics' rows for "a"
+    for (int b = 0; b < 16; b++) tv += 0.5 * fabs((double)succ[0][b] / n[0] - (double)succ[1][b] / n[1]);
+    cr_expect(tv > 0.3, "topics 1 and 2 follow different chains (distance %.2f)", tv);
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect(u.kind == TASK_TOPICS && u.n_topics == 4 && u.vocab_size == 20);
+    free(js);
+    task_set_bos(&t);   // with BOS everything moves one position right
+    task_sample(&t, &r, SPLIT_HELDOUT, tok, tgt);
+    int topic, copy;
+    task_topics_layout(&t, tok, &topic, &copy);
+    cr_expect(topic == 1 && tok[1] < 4 && copy > 1 && copy < 32 && tok[copy] == tok[copy - (32 - copy)]);
+}

@@ -9,6 +9,8 @@
 // weight beside what uniform causal attention would give ("uniform_first"). For the backcopy task
 // also the accuracy on the trigger positions (the only ones that need attention) and each head's
 // first-token and previous-token weight on trigger rows ("active") and on the other rows ("dormant").
+// For the topics task the accuracy on the stream and on the copy, and each head's weight on the topic
+// token ("topic", rows after it).
 // Linear layers mix with signed matrices and are skipped. The same file and flags print the same bytes.
 #include <cJSON.h>
 #include <math.h>
@@ -81,10 +83,13 @@ static void measure_file(const char *path, int n_samples, const char *setting, c
     SplitStats *ss = callocCheck((size_t)L * (maxH ? maxH : 1), sizeof(SplitStats));
     float *A = mallocCheck(sizeof(float) * (size_t)(maxH ? maxH : 1) * T * T);
     int *tok = mallocCheck(sizeof(int) * (size_t)T), *tgt = mallocCheck(sizeof(int) * (size_t)T);
-    long trig_ok = 0, trig_n = 0;
+    long trig_ok = 0, trig_n = 0, part_ok[2] = {0, 0}, part_n[2] = {0, 0};
+    int tp = task.kind == TASK_TOPICS;
+    double *topic_w = callocCheck((size_t)L * (maxH ? maxH : 1), sizeof(double));
+    long topic_rows = 0;
     Rng rng;
     rng_seed(&rng, MEASURE_SEED);
-    for (int i = 0; i < n_samples && (n_attn > 0 || bc); i++) {
+    for (int i = 0; i < n_samples && (n_attn > 0 || bc || tp); i++) {
         task_sample(&task, &rng, SPLIT_HELDOUT, tok, tgt);
         model_forward(m, tok, NULL, 1, T);
         for (int t = t0; bc && t < T; t++) {
@@ -96,9 +101,25 @@ static void measure_file(const char *path, int n_samples, const char *setting, c
             trig_ok += best == tgt[t];
             trig_n++;
         }
+        int topic = 0, copy = T;
+        if (tp) {
+            task_topics_layout(&task, tok, &topic, &copy);
+            for (int t = 0; t < T; t++) {
+                if (tgt[t] < 0) continue;
+                const float *lg = m->logits + (size_t)t * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (lg[v] > lg[best]) best = v;
+                part_ok[t >= copy] += best == tgt[t];
+                part_n[t >= copy]++;
+            }
+            topic_rows += T - 1 - topic;
+        }
         for (int l = 0; l < L; l++) {
             if (g->layer_kind[l] == LAYER_LINEAR) continue;
             model_mixing_matrix(m, l, A);
+            for (int h = 0; tp && h < model_n_mix_heads(m, l); h++)
+                for (int t = topic + 1; t < T; t++) topic_w[l * maxH + h] += A[(size_t)h * T * T + (size_t)t * T + topic];
             for (int h = 0; h < model_n_mix_heads(m, l); h++) {
                 headstats_add(&hs[l * maxH + h], A + (size_t)h * T * T, tok, T, 1);
                 if (bc) backcopy_add(&ss[l * maxH + h], A + (size_t)h * T * T, tok, T, &task, t0);
@@ -106,6 +127,10 @@ static void measure_file(const char *path, int n_samples, const char *setting, c
         }
     }
     if (bc) cJSON_AddItemToObject(o, "trigger_accuracy", num(trig_n ? (double)trig_ok / (double)trig_n : 0.0));
+    if (tp) {
+        cJSON_AddItemToObject(o, "stream_accuracy", num(part_n[0] ? (double)part_ok[0] / (double)part_n[0] : 0.0));
+        cJSON_AddItemToObject(o, "copy_accuracy", num(part_n[1] ? (double)part_ok[1] / (double)part_n[1] : 0.0));
+    }
     if (n_attn > 0) {
         cJSON_AddItemToObject(o, "uniform_first", num(headstats_uniform_first(T, 1)));
         cJSON *heads = cJSON_AddArrayToObject(o, "heads"), *fl = cJSON_AddArrayToObject(o, "first_by_layer");
@@ -120,6 +145,7 @@ static void measure_file(const char *path, int n_samples, const char *setting, c
                 cJSON_AddNumberToObject(e, "layer", l);
                 cJSON_AddNumberToObject(e, "head", h);
                 for (int k = 0; k < HS_N; k++) cJSON_AddItemToObject(e, headstats_names[k], num(mean[k]));
+                if (tp) cJSON_AddItemToObject(e, "topic", num(topic_rows ? topic_w[l * maxH + h] / (double)topic_rows : 0.0));
                 if (bc) {
                     double act[HS_N], dor[HS_N];
                     headstats_mean(&ss[l * maxH + h].active, act);
@@ -142,6 +168,7 @@ static void measure_file(const char *path, int n_samples, const char *setting, c
     cJSON_Delete(o);
     free(hs);
     free(ss);
+    free(topic_w);
     free(A);
     free(tok);
     free(tgt);

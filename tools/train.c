@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
     double lr = 3e-3, wd = 0.1, copy_frac = 0.5, rotary_fraction = 0.0;
     const char *mixer_list = "mha", *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
     const char *gate = NULL, *qk_norm = NULL;
-    int bos = 0, curriculum = 0;
+    int bos = 0, curriculum = 0, n_keys = 16, n_values = 16;
     double lr_min_frac = 0.1, slope_scale = 0.0;
     const char *a_init = NULL, *dt_init = NULL;
     int window = 0, topk = 4, index_heads = 4, index_dim = 16, dense_steps = -1;
@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
          "Attention: mha (kv heads = heads), gqa, mqa (1 kv head), mla (latent d_model/2), dsa (MLA + a top-k lightning indexer), "
          "gated (Qwen3-Next gated attention). Linear: gdn (Gated DeltaNet), kda (Kimi Delta Attention), lightning (MiniMax-01), "
          "mamba2. Example: gdn,gdn,gdn,gated with --layers 4 is Qwen3-Next's 3:1 hybrid", 0, 0},
-        {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus|backcopy", "what to learn (default recall); backcopy: a bigram stream where a trigger's successor repeats the token before it", 0, 0},
+        {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus|backcopy|topics", "what to learn (default recall); backcopy: a bigram stream where a trigger's successor repeats the token before it; topics: a topic token, a stream from that topic's bigram chain, then a copy of its end", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
         {"--d-model", OPT_INT, &d_model, "N", "model width (default 64)", 2, 4096},
@@ -162,6 +162,8 @@ int main(int argc, char **argv) {
         {"--lr-min-frac", OPT_DOUBLE, &lr_min_frac, "X", "the cosine ends at lr * X (default 0.1)", 0.0, 1.0},
         {"--weight-decay", OPT_DOUBLE, &wd, "X", "AdamW weight decay on matrices (default 0.1)", 0.0, 10.0},
         {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
+        {"--keys", OPT_INT, &n_keys, "N", "recall: distinct keys A.. (default 16)", 1, 26},
+        {"--values", OPT_INT, &n_values, "N", "recall: distinct values 0..9 a.. (default 16)", 2, 36},
         {"--pairs-min", OPT_INT, &pairs_min, "N", "recall: vary the pair count per sample in [N, --pairs] (default: always --pairs)", 1, 26},
         {"--curriculum", OPT_INT, &curriculum, "N", "recall with --pairs-min: the largest pair count grows from --pairs-min to --pairs over the first N steps (default 0: off)", 0, 10000000},
         {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
@@ -186,7 +188,7 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    static const char *task_names[] = {"recall", "induction", "corpus", "backcopy"};
+    static const char *task_names[] = {"recall", "induction", "corpus", "backcopy", "topics"};
 
     // ---- the mixer of each layer ------------------------------------------------------------------
     MixerPlan plan;
@@ -240,9 +242,11 @@ int main(int argc, char **argv) {
     }
 
     Task task;
-    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap, copy_frac);
+    if ((n_keys != 16 || n_values != 16) && task_kind != TASK_RECALL) die_user("--keys/--values: only with --task recall");
+    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, n_keys, n_values, gap, copy_frac);
     else if (task_kind == TASK_INDUCTION) task_induction(&task, seq_len, 26);
     else if (task_kind == TASK_BACKCOPY) task_backcopy(&task, seq_len, 16, 3);
+    else if (task_kind == TASK_TOPICS) task_topics(&task, seq_len, 16, 4);
     else task_corpus(&task, seq_len, corpus);
     if (pairs_min) task_recall_vary_pairs(&task, pairs_min);
     if (bos) task_set_bos(&task);
