@@ -4,9 +4,16 @@
 CC      ?= gcc
 BUILD   ?= build
 BINDIR  ?= .
-# x86-64-v3 = AVX2 + FMA. -ffp-contract=off keeps a*b+c as two roundings everywhere, so weights and
-# figures are the same bytes on every machine of this class, whatever OMP_NUM_THREADS is.
-OPT     ?= -O3 -march=x86-64-v3 -ffp-contract=off
+# The kernels (common/simd.h) compile to AVX2/FMA on an x86-64 CPU that has them (-march=x86-64-v3,
+# chosen by tools/cpu_flags.sh) and to plain C everywhere else, or with `make PORTABLE=1`; both give the
+# same bits. -ffp-contract=off keeps a*b+c as two roundings wherever the code does not ask for a fused
+# multiply-add, so weights and figures are the same bytes whatever OMP_NUM_THREADS is.
+ifeq ($(PORTABLE),1)
+ARCH_FLAGS :=
+else
+ARCH_FLAGS := $(shell tools/cpu_flags.sh)
+endif
+OPT     ?= -O3 $(ARCH_FLAGS) -ffp-contract=off
 PKGS    := cairo libcjson stb
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra $(OPT) -fopenmp -Icommon -Ichapters \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP
@@ -28,7 +35,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures test test-run sanitize bench golden weights experiments clean
+.PHONY: all build deps figures configs-table test test-run sanitize fuzz bench golden weights experiments arm-check clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -37,6 +44,8 @@ all: deps
 
 deps:
 	@tools/deps.sh
+	@if [ -n "$(ARCH_FLAGS)" ]; then echo "  kernels: AVX2 + FMA ($(ARCH_FLAGS))"; \
+	 else echo "  kernels: plain C ($(if $(filter 1,$(PORTABLE)),PORTABLE=1,no AVX2 + FMA on this CPU))"; fi
 
 build: $(BINS)
 
@@ -64,24 +73,68 @@ $(BIN)$(1): $(BUILD)/tools/$(1).o $(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
-# Every chapter program regenerates its figures from the shipped weights.
-figures: $(addprefix $(BIN),$(CHAPTERS))
+# Every chapter program regenerates its figures from the shipped weights, ./kvcache draws the layer
+# strip of every shipped config; then the contact sheet (figures/README.md) is rewritten from the SVGs.
+figures: $(addprefix $(BIN),$(CHAPTERS) contactsheet) $(BIN)kvcache
 	@for c in $(CHAPTERS); do echo "== ./$$c"; ./$(BIN)$$c || exit 1; done
+	@mkdir -p figures/configs && ./$(BIN)kvcache --layers-plot figures/configs/layer_strips.png data/configs/*.json >/dev/null
+	@./$(BIN)contactsheet figures
+
+# The table of every shipped config in data/configs/README.md, rewritten from ./kvcache --table between its
+# marker lines (a test fails when the two differ).
+configs-table: $(BIN)kvcache
+	@mkdir -p $(BUILD) && ./$(BIN)kvcache --table data/configs/*.json > $(BUILD)/configs-table.md
+	@awk -v t=$(BUILD)/configs-table.md '/^<!-- table:/ { print; while ((getline l < t) > 0) print l; skip = 1; next } \
+	    /^<!-- end of table -->/ { skip = 0 } !skip' data/configs/README.md > $(BUILD)/configs-README.md
+	@mv $(BUILD)/configs-README.md data/configs/README.md
 
 # ---- tests ------------------------------------------------------------------------------------------
 $(BUILD)/tests/run: $(TEST_SRC:%.c=$(BUILD)/%.o) $(LIBS)
 	$(CC) $(CFLAGS) $(filter %.o,$^) $(LIBS) $(LDLIBS) -lcriterion -o $@
 
+# Every test, then (on a machine whose default build uses the AVX2/FMA kernels) the same tests on the
+# plain-C build, and a check that both builds train the same bytes.
 test: deps
 	@$(MAKE) --no-print-directory test-run
+ifneq ($(ARCH_FLAGS),)
+	@echo "== the plain-C build (PORTABLE=1): the same tests"
+	@$(MAKE) --no-print-directory BUILD=build/portable BINDIR=build/portable/bin PORTABLE=1 test-run
+	@echo "== the two builds compute the same bits"
+	@tools/same_bits.sh $(BINDIR) build/portable/bin
+endif
 
 test-run: $(BUILD)/tests/run $(BINS)
 	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
 
-# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer, then 30 s of
+# each fuzz target.
 sanitize: deps
 	@UBSAN_OPTIONS=print_stacktrace=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory BUILD=build/san \
-	    BINDIR=build/san/bin OPT="-O1 -g -march=x86-64-v3 -ffp-contract=off $(SAN)" test-run
+	    BINDIR=build/san/bin OPT="-O1 -g $(ARCH_FLAGS) -ffp-contract=off $(SAN)" test-run
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
+
+# ---- fuzzing ------------------------------------------------------------------------------------------
+# libFuzzer targets (tests/fuzz/): the safetensors reader, the config reader with the cache formulas,
+# and model load + forward + decode, built with Debian's clang under AddressSanitizer and
+# UndefinedBehaviorSanitizer; tools/fuzz.sh runs each for FUZZ_SECONDS from the seed corpus.
+FUZZ_SECONDS ?= 300
+FUZZ_DIR     := build/fuzz
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -g -O1 $(ARCH_FLAGS) -ffp-contract=off -fopenmp \
+                -Icommon -Ichapters $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_OBJ     := $(COMMON_SRC:%.c=$(FUZZ_DIR)/%.o) $(MECH_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_BINS    := $(addprefix $(FUZZ_DIR)/fuzz_,safetensors config model)
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) $(LDLIBS) -o $@
+
+fuzz:
+	@tools/deps.sh --fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@tools/fuzz.sh $(FUZZ_SECONDS)
 
 # ---- benchmarks, golden values, weights ---------------------------------------------------------------
 # The benchmark links OpenBLAS as its peer; it is built under build/ and run by `make bench`.
@@ -95,9 +148,19 @@ bench: deps
 	$(BUILD)/bench
 	PYTHON=$(PYTHON) tools/bench_train.sh
 
+# The kernels built for 64-bit ARM and run under qemu compute the same bits as this machine's build.
+arm-check: deps
+	@tools/deps.sh --arm
+	@tools/arm_check.sh
+
+# The weights format, from data/weights/README.md alone: PyTorch loads the shipped attention models and
+# matches ./infer's logits.
+FORMAT_CHECK := ch02_recall ch03_induction ch04_recall_g1 ch05_recall_mla ch06_3to1_w4 ch08_gated
+
 golden: deps build
 	@tools/deps.sh --golden
 	$(PYTHON) tests/reference/make_golden.py
+	@for w in $(FORMAT_CHECK); do $(PYTHON) tools/load_in_pytorch.py data/weights/$$w.safetensors || exit 1; done
 
 weights: deps build
 	tools/make_weights.sh

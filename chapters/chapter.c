@@ -2,11 +2,14 @@
 #include "chapter.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "hfconfig.h"
+#include "kvcache.h"
 #include "plot.h"
 #include "registry.h"
 #include "train.h"
@@ -15,10 +18,8 @@ void trained_load(Trained *t, const char *path) {
     memset(t, 0, sizeof *t);
     t->path = path;
     char err[1024];
-    t->model = model_load(path, mixer_by_name, &t->info, err, sizeof err);
+    t->model = train_load_model(path, mixer_by_name, &t->info, &t->task, err, sizeof err);
     if (!t->model) die_user("%s", err);
-    if (!t->info.task_config || task_from_json(&t->task, t->info.task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in its metadata (%s)", path, t->info.task_config ? err : "missing");
     const MixerOps *ops[GEOM_MAX_LAYERS];
     for (int l = 0; l < t->model->g.n_layers; l++) ops[l] = t->model->mixers[l].ops;
     t->untrained = model_new(&t->model->g, ops, t->info.seed);
@@ -35,6 +36,36 @@ void trained_free(Trained *t) {
     task_free(&t->task);
 }
 
+// Whether name is one of the '|'-separated words of list.
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; *p; ) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+void trained_require(const Trained *t, const char *mixers, int kind, const char *what) {
+    static const char *task_names[] = {"recall", "induction", "corpus"};
+    for (int l = 0; l < t->model->g.n_layers; l++)
+        if (!in_list(mixers, t->model->mixers[l].ops->name))
+            die_user("%s: layer %d is '%s', but %s draws %s models", t->path, l, t->model->mixers[l].ops->name, what, mixers);
+    if (kind >= 0 && t->task.kind != (TaskKind)kind)
+        die_user("%s: trained on %s, but %s needs a model trained on %s", t->path, t->task.name, what, task_names[kind]);
+}
+
+void trained_check(const char *path, const char *mixers, int kind, const char *what) {
+    Trained *t = mallocCheck(sizeof *t);
+    trained_load(t, path);
+    trained_require(t, mixers, kind, what);
+    trained_free(t);
+    free(t);
+}
+
 int trained_attention(Trained *t, int untrained, int layer, float *A) {
     Model *m = untrained ? t->untrained : t->model;
     model_forward(m, t->tokens, NULL, 1, t->n_tokens);
@@ -43,8 +74,8 @@ int trained_attention(Trained *t, int untrained, int layer, float *A) {
 }
 
 const char *trained_caption(const Trained *t, char *buf, int cap) {
-    snprintf(buf, (size_t)cap, "%s accuracy %.1f%% on held-out samples after %d training steps",
-             t->task.name, 100.0 * t->info.accuracy, t->info.steps);
+    snprintf(buf, (size_t)cap, "held-out %s accuracy %.1f%% after %d steps", t->task.name, 100.0 * t->info.accuracy,
+             t->info.steps);
     return buf;
 }
 
@@ -96,41 +127,67 @@ void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, doub
     }
 }
 
-void chapter_capacity_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
-                           int n_lo, int n_hi, const CapacityCurve *curves, int n, double chance, const char *note) {
-    int np = n_hi - n_lo + 1;
-    double *x = mallocCheck(sizeof(double) * (size_t)np * (size_t)(n + 1));
-    double *y = x + np;
-    PlotSeries *s = mallocCheck(sizeof(PlotSeries) * (size_t)(n + 1));
-    for (int i = 0; i < np; i++) x[i] = n_lo + i;
+void chapter_capacity_plot(const CliArgs *a, const CapacityPlot *p) {
+    int np = p->n_hi - p->n_lo + 1, n = p->n;
+    double *x = mallocCheck(sizeof(double) * (size_t)np * (size_t)(3 * n + 2));   // x, y, lo, hi (n each), 1/n
+    double *y = x + np, *lo = y + (size_t)n * np, *hi = lo + (size_t)n * np, *inv = hi + (size_t)n * np;
+    PlotSeries *s = mallocCheck(sizeof(PlotSeries) * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < np; i++) x[i] = p->n_lo + i;
     for (int c = 0; c < n; c++) {
-        for (int i = 0; i < np; i++) y[c * np + i] = 100.0 * curves[c].acc[i];
-        s[c] = (PlotSeries){.label = curves[c].label, .x = x, .y = y + c * np, .n = np, .color = curves[c].color,
-                            .dashed = curves[c].dashed, .markers = 1};
+        const CapacityCurve *cc = &p->curves[c];
+        for (int i = 0; i < np; i++) {
+            y[c * np + i] = 100.0 * cc->acc[i];
+            if (cc->acc_lo) lo[c * np + i] = 100.0 * cc->acc_lo[i];
+            if (cc->acc_hi) hi[c * np + i] = 100.0 * cc->acc_hi[i];
+        }
+        s[c] = (PlotSeries){.label = cc->label, .x = x, .y = y + c * np, .n = np, .color = cc->color,
+                            .dashed = cc->dashed, .markers = 1, .ylo = cc->acc_lo ? lo + c * np : NULL,
+                            .yhi = cc->acc_hi ? hi + c * np : NULL};
     }
-    double cx[2] = {n_lo, n_hi}, cy[2] = {100.0 * chance, 100.0 * chance};
-    s[n] = (PlotSeries){.label = "chance (a random value)", .x = cx, .y = cy, .n = 2, .color = COLOR_OTHER, .dashed = 1};
-    LineChart ch = {.title = title, .subtitle = subtitle, .xlabel = "key-value pairs to remember (per sequence)",
-                    .ylabel = "recall accuracy (% of queries answered)", .xmin = n_lo, .xmax = n_hi, .ymin = 0,
-                    .ymax = 100, .series = s, .n_series = n + 1, .note = note, .legend_pos = 3};
+    char chance_label[64];
+    snprintf(chance_label, sizeof chance_label, "chance: a random value (1/%.0f)", 1.0 / p->chance);
+    PlotRef refs[2] = {{.label = chance_label, .value = 100.0 * p->chance}};
+    int n_refs = 1;
+    if (p->one_over_n) {
+        for (int i = 0; i < np; i++) inv[i] = 100.0 / x[i];
+        refs[n_refs++] = (PlotRef){.label = "1/n: one of the n values seen", .x = x, .y = inv, .n = np};
+    }
+    LineChart ch = {.title = p->title, .subtitle = p->subtitle, .claim = p->claim,
+                    .xlabel = "key-value pairs to remember (per sequence)",
+                    .ylabel = "recall accuracy (% of queries answered)", .xmin = p->n_lo, .xmax = p->n_hi, .ymin = 0,
+                    .ymax = 100, .series = s, .n_series = n, .refs = refs, .n_refs = n_refs, .note = p->note,
+                    .legend_pos = p->legend_pos};
     char path[1024];
-    plot_line_chart(&ch, path_join(path, sizeof path, a->out, name), a->png, a->svg);
-    printf("  %s: recall accuracy (%%) by number of pairs\n  %-44s", name, "pairs");
-    for (int i = 0; i < np; i++) printf(" %5d", n_lo + i);
+    plot_line_chart(&ch, path_join(path, sizeof path, a->out, p->name), a->png, a->svg);
+    printf("  %s: recall accuracy (%%) by number of pairs\n  %-44s", p->name, "pairs");
+    for (int i = 0; i < np; i++) printf(" %5d", p->n_lo + i);
     printf("\n");
     for (int c = 0; c < n; c++) {
-        printf("  %-44.44s", curves[c].label);
-        for (int i = 0; i < np; i++) printf(" %5.1f", 100.0 * curves[c].acc[i]);
+        printf("  %-44.44s", p->curves[c].label);
+        for (int i = 0; i < np; i++) printf(" %5.1f", 100.0 * p->curves[c].acc[i]);
         printf("\n");
     }
     free(s);
     free(x);
 }
 
+double chapter_chance(const Task *t) {
+    if (t->kind == TASK_RECALL && t->n_values > 0) return 1.0 / t->n_values;
+    if (t->kind == TASK_INDUCTION && t->n_symbols > 0) return 1.0 / t->n_symbols;
+    return t->vocab_size > 0 ? 1.0 / t->vocab_size : 0.0;
+}
+
 // ---- real models' memory ------------------------------------------------------------------------
-#include "hfconfig.h"
-#include "kvcache.h"
-#include "plot.h"
+
+void chapter_check_configs(const char *dir, ...) {
+    va_list ap;
+    va_start(ap, dir);
+    for (const char *file = va_arg(ap, const char *); file; file = va_arg(ap, const char *)) {
+        ModelGeometry g;
+        chapter_config(&g, dir, file, NULL);
+    }
+    va_end(ap);
+}
 
 void chapter_config(ModelGeometry *g, const char *dir, const char *file, const char *display_name) {
     char path[1024], err[1024];
@@ -139,37 +196,75 @@ void chapter_config(ModelGeometry *g, const char *dir, const char *file, const c
     g->dtype_bytes = 2;
 }
 
-void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
-                         const MemoryCurve *curves, int n, long max_context, const char *note) {
-    enum { MAX_CURVES = 12, MAX_PTS = 16 };
-    CHECK(n <= MAX_CURVES, "too many curves");
-    double xs[MAX_PTS], ys[MAX_CURVES][MAX_PTS];
-    char labels[MAX_CURVES][256];
-    PlotSeries series[MAX_CURVES];
-    int npts = 0;
-    for (long c = 1024; c <= max_context && npts < MAX_PTS; c *= 2) xs[npts++] = (double)c;
-    printf("  %-34s %12s %14s %14s\n", "model", "KV/token", "at 32K", "at max");
-    for (int m = 0; m < n; m++) {
-        const ModelGeometry *g = &curves[m].g;
-        for (int p = 0; p < npts; p++) ys[m][p] = kvcache_total_bytes(g, (long)xs[p], 1);
-        char b1[32], b2[32], b3[32];
-        fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(g));
-        if (curves[m].label) snprintf(labels[m], sizeof labels[m], "%s", curves[m].label);
-        else snprintf(labels[m], sizeof labels[m], "%s: %s/token", g->name, b1);
-        series[m] = (PlotSeries){.label = labels[m], .x = xs, .y = ys[m], .n = npts,
-                                 .color = curves[m].color, .dashed = curves[m].dashed, .markers = !curves[m].dashed};
-        printf("  %-34s %12s %14s %14s\n", g->name, b1, fmt_bytes(b2, sizeof b2, kvcache_total_bytes(g, 32768, 1)),
-               fmt_bytes(b3, sizeof b3, ys[m][npts - 1]));
+// The contexts a memory curve is evaluated at: 0, every window (where a local layer stops growing), the
+// model's maximum context, and a uniform grid; sorted, without repeats. The curves are piecewise linear
+// between these, so the polyline is exact.
+static int memory_grid(double *xs, int cap, const MemoryPlot *p) {
+    int n = 0;
+    for (int i = 0; i <= 32 && n < cap; i++)
+        xs[n++] = p->log_axes ? 1024.0 * pow((double)p->max_context / 1024.0, i / 32.0) : (double)p->max_context * i / 32;
+    for (int m = 0; m < p->n && n + 2 <= cap; m++) {
+        const ModelGeometry *g = &p->curves[m].g;
+        if (g->sliding_window > 0 && g->sliding_window < p->max_context) xs[n++] = g->sliding_window;
+        if (g->max_seq_len > 0 && g->max_seq_len < p->max_context) xs[n++] = g->max_seq_len;
     }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && xs[j] < xs[j - 1]; j--) { double t = xs[j]; xs[j] = xs[j - 1]; xs[j - 1] = t; }
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (k == 0 || xs[i] != xs[k - 1]) xs[k++] = xs[i];
+    return k;
+}
+
+void chapter_memory_plot(const CliArgs *a, const MemoryPlot *p) {
+    enum { MAX_CURVES = 12, MAX_PTS = 64 };
+    CHECK(p->n <= MAX_CURVES, "too many curves");
+    double xs[MAX_PTS], ys[MAX_CURVES][MAX_PTS];
+    char labels[MAX_CURVES][256], limits[MAX_CURVES][48];
+    PlotSeries series[MAX_CURVES];
+    int npts = memory_grid(xs, MAX_PTS, p);
+    printf("  %-34s %12s %14s %14s\n", "model", "KV/token", "at 32K", "at its max");
+    for (int m = 0; m < p->n; m++) {
+        const ModelGeometry *g = &p->curves[m].g;
+        for (int i = 0; i < npts; i++) ys[m][i] = kvcache_total_bytes(g, (long)xs[i], 1);
+        char b1[32], b2[32], b3[32], t[32];
+        fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(g));
+        if (p->curves[m].label) snprintf(labels[m], sizeof labels[m], "%s", p->curves[m].label);
+        else snprintf(labels[m], sizeof labels[m], "%s: %s/token", g->name, b1);
+        // a model is drawn up to its max_position_embeddings, never past it
+        int limited = g->max_seq_len > 0 && g->max_seq_len < p->max_context;
+        snprintf(limits[m], sizeof limits[m], "max context %s",
+                 plot_format_tick(t, sizeof t, (double)g->max_seq_len, AXIS_TOKENS));
+        series[m] = (PlotSeries){.label = labels[m], .x = xs, .y = ys[m], .n = npts, .color = p->curves[m].color,
+                                 .dashed = p->curves[m].dashed, .x_limit = limited ? g->max_seq_len : 0,
+                                 .limit_label = limits[m]};
+        long end = limited ? g->max_seq_len : p->max_context;
+        printf("  %-34s %12s %14s %14s\n", g->name, b1, fmt_bytes(b2, sizeof b2, kvcache_total_bytes(g, 32768, 1)),
+               fmt_bytes(b3, sizeof b3, kvcache_total_bytes(g, end, 1)));
+    }
+    // the default note says where the numbers come from, and how a line's end is marked when one is
+    int n_limited = 0, n_at_edge = 0;
+    for (int m = 0; m < p->n; m++) {
+        long ms = p->curves[m].g.max_seq_len;
+        n_limited += ms > 0 && ms < p->max_context;
+        n_at_edge += ms == p->max_context;
+    }
+    const char *note = p->note ? p->note
+                       : n_limited ? "from each model's config.json (data/configs/), bf16; a bar ends a line at the "
+                                     "model's max_position_embeddings"
+                       : n_at_edge == p->n ? "from each model's config.json (data/configs/), bf16; the axis ends at the "
+                                             "models' max_position_embeddings"
+                                           : "from each model's config.json (data/configs/), bf16";
     LineChart chart = {
-        .title = title, .subtitle = subtitle,
-        .xlabel = "context length (tokens, log scale)", .ylabel = "KV cache per sequence (bytes, log scale)",
-        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
-        .series = series, .n_series = n, .legend_pos = 0,
-        .note = note ? note : "numbers from each model's Hugging Face config.json (data/configs/), bf16; ./kvcache computes them for any config",
+        .title = p->title, .subtitle = p->subtitle, .claim = p->claim,
+        .xlabel = "context length (tokens)", .ylabel = "KV cache per sequence (bytes)",
+        .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES, .xmin = p->log_axes ? 1024 : 0, .xmax = (double)p->max_context,
+        .logx = p->log_axes, .logy = p->log_axes,
+        .series = series, .n_series = p->n, .legend_pos = p->legend_pos,
+        .note = note,
     };
     char path[1024];
-    plot_line_chart(&chart, path_join(path, sizeof path, a->out, name), a->png, a->svg);
+    plot_line_chart(&chart, path_join(path, sizeof path, a->out, p->name), a->png, a->svg);
 }
 
 void chapter_mha_twin(ModelGeometry *twin, const ModelGeometry *src, const char *name) {
@@ -179,5 +274,6 @@ void chapter_mha_twin(ModelGeometry *twin, const ModelGeometry *src, const char 
     // head_dim takes the mean of the two widths and the product stays exact
     twin->head_dim = src->attn == ATTN_MLA ? (src->qk_nope_head_dim + src->v_head_dim) / 2 : src->head_dim;
     twin->dtype_bytes = 2;
+    twin->max_seq_len = src->max_seq_len;
     snprintf(twin->name, sizeof twin->name, "%s", name);
 }

@@ -23,10 +23,21 @@ typedef struct {
 // Loads path (exits with one line naming the file if it is missing or malformed).
 void trained_load(Trained *t, const char *path);
 void trained_free(Trained *t);
+
+// ---- checks a chapter runs before its first figure, so a bad input leaves nothing written -----------
+// Exits with one line naming t's file unless every layer's mixer is one of `mixers` ("gqa|gated"; mha
+// and mqa are gqa) and, when kind >= 0, t learned that task: a figure built for one mechanism or task
+// never draws another as if it were. what: the figure, for the message.
+void trained_require(const Trained *t, const char *mixers, int kind, const char *what);
+// trained_load, trained_require and trained_free: for models a chapter loads only later.
+void trained_check(const char *path, const char *mixers, int kind, const char *what);
+// Reads every listed config.json (dir/name, the list NULL-terminated) and exits with one line naming
+// the first that is missing or malformed.
+void chapter_check_configs(const char *dir, ...) __attribute__((sentinel));
 // Attention of layer `layer` on the task's example: A (n_heads, T, T), for the trained model or its
 // untrained twin. Returns the number of heads.
 int trained_attention(Trained *t, int untrained, int layer, float *A);
-// Accuracy (%) in words, e.g. "recall accuracy 99.8% on held-out samples".
+// Accuracy (%) in words, e.g. "held-out recall accuracy 99.8% after 2000 steps".
 const char *trained_caption(const Trained *t, char *buf, int cap);
 // The training-loss figure NAME under the chapter's --out folder.
 void trained_plot_curve(const Trained *t, const CliArgs *a, const char *name, const char *title);
@@ -47,12 +58,25 @@ void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, doub
 typedef struct {
     const char *label;      // legend text
     const double *acc;      // (n_hi - n_lo + 1) accuracies in 0..1
+    const double *acc_lo, *acc_hi;   // NULL, or a spread over seeds per count (a shaded band)
     int color, dashed;
 } CapacityCurve;
-// Accuracy (%) vs number of pairs, one line per model, a dotted chance line at 1 / n_values; the figure
-// NAME under --out.
-void chapter_capacity_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
-                           int n_lo, int n_hi, const CapacityCurve *curves, int n, double chance, const char *note);
+
+typedef struct {
+    const char *name, *title, *subtitle, *claim, *note;
+    int n_lo, n_hi;
+    const CapacityCurve *curves;
+    int n;
+    double chance;          // a uniform guess among the task's values: 1 / n_values
+    int one_over_n;         // also the 1/n line: answering with one of the n values the sample showed
+    int legend_pos;         // LegendPos
+} CapacityPlot;
+// Accuracy (%) vs number of pairs, one line per model, the chance line (and 1/n); the figure p->name
+// under --out. Prints the numbers as a table.
+void chapter_capacity_plot(const CliArgs *a, const CapacityPlot *p);
+
+// The accuracy of guessing: 1 / n_values for recall, 1 / n_symbols for induction, 1 / vocab otherwise.
+double chapter_chance(const Task *t);
 
 // ---- real models' memory ------------------------------------------------------------------------
 // Reads DIR/FILE (a Hugging Face config.json) into g with a display name, counted in bf16 (2 bytes per
@@ -61,15 +85,24 @@ void chapter_config(ModelGeometry *g, const char *dir, const char *file, const c
 
 typedef struct {
     ModelGeometry g;
-    const char *label;      // legend text; NULL: "NAME (KIND): X/token" (kvcache_bytes_per_token)
+    const char *label;      // legend text; NULL: "NAME: X/token" (kvcache_bytes_per_token)
     int color, dashed;
 } MemoryCurve;
 
-// KV cache (windows and fixed state included) vs context, 1K .. max_context on log-log axes, one
-// series per curve; the figure NAME under --out. Also prints a table of the same numbers.
-void chapter_memory_plot(const CliArgs *a, const char *name, const char *title, const char *subtitle,
-                         const MemoryCurve *curves, int n, long max_context, const char *note);
+typedef struct {
+    const char *name, *title, *subtitle, *claim, *note;   // note NULL: where the numbers come from
+    const MemoryCurve *curves;
+    int n;
+    long max_context;       // the x axis runs 0 .. max_context tokens
+    int legend_pos;         // LegendPos
+    int log_axes;           // 1: log-log from 1K tokens, for ranges a linear axis would bury (the note says why)
+} MemoryPlot;
+// KV cache (windows and fixed state included) vs context, on linear axes unless log_axes, one line per curve, each
+// ending at its model's max_position_embeddings with a marker (never drawn past it); the figure p->name
+// under --out. Also prints a table of the same numbers.
+void chapter_memory_plot(const CliArgs *a, const MemoryPlot *p);
 
 // The same model with plain MHA: every query head caching its own key and value (for MLA, a key of
-// qk_nope_head_dim and a value of v_head_dim), bf16. The dashed "as MHA" curves.
+// qk_nope_head_dim and a value of v_head_dim), bf16, the same max_position_embeddings. The dashed
+// "as MHA" curves.
 void chapter_mha_twin(ModelGeometry *twin, const ModelGeometry *src, const char *name);

@@ -11,11 +11,16 @@
 // The program name used as the prefix of every message ("ch02", "kvcache"); set once in main.
 extern const char *g_prog;
 
-// User error: "PROG: " + formatted message + newline on stderr, then exit(2).
+// User error: "PROG: " + formatted message + newline on stderr, then exit(2). The message is escaped
+// (str_escape) as a whole, so whatever user string it echoes, it stays one line.
 _Noreturn void die_user(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // Internal error with location; use through the macros below.
 _Noreturn void die_internal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+// s with every control byte escaped ("\n", "\t", "\xHH") into buf (cut with "..." when it does not
+// fit); returns buf. For anything that echoes a user's string outside die_user (which applies it).
+const char *str_escape(char *buf, size_t cap, const char *s);
 
 void *malloc_check_(size_t size, const char *file, int line);
 void *calloc_check_(size_t n, size_t size, const char *file, int line);
@@ -51,6 +56,10 @@ void ensure_out_dir(const char *dir);
 // Fails now, with one line naming flag and path, if the file `path` cannot be written later (missing
 // folder, no permission, a folder of that name), instead of after the work is done. Creates nothing.
 void check_writable(const char *flag, const char *path);
+// Opens path for reading only if it is a regular file (checked without blocking: a FIFO is refused,
+// not waited on; so are folders and devices) and sets *size (if size). NULL with the reason in why
+// ("is a folder, expected a file", "cannot open: No such file or directory"); the caller names the input.
+FILE *open_regular(const char *path, size_t *size, char *why, size_t cap);
 // Joins dir + "/" + name into buf (exits on overflow).
 const char *path_join(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -44,12 +44,44 @@ void cli_usage(const CliSpec *s, FILE *f) {
     if (s->usage_extra) fprintf(f, "\n%s\n", s->usage_extra);
 }
 
+// Whether s is a plain decimal number: an optional '-' (when minus_ok), digits, and (when real) an
+// optional fraction and exponent. No blanks, no '+', no hex, no inf/nan: what strtol and strtod would
+// quietly accept besides (" -5", "+5", "0x10") is refused.
+static int is_decimal(const char *s, int minus_ok, int real) {
+    const char *p = s;
+    if (*p == '-' && minus_ok) p++;
+    int digits = 0;
+    while (*p >= '0' && *p <= '9') p++, digits++;
+    if (real && *p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') p++, digits++;
+    }
+    if (!digits) return 0;
+    if (real && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (*p == '-' || *p == '+') p++;
+        if (*p < '0' || *p > '9') return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == '\0';
+}
+
+int cli_parse_integer(const char *s, long lo, long hi, long *out) {
+    if (!is_decimal(s, lo < 0, 0)) return -1;
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (errno || *end || x < lo || x > hi) return -1;
+    *out = x;
+    return 0;
+}
+
 // Parses an integer in [lo, hi]; dies naming the flag otherwise.
 static long parse_long(const char *flag, const char *v, double lo, double hi) {
     char *end;
     errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end) die_user("%s: expected an integer, got '%s'", flag, v);
+    long x = is_decimal(v, 1, 0) ? strtol(v, &end, 10) : 0;
+    if (!is_decimal(v, 1, 0) || errno) die_user("%s: expected an integer, got '%s'", flag, v);
     if (lo < hi && (x < lo || x > hi)) die_user("%s: %ld is out of range [%.0f, %.0f]", flag, x, lo, hi);
     return x;
 }
@@ -57,8 +89,8 @@ static long parse_long(const char *flag, const char *v, double lo, double hi) {
 static double parse_double(const char *flag, const char *v, double lo, double hi) {
     char *end;
     errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x)) die_user("%s: expected a number, got '%s'", flag, v);
+    double x = is_decimal(v, 1, 1) ? strtod(v, &end) : 0.0;
+    if (!is_decimal(v, 1, 1) || errno || !isfinite(x)) die_user("%s: expected a number, got '%s'", flag, v);
     if (lo < hi && (x < lo || x > hi)) die_user("%s: %g is out of range [%g, %g]", flag, x, lo, hi);
     return x;
 }
@@ -148,9 +180,9 @@ void cli_parse(const CliSpec *s, CliArgs *a, int argc, char **argv) {
         } else if (!strcmp(name, "--seed")) {
             char *end;
             errno = 0;
-            unsigned long long x = strtoull(v, &end, 10);
-            if (errno || end == v || *end || v[0] == '-')
-                die_user("--seed: expected a non-negative integer, got '%s'", v);
+            unsigned long long x = is_decimal(v, 0, 0) ? strtoull(v, &end, 10) : 0;
+            if (!is_decimal(v, 0, 0) || errno)   // strtoull alone would take " -5" as 2^64 - 5
+                die_user("--seed: expected a non-negative integer below 2^64, got '%s'", v);
             a->seed = x;
         } else if (!strcmp(name, "--weights")) {
             if (!*v) die_user("--weights: empty file name");

@@ -51,3 +51,6 @@ typedef struct {
 // Parses argv into args and the option destinations. Prints usage on --help (exit 0).
 void cli_parse(const CliSpec *spec, CliArgs *args, int argc, char **argv);
 void cli_usage(const CliSpec *spec, FILE *f);
+// A strict integer: the whole of s is decimal digits with an optional '-' (only when lo < 0), no
+// blanks, no '+', inside [lo, hi]. 0, or -1 when s is anything else. Every flag parses through this rule.
+int cli_parse_integer(const char *s, long lo, long hi, long *out);

@@ -45,15 +45,31 @@ typedef enum {
 } LinearKind;
 
 // What each layer is. Global attention sees every past token; local (sliding-window) attention sees the
-// last sliding_window tokens; linear layers keep a fixed-size state; compressed layers (DeepSeek V4)
-// keep one entry per group of tokens.
+// last sliding_window tokens; chunked attention (Llama 4) sees only the tokens of its own chunk of
+// attention_chunk_size; linear layers keep a fixed-size state; compressed layers (DeepSeek V4) keep one
+// entry per group of compress_ratios[l] tokens next to a window of raw tokens.
 typedef enum {
     LAYER_GLOBAL = 0,
     LAYER_LOCAL = 1,
     LAYER_LINEAR = 2,
     LAYER_COMPRESSED = 3,
     LAYER_NONE = 4,           // no token mixer, so no cache: an MLP- or MoE-only layer (Nemotron-H '-', 'E')
+    LAYER_CHUNKED = 5,        // Llama 4's chunked local attention: a layer holds at most one chunk
 } LayerKind;
+
+// A layer's DeepSeek-Sparse-Attention indexer (GLM-5.x "indexer_types"; DeepSeek V4's CSA layers).
+// Only meaningful when index_n_heads > 0. The default (0) is a layer with its own indexer, which caches
+// one indexer key of index_head_dim per token (per compressed entry in a compressed layer).
+typedef enum {
+    INDEXER_FULL = 0,         // "full": runs its own indexer and caches its keys
+    INDEXER_SHARED = 1,       // "shared": reuses the top-k of the last earlier full layer; caches no key
+    INDEXER_NONE = 2,         // no indexer at all (DeepSeek V4's HCA and pure-window layers)
+} IndexerType;
+
+// Learned attention sinks (gpt-oss, MiMo-V2, DeepSeek V4): a per-head logit that joins the softmax
+// denominator only, p_j = exp(l_j) / (exp(s_h) + sum_i exp(l_i)). A parameter, not a cached token:
+// sinks cost no cache. Bit flags by the kind of layer that has them.
+enum { SINKS_FULL = 1, SINKS_SLIDING = 2 };
 
 typedef struct {
     char name[96];            // "Llama 3 8B", "tiny-mha-recall"
@@ -71,14 +87,39 @@ typedef struct {
     int kv_lora_rank;         // d_c, the cached latent width
     int qk_nope_head_dim;     // d_n
     int qk_rope_head_dim;     // d_r, the decoupled RoPE key shared by all heads
-    int v_head_dim;           // d_v
+    int v_head_dim;           // d_v (MLA); for MHA/GQA the V width when it differs from head_dim (MiMo-V2)
     // sliding windows
     int sliding_window;       // W: a local layer sees exactly W keys, itself included; 0: none
     unsigned char layer_kind[GEOM_MAX_LAYERS]; // LayerKind per layer
     double rope_theta;        // RoPE base of global layers (10000 if absent)
     double rope_local_theta;  // RoPE base of local layers (Gemma 3: 1e4); 0: same as rope_theta
-    // DeepSeek Sparse Attention lightning indexer (0 when absent)
+    // DeepSeek Sparse Attention lightning indexer (0 when absent); which layers have one: indexer_types
     int index_n_heads, index_head_dim, index_topk;
+    unsigned char indexer_types[GEOM_MAX_LAYERS]; // IndexerType per layer (0: own indexer, when any)
+    // Attention layers whose K/V shapes differ from the model's n_kv_heads x head_dim (0: the same).
+    // V rows are v_head_dim wide when set (MiMo-V2: K 192, V 128), else head_dim.
+    int swa_num_key_value_heads;   // MiMo-V2: KV heads of the sliding-window layers
+    int swa_head_dim;              // MiMo-V2: K width of the sliding-window layers
+    int swa_v_head_dim;            // MiMo-V2: V width of the sliding-window layers
+    int num_global_key_value_heads;// Gemma 4: KV heads of the full-attention layers
+    int global_head_dim;           // Gemma 4: K and V width of the full-attention layers
+    int attention_k_eq_v;          // Gemma 4: full layers take V from k_proj. K is normed and rotated, V only
+                                   // normed, so the cache still holds both (counted as two tensors)
+    int kv_one_tensor;             // DeepSeek V4: one cached entry serves as K and V (head_dim elements)
+    // Llama 4 chunked attention: tokens attend within their chunk of attention_chunk_size (LAYER_CHUNKED)
+    int attention_chunk_size;
+    // Cross-layer KV sharing (Gemma 3n / Gemma 4): the last num_kv_shared_layers layers compute only
+    // queries and read the K/V of the last earlier non-shared layer of the same kind (geometry_kv_source).
+    // They cache nothing.
+    int num_kv_shared_layers;
+    int attention_sinks;           // SINKS_FULL | SINKS_SLIDING: learned sink logits (no cache cost)
+    // DeepSeek V4 compressed attention (LAYER_COMPRESSED). Every such layer keeps the last sliding_window
+    // raw tokens plus one entry per group of compress_ratios[l] tokens; all entries are one shared KV
+    // head of head_dim with K = V (one tensor). A compressed layer with an indexer (indexer_types FULL,
+    // index_n_heads > 0) is CSA: overlapping groups (each entry mixes 2m tokens, V4: m = 4) and the
+    // indexer's own compressed key of index_head_dim per entry, from which it picks index_topk entries.
+    // Without an indexer it is HCA: disjoint groups (V4: m = 128), all entries attended.
+    unsigned short compress_ratios[GEOM_MAX_LAYERS]; // m per layer; 0 for every other kind
     // gated attention (Qwen3-Next); zero (and 1.0) for plain attention
     int attn_output_gate;     // GateKind
     int qk_norm;              // QkNormKind
@@ -107,6 +148,9 @@ void geometry_init(ModelGeometry *g, const char *name, int n_layers, int d_model
                    int n_kv_heads);
 // Checks that the geometry is possible; on failure writes a one-line reason into why and returns 0.
 int geometry_validate(const ModelGeometry *g, char *why, size_t cap);
+// The size part of geometry_validate: every per-token and per-state element count the cache formulas
+// multiply must fit in checked 64-bit arithmetic below 2^50; else a reason naming the keys and 0.
+int geometry_check_sizes(const ModelGeometry *g, char *why, size_t cap);
 // Number of layers of one kind.
 int geometry_count(const ModelGeometry *g, LayerKind kind);
 // Per linear layer: elements of the recurrent state, Hv * dk * dv (0 without linear layers).
@@ -120,6 +164,19 @@ int geometry_state_dtype_bytes(const ModelGeometry *g);
 const char *geometry_linear_name(const ModelGeometry *g);
 // The fraction of head_dim RoPE rotates (partial_rotary_factor, 1.0 when unset).
 double geometry_rotary_fraction(const ModelGeometry *g);
+
+// One attention layer's K/V shape: KV heads, K width and V width per head (the swa_* fields for local
+// layers, the global_* fields for global and chunked layers, else n_kv_heads x head_dim / v_head_dim).
+void geometry_layer_kv(const ModelGeometry *g, int layer, int *kv_heads, int *k_dim, int *v_dim);
+// The layer whose K/V `layer` reads: itself, or for the last num_kv_shared_layers layers, the last
+// earlier non-shared layer of the same kind (Gemma 3n: sliding layers read layer 18, full ones 19).
+int geometry_kv_source(const ModelGeometry *g, int layer);
+// 1 if the layer caches an indexer key (DSA "full" layers and CSA layers), else 0.
+int geometry_layer_has_indexer(const ModelGeometry *g, int layer);
+// 1 if a compressed layer is CSA (it has an indexer, its groups overlap), 0 if HCA.
+int geometry_layer_is_csa(const ModelGeometry *g, int layer);
+// 1 if the layer has learned attention sinks.
+int geometry_layer_has_sinks(const ModelGeometry *g, int layer);
 
 // "MHA", "GQA", "MQA" or "MLA": the attention kind the way the article names it (from n_kv_heads).
 const char *geometry_attn_name(const ModelGeometry *g);

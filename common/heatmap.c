@@ -1,8 +1,9 @@
 // heatmap.c: attention matrices as pictures: colormaps, the raw one-block-per-cell PNG, and the
 // annotated multi-panel figure.
 //
-// The annotated figure is laid out once (cell size, label widths, panel positions, canvas size) with
-// a measuring context, then drawn by one function for both SVG and PNG (plot_write_figure).
+// The annotated figure is laid out once (colour groups, which panels show their labels, cell size,
+// label widths, panel positions, canvas size) with a measuring context, then drawn by one function for
+// both SVG and PNG (plot_write_figure_meta).
 #include "heatmap.h"
 
 #include <math.h>
@@ -148,26 +149,42 @@ void heatmap_raw_png(const char *path, const float *values, const unsigned char 
 #define PANEL_TITLE_FONT 13.0
 #define PANEL_TITLE_H 24.0     // band above a grid for its title
 #define AXIS_FONT 12.0         // xlabel, ylabel, colorbar label
+#define LAB_FONT 11.0          // token and index labels
+#define CB_FONT 11.0           // colorbar ticks
 #define CB_W 14.0              // colorbar width
-#define CB_GAP 14.0            // grid to its own colorbar
+#define CB_GAP 14.0            // grid to the colorbar it carries
 #define PANEL_GAP 40.0
 #define ROW_GAP 30.0
 #define OP_FONT 12.5
-#define MAX_WIDTH 2400.0
+#define KEY_FONT 11.0
+#define KEY_H 16.0             // the masked / blank key line
+#define MAX_GROUPS 16
+#define MASKED_GREY 0xEFEFEF
+#define BLANK_GREY 0xD4D4D4
+
+// Panels of one unit: one colour range, one colorbar.
+typedef struct {
+    const char *label;
+    int diverging;
+    float vmin, vmax;
+    int carrier;               // the panel whose right side carries the colorbar (-1: the shared one)
+} ColorGroup;
 
 typedef struct {
     const HeatPanel *p;
+    int group;
     float vmin, vmax;
     int diverging;
     int show_values;
     double val_font;
     int val_decimals;          // -1: exponent notation
-    double lab_font;
+    int show_rows, show_cols;  // this panel draws its row / column labels (neighbours share theirs)
     int row_step, col_step, col_rotated;
+    char xlabel[160], ylabel[160];
     double ylab_w, rowlab_w, collab_h, xlab_h;
     double gw, gh;
     double title_w, ox;        // ox: shift right when the title is wider than the grid's side of the slot
-    double cb_w, cb_h;         // own colorbar block (0 when the figure shares one)
+    double cb_w, cb_h;         // the colorbar this panel carries (0 when none)
     double w, h;               // slot
     double x, y;               // slot position on the canvas
     double gx, gy;             // grid position on the canvas
@@ -180,17 +197,17 @@ typedef struct {
     const HeatmapFigure *f;
     PanelLayout *pl;
     int n;
+    ColorGroup grp[MAX_GROUPS];
+    int n_grp;
     double cs;
-    int per_panel_cb;
-    float vmin, vmax;          // shared colorbar
-    int diverging;
-    double cb_x, cb_y, cb_h;   // shared colorbar position
+    double cb_x, cb_y, cb_h;   // the shared colorbar (one group only)
+    int any_mask, any_blank;
+    double key_h, key_y;
     double w, h, head_h, note_h, content_y;
+    int title_fits, subtitle_fits;
 } HeatLayout;
 
-static void set_hex(cairo_t *cr, unsigned hex) {
-    cairo_set_source_rgb(cr, ((hex >> 16) & 255) / 255.0, ((hex >> 8) & 255) / 255.0, (hex & 255) / 255.0);
-}
+static void set_hex(cairo_t *cr, unsigned hex) { plot_set_hex(cr, hex); }
 
 static const char *row_label(const PanelLayout *P, int i, char *buf, int cap) {
     if (P->p->row_labels && P->p->row_labels[i]) return P->p->row_labels[i];
@@ -226,7 +243,7 @@ static double colorbar_width(cairo_t *cr, float vmin, float vmax, const char *la
     double t[16], w = 0;
     int n = colorbar_ticks(vmin, vmax, t);
     char buf[64];
-    plot_font(cr, 11, 0);
+    plot_font(cr, CB_FONT, 0);
     for (int i = 0; i < n; i++) w = fmax(w, plot_text_width(cr, plot_format_tick(buf, sizeof buf, t[i], AXIS_PLAIN)));
     return CB_W + 8 + w + (label && *label ? 10 + AXIS_FONT : 0) + 4;
 }
@@ -237,40 +254,141 @@ static int pow2_step(double need, double cs) {
     return s;
 }
 
+static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
+
+// The unit of a panel: its own colorbar label, else the figure's.
+static const char *panel_unit(const HeatmapFigure *f, const HeatPanel *p) {
+    return p->colorbar_label ? p->colorbar_label : f->colorbar_label;
+}
+
+// Colour groups: panels with the same unit and kind share one range. The range is the union of the
+// ranges the group's panels ask for; else the figure's; else the data's.
+static void heat_groups(HeatLayout *L) {
+    const HeatmapFigure *f = L->f;
+    L->n_grp = 0;
+    for (int i = 0; i < L->n; i++) {
+        const HeatPanel *p = &f->panels[i];
+        PanelLayout *P = &L->pl[i];
+        P->p = p;
+        P->diverging = p->diverging || f->diverging;
+        const char *unit = panel_unit(f, p);
+        int g = -1;
+        for (int k = 0; k < L->n_grp && g < 0; k++)
+            if (same_str(L->grp[k].label, unit) && L->grp[k].diverging == P->diverging) g = k;
+        if (g < 0) {
+            CHECK(L->n_grp < MAX_GROUPS, "heatmap_figure: more than %d colour scales", MAX_GROUPS);
+            g = L->n_grp++;
+            L->grp[g] = (ColorGroup){.label = unit, .diverging = P->diverging, .vmin = INFINITY, .vmax = -INFINITY,
+                                     .carrier = -1};
+        }
+        P->group = g;
+        if (p->vmin < p->vmax) {
+            L->grp[g].vmin = fminf(L->grp[g].vmin, p->vmin);
+            L->grp[g].vmax = fmaxf(L->grp[g].vmax, p->vmax);
+        }
+    }
+    for (int g = 0; g < L->n_grp; g++) {
+        ColorGroup *G = &L->grp[g];
+        if (G->vmin < G->vmax) continue;
+        if (f->vmin < f->vmax) {
+            G->vmin = f->vmin;
+            G->vmax = f->vmax;
+            continue;
+        }
+        for (int i = 0; i < L->n; i++)
+            if (L->pl[i].group == g) data_range(&f->panels[i], &G->vmin, &G->vmax);
+        finish_range(G->diverging, &G->vmin, &G->vmax);
+    }
+    for (int i = 0; i < L->n; i++) {
+        L->pl[i].vmin = L->grp[L->pl[i].group].vmin;
+        L->pl[i].vmax = L->grp[L->pl[i].group].vmax;
+    }
+}
+
+// a (right of b in one row) can leave its row labels to b: same rows, same labels, no other y label
+static int same_rows(const HeatPanel *a, const HeatPanel *b) {
+    return a->rows == b->rows && a->row_labels == b->row_labels && (!a->ylabel || same_str(a->ylabel, b->ylabel));
+}
+
+// a (above b in one column) can leave its column labels to b: same columns, labels, x label
+static int same_cols(const HeatPanel *a, const HeatPanel *b) {
+    return a->cols == b->cols && a->col_labels == b->col_labels && (!a->xlabel || same_str(a->xlabel, b->xlabel));
+}
+
+// For ppr panels a row: which panels draw their labels, and which carries each group's colorbar (the
+// rightmost of the group in the first row where the group appears).
+static void heat_assign(HeatLayout *L, int ppr) {
+    for (int i = 0; i < L->n; i++) {
+        PanelLayout *P = &L->pl[i];
+        int col = i % ppr, below = i + ppr;
+        // neighbours share labels only when they also share a unit: a pipeline (scores, then weights)
+        // keeps every panel's labels
+        P->show_rows = col == 0 || !same_rows(P->p, L->pl[i - 1].p) || P->group != L->pl[i - 1].group;
+        P->show_cols = below >= L->n || !same_cols(P->p, L->pl[below].p) || P->group != L->pl[below].group;
+    }
+    for (int g = 0; g < L->n_grp; g++) {
+        L->grp[g].carrier = -1;
+        if (L->n_grp == 1) continue;
+        int first_row = -1;
+        for (int i = 0; i < L->n; i++) {
+            if (L->pl[i].group != g) continue;
+            if (first_row < 0) first_row = i / ppr;
+            if (i / ppr == first_row) L->grp[g].carrier = i;
+        }
+    }
+}
+
+// "query i (every 2nd token labelled)": the axis label says when token labels are thinned.
+static void thinned_label(char *out, size_t cap, const char *base, int step, int tokens) {
+    if (step > 1 && tokens) {
+        char nth[16];
+        snprintf(nth, sizeof nth, step == 2 ? "2nd" : step == 3 ? "3rd" : "%dth", step);
+        if (base && *base) snprintf(out, cap, "%s (every %s token labelled)", base, nth);
+        else snprintf(out, cap, "every %s token labelled", nth);
+    } else {
+        snprintf(out, cap, "%s", base ? base : "");
+    }
+}
+
 // Everything that depends on the cell size cs, for one panel (sizes only; positions come later).
-static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
+static void panel_measure(PanelLayout *P, const HeatLayout *L, int index, cairo_t *cr) {
     const HeatPanel *p = P->p;
     const HeatmapFigure *f = L->f;
     double cs = L->cs;
     P->gw = p->cols * cs;
     P->gh = p->rows * cs;
     char buf[64];
-    // labels: as large as the cells allow (8..11.5), thinned to every 2nd, 4th... when cells are small
-    P->lab_font = fmin(11.5, fmax(8.0, cs * 0.8));
-    plot_font(cr, P->lab_font, 0);
+    plot_font(cr, LAB_FONT, 0);
     // token labels as dense as the font allows; indices at least 24 pt apart (0, 4, 8, ... reads better)
-    P->row_step = pow2_step(p->row_labels ? P->lab_font * 1.15 : fmax(P->lab_font * 1.15, 24), cs);
+    // (a small matrix keeps every index: 0, 1, 2 rows read better whole)
+    P->row_step = pow2_step(p->row_labels || p->rows <= 16 ? LAB_FONT * 1.15 : fmax(LAB_FONT * 1.15, 24), cs);
     P->rowlab_w = 0;
-    for (int i = 0; i < p->rows; i += P->row_step)
-        P->rowlab_w = fmax(P->rowlab_w, plot_text_width(cr, row_label(P, i, buf, sizeof buf)));
-    P->rowlab_w += 7;
+    if (P->show_rows) {
+        for (int i = 0; i < p->rows; i += P->row_step)
+            P->rowlab_w = fmax(P->rowlab_w, plot_text_width(cr, row_label(P, i, buf, sizeof buf)));
+        P->rowlab_w += 7;
+    }
     double colw = 0;
     for (int j = 0; j < p->cols; j++) colw = fmax(colw, plot_text_width(cr, col_label(P, j, buf, sizeof buf)));
     P->col_rotated = 0;
     if (!p->col_labels) {
-        P->col_step = pow2_step(fmax(colw + 5, 24), cs);   // indices stay horizontal, thinned
+        P->col_step = pow2_step(p->cols <= 16 ? colw + 5 : fmax(colw + 5, 24), cs);   // indices stay horizontal
     } else if (colw + 4 <= cs) {
         P->col_step = 1;
     } else {
         P->col_rotated = 1;                       // tokens stand up, thinned by the font's height
-        P->col_step = pow2_step(P->lab_font * 1.15, cs);
+        P->col_step = pow2_step(LAB_FONT * 1.15, cs);
         colw = 0;
         for (int j = 0; j < p->cols; j += P->col_step)
             colw = fmax(colw, plot_text_width(cr, col_label(P, j, buf, sizeof buf)));
     }
-    P->collab_h = P->col_rotated ? colw + 9 : P->lab_font + 9;
-    P->ylab_w = p->ylabel && *p->ylabel ? AXIS_FONT + 10 : 0;
-    P->xlab_h = p->xlabel && *p->xlabel ? AXIS_FONT + 8 : 0;
+    thinned_label(P->ylabel, sizeof P->ylabel, P->show_rows ? p->ylabel : NULL, P->show_rows ? P->row_step : 1,
+                  p->row_labels != NULL);
+    thinned_label(P->xlabel, sizeof P->xlabel, P->show_cols ? p->xlabel : NULL, P->show_cols ? P->col_step : 1,
+                  p->col_labels != NULL);
+    P->collab_h = !P->show_cols ? 0 : P->col_rotated ? colw + 9 : LAB_FONT + 9;
+    P->ylab_w = P->ylabel[0] ? AXIS_FONT + 10 : 0;
+    P->xlab_h = P->xlabel[0] ? AXIS_FONT + 8 : 0;
 
     // values in the cells: as many decimals as the range needs, the font shrunk to fit the cell
     P->show_values = f->show_values == 1 || (f->show_values < 0 && p->rows <= 16 && p->cols <= 16);
@@ -281,7 +399,7 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
         plot_font(cr, P->val_font, 0);
         double widest = 0;
         for (int i = 0; i < p->rows * p->cols; i++) {
-            if (p->mask && !p->mask[i]) continue;
+            if ((p->mask && !p->mask[i]) || (p->blank && p->blank[i])) continue;
             format_value(buf, sizeof buf, p->values[i], P->val_decimals);
             widest = fmax(widest, plot_text_width(cr, buf));
         }
@@ -291,8 +409,9 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, cairo_t *cr) {
     plot_font(cr, PANEL_TITLE_FONT, PLOT_BOLD);
     P->title_w = plot_text_width(cr, p->title);
     P->cb_w = P->cb_h = 0;
-    if (L->per_panel_cb) {
-        P->cb_w = CB_GAP + colorbar_width(cr, P->vmin, P->vmax, f->colorbar_label);
+    const ColorGroup *G = &L->grp[P->group];
+    if (G->carrier == index) {
+        P->cb_w = CB_GAP + colorbar_width(cr, G->vmin, G->vmax, G->label);
         P->cb_h = fmax(P->gh, 100);
     }
     double left = P->ylab_w + P->rowlab_w, centre = left + P->gw / 2;
@@ -345,27 +464,28 @@ static double heat_place(HeatLayout *L, int ppr, cairo_t *cr, double *content_h)
     }
     free(left);
     *content_h = y - ROW_GAP;
-    if (!L->per_panel_cb) {
+    if (L->n_grp == 1) {
         double gh = 0;
         for (int i = 0; i < L->n && L->pl[i].row == 0; i++) gh = fmax(gh, L->pl[i].gh);
         L->cb_h = fmax(gh, 120);
         L->cb_x = maxw + 24;
         L->cb_y = PANEL_TITLE_H;
         *content_h = fmax(*content_h, L->cb_y + L->cb_h + 6);
-        maxw = L->cb_x + colorbar_width(cr, L->vmin, L->vmax, L->f->colorbar_label);
+        maxw = L->cb_x + colorbar_width(cr, L->grp[0].vmin, L->grp[0].vmax, L->grp[0].label);
     }
     return maxw;
 }
 
-// Lays out ppr panels a row with the largest cell size from cs0 down to cs0 / 2 that fits MAX_WIDTH
-// (just cs0 when the caller fixed cell_px).
+// Lays out ppr panels a row with the largest cell size from cs0 down to cs0 / 3 (at least 4 pt) that
+// keeps the figure within HEATMAP_MAX_WIDTH (just cs0 when the caller fixed cell_px).
 static void heat_fit_cells(HeatLayout *L, int ppr, double cs0, cairo_t *cr, double *content_w, double *content_h) {
+    heat_assign(L, ppr);
     L->cs = cs0;
     for (;;) {
-        for (int i = 0; i < L->n; i++) panel_measure(&L->pl[i], L, cr);
+        for (int i = 0; i < L->n; i++) panel_measure(&L->pl[i], L, i, cr);
         *content_w = heat_place(L, ppr, cr, content_h);
-        if (*content_w + 2 * HM_MARGIN <= MAX_WIDTH || L->f->cell_px > 0 || L->cs <= fmax(4, cs0 / 2)) return;
-        L->cs = fmax(4, floor(L->cs * 0.9));
+        if (*content_w + 2 * HM_MARGIN <= HEATMAP_MAX_WIDTH || L->f->cell_px > 0 || L->cs <= fmax(4, cs0 / 3)) return;
+        L->cs = fmax(4, floor(L->cs * 0.92));
     }
 }
 
@@ -374,39 +494,14 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
     L->f = f;
     L->n = f->n_panels;
     L->pl = callocCheck((size_t)L->n, sizeof(PanelLayout));
-    // colour ranges: the panel's own, else the figure's, else the data's (pooled when shared)
-    int shared_fig = f->vmin < f->vmax;
-    float pool_lo = INFINITY, pool_hi = -INFINITY;
-    int pool_div = 0;
+    heat_groups(L);
     for (int i = 0; i < L->n; i++) {
         const HeatPanel *p = &f->panels[i];
-        PanelLayout *P = &L->pl[i];
-        P->p = p;
-        P->diverging = p->diverging || f->diverging;
-        if (p->vmin < p->vmax) { P->vmin = p->vmin; P->vmax = p->vmax; }
-        else if (shared_fig) { P->vmin = f->vmin; P->vmax = f->vmax; }
-        else if (f->colorbar_per_panel) {
-            P->vmin = INFINITY;
-            P->vmax = -INFINITY;
-            data_range(p, &P->vmin, &P->vmax);
-            finish_range(P->diverging, &P->vmin, &P->vmax);
-        } else {
-            data_range(p, &pool_lo, &pool_hi);
-            pool_div |= P->diverging;
-            P->vmin = NAN;   // filled from the pool below
+        for (int k = 0; k < p->rows * p->cols; k++) {
+            if (p->mask && !p->mask[k]) L->any_mask = 1;
+            if (p->blank && p->blank[k]) L->any_blank = 1;
         }
     }
-    finish_range(pool_div, &pool_lo, &pool_hi);
-    for (int i = 0; i < L->n; i++)
-        if (isnan(L->pl[i].vmin)) { L->pl[i].vmin = pool_lo; L->pl[i].vmax = pool_hi; }
-    // one shared colorbar only if every panel uses the same colours; otherwise one each
-    L->per_panel_cb = f->colorbar_per_panel;
-    for (int i = 1; i < L->n && !L->per_panel_cb; i++)
-        if (L->pl[i].vmin != L->pl[0].vmin || L->pl[i].vmax != L->pl[0].vmax ||
-            L->pl[i].diverging != L->pl[0].diverging)
-            L->per_panel_cb = 1;
-    if (L->n > 0) { L->vmin = L->pl[0].vmin; L->vmax = L->pl[0].vmax; L->diverging = L->pl[0].diverging; }
-
     // cell size: about 44 pt for 8 x 8, 8 pt for 64 x 64; at least 34 pt when values are printed
     int nmax = 1, any_values = 0;
     for (int i = 0; i < L->n; i++) {
@@ -419,11 +514,11 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
     if (f->cell_px <= 0 && any_values) cs0 = fmax(cs0, 34);
     int ppr = f->panels_per_row > 0 && f->panels_per_row < L->n ? f->panels_per_row : (L->n > 0 ? L->n : 1);
     double content_w = 0, content_h = 0;
-    // shrink the cells (down to half), then wrap the panels, until the figure fits MAX_WIDTH
+    // shrink the cells, then wrap the panels, until the figure fits HEATMAP_MAX_WIDTH
     int wrapped = 0;
     for (;;) {
         heat_fit_cells(L, ppr, cs0, cr, &content_w, &content_h);
-        if (content_w + 2 * HM_MARGIN <= MAX_WIDTH || ppr <= 1) break;
+        if (content_w + 2 * HM_MARGIN <= HEATMAP_MAX_WIDTH || ppr <= 1) break;
         ppr--;
         wrapped = 1;
     }
@@ -432,16 +527,23 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
         int balanced = (L->n + (L->n + ppr - 1) / ppr - 1) / ((L->n + ppr - 1) / ppr);
         if (balanced != ppr) heat_fit_cells(L, balanced, cs0, cr, &content_w, &content_h);
     }
-    // canvas: content centred, title and subtitle wrapped to the canvas
+    // canvas: content centred; the title may widen it (up to the maximum) to stay on one line
     L->w = fmax(content_w + 2 * HM_MARGIN, 640);
     plot_font(cr, 18, PLOT_BOLD);
     double tw = plot_text_width(cr, f->title) + 2 * HM_MARGIN;
-    if (tw > L->w) L->w = fmin(tw, fmax(L->w, 1100));
+    if (tw > L->w) L->w = fmin(tw, fmax(L->w, HEATMAP_MAX_WIDTH));
+    plot_font(cr, 13, 0);
+    double sw = plot_text_width(cr, f->subtitle) + 2 * HM_MARGIN;
+    if (sw > L->w) L->w = fmin(sw, fmax(L->w, HEATMAP_MAX_WIDTH));
     L->w = ceil(L->w);
-    L->head_h = plot_title_block(cr, f->title, f->subtitle, 0, 0, L->w - 2 * HM_MARGIN, 0);
+    L->head_h = plot_title_block_fit(cr, f->title, f->subtitle, 0, 0, L->w - 2 * HM_MARGIN, 0, &L->title_fits,
+                                     &L->subtitle_fits);
     L->note_h = plot_note_block(cr, f->note, 0, 0, L->w - 2 * HM_MARGIN, 0);
+    L->key_h = L->any_mask || L->any_blank ? KEY_H : 0;
     L->content_y = HM_MARGIN + L->head_h + (L->head_h > 0 ? 18 : 0);
-    L->h = ceil(L->content_y + content_h + (L->note_h > 0 ? 16 + L->note_h : 0) + HM_MARGIN);
+    L->key_y = L->content_y + content_h + 14;
+    L->h = ceil(L->content_y + content_h + (L->key_h > 0 ? 14 + L->key_h : 0) + (L->note_h > 0 ? 14 + L->note_h : 0) +
+                HM_MARGIN);
     // move everything to canvas coordinates; whole points keep cell edges on pixel boundaries
     double ox = floor((L->w - content_w) / 2), oy = floor(L->content_y);
     for (int i = 0; i < L->n; i++) {
@@ -449,6 +551,8 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
         P->x += ox; P->y += oy;
         P->arrow_x0 += ox; P->arrow_x1 += ox;
         P->gx = floor(P->gx + ox); P->gy = floor(P->gy + oy);
+        // values too small to read when the PNG is shown 900 px wide are left out
+        if (P->show_values && P->val_font * 900.0 / L->w < HEATMAP_MIN_VALUE_PX) P->show_values = 0;
     }
     L->cb_x = floor(L->cb_x + ox);
     L->cb_y = floor(L->cb_y + oy);
@@ -457,19 +561,19 @@ static void heat_layout(HeatLayout *L, const HeatmapFigure *f, cairo_t *cr) {
 // ---- annotated figure: drawing -----------------------------------------------------------------------
 // Diagonal hatching of the masked cells: lines x + y = k * spacing across the whole grid, clipped to
 // the masked cells, so a masked region reads as one continuous hatched area (and the SVG stays small).
-static void hatch_masked(cairo_t *cr, const HeatPanel *p, double gx, double gy, double cs) {
+static void hatch_cells(cairo_t *cr, const unsigned char *mask, int rows, int cols, double gx, double gy, double cs) {
     cairo_save(cr);
     cairo_new_path(cr);
-    for (int i = 0; i < p->rows; i++)
-        for (int j = 0; j < p->cols;) {
-            if (p->mask[i * p->cols + j]) { j++; continue; }
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols;) {
+            if (mask[i * cols + j]) { j++; continue; }
             int j1 = j;
-            while (j1 < p->cols && !p->mask[i * p->cols + j1]) j1++;
+            while (j1 < cols && !mask[i * cols + j1]) j1++;
             cairo_rectangle(cr, gx + j * cs, gy + i * cs, (j1 - j) * cs, cs);
             j = j1;
         }
     cairo_clip(cr);
-    double gw = p->cols * cs, gh = p->rows * cs, spacing = cs >= 12 ? 6 : 3.5;
+    double gw = cols * cs, gh = rows * cs, spacing = cs >= 12 ? 6 : 3.5;
     set_hex(cr, 0xBDBDBD);
     cairo_set_line_width(cr, cs >= 12 ? 1.0 : 0.7);
     for (double c = ceil((gx + gy) / spacing) * spacing; c < gx + gy + gw + gh; c += spacing) {
@@ -508,7 +612,7 @@ static void draw_colorbar(cairo_t *cr, double x, double y, double h, float vmin,
     double t[16], labw = 0;
     int n = colorbar_ticks(vmin, vmax, t);
     char buf[64];
-    plot_font(cr, 11, 0);
+    plot_font(cr, CB_FONT, 0);
     for (int i = 0; i < n; i++) {
         double ty = y + h - (t[i] - vmin) / (vmax - vmin) * h;
         set_hex(cr, 0x555555);
@@ -547,13 +651,21 @@ static void draw_arrow(cairo_t *cr, double x0, double x1, double y, const char *
     plot_text(cr, (x0 + x1) / 2, y - 8, 0.5, 1, text);
 }
 
-// Colour of cell k: the colormap, or the light grey under the hatching of a masked cell.
+static int cell_is_blank(const HeatPanel *p, int k) { return p->blank && p->blank[k]; }
+static int cell_is_masked(const HeatPanel *p, int k) { return p->mask && !p->mask[k]; }
+
+// Colour of cell k: the colormap, the light grey under the hatching of a masked cell, or the flat grey
+// of a blank one.
 static void cell_rgb(const PanelLayout *P, int k, unsigned char rgb[3]) {
-    if (P->p->mask && !P->p->mask[k]) { rgb[0] = rgb[1] = rgb[2] = 0xEF; return; }
+    unsigned hex = cell_is_masked(P->p, k) ? MASKED_GREY : cell_is_blank(P->p, k) ? BLANK_GREY : 0;
+    if (hex) {
+        rgb[0] = (hex >> 16) & 255; rgb[1] = (hex >> 8) & 255; rgb[2] = hex & 255;
+        return;
+    }
     value_rgb(P->p->values[k], P->vmin, P->vmax, P->diverging, rgb);
 }
 
-static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, const PanelLayout *next) {
+static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, const PanelLayout *next, int index) {
     const HeatPanel *p = P->p;
     double cs = L->cs, gx = P->gx, gy = P->gy;
     char buf[64];
@@ -566,17 +678,17 @@ static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, c
     cairo_set_antialias(cr, CAIRO_ANTIALIAS_NONE);
     for (int i = 0; i < p->rows; i++)
         for (int j = 0; j < p->cols;) {
-            unsigned char rgb[3], next[3];
+            unsigned char rgb[3], nx[3];
             cell_rgb(P, i * p->cols + j, rgb);
             int j1 = j + 1;
-            while (j1 < p->cols && (cell_rgb(P, i * p->cols + j1, next), !memcmp(next, rgb, 3))) j1++;
+            while (j1 < p->cols && (cell_rgb(P, i * p->cols + j1, nx), !memcmp(nx, rgb, 3))) j1++;
             cairo_set_source_rgb(cr, rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0);
             cairo_rectangle(cr, gx + j * cs, gy + i * cs, (j1 - j) * cs, cs);
             cairo_fill(cr);
             j = j1;
         }
     cairo_set_antialias(cr, CAIRO_ANTIALIAS_DEFAULT);
-    if (p->mask) hatch_masked(cr, p, gx, gy, cs);
+    if (p->mask) hatch_cells(cr, p->mask, p->rows, p->cols, gx, gy, cs);
     // white lines between cells when cells are big enough to read one by one
     if (cs >= 12) {
         cairo_set_source_rgb(cr, 1, 1, 1);
@@ -593,7 +705,7 @@ static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, c
     if (P->show_values) {
         plot_font(cr, P->val_font, 0);
         for (int k = 0; k < p->rows * p->cols; k++) {
-            if (p->mask && !p->mask[k]) continue;
+            if (cell_is_masked(p, k) || cell_is_blank(p, k)) continue;
             unsigned char rgb[3];
             value_rgb(p->values[k], P->vmin, P->vmax, P->diverging, rgb);
             // white text on dark cells, near-black on light ones
@@ -605,37 +717,69 @@ static void draw_panel(cairo_t *cr, const HeatLayout *L, const PanelLayout *P, c
         }
     }
 
-    plot_font(cr, P->lab_font, 0);
+    plot_font(cr, LAB_FONT, 0);
     set_hex(cr, 0x333333);
-    for (int i = 0; i < p->rows; i += P->row_step)
-        plot_text(cr, gx - 6, gy + (i + 0.5) * cs, 1, 0.5, row_label(P, i, buf, sizeof buf));
-    for (int j = 0; j < p->cols; j += P->col_step) {
-        double cx = gx + (j + 0.5) * cs;
-        if (!P->col_rotated) {
-            plot_text(cr, cx, gy + P->gh + 6, 0.5, 0, col_label(P, j, buf, sizeof buf));
-        } else {
-            cairo_save(cr);
-            cairo_translate(cr, cx, gy + P->gh + 6);
-            cairo_rotate(cr, -M_PI / 2);
-            plot_text(cr, 0, 0, 1, 0.5, col_label(P, j, buf, sizeof buf));
-            cairo_restore(cr);
+    if (P->show_rows)
+        for (int i = 0; i < p->rows; i += P->row_step)
+            plot_text(cr, gx - 6, gy + (i + 0.5) * cs, 1, 0.5, row_label(P, i, buf, sizeof buf));
+    if (P->show_cols)
+        for (int j = 0; j < p->cols; j += P->col_step) {
+            double cx = gx + (j + 0.5) * cs;
+            if (!P->col_rotated) {
+                plot_text(cr, cx, gy + P->gh + 6, 0.5, 0, col_label(P, j, buf, sizeof buf));
+            } else {
+                cairo_save(cr);
+                cairo_translate(cr, cx, gy + P->gh + 6);
+                cairo_rotate(cr, -M_PI / 2);
+                plot_text(cr, 0, 0, 1, 0.5, col_label(P, j, buf, sizeof buf));
+                cairo_restore(cr);
+            }
         }
-    }
     plot_font(cr, AXIS_FONT, 0);
     set_hex(cr, 0x222222);
-    if (p->xlabel && *p->xlabel) plot_text(cr, gx + P->gw / 2, gy + P->gh + P->collab_h + 2, 0.5, 0, p->xlabel);
-    if (p->ylabel && *p->ylabel) {
+    if (P->xlabel[0]) plot_text(cr, gx + P->gw / 2, gy + P->gh + P->collab_h + 2, 0.5, 0, P->xlabel);
+    if (P->ylabel[0]) {
         cairo_save(cr);
         cairo_translate(cr, P->x + P->ox, gy + P->gh / 2);
         cairo_rotate(cr, -M_PI / 2);
-        plot_text(cr, 0, 0, 0.5, 0, p->ylabel);
+        plot_text(cr, 0, 0, 0.5, 0, P->ylabel);
         cairo_restore(cr);
     }
-    if (L->per_panel_cb)
-        draw_colorbar(cr, gx + P->gw + CB_GAP, gy, P->cb_h, P->vmin, P->vmax, P->diverging, L->f->colorbar_label);
+    const ColorGroup *G = &L->grp[P->group];
+    if (G->carrier == index) draw_colorbar(cr, gx + P->gw + CB_GAP, gy, P->cb_h, G->vmin, G->vmax, G->diverging, G->label);
     if (P->op_w > 0) {
         double h = next && next->row == P->row ? fmin(P->gh, next->gh) : P->gh;
         draw_arrow(cr, P->arrow_x0, P->arrow_x1, gy + h / 2, p->op_after);
+    }
+}
+
+// The key under the panels: what hatching means (always the same) and what blank cells mean.
+static void draw_key(cairo_t *cr, const HeatLayout *L) {
+    double x = HM_MARGIN, y = L->key_y, s = 13;
+    plot_font(cr, KEY_FONT, 0);
+    if (L->any_mask) {
+        unsigned char m[1] = {0};
+        set_hex(cr, MASKED_GREY);
+        cairo_rectangle(cr, x, y, s, s);
+        cairo_fill(cr);
+        hatch_cells(cr, m, 1, 1, x, y, s);
+        set_hex(cr, 0x999999);
+        cairo_set_line_width(cr, 0.8);
+        cairo_rectangle(cr, x, y, s, s);
+        cairo_stroke(cr);
+        set_hex(cr, 0x333333);
+        static const char txt[] = "hatched: masked, not computed";
+        plot_text(cr, x + s + 6, y + s / 2, 0, 0.5, txt);
+        x += s + 6 + plot_text_width(cr, txt) + 24;
+    }
+    if (L->any_blank) {
+        set_hex(cr, BLANK_GREY);
+        cairo_rectangle(cr, x, y, s, s);
+        cairo_fill(cr);
+        set_hex(cr, 0x333333);
+        char txt[300];
+        snprintf(txt, sizeof txt, "grey: %s", L->f->blank_label ? L->f->blank_label : "no value");
+        plot_text(cr, x + s + 6, y + s / 2, 0, 0.5, txt);
     }
 }
 
@@ -643,21 +787,60 @@ static void draw_heatmap_figure(cairo_t *cr, double w, double h, const void *ctx
     const HeatLayout *L = ctx;
     (void)h;
     plot_title_block(cr, L->f->title, L->f->subtitle, HM_MARGIN, HM_MARGIN, w - 2 * HM_MARGIN, 1);
-    for (int i = 0; i < L->n; i++) draw_panel(cr, L, &L->pl[i], i + 1 < L->n ? &L->pl[i + 1] : NULL);
-    if (!L->per_panel_cb && L->n > 0)
-        draw_colorbar(cr, L->cb_x, L->cb_y, L->cb_h, L->vmin, L->vmax, L->diverging, L->f->colorbar_label);
+    for (int i = 0; i < L->n; i++) draw_panel(cr, L, &L->pl[i], i + 1 < L->n ? &L->pl[i + 1] : NULL, i);
+    if (L->n_grp == 1 && L->n > 0)
+        draw_colorbar(cr, L->cb_x, L->cb_y, L->cb_h, L->grp[0].vmin, L->grp[0].vmax, L->grp[0].diverging, L->grp[0].label);
+    if (L->key_h > 0) draw_key(cr, L);
     plot_note_block(cr, L->f->note, HM_MARGIN, L->h - HM_MARGIN - L->note_h, w - 2 * HM_MARGIN, 1);
 }
 
-void heatmap_figure(const HeatmapFigure *f, const char *path_no_ext, int png, int svg) {
+static void check_heatmap(const HeatmapFigure *f) {
     CHECK(f && f->n_panels > 0 && f->panels, "heatmap_figure: no panels");
     for (int i = 0; i < f->n_panels; i++)
         CHECK(f->panels[i].values && f->panels[i].rows > 0 && f->panels[i].cols > 0,
               "heatmap_figure: panel %d is empty", i);
+}
+
+void heatmap_figure(const HeatmapFigure *f, const char *path_no_ext, int png, int svg) {
+    check_heatmap(f);
     cairo_t *cr = plot_measure_context();
     HeatLayout L;
     heat_layout(&L, f, cr);
     cairo_destroy(cr);
-    plot_write_figure(path_no_ext, png, svg, L.w, L.h, draw_heatmap_figure, &L);
+    plot_write_figure_meta(path_no_ext, png, svg, L.w, L.h, draw_heatmap_figure, &L, f->title,
+                           f->claim ? f->claim : f->subtitle);
+    free(L.pl);
+}
+
+void heatmap_figure_info(const HeatmapFigure *f, HeatmapInfo *info) {
+    check_heatmap(f);
+    cairo_t *cr = plot_measure_context();
+    HeatLayout L;
+    heat_layout(&L, f, cr);
+    memset(info, 0, sizeof *info);
+    info->width = L.w;
+    info->height = L.h;
+    info->n_colorbars = L.n_grp;
+    double min_font = fmin(fmin(LAB_FONT, CB_FONT), fmin(AXIS_FONT, PANEL_TITLE_FONT));
+    if (L.key_h > 0) min_font = fmin(min_font, KEY_FONT);
+    if (L.note_h > 0) min_font = fmin(min_font, 11.0);
+    if (f->subtitle && *f->subtitle) min_font = fmin(min_font, 11.0);   // the subtitle may shrink to 11
+    double min_val = INFINITY;
+    for (int i = 0; i < L.n && i < HEATMAP_INFO_MAX; i++) {
+        const PanelLayout *P = &L.pl[i];
+        info->vmin[i] = P->vmin;
+        info->vmax[i] = P->vmax;
+        info->show_row_labels[i] = P->show_rows;
+        info->show_col_labels[i] = P->show_cols;
+        info->row_step[i] = P->row_step;
+        snprintf(info->ylabel[i], sizeof info->ylabel[i], "%s", P->ylabel);
+        if (P->show_values) min_val = fmin(min_val, P->val_font);
+    }
+    info->has_key = L.key_h > 0;
+    info->title_fits = L.title_fits;
+    info->subtitle_fits = L.subtitle_fits;
+    info->min_text_px = min_font * 900.0 / L.w;
+    info->min_value_px = isfinite(min_val) ? min_val * 900.0 / L.w : 0;
+    cairo_destroy(cr);
     free(L.pl);
 }

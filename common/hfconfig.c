@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
+
 // Defaults of transformers' config classes that the published config.json files rely on.
 typedef struct {
     const char *model_type;
@@ -63,12 +65,11 @@ static const Hybrid hybrids[] = {
 
 // Keys whose presence means layers this project cannot count yet; `what` goes into the message.
 static const struct { const char *key, *what; } unsupported_keys[] = {
-    {"compress_ratios", "compressed-attention layers"},      // DeepSeek V4 CSA/HCA
     {"layers_block_type", "state-space layers"},
     {"attn_layer_period", "state-space layers"},             // Jamba
-    {"attention_chunk_size", "chunked-attention layers"},    // Llama 4
-    {"num_kv_shared_layers", "cross-layer KV sharing"},      // Gemma 3n
-    {"indexer_types", "shared-indexer layers"},              // GLM-5.x
+    {"index_kpool", "pooled indexer keys"},                  // GLM5-Next
+    {"kv_source_layer_ids", "cross-layer compressed KV"},    // DeepSeek V4.1 research configs
+    {"sparse_attention_config", "sparse-attention layers"},  // MiniMax-M3
 };
 // Key prefixes of state-space models (mamba_d_state, mamba_num_heads, ssm_state_size, ...): read only in
 // a Nemotron-H config (one with hybrid_override_pattern); elsewhere (Jamba, Falcon-H1, Zamba, ...) their
@@ -76,13 +77,28 @@ static const struct { const char *key, *what; } unsupported_keys[] = {
 static const char *unsupported_prefixes[] = {"mamba", "ssm_"};
 static const char *state_dtype_keys[] = {"mamba_ssm_dtype", "mamba_ssm_cache_dtype"};
 
+// The keys the reader looked up, so an override of a key it never reads can be refused.
+typedef struct {
+    const char *keys[256];
+    int n;
+} Consulted;
+
 typedef struct {
     const cJSON *root, *cfg;   // cfg: text_config when present, else root
     const char *label;         // the input's name, first word of every error
     char *err;
     size_t cap;
     int failed;                // set by the first error; later reads return their defaults
+    Consulted *seen;
 } Reader;
+
+static void note_key(const Reader *r, const char *key) {
+    Consulted *c = r->seen;
+    if (!c || !key) return;
+    for (int i = 0; i < c->n; i++)
+        if (!strcmp(c->keys[i], key)) return;
+    if (c->n < (int)(sizeof c->keys / sizeof c->keys[0])) c->keys[c->n++] = key;
+}
 
 static int bad(Reader *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int bad(Reader *r, const char *fmt, ...) {
@@ -111,6 +127,7 @@ static const char *json_type(const cJSON *v) {
 
 // The value of key in text_config, else at the top level; NULL when absent or null.
 static const cJSON *find(const Reader *r, const char *key) {
+    note_key(r, key);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->cfg, key);
     if ((!v || cJSON_IsNull(v)) && r->cfg != r->root) v = cJSON_GetObjectItemCaseSensitive(r->root, key);
     return v && !cJSON_IsNull(v) ? v : NULL;
@@ -196,6 +213,17 @@ static const Family *find_family(Reader *r) {
     return NULL;
 }
 
+// The model_type of text_config, else of the top level ("" when absent).
+static const char *model_type(const Reader *r) {
+    const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->cfg, "model_type"));
+    if (!t) t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->root, "model_type"));
+    return t ? t : "";
+}
+
+static int is_llama4(const Reader *r) {
+    return strncmp(model_type(r), "llama4", 6) == 0;
+}
+
 static const Hybrid *find_hybrid(Reader *r) {
     const char *types[2];
     types[0] = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->cfg, "model_type"));
@@ -254,27 +282,102 @@ static void read_layer_types(Reader *r, const cJSON *lt, ModelGeometry *g) {
         else if (!strcmp(s, "full_attention")) g->layer_kind[l] = LAYER_GLOBAL;
         else if (!strcmp(s, "sliding_attention")) g->layer_kind[l] = LAYER_LOCAL;
         else if (!strcmp(s, "linear_attention")) g->layer_kind[l] = LAYER_LINEAR;   // which kind: read_linear
-        else if (!strcmp(s, "chunked_attention"))
-            bad(r, "key 'layer_types' entry 'chunked_attention' (chunked-attention layers) is not supported yet");
+        else if (!strcmp(s, "chunked_attention")) g->layer_kind[l] = LAYER_CHUNKED;  // Llama 4
+        else if (!strcmp(s, "deepseek_sparse_attention")) g->layer_kind[l] = LAYER_GLOBAL;  // GLM-5.x: MLA + DSA
         else if (strstr(s, "mamba") || strstr(s, "conv"))
             bad(r, "key 'layer_types' entry '%s' (state-space / convolution layers) is not supported yet", s);
         else
-            bad(r, "key 'layer_types' entry %d is '%s', expected 'full_attention', 'sliding_attention' or "
-                   "'linear_attention'", l, s);
+            bad(r, "key 'layer_types' entry %d is '%s', expected 'full_attention', 'sliding_attention', "
+                   "'chunked_attention' or 'linear_attention'", l, s);
     }
+}
+
+// A JSON array of integers in [lo, hi] into out[0..n). With extra_ok, entries past n are checked and
+// dropped (DeepSeek V4 lists its multi-token-prediction layers after the last layer).
+static void read_int_list(Reader *r, const cJSON *v, const char *key, int n, int extra_ok, int lo, int hi, int *out) {
+    if (!cJSON_IsArray(v)) {
+        bad(r, "key '%s' must be an array of integers, got %s", key, json_type(v));
+        return;
+    }
+    int len = cJSON_GetArraySize(v);
+    if (len < n || (len > n && !extra_ok)) {
+        bad(r, "key '%s' has %d entries but num_hidden_layers is %d", key, len, n);
+        return;
+    }
+    int i = 0;
+    for (const cJSON *it = v->child; it && !r->failed; it = it->next, i++) {
+        double d = cJSON_IsNumber(it) ? it->valuedouble : 0;
+        if (!cJSON_IsNumber(it) || d != floor(d) || d < lo || d > hi)
+            bad(r, "key '%s' entry %d must be an integer in %d..%d, got %s%.17g", key, i, lo, hi,
+                cJSON_IsNumber(it) ? "" : json_type(it), cJSON_IsNumber(it) ? d : 0.0);
+        else if (i < n)
+            out[i] = (int)d;
+    }
+}
+
+// MiMo-V2's hybrid_layer_pattern (0 full attention, 1 sliding window) and Llama 4's chunked layers:
+// attention_chunk_size with no_rope_layers (1: a RoPE layer, which is chunked; 0: a NoPE layer, which
+// is global), or transformers' default for llama4 (every no_rope_layer_interval-th layer, default 4, is
+// NoPE and global).
+static void read_layer_patterns(Reader *r, ModelGeometry *g, int have_layer_types) {
+    int pat[GEOM_MAX_LAYERS];
+    const cJSON *hp = find(r, "hybrid_layer_pattern");
+    if (hp) {
+        if (have_layer_types) {
+            bad(r, "keys 'layer_types' and 'hybrid_layer_pattern' both say which layers slide; expected one of them");
+            return;
+        }
+        read_int_list(r, hp, "hybrid_layer_pattern", g->n_layers, 0, 0, 1, pat);
+        for (int l = 0; l < g->n_layers && !r->failed; l++) g->layer_kind[l] = pat[l] ? LAYER_LOCAL : LAYER_GLOBAL;
+        if (!r->failed && geometry_count(g, LAYER_LOCAL) > 0 && g->sliding_window <= 0)
+            bad(r, "key 'hybrid_layer_pattern' has sliding layers but key 'sliding_window' is missing");
+    }
+    if (!find(r, "attention_chunk_size")) return;
+    g->attention_chunk_size = get_int(r, "attention_chunk_size", 0);
+    if (!r->failed && g->attention_chunk_size <= 0) {
+        bad(r, "key 'attention_chunk_size' must be positive");
+        return;
+    }
+    if (have_layer_types) {
+        if (!r->failed && geometry_count(g, LAYER_CHUNKED) == 0)
+            bad(r, "key 'attention_chunk_size' is set but 'layer_types' has no 'chunked_attention' layer");
+        return;
+    }
+    if (hp) {
+        bad(r, "keys 'attention_chunk_size' and 'hybrid_layer_pattern' both set: which layers are chunked?");
+        return;
+    }
+    const cJSON *nr = find(r, "no_rope_layers");
+    if (nr && cJSON_IsArray(nr) && cJSON_GetArraySize(nr) > 0) {
+        read_int_list(r, nr, "no_rope_layers", g->n_layers, 0, 0, 1, pat);
+    } else if (is_llama4(r)) {
+        int every = find(r, "no_rope_layer_interval") ? get_int(r, "no_rope_layer_interval", 0) : 4;
+        if (!r->failed && every <= 0) bad(r, "key 'no_rope_layer_interval' must be positive");
+        for (int l = 0; l < g->n_layers && !r->failed; l++) pat[l] = (l + 1) % every != 0;
+    } else {
+        bad(r, "key 'attention_chunk_size' is set but neither 'no_rope_layers' nor 'layer_types' says which layers "
+               "are chunked");
+    }
+    for (int l = 0; l < g->n_layers && !r->failed; l++) g->layer_kind[l] = pat[l] ? LAYER_CHUNKED : LAYER_GLOBAL;
 }
 
 // Which layers slide, and over how many tokens.
 static void read_windows(Reader *r, const Family *fam, ModelGeometry *g) {
     // Qwen2/Qwen3 ship "sliding_window": 131072 with "use_sliding_window": false: the window is off.
     int use_sliding = get_bool(r, "use_sliding_window", 1);
-    g->sliding_window = use_sliding ? get_int(r, "sliding_window", 0) : 0;
+    // MiMo-V2 spells it sliding_window_size too
+    g->sliding_window = use_sliding ? get_int(r, which(r, "sliding_window", "sliding_window_size"), 0) : 0;
     const cJSON *lt = find(r, "layer_types");
     if (lt) {
         read_layer_types(r, lt, g);
         if (!r->failed && geometry_count(g, LAYER_LOCAL) > 0 && g->sliding_window == 0)
             bad(r, "key 'layer_types' has sliding layers but key 'sliding_window' is %s",
                 use_sliding ? "missing" : "switched off by use_sliding_window");
+        read_layer_patterns(r, g, 1);
+        return;
+    }
+    if (find(r, "hybrid_layer_pattern") || find(r, "attention_chunk_size")) {
+        read_layer_patterns(r, g, 0);
         return;
     }
     if (g->sliding_window == 0) return;   // every layer global
@@ -301,17 +404,120 @@ static void read_mla_dsa(Reader *r, ModelGeometry *g) {
         g->qk_nope_head_dim = get_int(r, "qk_nope_head_dim", 0);
         g->v_head_dim = get_required(r, "v_head_dim", NULL);
         // MLA's per-head query/key width; a config's own "head_dim" means different things per family.
-        g->head_dim = g->qk_nope_head_dim + g->qk_rope_head_dim;
+        // Summed in 64 bits: two huge but valid numbers must be an error, not a wrapped int.
+        long long hd = (long long)g->qk_nope_head_dim + g->qk_rope_head_dim;
+        if (hd > 1 << 24)
+            bad(r, "keys 'qk_nope_head_dim' + 'qk_rope_head_dim' (%d + %d) are too large", g->qk_nope_head_dim,
+                g->qk_rope_head_dim);
+        else
+            g->head_dim = (int)hd;
+    } else if (find(r, "compress_ratios")) {
+        // DeepSeek V4: no latent; one shared KV head of head_dim whose last qk_rope_head_dim dims rotate,
+        // and a low-rank query (q_lora_rank)
+        g->q_lora_rank = get_int(r, "q_lora_rank", 0);
+        int rope = get_required(r, "qk_rope_head_dim", NULL);
+        if (!r->failed && (rope <= 0 || rope > g->head_dim))
+            bad(r, "key 'qk_rope_head_dim' is %d, expected 1..head_dim (%d)", rope, g->head_dim);
+        else if (!r->failed)
+            g->partial_rotary_factor = (double)rope / g->head_dim;
     } else {
         static const char *mla_keys[] = {"qk_rope_head_dim", "qk_nope_head_dim", "q_lora_rank"};
         for (int k = 0; k < 3; k++)
             if (find(r, mla_keys[k])) bad(r, "key '%s' is set but key 'kv_lora_rank' (MLA) is missing", mla_keys[k]);
+        g->v_head_dim = get_int(r, "v_head_dim", 0);   // MiMo-V2: V narrower than K in plain GQA layers
     }
     if (find(r, "index_n_heads") || find(r, "index_head_dim") || find(r, "index_topk")) {
         g->index_n_heads = get_required(r, "index_n_heads", NULL);
         g->index_head_dim = get_required(r, "index_head_dim", NULL);
         g->index_topk = get_required(r, "index_topk", NULL);
     }
+    // GLM-5.x: per layer "full" (own indexer, caches its key) or "shared" (reuses the top-k of the last
+    // full layer, caches no indexer key)
+    const cJSON *it = find(r, "indexer_types");
+    if (!it || r->failed) return;
+    if (g->index_n_heads == 0) {
+        bad(r, "key 'indexer_types' is set but the model has no indexer (index_n_heads is missing)");
+        return;
+    }
+    if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != g->n_layers) {
+        bad(r, "key 'indexer_types' must be an array of %d strings ('full' or 'shared'), got %s", g->n_layers,
+            cJSON_IsArray(it) ? "another length" : json_type(it));
+        return;
+    }
+    int l = 0;
+    for (const cJSON *e = it->child; e && !r->failed; e = e->next, l++) {
+        const char *v = cJSON_GetStringValue(e);
+        if (v && !strcmp(v, "full")) g->indexer_types[l] = INDEXER_FULL;
+        else if (v && !strcmp(v, "shared")) g->indexer_types[l] = INDEXER_SHARED;
+        else bad(r, "key 'indexer_types' entry %d must be 'full' or 'shared'", l);
+    }
+}
+
+// DeepSeek V4: compress_ratios per layer (entries past num_hidden_layers are its MTP layers). Ratio 0: a
+// sliding-window layer; m >= 2: a compressed layer that also keeps the window of raw tokens. As in V4's
+// inference/model.py, a layer with m == 4 has a lightning indexer and overlapping groups (CSA); any
+// other m has neither (HCA). Every layer has one shared KV head with K = V and learned sinks.
+static void read_compress(Reader *r, ModelGeometry *g) {
+    const cJSON *cr = find(r, "compress_ratios");
+    if (!cr || r->failed) return;
+    int m[GEOM_MAX_LAYERS];
+    read_int_list(r, cr, "compress_ratios", g->n_layers, 1, 0, 65535, m);
+    if (r->failed) return;
+    if (g->sliding_window <= 0) {
+        bad(r, "key 'compress_ratios' is set but key 'sliding_window' (the raw window every layer keeps) is missing");
+        return;
+    }
+    for (int l = 0; l < g->n_layers; l++) {
+        if (m[l] == 1) {
+            bad(r, "key 'compress_ratios' entry %d is 1, expected 0 (window only) or a group size >= 2", l);
+            return;
+        }
+        g->layer_kind[l] = m[l] ? LAYER_COMPRESSED : LAYER_LOCAL;
+        g->compress_ratios[l] = (unsigned short)m[l];
+        g->indexer_types[l] = m[l] == 4 ? INDEXER_FULL : INDEXER_NONE;
+    }
+    if (geometry_count(g, LAYER_COMPRESSED) > 0 && g->n_kv_heads != 1)
+        bad(r, "key 'num_key_value_heads' is %d, but compressed layers keep one shared KV head", g->n_kv_heads);
+    g->kv_one_tensor = 1;
+    g->attention_sinks = SINKS_FULL | SINKS_SLIDING;
+}
+
+// Attention layers with their own KV shapes (MiMo-V2's swa_* keys, Step 3.5's attention_other_setting,
+// Gemma 4's global_* keys), K = V
+// (Gemma 4), cross-layer KV sharing (Gemma 3n / 4) and learned sinks (gpt-oss, MiMo-V2).
+static int member_int(Reader *r, const cJSON *obj, const char *parent, const char *key, int required);
+
+static void read_kv_shapes(Reader *r, ModelGeometry *g) {
+    if (g->attn != ATTN_MLA) {
+        g->swa_num_key_value_heads = get_int(r, "swa_num_key_value_heads", 0);
+        g->swa_head_dim = get_int(r, "swa_head_dim", 0);
+        g->swa_v_head_dim = get_int(r, "swa_v_head_dim", 0);
+        g->num_global_key_value_heads = get_int(r, "num_global_key_value_heads", 0);
+        g->global_head_dim = get_int(r, "global_head_dim", 0);
+    }
+    // Step 3.5: attention_other_setting {num_attention_heads, num_attention_groups, head_dim} of its window
+    // layers
+    const cJSON *other = find(r, "attention_other_setting");
+    if (other && !cJSON_IsObject(other)) bad(r, "key 'attention_other_setting' must be an object, got %s", json_type(other));
+    if (cJSON_IsObject(other) && cJSON_GetObjectItemCaseSensitive(other, "num_attention_groups"))
+        g->swa_num_key_value_heads = member_int(r, other, "attention_other_setting", "num_attention_groups", 1);
+    if (cJSON_IsObject(other) && cJSON_GetObjectItemCaseSensitive(other, "head_dim"))
+        g->swa_head_dim = member_int(r, other, "attention_other_setting", "head_dim", 1);
+    int swa_heads = get_int(r, "swa_num_attention_heads", g->n_heads);
+    if (!r->failed && g->swa_num_key_value_heads > 0 && swa_heads % g->swa_num_key_value_heads != 0)
+        bad(r, "key 'swa_num_attention_heads' (%d) is not divisible by key 'swa_num_key_value_heads' (%d)", swa_heads,
+            g->swa_num_key_value_heads);
+    if (!r->failed && g->num_global_key_value_heads > g->n_heads)
+        bad(r, "key 'num_global_key_value_heads' (%d) exceeds num_attention_heads (%d)", g->num_global_key_value_heads,
+            g->n_heads);
+    g->attention_k_eq_v = get_bool(r, "attention_k_eq_v", 0);
+    g->num_kv_shared_layers = get_int(r, "num_kv_shared_layers", 0);
+    if (!r->failed && g->num_kv_shared_layers >= g->n_layers)
+        bad(r, "key 'num_kv_shared_layers' is %d, expected below num_hidden_layers (%d)", g->num_kv_shared_layers,
+            g->n_layers);
+    if (!strcmp(model_type(r), "gpt_oss")) g->attention_sinks |= SINKS_FULL | SINKS_SLIDING;
+    if (get_bool(r, "add_full_attention_sink_bias", 0)) g->attention_sinks |= SINKS_FULL;
+    if (get_bool(r, "add_swa_attention_sink_bias", 0)) g->attention_sinks |= SINKS_SLIDING;
 }
 
 // ---- linear layers ---------------------------------------------------------------------------------
@@ -471,6 +677,32 @@ static void read_mamba2(Reader *r, const cJSON *pattern, ModelGeometry *g) {
     if (!r->failed) set_linear(g, LINEAR_MAMBA2, hk, hv, dk, dv, conv);
 }
 
+// Ling 2.5 (BailingMoeV2.5, "bailing_moe_linear"): layer_group_size layers per group, the last of each
+// full group softmax attention (MLA when kv_lora_rank is set), the others Lightning attention; layers
+// after the last full group are softmax attention (mlx-lm's bailing_moe_linear is_global rule). The
+// Lightning state is one head_dim x head_dim matrix per attention head, head_dim as the config says.
+static void read_layer_groups(Reader *r, ModelGeometry *g, const char *other, int have_layer_types) {
+    if (other || have_layer_types) {
+        bad(r, "keys 'layer_group_size' and '%s' both say which layers are linear; expected one of them",
+            other ? other : "layer_types");
+        return;
+    }
+    int gs = get_int(r, "layer_group_size", 0);
+    if (r->failed) return;
+    if (gs < 1) {
+        bad(r, "key 'layer_group_size' must be positive");
+        return;
+    }
+    int whole = g->n_layers / gs * gs;
+    for (int l = 0; l < g->n_layers; l++)
+        g->layer_kind[l] = (l + 1) % gs == 0 || l >= whole ? LAYER_GLOBAL : LAYER_LINEAR;
+    int dh = find(r, "head_dim") ? get_int(r, "head_dim", 0) : g->d_model / g->n_heads;
+    if (!r->failed && dh <= 0) bad(r, "key 'head_dim' must be positive");
+    if (!r->failed && geometry_count(g, LAYER_LINEAR) > 0) set_linear(g, LINEAR_LIGHTNING, g->n_heads, g->n_heads, dh, dh, 0);
+    int state_bytes = read_state_dtype_bytes(r);
+    if (g->linear_kind != LINEAR_NONE) g->state_dtype_bytes = state_bytes;
+}
+
 // Which layers are linear, and their state dimensions. Returns with g untouched for a plain model.
 static void read_linear(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
     static const char *gdn_keys[] = {"linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -491,6 +723,10 @@ static void read_linear(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
         first = layouts[k];
     }
     int have_layer_types = find(r, "layer_types") != NULL;
+    if (find(r, "layer_group_size")) {
+        read_layer_groups(r, g, first, have_layer_types);
+        return;
+    }
     if (have_layer_types && first && first != gdn) {
         bad(r, "keys 'layer_types' and '%s' both say which layers are linear; expected one of them", first);
         return;
@@ -510,7 +746,8 @@ static void read_linear(Reader *r, const Hybrid *hyb, ModelGeometry *g) {
             return;
         }
     }
-    if (layouts[2] || (!first && geometry_count(g, LAYER_LINEAR) > 0))
+    // (MiniMax-M2's attn_type_list is all 1: every layer softmax, no Lightning state at all)
+    if ((layouts[2] || !first) && geometry_count(g, LAYER_LINEAR) > 0)
         set_linear(g, LINEAR_LIGHTNING, g->n_heads, g->n_heads, g->head_dim, g->head_dim, 0);
     int state_bytes = read_state_dtype_bytes(r);   // checked even where unused: a bad value is still wrong
     if (g->linear_kind != LINEAR_NONE) g->state_dtype_bytes = state_bytes;
@@ -524,9 +761,12 @@ static void read_attention_extras(Reader *r, const Hybrid *hyb, ModelGeometry *g
         g->qk_norm = QK_NORM_ZERO_CENTRED;
     } else if (get_bool(r, "attn_output_gate", 0)) {
         g->attn_output_gate = GATE_ELEMENTWISE;
+    } else if (get_bool(r, "use_head_wise_attn_gate", 0)) {
+        g->attn_output_gate = GATE_HEADWISE;   // Step 3.5: one sigmoid gate per head
     }
     const cJSON *rp = find(r, "rope_parameters");
-    double f = cJSON_IsObject(rp) ? get_double(r, rp, "partial_rotary_factor", 0.0) : 0.0;
+    double f = g->partial_rotary_factor;   // DeepSeek V4 sets it from qk_rope_head_dim
+    if (cJSON_IsObject(rp)) f = get_double(r, rp, "partial_rotary_factor", f);
     f = get_double(r, NULL, "partial_rotary_factor", f);
     if (find(r, "rotary_dim") && g->head_dim > 0) {
         int rd = get_int(r, "rotary_dim", 0);
@@ -567,10 +807,62 @@ static void set_name(ModelGeometry *g, const Reader *r, const char *label, const
     snprintf(g->name, sizeof g->name, "%.*s", (int)n, base);
 }
 
-int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const char *name, char *err,
-                   size_t cap) {
+// Applies one "key=value" override to the parsed config: value is JSON (a number, true, a list, ...) or
+// else a plain string; "a.b" reaches into nested objects. The key goes where the reader looks first
+// (text_config, when the config has one and the key is not only at the top level). Its first segment
+// is written to top (for the consulted-key check).
+static void apply_set(Reader *r, cJSON *root, const char *set, char *top, size_t top_cap) {
+    const char *eq = strchr(set, '=');
+    if (!eq || eq == set) {
+        bad(r, "--set '%s': expected key=value", set);
+        return;
+    }
+    char key[256];
+    if ((size_t)(eq - set) >= sizeof key) {
+        bad(r, "--set: key too long");
+        return;
+    }
+    snprintf(key, sizeof key, "%.*s", (int)(eq - set), set);
+    const char *end = NULL;
+    cJSON *val = cJSON_ParseWithOpts(eq + 1, &end, 1);
+    if (!val) val = cJSON_CreateString(eq + 1);
+    if (!val) {
+        bad(r, "out of memory");
+        return;
+    }
+    char *seg = key, *dot = strchr(seg, '.');
+    if (dot) *dot = '\0';
+    snprintf(top, top_cap, "%s", seg);
+    cJSON *obj = root, *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    if (cJSON_IsObject(tc) && (cJSON_GetObjectItemCaseSensitive(tc, seg) || !cJSON_GetObjectItemCaseSensitive(root, seg)))
+        obj = tc;
+    while (dot) {
+        cJSON *next = cJSON_GetObjectItemCaseSensitive(obj, seg);
+        if (!next) next = cJSON_AddObjectToObject(obj, seg);
+        if (!cJSON_IsObject(next)) {
+            bad(r, "--set '%s': key '%s' is not an object", set, seg);
+            cJSON_Delete(val);
+            return;
+        }
+        obj = next;
+        seg = dot + 1;
+        dot = strchr(seg, '.');
+        if (dot) *dot = '\0';
+    }
+    if (!*seg) {
+        bad(r, "--set '%s': empty key", set);
+        cJSON_Delete(val);
+        return;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(obj, seg)) cJSON_ReplaceItemInObjectCaseSensitive(obj, seg, val);
+    else cJSON_AddItemToObject(obj, seg, val);
+}
+
+static int parse_with_sets(ModelGeometry *g, const char *json, const char *label, const char *name,
+                           const char *const *sets, int n_sets, char *err, size_t cap) {
     if (err && cap) err[0] = '\0';
-    Reader r = {.label = label ? label : "config", .err = err, .cap = cap};
+    Consulted seen = {.n = 0};
+    Reader r = {.label = label ? label : "config", .err = err, .cap = cap, .seen = &seen};
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
     if (!root) {
@@ -580,6 +872,16 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
         return bad(&r, "invalid JSON at line %d, column %d", line, col);
     }
     memset(g, 0, sizeof *g);
+    char tops[16][256];
+    int in_file[16] = {0};
+    if (n_sets > 16) n_sets = 16, bad(&r, "--set: at most 16 overrides");
+    for (int i = 0; i < n_sets && !r.failed && cJSON_IsObject(root); i++) {
+        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+        apply_set(&r, root, sets[i], tops[i], sizeof tops[i]);
+        in_file[i] = cJSON_GetObjectItemCaseSensitive(root, tops[i]) != NULL ||
+                     (cJSON_IsObject(tc) && cJSON_GetObjectItemCaseSensitive(tc, tops[i]) != NULL);
+    }
+    if (r.failed) goto done;
     r.root = r.cfg = root;
     if (!cJSON_IsObject(root)) {
         bad(&r, "expected a JSON object at the top level, got %s", json_type(root));
@@ -615,7 +917,8 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
     }
     // MQA was once spelled "multi_query": true (GPT-BigCode, Falcon).
     int kv_default = get_bool(&r, "multi_query", 0) ? 1 : g->n_heads;
-    g->n_kv_heads = get_int(&r, "num_key_value_heads", kv_default);
+    // Step 3.5 calls them num_attention_groups
+    g->n_kv_heads = get_int(&r, which(&r, "num_key_value_heads", "num_attention_groups"), kv_default);
     if (find(&r, "head_dim")) {
         g->head_dim = get_int(&r, "head_dim", 0);
     } else if (g->d_model % g->n_heads != 0) {
@@ -631,6 +934,8 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
     g->max_seq_len = get_int(&r, mk, fam ? fam->max_position_embeddings : 0);
     read_mla_dsa(&r, g);
     read_windows(&r, fam, g);
+    read_compress(&r, g);
+    read_kv_shapes(&r, g);
     read_linear(&r, hyb, g);
     read_attention_extras(&r, hyb, g);
     read_rope(&r, fam, g);
@@ -639,16 +944,33 @@ int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const 
     if (r.failed) goto done;
     char why[256];
     if (!geometry_validate(g, why, sizeof why)) bad(&r, "%s", why);
+    // An override of a key the reader never looks at would change nothing: say so instead.
+    for (int i = 0; i < n_sets && !r.failed; i++) {
+        int used = 0;
+        for (int k = 0; k < seen.n && !used; k++) used = !strcmp(seen.keys[k], tops[i]);
+        (void)in_file;
+        if (!used) bad(&r, "--set: key '%s' does not change the cache (the reader never uses it)", tops[i]);
+    }
 done:
     cJSON_Delete(root);
     return r.failed ? -1 : 0;
 }
 
+int hfconfig_parse(ModelGeometry *g, const char *json, const char *label, const char *name, char *err,
+                   size_t cap) {
+    return parse_with_sets(g, json, label, name, NULL, 0, err, cap);
+}
+
 int hfconfig_load(ModelGeometry *g, const char *path, char *err, size_t cap) {
+    return hfconfig_load_set(g, path, NULL, 0, err, cap);
+}
+
+int hfconfig_load_set(ModelGeometry *g, const char *path, const char *const *sets, int n_sets, char *err, size_t cap) {
     enum { MAX_BYTES = 16 << 20 };   // real config.json files are a few KiB; refuse anything huge
-    FILE *f = fopen(path, "rb");
+    char why[256];
+    FILE *f = open_regular(path, NULL, why, sizeof why);
     if (!f) {
-        snprintf(err, cap, "%s: cannot open: %s", path, strerror(errno));
+        snprintf(err, cap, "%s: %s", path, why);
         return -1;
     }
     char *text = malloc(MAX_BYTES + 1);
@@ -668,7 +990,7 @@ int hfconfig_load(ModelGeometry *g, const char *path, char *err, size_t cap) {
         free(text);
         return -1;
     }
-    int rc = hfconfig_parse(g, text, path, NULL, err, cap);
+    int rc = parse_with_sets(g, text, path, NULL, sets, n_sets, err, cap);
     free(text);
     return rc;
 }

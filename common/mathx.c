@@ -9,7 +9,6 @@
 #include "mathx.h"
 #include "check.h"
 
-#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -60,29 +59,6 @@ enum { MR = 6, NR = 16, KC = 256, MC = 96, NC = 256 };
 // GEMM serves all three forms: A or B transposed is just the strides swapped.
 typedef struct { const float *p; long rs, cs; } StridedMat;
 
-// o[q] = element q of each of the eight rows r0..r7: an 8x8 transpose in registers.
-static inline void transpose8(__m256 o[8], __m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5,
-                              __m256 r6, __m256 r7) {
-    // pairs of rows interleaved, then groups of four: s_q holds k = q (low lane) and q + 4 (high lane)
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    // rows 0-3 sit in s0..s3, rows 4-7 in s4..s7: swapping 128-bit lanes finishes the transpose
-    o[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    o[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    o[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    o[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    o[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    o[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    o[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    o[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
 // Ap (MR-row panels, each kc x MR, zero padded) <- A[i0 : i0+mc, k0 : k0+kc]
 static void pack_a(float *Ap, StridedMat A, int i0, int mc, int k0, int kc) {
     for (int ip = 0; ip < mc; ip += MR) {
@@ -97,11 +73,10 @@ static void pack_a(float *Ap, StridedMat A, int i0, int mc, int k0, int kc) {
             for (; k + 8 <= kc; k += 8) {
                 // 8x8 transpose of the six rows (two dummies); each 8-wide store leaves two junk floats
                 // that the next store (or the next panel, or the Ap slack) overwrites
-                __m256 o[8];
-                transpose8(o, _mm256_loadu_ps(r0 + k), _mm256_loadu_ps(r1 + k), _mm256_loadu_ps(r2 + k),
-                           _mm256_loadu_ps(r3 + k), _mm256_loadu_ps(r4 + k), _mm256_loadu_ps(r5 + k),
-                           _mm256_setzero_ps(), _mm256_setzero_ps());
-                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (k + q) * MR, o[q]);
+                v8f in[8] = {v8_load(r0 + k), v8_load(r1 + k), v8_load(r2 + k), v8_load(r3 + k),
+                             v8_load(r4 + k), v8_load(r5 + k), v8_zero(), v8_zero()}, o[8];
+                v8_transpose(o, in);
+                for (int q = 0; q < 8; q++) v8_store(dst + (k + q) * MR, o[q]);
             }
             for (; k < kc; k++) {
                 dst[k * MR + 0] = r0[k]; dst[k * MR + 1] = r1[k]; dst[k * MR + 2] = r2[k];
@@ -126,11 +101,10 @@ static void pack_b_panel(float *dst, StridedMat B, int k0, int kc, int j0, int n
             for (int h = 0; h < 2; h++) {
                 const float *b = B.p + (long)(j0 + 8 * h) * B.cs + k0 + k;
                 long st = B.cs;
-                __m256 o[8];
-                transpose8(o, _mm256_loadu_ps(b), _mm256_loadu_ps(b + st), _mm256_loadu_ps(b + 2 * st),
-                           _mm256_loadu_ps(b + 3 * st), _mm256_loadu_ps(b + 4 * st), _mm256_loadu_ps(b + 5 * st),
-                           _mm256_loadu_ps(b + 6 * st), _mm256_loadu_ps(b + 7 * st));
-                for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (k + q) * NR + 8 * h, o[q]);
+                v8f in[8], o[8];
+                for (int q = 0; q < 8; q++) in[q] = v8_load(b + q * st);
+                v8_transpose(o, in);
+                for (int q = 0; q < 8; q++) v8_store(dst + (k + q) * NR + 8 * h, o[q]);
             }
         }
         for (; k < kc; k++)
@@ -161,34 +135,34 @@ static void pack_b(float *Bp, StridedMat B, int k0, int kc, int j0, int nt) {
 
 // C (MR x NR tile, row stride ldc) = (load ? C : 0) + Ap (kc x MR) . Bp (kc x NR), one FMA per k in order.
 static void kernel_6x16(float *C, long ldc, const float *Ap, const float *Bp, int kc, int load) {
-    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    v8f c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (load) {
-        c00 = _mm256_loadu_ps(C + 0 * ldc); c01 = _mm256_loadu_ps(C + 0 * ldc + 8);
-        c10 = _mm256_loadu_ps(C + 1 * ldc); c11 = _mm256_loadu_ps(C + 1 * ldc + 8);
-        c20 = _mm256_loadu_ps(C + 2 * ldc); c21 = _mm256_loadu_ps(C + 2 * ldc + 8);
-        c30 = _mm256_loadu_ps(C + 3 * ldc); c31 = _mm256_loadu_ps(C + 3 * ldc + 8);
-        c40 = _mm256_loadu_ps(C + 4 * ldc); c41 = _mm256_loadu_ps(C + 4 * ldc + 8);
-        c50 = _mm256_loadu_ps(C + 5 * ldc); c51 = _mm256_loadu_ps(C + 5 * ldc + 8);
+        c00 = v8_load(C + 0 * ldc); c01 = v8_load(C + 0 * ldc + 8);
+        c10 = v8_load(C + 1 * ldc); c11 = v8_load(C + 1 * ldc + 8);
+        c20 = v8_load(C + 2 * ldc); c21 = v8_load(C + 2 * ldc + 8);
+        c30 = v8_load(C + 3 * ldc); c31 = v8_load(C + 3 * ldc + 8);
+        c40 = v8_load(C + 4 * ldc); c41 = v8_load(C + 4 * ldc + 8);
+        c50 = v8_load(C + 5 * ldc); c51 = v8_load(C + 5 * ldc + 8);
     } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = v8_zero();
     }
     for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(Bp), b1 = _mm256_load_ps(Bp + 8), a;
-        a = _mm256_broadcast_ss(Ap + 0); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(Ap + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(Ap + 2); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(Ap + 3); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
-        a = _mm256_broadcast_ss(Ap + 4); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
-        a = _mm256_broadcast_ss(Ap + 5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+        v8f b0 = v8_load(Bp), b1 = v8_load(Bp + 8), a;
+        a = v8_set1(Ap[0]); c00 = v8_fma(a, b0, c00); c01 = v8_fma(a, b1, c01);
+        a = v8_set1(Ap[1]); c10 = v8_fma(a, b0, c10); c11 = v8_fma(a, b1, c11);
+        a = v8_set1(Ap[2]); c20 = v8_fma(a, b0, c20); c21 = v8_fma(a, b1, c21);
+        a = v8_set1(Ap[3]); c30 = v8_fma(a, b0, c30); c31 = v8_fma(a, b1, c31);
+        a = v8_set1(Ap[4]); c40 = v8_fma(a, b0, c40); c41 = v8_fma(a, b1, c41);
+        a = v8_set1(Ap[5]); c50 = v8_fma(a, b0, c50); c51 = v8_fma(a, b1, c51);
         Ap += MR;
         Bp += NR;
     }
-    _mm256_storeu_ps(C + 0 * ldc, c00); _mm256_storeu_ps(C + 0 * ldc + 8, c01);
-    _mm256_storeu_ps(C + 1 * ldc, c10); _mm256_storeu_ps(C + 1 * ldc + 8, c11);
-    _mm256_storeu_ps(C + 2 * ldc, c20); _mm256_storeu_ps(C + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(C + 3 * ldc, c30); _mm256_storeu_ps(C + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(C + 4 * ldc, c40); _mm256_storeu_ps(C + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(C + 5 * ldc, c50); _mm256_storeu_ps(C + 5 * ldc + 8, c51);
+    v8_store(C + 0 * ldc, c00); v8_store(C + 0 * ldc + 8, c01);
+    v8_store(C + 1 * ldc, c10); v8_store(C + 1 * ldc + 8, c11);
+    v8_store(C + 2 * ldc, c20); v8_store(C + 2 * ldc + 8, c21);
+    v8_store(C + 3 * ldc, c30); v8_store(C + 3 * ldc + 8, c31);
+    v8_store(C + 4 * ldc, c40); v8_store(C + 4 * ldc + 8, c41);
+    v8_store(C + 5 * ldc, c50); v8_store(C + 5 * ldc + 8, c51);
 }
 
 // A partial tile (m < MR or n < NR) goes through a full 6x16 scratch tile; the padding is zeros, so
@@ -233,32 +207,28 @@ enum { SMALL_M = 4 };
 static void gemm_small_m(float *C, StridedMat A, StridedMat B, int M, int K, int N, int accumulate, int j0, int j1) {
     int j = j0;
     for (; j + 8 <= j1; j += 8) {
-        __m256 c[SMALL_M];
-        for (int i = 0; i < M; i++) c[i] = accumulate ? _mm256_loadu_ps(C + (long)i * N + j) : _mm256_setzero_ps();
+        v8f c[SMALL_M];
+        for (int i = 0; i < M; i++) c[i] = accumulate ? v8_load(C + (long)i * N + j) : v8_zero();
         int k = 0;
         if (B.rs == 1) {
             // B^T: the 8 columns are 8 rows of the weight; transpose 8 k at a time
             const float *b = B.p + (long)j * B.cs;
             long st = B.cs;
             for (; k + 8 <= K; k += 8) {
-                __m256 o[8];
-                transpose8(o, _mm256_loadu_ps(b + k), _mm256_loadu_ps(b + st + k), _mm256_loadu_ps(b + 2 * st + k),
-                           _mm256_loadu_ps(b + 3 * st + k), _mm256_loadu_ps(b + 4 * st + k),
-                           _mm256_loadu_ps(b + 5 * st + k), _mm256_loadu_ps(b + 6 * st + k),
-                           _mm256_loadu_ps(b + 7 * st + k));
+                v8f in[8], o[8];
+                for (int q = 0; q < 8; q++) in[q] = v8_load(b + q * st + k);
+                v8_transpose(o, in);
                 for (int q = 0; q < 8; q++)
-                    for (int i = 0; i < M; i++)
-                        c[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(A.p + i * A.rs + (long)(k + q) * A.cs), o[q], c[i]);
+                    for (int i = 0; i < M; i++) c[i] = v8_fma(v8_set1(A.p[i * A.rs + (long)(k + q) * A.cs]), o[q], c[i]);
             }
         }
         for (; k < K; k++) {
-            _Alignas(32) float bk[8];
+            float bk[8];
             for (int q = 0; q < 8; q++) bk[q] = B.p[(long)k * B.rs + (long)(j + q) * B.cs];
-            __m256 bv = _mm256_load_ps(bk);
-            for (int i = 0; i < M; i++)
-                c[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(A.p + i * A.rs + (long)k * A.cs), bv, c[i]);
+            v8f bv = v8_load(bk);
+            for (int i = 0; i < M; i++) c[i] = v8_fma(v8_set1(A.p[i * A.rs + (long)k * A.cs]), bv, c[i]);
         }
-        for (int i = 0; i < M; i++) _mm256_storeu_ps(C + (long)i * N + j, c[i]);
+        for (int i = 0; i < M; i++) v8_store(C + (long)i * N + j, c[i]);
     }
     // the last < 8 columns one by one: a scalar fmaf rounds exactly like one lane of the vector FMA
     for (; j < j1; j++) {
@@ -659,14 +629,85 @@ static void elementwise(ElemFn fn, float *out, const float *a, const float *x, l
 
 static void silu_fwd(float *out, const float *unused, const float *x, long n) {
     (void)unused;
-    for (long i = 0; i < n; i++) out[i] = siluf_(x[i]);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f v = v8_load(x + i);
+        v8_store(out + i, v8_mul(v, v8_sigmoid(v)));
+    }
+    if (i < n) {
+        v8f v = v8_load_partial(x + i, (int)(n - i), 0.0f);
+        v8_store_partial(out + i, v8_mul(v, v8_sigmoid(v)), (int)(n - i));
+    }
 }
 
 // d/dx x s(x) = s (1 + x (1 - s))
+static inline v8f silu_grad(v8f x) {
+    v8f s = v8_sigmoid(x), one = v8_set1(1.0f);
+    return v8_mul(s, v8_add(one, v8_mul(x, v8_sub(one, s))));
+}
+
 static void silu_bwd(float *dx, const float *dout, const float *x, long n) {
-    for (long i = 0; i < n; i++) {
-        float s = sigmoidf_(x[i]);
-        dx[i] += dout[i] * s * (1.0f + x[i] * (1.0f - s));
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        v8_store(dx + i, v8_add(v8_load(dx + i), v8_mul(v8_load(dout + i), silu_grad(v8_load(x + i)))));
+    if (i < n) {
+        int r = (int)(n - i);
+        v8f g = v8_mul(v8_load_partial(dout + i, r, 0.0f), silu_grad(v8_load_partial(x + i, r, 0.0f)));
+        v8_store_partial(dx + i, v8_add(v8_load_partial(dx + i, r, 0.0f), g), r);
+    }
+}
+
+// h = silu(gate) * up over [0, n): `a` is up, x is gate
+static void swiglu_fwd(float *h, const float *up, const float *gate, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f g = v8_load(gate + i);
+        v8_store(h + i, v8_mul(v8_mul(g, v8_sigmoid(g)), v8_load(up + i)));
+    }
+    if (i < n) {
+        int r = (int)(n - i);
+        v8f g = v8_load_partial(gate + i, r, 0.0f);
+        v8_store_partial(h + i, v8_mul(v8_mul(g, v8_sigmoid(g)), v8_load_partial(up + i, r, 0.0f)), r);
+    }
+}
+
+void swiglu_forward(float *h, const float *gate, const float *up, long n) { elementwise(swiglu_fwd, h, up, gate, n); }
+
+// one block of the backward: dgate, dup from dh, gate, up
+static inline void swiglu_bwd8(float *dgate, float *dup, v8f d, v8f g, v8f u, int r) {
+    v8f one = v8_set1(1.0f), s = v8_sigmoid(g);
+    v8f dg = v8_mul(v8_mul(v8_mul(d, u), s), v8_add(one, v8_mul(g, v8_sub(one, s)))), du = v8_mul(v8_mul(d, g), s);
+    if (r == 8) {
+        v8_store(dup, du);
+        v8_store(dgate, dg);
+    } else {
+        v8_store_partial(dup, du, r);
+        v8_store_partial(dgate, dg, r);
+    }
+}
+
+// one block of the backward: dgate, dup from dh, gate, up
+static void swiglu_bwd_block(float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        swiglu_bwd8(dgate + i, dup + i, v8_load(dh + i), v8_load(gate + i), v8_load(up + i), 8);
+    if (i < n) {
+        int r = (int)(n - i);
+        swiglu_bwd8(dgate + i, dup + i, v8_load_partial(dh + i, r, 0.0f), v8_load_partial(gate + i, r, 0.0f),
+                    v8_load_partial(up + i, r, 0.0f), r);
+    }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n) {
+    if (use_threads(n, ELEM_PAR_MIN)) {
+        long n_blocks = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+        #pragma omp parallel for schedule(static)
+        for (long b = 0; b < n_blocks; b++) {
+            long lo = b * ELEM_BLOCK, len = n - lo < ELEM_BLOCK ? n - lo : ELEM_BLOCK;
+            swiglu_bwd_block(dgate + lo, dup + lo, dh + lo, gate + lo, up + lo, len);
+        }
+    } else {
+        swiglu_bwd_block(dgate, dup, dh, gate, up, n);
     }
 }
 

@@ -27,18 +27,9 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
                      const float *inp, const float *weight, int N, int C, int OC);
 
 // ---- dot product --------------------------------------------------------------------------------
-// a . b over n floats as 8 interleaved partial sums added in a fixed order: the same bits on every call
-// (so a forward and a decode step score a key identically), and the 8 sums fit one vector register. One
-// running sum would be a chain of dependent adds, 4 cycles each. Inline: it sits in the inner loops of
-// the attention scores and of the linear-attention backward.
-static inline float dot_f32(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int c = 0;
-    for (; c + 8 <= n; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
-    for (; c < n; c++) acc[c % 8] += a[c] * b[c];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
+// dot_f32 (a . b in eight FMA lanes joined by one fixed tree) and axpy_f32 live in simd.h, with the
+// vector type they are written in.
+#include "simd.h"
 
 // ---- softmax ------------------------------------------------------------------------------------
 // One row of n logits -> probabilities. mask[j] != 0 means key j is visible (mask may be NULL: all
@@ -76,9 +67,15 @@ typedef enum { ROPE_INTERLEAVED = 0, ROPE_HALF = 1 } RopeStyle;
 void rope_apply(float *x, int pos, int n_rot, double theta, RopeStyle style, int inverse);
 
 // ---- activations --------------------------------------------------------------------------------
+// sigmoidf_ and siluf_ are the scalar forms (libm's expf); silu_forward/backward and the SwiGLU pair run
+// eight at a time on simd.h's v8_exp, the same bits for any n and any thread count.
 static inline float sigmoidf_(float x) { return 1.0f / (1.0f + __builtin_expf(-x)); }
 static inline float siluf_(float x) { return x * sigmoidf_(x); }
 void silu_forward(float *out, const float *x, long n);
 void silu_backward(float *dx, const float *dout, const float *x, long n);   // dx += ...
+// The SwiGLU MLP's gate: h = silu(gate) * up; and its backward (writes, does not accumulate):
+// dgate = dh * up * s (1 + gate (1 - s)), dup = dh * gate * s, s = sigmoid(gate).
+void swiglu_forward(float *h, const float *gate, const float *up, long n);
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n);
 void gelu_forward(float *out, const float *x, long n);                      // tanh approximation
 void gelu_backward(float *dx, const float *dout, const float *x, long n);   // dx += ...

@@ -25,6 +25,12 @@ typedef struct MixerCache MixerCache;   // mechanism-private
 
 typedef struct {
     const char *name;     // "gqa", "mla", ...
+    // Whether this mixer can run layer `layer` of g: 1 if so, else 0 with a one-line reason naming the
+    // geometry key at fault ("qk_rope_head_dim 3 must be even (RoPE rotates pairs)"). model_new and
+    // model_load ask it for every layer before anything else touches g, so a weights file whose
+    // metadata is impossible for its mixer is a user error naming the file, never a CHECK inside the
+    // mixer. Every other function here may assume it returned 1.
+    int (*validate)(const ModelGeometry *g, int layer, char *why, size_t cap);
     // Parameter tensors of layer `layer`: fills out[0..n) (n <= cap) and returns n. The parameter
     // count is the sum of their sizes; tensors are laid out back to back in this order.
     int (*param_tensors)(const ModelGeometry *g, int layer, ParamTensor *out, int cap);
@@ -58,3 +64,16 @@ struct Mixer {
 
 // Total floats of a mixer's parameters (sum of its tensors).
 size_t mixer_n_params(const MixerOps *ops, const ModelGeometry *g, int layer);
+
+// ---- for validate ---------------------------------------------------------------------------------
+// Writes the formatted reason into why and returns 0, so a check reads `return mixer_fail(...)`.
+int mixer_fail(char *why, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// The layer_kind name of layer `layer` ("global", "local", "linear", "compressed", "none").
+const char *mixer_layer_kind_name(const ModelGeometry *g, int layer);
+// Checks shared by the attention mixers: layer `layer` is global (or local when local_ok) attention,
+// the geometry's attn is `attn`, n_heads is a positive multiple of n_kv_heads. who: the mixer's name.
+int mixer_validate_attention(const ModelGeometry *g, int layer, const char *who, int attn, int local_ok,
+                             char *why, size_t cap);
+// Checks shared by the linear mixers: layer `layer` is a linear layer, linear_kind is `kind`, the four
+// state dims are positive and linear_num_value_heads is a multiple of linear_num_key_heads.
+int mixer_validate_linear(const ModelGeometry *g, int layer, const char *who, int kind, char *why, size_t cap);

@@ -7,11 +7,17 @@
 #include "safetensors.h"
 
 #include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MODEL_FORMAT "attention-tiny-lm/1"
+#define MODEL_FORMAT "attention-tiny-lm/2"
+#define MODEL_FORMAT_1 "attention-tiny-lm/1"   // integer kind codes, train.loss_curve: still read
+// The largest head count or per-head width a weights file may declare: any two multiplied stay in int.
+#define MODEL_MAX_DIM (1 << 14)
 // Elementwise loops go parallel past this many elements (below it a parallel region costs more).
 #define ELEMS_PAR_MIN (1L << 15)
 
@@ -121,22 +127,74 @@ static Model *model_create(const ModelGeometry *g, const MixerOps *const *mixers
     return m;
 }
 
-// 0 if the model's own dimensions are usable (the mixers check theirs), else -1 with the reason.
+// 0 if every dimension is in a range the code can multiply without overflow (two fields' product stays
+// below 2^31, so no int size inside a mixer can wrap) and the model's own dimensions are usable, else -1
+// with the reason naming the key. The mixers check the rest (mixer_check).
 static int model_check_geometry(const ModelGeometry *g, char *why, size_t cap) {
-    if (g->n_layers < 1 || g->n_layers > GEOM_MAX_LAYERS) {
-        snprintf(why, cap, "n_layers %d out of range [1, %d]", g->n_layers, GEOM_MAX_LAYERS);
+    static const struct { const char *key; size_t off; int lo, hi; } range[] = {
+        {"n_layers", offsetof(ModelGeometry, n_layers), 1, GEOM_MAX_LAYERS},
+        {"d_model", offsetof(ModelGeometry, d_model), 1, 1 << 16},
+        {"d_ff", offsetof(ModelGeometry, d_ff), 1, 1 << 20},
+        {"vocab_size", offsetof(ModelGeometry, vocab_size), 1, 1 << 20},
+        {"max_seq_len", offsetof(ModelGeometry, max_seq_len), 1, 1 << 20},
+        {"n_heads", offsetof(ModelGeometry, n_heads), 1, MODEL_MAX_DIM},
+        {"n_kv_heads", offsetof(ModelGeometry, n_kv_heads), 1, MODEL_MAX_DIM},
+        {"head_dim", offsetof(ModelGeometry, head_dim), 1, MODEL_MAX_DIM},
+        {"q_lora_rank", offsetof(ModelGeometry, q_lora_rank), 0, MODEL_MAX_DIM},
+        {"kv_lora_rank", offsetof(ModelGeometry, kv_lora_rank), 0, MODEL_MAX_DIM},
+        {"qk_nope_head_dim", offsetof(ModelGeometry, qk_nope_head_dim), 0, MODEL_MAX_DIM},
+        {"qk_rope_head_dim", offsetof(ModelGeometry, qk_rope_head_dim), 0, MODEL_MAX_DIM},
+        {"v_head_dim", offsetof(ModelGeometry, v_head_dim), 0, MODEL_MAX_DIM},
+        {"sliding_window", offsetof(ModelGeometry, sliding_window), 0, 1 << 20},
+        {"index_n_heads", offsetof(ModelGeometry, index_n_heads), 0, MODEL_MAX_DIM},
+        {"index_head_dim", offsetof(ModelGeometry, index_head_dim), 0, MODEL_MAX_DIM},
+        {"index_topk", offsetof(ModelGeometry, index_topk), 0, 1 << 20},
+        {"linear_num_key_heads", offsetof(ModelGeometry, linear_num_key_heads), 0, MODEL_MAX_DIM},
+        {"linear_num_value_heads", offsetof(ModelGeometry, linear_num_value_heads), 0, MODEL_MAX_DIM},
+        {"linear_key_head_dim", offsetof(ModelGeometry, linear_key_head_dim), 0, MODEL_MAX_DIM},
+        {"linear_value_head_dim", offsetof(ModelGeometry, linear_value_head_dim), 0, MODEL_MAX_DIM},
+        {"linear_conv_kernel_dim", offsetof(ModelGeometry, linear_conv_kernel_dim), 0, 64},
+    };
+    for (size_t i = 0; i < sizeof range / sizeof range[0]; i++) {
+        int v = *(const int *)((const char *)g + range[i].off);
+        if (v < range[i].lo || v > range[i].hi) {
+            snprintf(why, cap, "'%s' %d out of range [%d, %d]", range[i].key, v, range[i].lo, range[i].hi);
+            return -1;
+        }
+    }
+    // RoPE turns pair i by pos * theta^(-2i/n): a base below 1 would make those angles overflow.
+    if (!(g->rope_theta >= 1.0 && isfinite(g->rope_theta))) {
+        snprintf(why, cap, "'rope_theta' %g must be a finite number >= 1", g->rope_theta);
         return -1;
     }
-    if (g->d_model < 1 || g->d_model > 65536) { snprintf(why, cap, "d_model %d out of range", g->d_model); return -1; }
-    if (g->d_ff < 1 || g->d_ff > 1 << 20) { snprintf(why, cap, "d_ff %d out of range", g->d_ff); return -1; }
-    if (g->vocab_size < 1 || g->vocab_size > 1 << 20) { snprintf(why, cap, "vocab_size %d out of range", g->vocab_size); return -1; }
-    if (g->max_seq_len < 1 || g->max_seq_len > 1 << 20) { snprintf(why, cap, "max_seq_len %d out of range", g->max_seq_len); return -1; }
+    if (!(g->rope_local_theta == 0.0 || (g->rope_local_theta >= 1.0 && isfinite(g->rope_local_theta)))) {
+        snprintf(why, cap, "'rope_local_theta' %g must be 0 (same as rope_theta) or a finite number >= 1", g->rope_local_theta);
+        return -1;
+    }
+    if (!(g->partial_rotary_factor >= 0.0 && g->partial_rotary_factor <= 1.0)) {
+        snprintf(why, cap, "'partial_rotary_factor' %g must be in (0, 1] (0: all dims)", g->partial_rotary_factor);
+        return -1;
+    }
     return geometry_validate(g, why, cap) ? 0 : -1;
 }
 
+// 0 if mixers[l] can run layer l for every layer (MixerOps.validate), else -1 with the reason.
+static int mixer_check(const ModelGeometry *g, const MixerOps *const *mixers, char *why, size_t cap) {
+    for (int l = 0; l < g->n_layers; l++) {
+        char r[384];
+        CHECK(mixers[l] && mixers[l]->validate, "layer %d: mixer without a validate hook", l);
+        if (!mixers[l]->validate(g, l, r, sizeof r)) {
+            snprintf(why, cap, "layer %d (mixer '%s'): %s", l, mixers[l]->name, r);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 Model *model_new(const ModelGeometry *g, const MixerOps *const *mixers, uint64_t seed) {
-    char why[256];
-    if (model_check_geometry(g, why, sizeof why) != 0) die_user("model geometry: %s", why);
+    char why[512];
+    if (model_check_geometry(g, why, sizeof why) != 0 || mixer_check(g, mixers, why, sizeof why) != 0)
+        die_user("model geometry: %s", why);
     Model *m = model_create(g, mixers);
     model_init_params(m, seed);
     return m;
@@ -253,9 +311,7 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
         rmsnorm_forward(a->xn2, a->rstd2, a->resid_mid, P + lp->norm2, N, d, MODEL_NORM_EPS);
         linear_forward(a->gate, a->xn2, P + lp->w_gate, NULL, N, d, F);   // (N,F)
         linear_forward(a->up, a->xn2, P + lp->w_up, NULL, N, d, F);       // (N,F)
-        long nf = (long)N * F;
-        #pragma omp parallel for if(nf >= ELEMS_PAR_MIN) schedule(static)
-        for (long i = 0; i < nf; i++) a->h[i] = siluf_(a->gate[i]) * a->up[i];
+        swiglu_forward(a->h, a->gate, a->up, (long)N * F);
         linear_forward(m->scratch, a->h, P + lp->w_down, NULL, N, F, d);  // (N,d)
         add_into(next, a->resid_mid, m->scratch, (long)N * d);
     }
@@ -273,12 +329,15 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
         float *p = m->probs + (size_t)n * V;
         float maxv = lg[0];
         for (int v = 1; v < V; v++) maxv = lg[v] > maxv ? lg[v] : maxv;
-        float sum = 0.0f;
-        for (int v = 0; v < V; v++) {
-            p[v] = expf(lg[v] - maxv);
-            sum += p[v];
+        // exponentials eight at a time (v8_exp), summed in eight lanes joined by v8_sum
+        v8f mv = v8_set1(maxv), acc = v8_zero();
+        for (int v = 0; v < V; v += 8) {
+            int r = V - v < 8 ? V - v : 8;
+            v8f e = v8_exp(v8_sub(v8_load_partial(lg + v, r, -INFINITY), mv));
+            v8_store_partial(p + v, e, r);
+            acc = v8_add(acc, e);
         }
-        float inv = 1.0f / sum;
+        float sum = v8_sum(acc), inv = 1.0f / sum;
         for (int v = 0; v < V; v++) p[v] *= inv;
         int t = targets[n];
         CHECK(t < V, "target %d at position %d outside vocab %d", t, n, V);
@@ -350,14 +409,7 @@ void model_backward(Model *m) {
         // MLP: out = w_down h; h = silu(gate) * up
         memset(m->d_h, 0, sizeof(float) * NF);
         linear_backward(m->d_h, G + lp->w_down, NULL, m->d_resid, a->h, P + lp->w_down, N, F, d);
-        #pragma omp parallel for if((long)NF >= ELEMS_PAR_MIN) schedule(static)
-        for (long i = 0; i < (long)NF; i++) {
-            float s = sigmoidf_(a->gate[i]);
-            float dh = m->d_h[i];
-            m->d_up[i] = dh * a->gate[i] * s;
-            // d silu(x) / dx = s (1 + x (1 - s))
-            m->d_gate[i] = dh * a->up[i] * s * (1.0f + a->gate[i] * (1.0f - s));
-        }
+        swiglu_backward(m->d_gate, m->d_up, m->d_h, a->gate, a->up, (long)NF);
         memset(m->d_xn, 0, sizeof(float) * Nd);
         linear_backward(m->d_xn, G + lp->w_gate, NULL, m->d_gate, a->xn2, P + lp->w_gate, N, d, F);
         linear_backward(m->d_xn, G + lp->w_up, NULL, m->d_up, a->xn2, P + lp->w_up, N, d, F);
@@ -440,7 +492,7 @@ void model_decode(ModelCache *c, float *logits, int token) {
         rmsnorm_forward(c->xn, NULL, c->x, P + lp->norm2, 1, d, MODEL_NORM_EPS);
         linear_forward(c->gate, c->xn, P + lp->w_gate, NULL, 1, d, F);
         linear_forward(c->up, c->xn, P + lp->w_up, NULL, 1, d, F);
-        for (int i = 0; i < F; i++) c->h[i] = siluf_(c->gate[i]) * c->up[i];
+        swiglu_forward(c->h, c->gate, c->up, F);
         linear_forward(c->mlp_out, c->h, P + lp->w_down, NULL, 1, F, d);
         for (int i = 0; i < d; i++) c->x[i] = c->x[i] + c->mlp_out[i];
     }
@@ -450,6 +502,24 @@ void model_decode(ModelCache *c, float *logits, int token) {
 }
 
 // ---- geometry <-> JSON --------------------------------------------------------------------------
+// Format 2 writes every kind as a name and only the fields a model uses (data/weights/README.md lists
+// them with their defaults); the reader also takes format 1's integer codes and full field list.
+
+static const char *const ATTN_NAMES[] = {"gqa", "mla", NULL};
+static const char *const LAYER_NAMES[] = {"global", "local", "linear", "compressed", "none", NULL};
+static const char *const LINEAR_NAMES[] = {"none", "gdn", "kda", "lightning", "mamba2", NULL};
+static const char *const GATE_NAMES[] = {"none", "elementwise", "headwise", NULL};
+static const char *const QK_NORM_NAMES[] = {"none", "rms", "zero_centred", NULL};
+
+// Which kinds of layer the model has: attention with its own head_dim (gqa, gated), MLA, linear.
+static void mixer_families(const ModelGeometry *g, const MixerOps *const *mixers, int *gqa, int *mla, int *linear) {
+    *gqa = *mla = *linear = 0;
+    for (int l = 0; l < g->n_layers; l++) {
+        if (g->layer_kind[l] == LAYER_LINEAR) *linear = 1;
+        else if (!strcmp(mixers[l]->name, "mla") || !strcmp(mixers[l]->name, "dsa")) *mla = 1;
+        else *gqa = 1;
+    }
+}
 
 // Recipe fields of the linear layers, written only when set (older files lack them: 0, the defaults).
 static const struct { const char *key; size_t off; } GEO_DOUBLES[] = {
@@ -461,56 +531,61 @@ static const struct { const char *key; size_t off; } GEO_DOUBLES[] = {
 };
 
 char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers) {
+    int gqa, mla, linear;
+    mixer_families(g, mixers, &gqa, &mla, &linear);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", g->name);
     cJSON_AddNumberToObject(o, "n_layers", g->n_layers);
     cJSON_AddNumberToObject(o, "d_model", g->d_model);
-    cJSON_AddNumberToObject(o, "n_heads", g->n_heads);
-    cJSON_AddNumberToObject(o, "n_kv_heads", g->n_kv_heads);
-    cJSON_AddNumberToObject(o, "head_dim", g->head_dim);
     cJSON_AddNumberToObject(o, "vocab_size", g->vocab_size);
     cJSON_AddNumberToObject(o, "d_ff", g->d_ff);
     cJSON_AddNumberToObject(o, "max_seq_len", g->max_seq_len);
-    cJSON_AddNumberToObject(o, "attn", g->attn);
-    cJSON_AddNumberToObject(o, "q_lora_rank", g->q_lora_rank);
-    cJSON_AddNumberToObject(o, "kv_lora_rank", g->kv_lora_rank);
-    cJSON_AddNumberToObject(o, "qk_nope_head_dim", g->qk_nope_head_dim);
-    cJSON_AddNumberToObject(o, "qk_rope_head_dim", g->qk_rope_head_dim);
-    cJSON_AddNumberToObject(o, "v_head_dim", g->v_head_dim);
-    cJSON_AddNumberToObject(o, "sliding_window", g->sliding_window);
+    cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
     cJSON_AddNumberToObject(o, "rope_theta", g->rope_theta);
-    cJSON_AddNumberToObject(o, "rope_local_theta", g->rope_local_theta);
-    cJSON_AddNumberToObject(o, "index_n_heads", g->index_n_heads);
-    cJSON_AddNumberToObject(o, "index_head_dim", g->index_head_dim);
-    cJSON_AddNumberToObject(o, "index_topk", g->index_topk);
-    // Written for readers of the metadata (derived from the linear_* fields; ignored on load).
-    cJSON_AddNumberToObject(o, "linear_state_elems", (double)geometry_linear_state_elems(g));
-    // Chapter 8+ fields, written only when set, so older models' metadata stays as it was.
-    static const struct { const char *key; size_t off; } extra[] = {
-        {"attn_output_gate", offsetof(ModelGeometry, attn_output_gate)},
-        {"qk_norm", offsetof(ModelGeometry, qk_norm)},
-        {"linear_kind", offsetof(ModelGeometry, linear_kind)},
-        {"linear_num_key_heads", offsetof(ModelGeometry, linear_num_key_heads)},
-        {"linear_num_value_heads", offsetof(ModelGeometry, linear_num_value_heads)},
-        {"linear_key_head_dim", offsetof(ModelGeometry, linear_key_head_dim)},
-        {"linear_value_head_dim", offsetof(ModelGeometry, linear_value_head_dim)},
-        {"linear_conv_kernel_dim", offsetof(ModelGeometry, linear_conv_kernel_dim)},
-        {"state_dtype_bytes", offsetof(ModelGeometry, state_dtype_bytes)},
-    };
-    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
-        int v = *(const int *)((const char *)g + extra[i].off);
-        if (v) cJSON_AddNumberToObject(o, extra[i].key, v);
+    if (g->rope_local_theta > 0.0) cJSON_AddNumberToObject(o, "rope_local_theta", g->rope_local_theta);
+    if (gqa || mla) {   // a linear-only model has no attention heads: their fields would mislead
+        cJSON_AddStringToObject(o, "attn", ATTN_NAMES[g->attn]);
+        cJSON_AddNumberToObject(o, "n_heads", g->n_heads);
     }
+    if (gqa) {
+        cJSON_AddNumberToObject(o, "n_kv_heads", g->n_kv_heads);
+        cJSON_AddNumberToObject(o, "head_dim", g->head_dim);
+    }
+    if (mla) {
+        cJSON_AddNumberToObject(o, "q_lora_rank", g->q_lora_rank);
+        cJSON_AddNumberToObject(o, "kv_lora_rank", g->kv_lora_rank);
+        cJSON_AddNumberToObject(o, "qk_nope_head_dim", g->qk_nope_head_dim);
+        cJSON_AddNumberToObject(o, "qk_rope_head_dim", g->qk_rope_head_dim);
+        cJSON_AddNumberToObject(o, "v_head_dim", g->v_head_dim);
+    }
+    if (g->sliding_window > 0) cJSON_AddNumberToObject(o, "sliding_window", g->sliding_window);
+    if (g->index_n_heads > 0) {
+        cJSON_AddNumberToObject(o, "index_n_heads", g->index_n_heads);
+        cJSON_AddNumberToObject(o, "index_head_dim", g->index_head_dim);
+        cJSON_AddNumberToObject(o, "index_topk", g->index_topk);
+    }
+    if (g->attn_output_gate) cJSON_AddStringToObject(o, "attn_output_gate", GATE_NAMES[g->attn_output_gate]);
+    if (g->qk_norm) cJSON_AddStringToObject(o, "qk_norm", QK_NORM_NAMES[g->qk_norm]);
     if (g->partial_rotary_factor > 0.0) cJSON_AddNumberToObject(o, "partial_rotary_factor", g->partial_rotary_factor);
+    if (g->linear_kind) {
+        cJSON_AddStringToObject(o, "linear_kind", LINEAR_NAMES[g->linear_kind]);
+        cJSON_AddNumberToObject(o, "linear_num_key_heads", g->linear_num_key_heads);
+        cJSON_AddNumberToObject(o, "linear_num_value_heads", g->linear_num_value_heads);
+        cJSON_AddNumberToObject(o, "linear_key_head_dim", g->linear_key_head_dim);
+        cJSON_AddNumberToObject(o, "linear_value_head_dim", g->linear_value_head_dim);
+        cJSON_AddNumberToObject(o, "linear_conv_kernel_dim", g->linear_conv_kernel_dim);
+        cJSON_AddNumberToObject(o, "state_dtype_bytes", geometry_state_dtype_bytes(g));
+        // for readers of the metadata (derived from the four dims above; ignored on load)
+        cJSON_AddNumberToObject(o, "linear_state_elems", (double)geometry_linear_state_elems(g));
+    }
     for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
         double v = *(const double *)((const char *)g + GEO_DOUBLES[i].off);
         if (v != 0.0) cJSON_AddNumberToObject(o, GEO_DOUBLES[i].key, v);
     }
-    cJSON_AddNumberToObject(o, "dtype_bytes", g->dtype_bytes);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_kind");
     cJSON *names = cJSON_AddArrayToObject(o, "mixers");
     for (int l = 0; l < g->n_layers; l++) {
-        cJSON_AddItemToArray(kinds, cJSON_CreateNumber(g->layer_kind[l]));
+        cJSON_AddItemToArray(kinds, cJSON_CreateString(LAYER_NAMES[g->layer_kind[l]]));
         cJSON_AddItemToArray(names, cJSON_CreateString(mixers[l]->name));
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -535,6 +610,38 @@ static int geo_int(const cJSON *o, const char *key, int required, long *out, cha
     return 0;
 }
 
+// A kind: one of names (format 2) or its index (format 1's integer code); absent: 0 (the first name).
+static int kind_of(const cJSON *v, const char *key, const char *const *names, int *out, char *err, size_t cap) {
+    int n = 0;
+    while (names[n]) n++;
+    *out = 0;
+    if (!v) return 0;
+    if (cJSON_IsString(v))
+        for (int k = 0; k < n; k++)
+            if (!strcmp(v->valuestring, names[k])) { *out = k; return 0; }
+    if (cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= 0 && v->valuedouble < n) {
+        *out = (int)v->valuedouble;
+        return 0;
+    }
+    char list[128] = "";
+    for (int k = 0; k < n; k++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "|" : "", names[k]);
+    snprintf(err, cap, "geometry: '%s' must be one of %s", key, list);
+    return -1;
+}
+
+// A real field: absent gives def; present must be a finite number.
+static int geo_real(const cJSON *o, const char *key, double def, double *out, char *err, size_t cap) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    *out = def;
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        snprintf(err, cap, "geometry: '%s' is not a finite number", key);
+        return -1;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
 int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *json, char *err, size_t cap) {
     memset(g, 0, sizeof *g);
     cJSON *o = cJSON_Parse(json);
@@ -543,9 +650,9 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
     static const struct { const char *key; int required; size_t off; } ints[] = {
         {"n_layers", 1, offsetof(ModelGeometry, n_layers)},
         {"d_model", 1, offsetof(ModelGeometry, d_model)},
-        {"n_heads", 1, offsetof(ModelGeometry, n_heads)},
-        {"n_kv_heads", 1, offsetof(ModelGeometry, n_kv_heads)},
-        {"head_dim", 1, offsetof(ModelGeometry, head_dim)},
+        {"n_heads", 0, offsetof(ModelGeometry, n_heads)},
+        {"n_kv_heads", 0, offsetof(ModelGeometry, n_kv_heads)},
+        {"head_dim", 0, offsetof(ModelGeometry, head_dim)},
         {"vocab_size", 1, offsetof(ModelGeometry, vocab_size)},
         {"d_ff", 1, offsetof(ModelGeometry, d_ff)},
         {"max_seq_len", 1, offsetof(ModelGeometry, max_seq_len)},
@@ -559,9 +666,6 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         {"index_head_dim", 0, offsetof(ModelGeometry, index_head_dim)},
         {"index_topk", 0, offsetof(ModelGeometry, index_topk)},
         {"dtype_bytes", 0, offsetof(ModelGeometry, dtype_bytes)},
-        {"attn_output_gate", 0, offsetof(ModelGeometry, attn_output_gate)},
-        {"qk_norm", 0, offsetof(ModelGeometry, qk_norm)},
-        {"linear_kind", 0, offsetof(ModelGeometry, linear_kind)},
         {"linear_num_key_heads", 0, offsetof(ModelGeometry, linear_num_key_heads)},
         {"linear_num_value_heads", 0, offsetof(ModelGeometry, linear_num_value_heads)},
         {"linear_key_head_dim", 0, offsetof(ModelGeometry, linear_key_head_dim)},
@@ -574,12 +678,20 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         if (geo_int(o, ints[i].key, ints[i].required, &v, err, cap)) goto done;
         *(int *)((char *)g + ints[i].off) = (int)v;
     }
-    long v;
-    if (geo_int(o, "attn", 0, &v, err, cap)) goto done;
-    if (v != ATTN_GQA && v != ATTN_MLA) { snprintf(err, cap, "geometry: unknown attn kind %ld", v); goto done; }
-    g->attn = (AttnKind)v;
-    const cJSON *prf = cJSON_GetObjectItemCaseSensitive(o, "partial_rotary_factor");
-    g->partial_rotary_factor = cJSON_IsNumber(prf) ? prf->valuedouble : 0.0;
+    int attn, gate, norm, lin;
+    if (kind_of(cJSON_GetObjectItemCaseSensitive(o, "attn"), "attn", ATTN_NAMES, &attn, err, cap) ||
+        kind_of(cJSON_GetObjectItemCaseSensitive(o, "attn_output_gate"), "attn_output_gate", GATE_NAMES, &gate, err, cap) ||
+        kind_of(cJSON_GetObjectItemCaseSensitive(o, "qk_norm"), "qk_norm", QK_NORM_NAMES, &norm, err, cap) ||
+        kind_of(cJSON_GetObjectItemCaseSensitive(o, "linear_kind"), "linear_kind", LINEAR_NAMES, &lin, err, cap))
+        goto done;
+    g->attn = (AttnKind)attn;
+    g->attn_output_gate = gate;
+    g->qk_norm = norm;
+    g->linear_kind = lin;
+    if (geo_real(o, "partial_rotary_factor", 0.0, &g->partial_rotary_factor, err, cap) ||
+        geo_real(o, "rope_theta", 10000.0, &g->rope_theta, err, cap) ||
+        geo_real(o, "rope_local_theta", 0.0, &g->rope_local_theta, err, cap))
+        goto done;
     for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, GEO_DOUBLES[i].key);
         if (!d) continue;
@@ -589,10 +701,13 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         }
         *(double *)((char *)g + GEO_DOUBLES[i].off) = d->valuedouble;
     }
-    const cJSON *th = cJSON_GetObjectItemCaseSensitive(o, "rope_theta");
-    g->rope_theta = cJSON_IsNumber(th) ? th->valuedouble : 10000.0;
-    const cJSON *lth = cJSON_GetObjectItemCaseSensitive(o, "rope_local_theta");
-    g->rope_local_theta = cJSON_IsNumber(lth) ? lth->valuedouble : 0.0;
+    if (!g->dtype_bytes) g->dtype_bytes = 4;
+    // Attention fields a model without them leaves out (format 2): every head its own K and V; a
+    // head as wide as MLA's query-key head, or as a linear layer's value head.
+    if (!cJSON_GetObjectItemCaseSensitive(o, "n_heads")) g->n_heads = g->linear_num_value_heads;
+    if (!cJSON_GetObjectItemCaseSensitive(o, "n_kv_heads")) g->n_kv_heads = g->n_heads;
+    if (!cJSON_GetObjectItemCaseSensitive(o, "head_dim"))
+        g->head_dim = g->attn == ATTN_MLA ? g->qk_nope_head_dim + g->qk_rope_head_dim : g->linear_value_head_dim;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
     if (cJSON_IsString(name)) snprintf(g->name, sizeof g->name, "%s", name->valuestring);
     if (g->n_layers < 1 || g->n_layers > GEOM_MAX_LAYERS) {
@@ -606,12 +721,12 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
             goto done;
         }
         for (int l = 0; l < g->n_layers; l++) {
-            const cJSON *k = cJSON_GetArrayItem(kinds, l);
-            if (!cJSON_IsNumber(k) || k->valueint < LAYER_GLOBAL || k->valueint > LAYER_COMPRESSED) {
-                snprintf(err, cap, "geometry: bad layer_kind at layer %d", l);
+            int k;
+            if (kind_of(cJSON_GetArrayItem(kinds, l), "layer_kind", LAYER_NAMES, &k, err, cap) || k > LAYER_COMPRESSED) {
+                snprintf(err, cap, "geometry: bad layer_kind at layer %d (global|local|linear)", l);
                 goto done;
             }
-            g->layer_kind[l] = (unsigned char)k->valueint;
+            g->layer_kind[l] = (unsigned char)k;
         }
     }
     const cJSON *mx = cJSON_GetObjectItemCaseSensitive(o, "mixers");
@@ -640,6 +755,7 @@ void model_info_free(ModelInfo *info) {
     free(info->task_config);
     free(info->vocab);
     free(info->curve);
+    free(info->corpus);
     memset(info, 0, sizeof *info);
 }
 
@@ -659,8 +775,12 @@ void model_save(const Model *m, const ModelInfo *info, const char *path) {
     if (info) {
         if (info->curve && info->n_curve > 0) {
             int64_t shape[2] = {2, info->n_curve};
-            stw_add_f32(w, "train.loss_curve", info->curve, 2, shape);
-            stw_meta(w, "loss_curve", "tensor train.loss_curve (2, n): row 0 optimizer step, row 1 training loss (mean since the previous point)");
+            stw_add_f32(w, "meta.loss_curve", info->curve, 2, shape);
+            stw_meta(w, "loss_curve", "tensor meta.loss_curve (2, n): row 0 optimizer step, row 1 training loss (mean since the previous point)");
+        }
+        if (info->corpus && info->n_corpus > 0) {
+            int64_t shape[1] = {info->n_corpus};
+            stw_add(w, "meta.corpus_heldout", ST_U8, info->corpus, 1, shape);
         }
         if (info->task[0]) stw_meta(w, "task", info->task);
         if (info->task_config) stw_meta(w, "task_config", info->task_config);
@@ -674,6 +794,32 @@ void model_save(const Model *m, const ModelInfo *info, const char *path) {
     }
     stw_write(w, path);
     stw_free(w);
+}
+
+// Index of the first NaN or inf among x[0..n), or n when every value is finite.
+static size_t first_non_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return n;
+}
+
+// A metadata number: the whole string a decimal number (no blanks, no sign for seed and steps) in
+// [lo, hi]. 0, or -1 with a message naming the key.
+static int meta_number(const SafeTensors *st, const char *key, int integer, double lo, double hi, double *out,
+                       char *err, size_t cap) {
+    const char *s = st_meta(st, key);
+    if (!s) return 0;
+    char *end;
+    errno = 0;
+    double v = integer ? (double)strtoull(s, &end, 10) : strtod(s, &end);
+    int digits_first = (s[0] >= '0' && s[0] <= '9') || (!integer && s[0] == '-' && s[1] >= '0' && s[1] <= '9');
+    if (!digits_first || *end || errno || !(v >= lo && v <= hi)) {
+        if (integer) snprintf(err, cap, "%s: metadata '%s' must be a non-negative integer, got '%.40s'", st->path, key, s);
+        else snprintf(err, cap, "%s: metadata '%s' must be a number in [%g, %g], got '%.40s'", st->path, key, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 static char *dup_str(const char *s) {
@@ -703,20 +849,40 @@ static int load_info(const SafeTensors *st, ModelInfo *info, int vocab_size, cha
         }
         info->vocab = dup_str(s);
     }
-    char *end;
-    if ((s = st_meta(st, "seed"))) info->seed = strtoull(s, &end, 10);
-    if ((s = st_meta(st, "steps"))) info->steps = (int)strtol(s, &end, 10);
-    if ((s = st_meta(st, "loss"))) info->loss = strtod(s, &end);
-    if ((s = st_meta(st, "accuracy"))) info->accuracy = strtod(s, &end);
-    const StTensor *c = st_find(st, "train.loss_curve");
-    if (c) {
-        if (c->dtype != ST_F32 || c->ndim != 2 || c->shape[0] != 2) {
-            snprintf(err, cap, "%s: tensor 'train.loss_curve' must be F32 of shape [2, n]", st->path);
+    double v;
+    if (meta_number(st, "seed", 1, 0, 18446744073709551615.0, &v, err, cap)) return -1;
+    if ((s = st_meta(st, "seed"))) info->seed = strtoull(s, NULL, 10);   // exact, not through a double
+    if (meta_number(st, "steps", 1, 0, 2147483647.0, &v, err, cap)) return -1;
+    if (st_meta(st, "steps")) info->steps = (int)v;
+    if (meta_number(st, "loss", 0, 0, HUGE_VAL, &v, err, cap)) return -1;
+    if (st_meta(st, "loss")) info->loss = v;
+    if (meta_number(st, "accuracy", 0, 0, 1, &v, err, cap)) return -1;
+    if (st_meta(st, "accuracy")) info->accuracy = v;
+    const StTensor *txt = st_find(st, "meta.corpus_heldout");
+    if (txt) {
+        if (txt->dtype != ST_U8 || txt->ndim != 1) {
+            snprintf(err, cap, "%s: tensor 'meta.corpus_heldout' must be U8 of shape [n]", st->path);
             return -1;
         }
-        info->n_curve = (int)c->shape[1];
-        info->curve = mallocCheck(sizeof(float) * 2 * (size_t)(info->n_curve > 0 ? info->n_curve : 1));
-        memcpy(info->curve, c->data, sizeof(float) * 2 * (size_t)info->n_curve);
+        info->n_corpus = (long)txt->shape[0];
+        info->corpus = mallocCheck((size_t)(info->n_corpus > 0 ? info->n_corpus : 1));
+        memcpy(info->corpus, txt->data, (size_t)info->n_corpus);
+    }
+    const StTensor *c = st_find(st, "meta.loss_curve");
+    if (!c) c = st_find(st, "train.loss_curve");   // format 1's name
+    if (c) {
+        if (c->dtype != ST_F32 || c->ndim != 2 || c->shape[0] != 2) {
+            snprintf(err, cap, "%s: tensor '%s' must be F32 of shape [2, n]", st->path, c->name);
+            return -1;
+        }
+        size_t n = (size_t)c->shape[1];
+        if (n > (size_t)INT_MAX / 2 || first_non_finite((const float *)c->data, 2 * n) < 2 * n) {
+            snprintf(err, cap, "%s: tensor '%s' holds a non-finite value or too many points", st->path, c->name);
+            return -1;
+        }
+        info->n_curve = (int)n;
+        info->curve = mallocCheck(sizeof(float) * 2 * (n > 0 ? n : 1));
+        memcpy(info->curve, c->data, sizeof(float) * 2 * n);
     }
     return 0;
 }
@@ -734,9 +900,9 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
     const MixerOps *ops[GEOM_MAX_LAYERS];
     const char *fmt = st_meta(&st, "format");
     const char *geo = st_meta(&st, "geometry");
-    if (!fmt || strcmp(fmt, MODEL_FORMAT) != 0) {
-        snprintf(err, cap, "%s: metadata 'format' is %s%s%s, expected '%s' (not a weights file of this project?)",
-                 path, fmt ? "'" : "", fmt ? fmt : "missing", fmt ? "'" : "", MODEL_FORMAT);
+    if (!fmt || (strcmp(fmt, MODEL_FORMAT) != 0 && strcmp(fmt, MODEL_FORMAT_1) != 0)) {
+        snprintf(err, cap, "%s: metadata 'format' is %s%s%s, expected '%s' or '%s' (not a weights file of this project?)",
+                 path, fmt ? "'" : "", fmt ? fmt : "missing", fmt ? "'" : "", MODEL_FORMAT, MODEL_FORMAT_1);
         goto fail;
     }
     if (!geo) { snprintf(err, cap, "%s: metadata 'geometry' missing", path); goto fail; }
@@ -751,6 +917,10 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
     for (int l = 0; l < g.n_layers; l++) {
         ops[l] = lookup(names[l]);
         if (!ops[l]) { snprintf(err, cap, "%s: unknown mixer '%s' at layer %d", path, names[l], l); goto fail; }
+    }
+    if (mixer_check(&g, ops, why, sizeof why) != 0) {
+        snprintf(err, cap, "%s: geometry: %s", path, why);
+        goto fail;
     }
     // The tensors must hold every parameter: refuse before allocating for a geometry the file can't back.
     {
@@ -770,11 +940,19 @@ Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *e
         if (!st_find(&st, t->name)) { snprintf(err, cap, "%s: tensor '%s' missing", path, t->name); goto fail; }
         const float *src = st_get_f32(&st, t->name, t->ndim, t->shape, err, cap);
         if (!src) goto fail;
+        // A NaN or inf weight poisons every output it touches (and NaN compares false, so checks
+        // downstream would pass it): refuse it here, naming where it is.
+        size_t bad = first_non_finite(src, t->size);
+        if (bad < t->size) {
+            snprintf(err, cap, "%s: tensor '%s' holds a non-finite value (%g) at element %zu", path, t->name,
+                     (double)src[bad], bad);
+            goto fail;
+        }
         memcpy(m->params + t->offset, src, sizeof(float) * t->size);
     }
     for (int i = 0; i < st.n_tensors; i++) {
         const char *n = st.tensors[i].name;
-        if (strncmp(n, "train.", 6) != 0 && !model_find_tensor(m, n)) {
+        if (strncmp(n, "train.", 6) != 0 && strncmp(n, "meta.", 5) != 0 && !model_find_tensor(m, n)) {
             snprintf(err, cap, "%s: unexpected tensor '%s' (not part of this geometry)", path, n);
             goto fail;
         }

@@ -115,17 +115,20 @@ typedef struct {
     double loss, accuracy;  // final held-out metrics (NAN: not measured)
     float *curve;           // (2, n_curve): row 0 step, row 1 training loss; NULL if none
     int n_curve;
+    unsigned char *corpus;  // a --corpus model's held-out text (tensor meta.corpus_heldout); NULL if none
+    long n_corpus;
 } ModelInfo;
 void model_info_free(ModelInfo *info);
 
-// Writes every parameter + "train.loss_curve" + __metadata__ (format, geometry JSON with the mixer
-// of each layer, task, task_config, vocab, seed, steps, loss, accuracy) atomically.
+// Writes every parameter, the non-parameter tensors "meta.loss_curve" and "meta.corpus_heldout" (when
+// info has them) and __metadata__ (format, geometry JSON with the mixer of each layer, task, task_config,
+// vocab, seed, steps, loss, accuracy) atomically. The format is documented in data/weights/README.md.
 void model_save(const Model *m, const ModelInfo *info, const char *path);
 // Finds a mixer by the name stored in the file (chapters/registry.h: mixer_by_name).
 typedef const MixerOps *(*MixerLookup)(const char *name);
-// Strict load: geometry from the metadata, every tensor present with its exact shape, no unknown
-// tensors. Returns NULL with a one-line message naming the file in err ("x.safetensors: tensor
-// 'lm_head' missing"). info may be NULL.
+// Strict load (formats 1 and 2): geometry from the metadata, every tensor present with its exact shape
+// and finite, no unknown tensors besides "meta.*" (and format 1's "train.*"). Returns NULL with a
+// one-line message naming the file in err ("x.safetensors: tensor 'lm_head' missing"). info may be NULL.
 Model *model_load(const char *path, MixerLookup lookup, ModelInfo *info, char *err, size_t cap);
 // The geometry (with mixer names) as JSON (malloc'd), and back (0, or -1 with a message).
 char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers);

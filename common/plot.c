@@ -3,7 +3,8 @@
 //
 // Layout is computed first with a measuring context (text widths decide the margins), then the
 // drawing function paints from that layout. Sizes are in points; the SVG uses them as px, the PNG
-// renders them at 2x so thin lines and small text stay crisp.
+// renders them at 2x so thin lines and small text stay crisp. The rules listed in plot.h are applied
+// here, in the layout, so every chart gets them.
 #include "plot.h"
 
 #include <cairo-svg.h>
@@ -16,24 +17,43 @@
 #define FONT_FAMILY "DejaVu Sans"
 #define CAP_HEIGHT 0.729   // DejaVu Sans capital height as a fraction of the font size
 #define PNG_MAX_PX 2400.0
+#define DISPLAY_PX 900.0   // the width a reader sees a PNG at (a README, a screen)
 
-// Okabe-Ito, one colour per mechanism. Yellow (#F0E442) is unreadable as a line on white, so LINEAR
-// takes a darker olive of the same hue.
-static const unsigned char palette[COLOR_COUNT][3] = {
-    [COLOR_MHA] = {0x00, 0x72, 0xB2},    // blue
-    [COLOR_GQA] = {0xE6, 0x9F, 0x00},    // orange
-    [COLOR_MQA] = {0xD5, 0x5E, 0x00},    // vermillion
-    [COLOR_MLA] = {0x00, 0x9E, 0x73},    // bluish green
-    [COLOR_SWA] = {0xCC, 0x79, 0xA7},    // reddish purple
-    [COLOR_DSA] = {0x56, 0xB4, 0xE9},    // sky blue
-    [COLOR_LINEAR] = {0xB8, 0xA0, 0x00}, // dark yellow
-    [COLOR_OTHER] = {0x55, 0x55, 0x55},  // grey
+// One colour per mechanism. The first six are Okabe-Ito (colour-blind safe); yellow (#F0E442) is
+// unreadable as a line on white, so Gated DeltaNet takes a darker olive of its hue. The rest come from
+// Paul Tol's muted scheme, picked so that the mechanisms that share a figure (the linear mixers of
+// chapter 10, the attention kinds of chapters 3-8) stay far apart. A test holds every pair apart and
+// every colour dark enough to read on white.
+static const struct { unsigned char rgb[3]; const char *name; } palette[COLOR_COUNT] = {
+    [COLOR_MHA] = {{0x00, 0x72, 0xB2}, "MHA"},                 // blue
+    [COLOR_GQA] = {{0xE6, 0x9F, 0x00}, "GQA"},                 // orange
+    [COLOR_MQA] = {{0xD5, 0x5E, 0x00}, "MQA"},                 // vermillion
+    [COLOR_MLA] = {{0x00, 0x9E, 0x73}, "MLA"},                 // bluish green
+    [COLOR_SWA] = {{0xCC, 0x79, 0xA7}, "SWA"},                 // reddish purple
+    [COLOR_DSA] = {{0x56, 0xB4, 0xE9}, "DSA"},                 // sky blue
+    [COLOR_GATED] = {{0x88, 0x22, 0x55}, "gated attention"},   // wine
+    [COLOR_GDN] = {{0xB8, 0xA0, 0x00}, "Gated DeltaNet"},      // dark yellow
+    [COLOR_KDA] = {{0x11, 0x77, 0x33}, "KDA"},                 // dark green
+    [COLOR_LIGHTNING] = {{0xAA, 0x44, 0x99}, "Lightning"},     // purple
+    [COLOR_MAMBA2] = {{0x8C, 0x51, 0x0A}, "Mamba-2"},          // brown
+    [COLOR_CSA] = {{0x33, 0x22, 0x88}, "CSA"},                 // indigo
+    [COLOR_HCA] = {{0x44, 0xAA, 0x99}, "HCA"},                 // teal
+    [COLOR_OTHER] = {{0x55, 0x55, 0x55}, "other"},             // grey
 };
 
+static int palette_index(int color) { return ((color % COLOR_COUNT) + COLOR_COUNT) % COLOR_COUNT; }
+
 void palette_rgb(int color, double rgb[3]) {
-    int c = ((color % COLOR_COUNT) + COLOR_COUNT) % COLOR_COUNT;
-    for (int k = 0; k < 3; k++) rgb[k] = palette[c][k] / 255.0;
+    int c = palette_index(color);
+    for (int k = 0; k < 3; k++) rgb[k] = palette[c].rgb[k] / 255.0;
 }
+
+const char *palette_name(int color) { return palette[palette_index(color)].name; }
+
+void plot_set_hex(cairo_t *cr, unsigned hex) {
+    cairo_set_source_rgb(cr, ((hex >> 16) & 255) / 255.0, ((hex >> 8) & 255) / 255.0, (hex & 255) / 255.0);
+}
+#define set_rgb plot_set_hex
 
 // ---- text -----------------------------------------------------------------------------------------
 // Fixed font options: no hinting, unhinted metrics, greyscale antialiasing. Hinted metrics would
@@ -135,6 +155,29 @@ double plot_text_wrapped(cairo_t *cr, const char *s, double x, double y, double 
     return n_lines ? (n_lines - 1) * line_h + font_size(cr) : 0;
 }
 
+int plot_wrap_lines(cairo_t *cr, const char *s, double maxw, char (*lines)[PLOT_LINE_CHARS], int max_lines) {
+    int n = 0;
+    char line[PLOT_LINE_CHARS] = "";
+    const char *p = s ? s : "";
+    while (*p && n < max_lines) {
+        while (*p == ' ') p++;
+        const char *q = p;
+        while (*q && *q != ' ') q++;
+        if (q == p) break;
+        char trial[PLOT_LINE_CHARS];
+        snprintf(trial, sizeof trial, "%s%s%.*s", line, line[0] ? " " : "", (int)(q - p), p);
+        if (line[0] && plot_text_width(cr, trial) > maxw) {
+            snprintf(lines[n++], PLOT_LINE_CHARS, "%s", line);
+            snprintf(line, sizeof line, "%.*s", (int)(q - p), p);
+        } else {
+            memcpy(line, trial, sizeof line);
+        }
+        p = q;
+    }
+    if (line[0] && n < max_lines) snprintf(lines[n++], PLOT_LINE_CHARS, "%s", line);
+    return n;
+}
+
 // ---- writing ----------------------------------------------------------------------------------------
 typedef struct {
     unsigned char *data;
@@ -173,6 +216,35 @@ static void svg_normalize_ids(MemBuf *b) {
     }
 }
 
+
+// The SVG's <title> and <desc>: what a screen reader says and a search indexes, instead of anonymous
+// paths. Inserted right after the opening <svg ...> tag, XML-escaped.
+static void membuf_puts_escaped(MemBuf *b, const char *s) {
+    for (; s && *s; s++) {
+        const char *e = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '"' ? "&quot;" : NULL;
+        if (e) CHECK(membuf_write(b, (const unsigned char *)e, (unsigned)strlen(e)) == CAIRO_STATUS_SUCCESS, "out of memory");
+        else CHECK(membuf_write(b, (const unsigned char *)s, 1) == CAIRO_STATUS_SUCCESS, "out of memory");
+    }
+}
+
+static void svg_add_title(MemBuf *b, const char *title, const char *desc) {
+    const char *svg = b->n ? memmem(b->data, b->n, "<svg", 4) : NULL;
+    const char *end = svg ? memchr(svg, '>', b->n - (size_t)(svg - (const char *)b->data)) : NULL;
+    CHECK(end, "cairo wrote an SVG without an <svg> tag");
+    size_t at = (size_t)(end - (const char *)b->data) + 1;
+    MemBuf out = {0};
+    CHECK(membuf_write(&out, b->data, (unsigned)at) == CAIRO_STATUS_SUCCESS, "out of memory");
+    static const char t0[] = "\n<title>", t1[] = "</title>\n<desc>", t2[] = "</desc>";
+    CHECK(membuf_write(&out, (const unsigned char *)t0, sizeof t0 - 1) == CAIRO_STATUS_SUCCESS, "out of memory");
+    membuf_puts_escaped(&out, title);
+    CHECK(membuf_write(&out, (const unsigned char *)t1, sizeof t1 - 1) == CAIRO_STATUS_SUCCESS, "out of memory");
+    membuf_puts_escaped(&out, desc);
+    CHECK(membuf_write(&out, (const unsigned char *)t2, sizeof t2 - 1) == CAIRO_STATUS_SUCCESS, "out of memory");
+    CHECK(membuf_write(&out, b->data + at, (unsigned)(b->n - at)) == CAIRO_STATUS_SUCCESS, "out of memory");
+    free(b->data);
+    *b = out;
+}
+
 static void render(cairo_surface_t *s, double scale, double w, double h, PlotDrawFn draw, const void *ctx,
                    const char *path) {
     cairo_t *cr = cairo_create(s);
@@ -186,8 +258,8 @@ static void render(cairo_surface_t *s, double scale, double w, double h, PlotDra
     cairo_destroy(cr);
 }
 
-void plot_write_figure(const char *path_no_ext, int png, int svg, double w, double h, PlotDrawFn draw,
-                       const void *ctx) {
+void plot_write_figure_meta(const char *path_no_ext, int png, int svg, double w, double h, PlotDrawFn draw,
+                            const void *ctx, const char *title, const char *desc) {
     char path[1100];
     CHECK(w >= 1 && h >= 1 && w < 1e5 && h < 1e5, "figure size %g x %g", w, h);
     if (svg) {
@@ -202,6 +274,9 @@ void plot_write_figure(const char *path_no_ext, int png, int svg, double w, doub
               cairo_status_to_string(cairo_surface_status(s)));
         cairo_surface_destroy(s);
         svg_normalize_ids(&b);
+        const char *base = strrchr(path_no_ext, '/');
+        base = base ? base + 1 : path_no_ext;
+        svg_add_title(&b, title && *title ? title : base, desc ? desc : "");
         atomic_write_all(path, b.data, b.n);
         free(b.data);
     }
@@ -222,6 +297,11 @@ void plot_write_figure(const char *path_no_ext, int png, int svg, double w, doub
         atomic_write_all(path, b.data, b.n);
         free(b.data);
     }
+}
+
+void plot_write_figure(const char *path_no_ext, int png, int svg, double w, double h, PlotDrawFn draw,
+                       const void *ctx) {
+    plot_write_figure_meta(path_no_ext, png, svg, w, h, draw, ctx, NULL, NULL);
 }
 
 // ---- ticks ---------------------------------------------------------------------------------------------
@@ -423,8 +503,11 @@ static void axis_setup(Axis *a, cairo_t *cr, double dmin, double dmax, int fitte
     }
     // bytes and tokens tick at round numbers of their binary unit: 200 MiB, not 191 MiB
     double unit = 1;
-    if (a->fmt != AXIS_PLAIN)
+    if (a->fmt != AXIS_PLAIN) {
         while (fmax(fabs(dmin), fabs(dmax)) / unit >= 1024) unit *= 1024;
+        // up to a few units: quarters of it (256 B, 512 B, 768 B, 1 KiB), not 205 B
+        if (unit >= 1024 && fmax(fabs(dmin), fabs(dmax)) / unit < 4) unit /= 4;
+    }
     double t[MAX_TICKS];
     for (int cap = 10; cap >= 2; cap--) {
         int n = plot_nice_ticks(dmin / unit, dmax / unit, t, cap);
@@ -444,9 +527,6 @@ static void axis_setup(Axis *a, cairo_t *cr, double dmin, double dmax, int fitte
     }
 }
 
-static void set_rgb(cairo_t *cr, unsigned hex) {
-    cairo_set_source_rgb(cr, ((hex >> 16) & 255) / 255.0, ((hex >> 8) & 255) / 255.0, (hex & 255) / 255.0);
-}
 
 // Gridlines, spines, ticks and tick labels of a plot area [x0,x1] x [y0,y1] (y0 top).
 static void draw_axes(cairo_t *cr, const Axis *ax, const Axis *ay, double x0, double x1, double y0, double y1,
@@ -517,31 +597,78 @@ static double axis_max_label_width(const Axis *a, cairo_t *cr) {
     return w;
 }
 
-// ---- title block (shared by the charts) ---------------------------------------------------------------
+
+// ---- title block (shared by every figure) ---------------------------------------------------------------
 #define MARGIN 18.0
 #define TITLE_FONT 18.0
-#define TITLE_LINE 23.0
+#define TITLE_MIN 15.0
 #define SUB_FONT 13.0
-#define SUB_LINE 18.0
+#define SUB_MIN 11.0
 #define NOTE_FONT 11.0
 #define NOTE_LINE 15.0
 #define LABEL_FONT 13.0
 
-double plot_title_block(cairo_t *cr, const char *title, const char *subtitle, double x, double y, double maxw,
-                        int draw) {
+// s on one line: the largest size in [lo, hi] (half-point steps) at which it fits maxw; else at lo, cut
+// at a word boundary with "...". Writes the line into out (cap bytes), returns the size.
+static double fit_one_line(cairo_t *cr, const char *s, double hi, double lo, int style, double maxw, char *out,
+                           size_t cap, int *fits) {
+    snprintf(out, cap, "%s", s);
+    for (double size = hi; size >= lo - 1e-9; size -= 0.5) {
+        plot_font(cr, size, style);
+        if (plot_text_width(cr, out) <= maxw) {
+            *fits = 1;
+            return size;
+        }
+    }
+    *fits = 0;
+    plot_font(cr, lo, style);
+    size_t n = strlen(out);
+    char *trial = mallocCheck(cap + 8);
+    while (n > 0) {
+        while (n > 0 && out[n - 1] != ' ') n--;
+        while (n > 0 && out[n - 1] == ' ') n--;
+        snprintf(trial, cap + 8, "%.*s ...", (int)n, out);
+        if (plot_text_width(cr, trial) <= maxw) break;
+    }
+    snprintf(out, cap, "%s", n > 0 ? trial : "...");
+    free(trial);
+    return lo;
+}
+
+double plot_title_block_fit(cairo_t *cr, const char *title, const char *subtitle, double x, double y,
+                            double maxw, int draw, int *title_fits, int *subtitle_fits) {
     double h = 0;
+    char line[1024];
+    int fits = 1;
+    if (title_fits) *title_fits = 1;
+    if (subtitle_fits) *subtitle_fits = 1;
     if (title && *title) {
-        plot_font(cr, TITLE_FONT, PLOT_BOLD);
+        double size = fit_one_line(cr, title, TITLE_FONT, TITLE_MIN, PLOT_BOLD, maxw, line, sizeof line, &fits);
+        if (!fits && !draw) fprintf(stderr, "%s: warning: figure title cut to one line: \"%s\"\n", g_prog, title);
+        if (title_fits) *title_fits = fits;
+        plot_font(cr, size, PLOT_BOLD);
         set_rgb(cr, 0x111111);
-        h += plot_text_wrapped(cr, title, x, y, maxw, TITLE_LINE, draw);
+        if (draw) plot_text(cr, x, y + (TITLE_FONT - size) / 2, 0, 0, line);
+        h += TITLE_FONT;
     }
     if (subtitle && *subtitle) {
         if (h > 0) h += 9;
-        plot_font(cr, SUB_FONT, 0);
+        double size = fit_one_line(cr, subtitle, SUB_FONT, SUB_MIN, 0, maxw, line, sizeof line, &fits);
+        if (!fits && !draw)
+            fprintf(stderr, "%s: warning: figure subtitle cut to one line (details belong in the README): \"%s\"\n",
+                    g_prog, subtitle);
+        if (subtitle_fits) *subtitle_fits = fits;
+        plot_font(cr, size, 0);
         set_rgb(cr, 0x555555);
-        h += plot_text_wrapped(cr, subtitle, x, y + h, maxw, SUB_LINE, draw);
+        if (draw) plot_text(cr, x, y + h + (SUB_FONT - size) / 2, 0, 0, line);
+        h += SUB_FONT;
     }
     return h;
+}
+
+double plot_title_block(cairo_t *cr, const char *title, const char *subtitle, double x, double y, double maxw,
+                        int draw) {
+    return plot_title_block_fit(cr, title, subtitle, x, y, maxw, draw, NULL, NULL);
 }
 
 double plot_note_block(cairo_t *cr, const char *note, double x, double y, double maxw, int draw) {
@@ -551,11 +678,85 @@ double plot_note_block(cairo_t *cr, const char *note, double x, double y, double
     return plot_text_wrapped(cr, note, x, y, maxw, NOTE_LINE, draw);
 }
 
+int plot_box_overlap(const PlotBox *a, const PlotBox *b) {
+    return a->x0 < b->x1 && b->x0 < a->x1 && a->y0 < b->y1 && b->y0 < a->y1;
+}
+
+// The smallest text a title block draws (for PlotInfo.min_text_px).
+static double title_min_font(cairo_t *cr, const char *title, const char *subtitle, double maxw) {
+    char line[1024];
+    int fits;
+    double m = INFINITY;
+    if (title && *title) m = fmin(m, fit_one_line(cr, title, TITLE_FONT, TITLE_MIN, PLOT_BOLD, maxw, line, sizeof line, &fits));
+    if (subtitle && *subtitle) m = fmin(m, fit_one_line(cr, subtitle, SUB_FONT, SUB_MIN, 0, maxw, line, sizeof line, &fits));
+    return m;
+}
+
+// An axis label as drawn: "log scale" said exactly when the axis is logarithmic, never otherwise.
+static void axis_label_text(char *out, size_t cap, const char *label, int log) {
+    out[0] = '\0';
+    if (!label || !*label) return;
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", label);
+    static const char *forms[] = {", log scale", " (log scale)", "; log scale", "log scale"};
+    for (size_t k = 0; k < sizeof forms / sizeof forms[0]; k++) {
+        char *p;
+        while ((p = strstr(tmp, forms[k]))) memmove(p, p + strlen(forms[k]), strlen(p + strlen(forms[k])) + 1);
+    }
+    size_t n = strlen(tmp);
+    if (n >= 2 && !strcmp(tmp + n - 2, "()")) tmp[n - 2] = '\0';   // "x ()" left by "x (log scale)"
+    n = strlen(tmp);
+    while (n > 0 && tmp[n - 1] == ' ') tmp[--n] = '\0';
+    if (!log) snprintf(out, cap, "%s", tmp);
+    else if (n > 0 && tmp[n - 1] == ')') snprintf(out, cap, "%.*s, log scale)", (int)(n - 1), tmp);
+    else snprintf(out, cap, "%s (log scale)", tmp);
+}
+
+static int is_accuracy_chart(const char *value_label) {
+    return value_label && strstr(value_label, "accuracy") != NULL;
+}
+
 // ---- line chart ----------------------------------------------------------------------------------------
 #define LEG_FONT 12.0
 #define LEG_ROW 20.0
+#define LEG_LINE 15.0        // line pitch inside a wrapped legend entry
 #define LEG_PAD 9.0
 #define LEG_SAMPLE 30.0
+#define LINE_W 2.2          // a series' line width: the tolerance within which two series coincide
+#define REF_FONT 11.0
+#define LIMIT_FONT 10.5
+#define DIRECT_MAX_W 230.0  // a direct label wraps at this width
+#define DIRECT_SAMPLE 18.0
+#define DASH_SEG 8.0        // coinciding series alternate dashes of this length
+#define MAXS 256            // series a chart can take (./kvcache --plot draws one per config given)
+#define MAX_LABELS (2 * PLOT_INFO_MAX)
+
+typedef struct {
+    int n;
+    double *x, *y, *lo, *hi;   // the points drawn: the series cut at x_limit (malloc'd, freed with the layout)
+    int cut;                   // 1: the series ends at x_limit with an end marker
+    double end_x, end_y;       // that marker, in data units
+} SeriesPts;
+
+// A legend entry: one series, or several that coincide within a line width.
+typedef struct {
+    int member[MAXS], n;
+    char text[1024];            // the members' labels joined by " = "
+    double w;                   // width of the legend entry (sample + text)
+    char lines[6][PLOT_LINE_CHARS];   // the entry's text, wrapped
+    int n_lines;
+    double lw, lh;              // its size
+    double anchor_y, label_y;   // the line's end and the label's top, canvas points
+} Entry;
+
+typedef struct {
+    char text[256];
+    double x, y, ax;            // anchor (ay is always 0: top of capitals at y)
+    double size;
+    int italic;
+    unsigned hex;
+    PlotBox box;
+} Label;
 
 typedef struct {
     const LineChart *c;
@@ -563,133 +764,188 @@ typedef struct {
     Axis ax, ay;
     double x0, x1, y0, y1;        // plot area, y0 top
     double head_h, note_h;
-    int legend_pos;               // as resolved: inside (0, 1, 2) or below (3)
+    int title_fits, subtitle_fits;
+    char xlabel[512], ylabel[512];
+    double ylabel_size;
+    SeriesPts pts[MAXS];
+    int ns;
+    int entry_of[MAXS];           // legend entry of each series (-1: unlabelled)
+    Entry *ent;                   // MAXS entries
+    int n_ent;
+    int legend_pos;               // as resolved
     double leg_x, leg_y, leg_w, leg_h, leg_colw;
     int leg_cols;
+    double direct_w;              // right margin taken by direct labels
     double xlabel_y;              // top of the x label's capitals
+    Label lab[MAX_LABELS];        // reference and limit labels, placed inside the plot
+    int n_lab;
+    int n_limits;
+    double xmin, xmax, ymin, ymax;
+    int fit_x, fit_y;
 } LineLayout;
+
+static double sx(const LineLayout *L, double x) { return L->x0 + axis_frac(&L->ax, x) * (L->x1 - L->x0); }
+static double sy(const LineLayout *L, double y) { return L->y1 - axis_frac(&L->ay, y) * (L->y1 - L->y0); }
 
 static int point_ok(const LineLayout *L, double x, double y) {
     return isfinite(x) && isfinite(y) && (!L->ax.log || x > 0) && (!L->ay.log || y > 0);
 }
 
-static double legend_entry_width(cairo_t *cr, const PlotSeries *s) {
-    plot_font(cr, LEG_FONT, 0);
-    return LEG_SAMPLE + 8 + plot_text_width(cr, s->label);
-}
-
-static void line_layout(LineLayout *L, const LineChart *c, cairo_t *cr) {
-    memset(L, 0, sizeof *L);
-    L->c = c;
-    L->w = c->width > 0 ? c->width : 900;
-    L->h = c->height > 0 ? c->height : 560;
-    L->ax.log = c->logx;
-    L->ay.log = c->logy;
-    L->ax.fmt = c->xfmt;
-    L->ay.fmt = c->yfmt;
-    // the data's extent, positive values only on log axes
-    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
-    int n_legend = 0;
-    double leg_entry_w = 0;
-    for (int s = 0; s < c->n_series; s++) {
-        const PlotSeries *ps = &c->series[s];
-        for (int i = 0; i < ps->n; i++) {
-            double x = ps->x[i], y = ps->y[i];
-            if (!isfinite(x) || !isfinite(y)) continue;
-            if (!(c->logx && x <= 0)) { xmin = fmin(xmin, x); xmax = fmax(xmax, x); }
-            if (!(c->logy && y <= 0)) { ymin = fmin(ymin, y); ymax = fmax(ymax, y); }
-        }
-        if (ps->label && *ps->label) {
-            n_legend++;
-            leg_entry_w = fmax(leg_entry_w, legend_entry_width(cr, ps));
-        }
-    }
-    int fit_x = !(c->xmin < c->xmax) || (c->logx && c->xmin <= 0);
-    int fit_y = !(c->ymin < c->ymax) || (c->logy && c->ymin <= 0);
-    if (!fit_x) { xmin = c->xmin; xmax = c->xmax; }
-    if (!fit_y) { ymin = c->ymin; ymax = c->ymax; }
-
-    double maxw = L->w - 2 * MARGIN;
-    L->head_h = plot_title_block(cr, c->title, c->subtitle, 0, 0, maxw, 0);
-    L->note_h = plot_note_block(cr, c->note, 0, 0, maxw, 0);
-    L->legend_pos = c->legend_pos >= 0 && c->legend_pos <= 3 ? c->legend_pos : 0;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        // legend size
-        L->leg_w = L->leg_h = 0;
-        if (n_legend > 0) {
-            if (L->legend_pos == 3) {
-                L->leg_colw = leg_entry_w + 28;
-                L->leg_cols = (int)fmax(1, fmin(n_legend, floor(maxw / L->leg_colw)));
-                int rows = (n_legend + L->leg_cols - 1) / L->leg_cols;
-                L->leg_w = L->leg_cols * L->leg_colw - 28;
-                L->leg_h = rows * LEG_ROW;
-            } else {
-                L->leg_w = leg_entry_w + 2 * LEG_PAD;
-                L->leg_h = n_legend * LEG_ROW + 2 * LEG_PAD - (LEG_ROW - LEG_FONT);
+// The series cut at its x_limit: points past it dropped, the value at x_limit interpolated in.
+static void cut_series(SeriesPts *p, const PlotSeries *s) {
+    memset(p, 0, sizeof *p);
+    size_t bytes = sizeof(double) * (size_t)(s->n + 1);
+    p->x = mallocCheck(bytes);
+    p->y = mallocCheck(bytes);
+    p->lo = s->ylo ? mallocCheck(bytes) : NULL;
+    p->hi = s->yhi ? mallocCheck(bytes) : NULL;
+    for (int i = 0; i < s->n; i++) {
+        double x = s->x[i];
+        if (s->x_limit > 0 && x > s->x_limit) {
+            p->cut = 1;
+            // a point past the limit: close the line at x_limit when the previous point is before it
+            if (i > 0 && s->x[i - 1] < s->x_limit && isfinite(s->y[i]) && isfinite(s->y[i - 1])) {
+                double f = (s->x_limit - s->x[i - 1]) / (x - s->x[i - 1]);
+                p->x[p->n] = s->x_limit;
+                p->y[p->n] = s->y[i - 1] + f * (s->y[i] - s->y[i - 1]);
+                if (p->lo) p->lo[p->n] = s->ylo[i - 1] + f * (s->ylo[i] - s->ylo[i - 1]);
+                if (p->hi) p->hi[p->n] = s->yhi[i - 1] + f * (s->yhi[i] - s->yhi[i - 1]);
+                p->n++;
             }
+            break;
         }
-        // vertical: title block, plot, tick labels, x label, legend below, note
-        L->y0 = MARGIN + L->head_h + (L->head_h > 0 ? 22 : 6);
-        double bottom = L->h - MARGIN;
-        if (L->note_h > 0) bottom -= L->note_h + 12;
-        if (L->legend_pos == 3 && L->leg_h > 0) {
-            L->leg_y = bottom - L->leg_h;
-            bottom = L->leg_y - 14;
-        }
-        if (c->xlabel && *c->xlabel) {
-            L->xlabel_y = bottom - LABEL_FONT * CAP_HEIGHT - 3;
-            bottom = L->xlabel_y - 10;
-        }
-        L->y1 = bottom - 9 - TICK_FONT;   // tick labels hang 9 pt below the axis
-        if (L->y1 - L->y0 < 220) {        // too little room for the plot: grow the canvas
-            L->h += 220 - (L->y1 - L->y0);
-            attempt--;
-            continue;
-        }
-        // y ticks depend only on the height; then the left margin on their labels
-        axis_setup(&L->ay, cr, ymin, ymax, fit_y, L->y1 - L->y0, 0);
-        L->x0 = MARGIN + (c->ylabel && *c->ylabel ? LABEL_FONT + 12 : 0) + axis_max_label_width(&L->ay, cr) + 10;
-        L->x1 = L->w - MARGIN - 16;
-        axis_setup(&L->ax, cr, xmin, xmax, fit_x, L->x1 - L->x0, 1);
-        // the last x label is centred on its tick: keep it on the canvas
-        if (L->ax.n_major > 0) {
-            char lab[64];
-            plot_font(cr, TICK_FONT, 0);
-            double half = plot_text_width(cr, plot_format_tick(lab, sizeof lab, L->ax.major[L->ax.n_major - 1], L->ax.fmt)) / 2;
-            double xr = L->x0 + axis_frac(&L->ax, L->ax.major[L->ax.n_major - 1]) * (L->x1 - L->x0);
-            if (xr + half > L->w - 6) L->x1 -= xr + half - (L->w - 6);
-        }
-        // a legend inside the plot must leave most of the plot visible
-        if (L->legend_pos != 3 && L->leg_w > 0.6 * (L->x1 - L->x0)) {
-            L->legend_pos = 3;
-            continue;
-        }
-        break;
+        p->x[p->n] = x;
+        p->y[p->n] = s->y[i];
+        if (p->lo) p->lo[p->n] = s->ylo[i];
+        if (p->hi) p->hi[p->n] = s->yhi[i];
+        p->n++;
+        if (s->x_limit > 0 && x == s->x_limit) p->cut = 1;
     }
-    if (L->legend_pos == 3) {
-        L->leg_x = (L->x0 + L->x1) / 2 - L->leg_w / 2;
-        if (L->leg_x < MARGIN) L->leg_x = MARGIN;
-    } else {
-        double inset = 10;
-        L->leg_x = L->legend_pos == 0 ? L->x0 + inset : L->x1 - inset - L->leg_w;
-        L->leg_y = L->legend_pos == 2 ? L->y1 - inset - L->leg_h : L->y0 + inset;
+    if (p->cut && p->n > 0) {
+        p->end_x = p->x[p->n - 1];
+        p->end_y = p->y[p->n - 1];
     }
 }
 
-static void series_style(cairo_t *cr, const PlotSeries *s) {
+static void extend(double *lo, double *hi, double v) {
+    if (!isfinite(v)) return;
+    if (v < *lo) *lo = v;
+    if (v > *hi) *hi = v;
+}
+
+// ---- coinciding series --------------------------------------------------------------------------------
+// y of the polyline p at canvas x X (canvas units), or NAN when X lies outside it.
+static double poly_y_at(const LineLayout *L, const SeriesPts *p, double X) {
+    double px = NAN, py = NAN;
+    for (int i = 0; i < p->n; i++) {
+        if (!point_ok(L, p->x[i], p->y[i])) { px = NAN; continue; }
+        double qx = sx(L, p->x[i]), qy = sy(L, p->y[i]);
+        if (fabs(qx - X) <= 1e-6) return qy;
+        if (isfinite(px) && ((px <= X && X <= qx) || (qx <= X && X <= px)))
+            return py + (qy - py) * (X - px) / (qx - px);
+        px = qx;
+        py = qy;
+    }
+    return NAN;
+}
+
+// Every point of a lies on b's line within a line width (b's extent included).
+static int lies_on(const LineLayout *L, const SeriesPts *a, const SeriesPts *b) {
+    int any = 0;
+    for (int i = 0; i < a->n; i++) {
+        if (!point_ok(L, a->x[i], a->y[i])) continue;
+        double X = sx(L, a->x[i]), Y = sy(L, a->y[i]);
+        double yb = poly_y_at(L, b, X);
+        if (!isfinite(yb)) {   // just past b's end: within a line width of its end point
+            yb = poly_y_at(L, b, X - LINE_W);
+            if (!isfinite(yb)) yb = poly_y_at(L, b, X + LINE_W);
+        }
+        if (!isfinite(yb) || fabs(yb - Y) > LINE_W) return 0;
+        any = 1;
+    }
+    return any;
+}
+
+static int coincide(const LineLayout *L, int a, int b) {
+    const SeriesPts *p = &L->pts[a], *q = &L->pts[b];
+    if (p->n == 1 && q->n == 1) {
+        if (!point_ok(L, p->x[0], p->y[0]) || !point_ok(L, q->x[0], q->y[0])) return 0;
+        return hypot(sx(L, p->x[0]) - sx(L, q->x[0]), sy(L, p->y[0]) - sy(L, q->y[0])) <= LINE_W;
+    }
+    if (p->n < 2 || q->n < 2) return 0;
+    // one lying entirely on the other is hidden under it (a model cut at its max context on a longer one)
+    return lies_on(L, p, q) || lies_on(L, q, p);
+}
+
+// Legend entries: labelled series in order; a series joins the first entry whose first member it
+// coincides with. merge 0 makes one entry per labelled series.
+static void build_entries(LineLayout *L, int merge) {
+    const LineChart *c = L->c;
+    L->n_ent = 0;
+    for (int s = 0; s < L->ns; s++) {
+        L->entry_of[s] = -1;
+        const char *lab = c->series[s].label;
+        if (!lab || !*lab) continue;
+        int e = -1;
+        for (int k = 0; merge && k < L->n_ent && e < 0; k++)
+            if (coincide(L, L->ent[k].member[0], s)) e = k;
+        // a series with no point inside the axes is said to be off the plot, not promised as a line
+        int visible = 0;
+        for (int i = 0; i < L->pts[s].n && !visible; i++) {
+            double x = L->pts[s].x[i], y = L->pts[s].y[i];
+            if (!point_ok(L, x, y)) continue;
+            double fx = axis_frac(&L->ax, x), fy = axis_frac(&L->ay, y);
+            visible = fx >= -1e-6 && fx <= 1 + 1e-6 && fy >= -1e-6 && fy <= 1 + 1e-6;
+        }
+        const char *off = visible || L->ax.hi <= L->ax.lo ? "" : " (off the plot)";
+        if (e < 0) {
+            e = L->n_ent++;
+            memset(&L->ent[e], 0, sizeof L->ent[e]);
+            snprintf(L->ent[e].text, sizeof L->ent[e].text, "%s%s", lab, off);
+        } else {
+            size_t n = strlen(L->ent[e].text);
+            snprintf(L->ent[e].text + n, sizeof L->ent[e].text - n, " = %s%s", lab, off);
+        }
+        L->ent[e].member[L->ent[e].n++] = s;
+        L->entry_of[s] = e;
+    }
+}
+
+// Members of an entry that look alike (one colour, one dash) draw as one line; otherwise each draws
+// every m-th dash of an alternating pattern, so every colour of the entry shows along the line.
+static int entry_mixed(const LineLayout *L, const Entry *e) {
+    const PlotSeries *s0 = &L->c->series[e->member[0]];
+    for (int k = 1; k < e->n; k++) {
+        const PlotSeries *s = &L->c->series[e->member[k]];
+        if (palette_index(s->color) != palette_index(s0->color) || s->dashed != s0->dashed) return 1;
+    }
+    return 0;
+}
+
+static void series_style(cairo_t *cr, const LineLayout *L, int s) {
+    const PlotSeries *ps = &L->c->series[s];
     double rgb[3];
-    palette_rgb(s->color, rgb);
+    palette_rgb(ps->color, rgb);
     cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
-    cairo_set_line_width(cr, 2.2);
+    cairo_set_line_width(cr, LINE_W);
     cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
-    cairo_set_line_cap(cr, s->dashed ? CAIRO_LINE_CAP_BUTT : CAIRO_LINE_CAP_ROUND);
+    int e = L->entry_of[s];
+    if (e >= 0 && L->ent[e].n > 1 && entry_mixed(L, &L->ent[e])) {
+        int k = 0, m = L->ent[e].n;
+        while (L->ent[e].member[k] != s) k++;
+        double dash[2] = {DASH_SEG, DASH_SEG * (m - 1)};
+        cairo_set_line_cap(cr, CAIRO_LINE_CAP_BUTT);
+        cairo_set_dash(cr, dash, 2, -k * DASH_SEG);
+        return;
+    }
     static const double dash[2] = {7, 4};
-    cairo_set_dash(cr, dash, s->dashed ? 2 : 0, 0);
+    cairo_set_line_cap(cr, ps->dashed ? CAIRO_LINE_CAP_BUTT : CAIRO_LINE_CAP_ROUND);
+    cairo_set_dash(cr, dash, ps->dashed ? 2 : 0, 0);
 }
 
-static void marker(cairo_t *cr, const PlotSeries *s, double x, double y) {
+static void marker(cairo_t *cr, int color, double x, double y) {
     double rgb[3];
-    palette_rgb(s->color, rgb);
+    palette_rgb(color, rgb);
     cairo_new_sub_path(cr);
     cairo_arc(cr, x, y, 3.6, 0, 2 * M_PI);
     cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
@@ -700,9 +956,460 @@ static void marker(cairo_t *cr, const PlotSeries *s, double x, double y) {
     cairo_stroke(cr);
 }
 
-static void draw_legend(cairo_t *cr, const LineChart *c, const LineLayout *L) {
-    if (L->leg_w <= 0) return;
-    if (L->legend_pos != 3) {
+// ---- what may not be covered: lines, markers, bands, references --------------------------------------
+static int seg_hits_box(double ax, double ay, double bx, double by, const PlotBox *r) {
+    // Liang-Barsky clipping of the segment against the box
+    double t0 = 0, t1 = 1, dx = bx - ax, dy = by - ay;
+    double p[4] = {-dx, dx, -dy, dy}, q[4] = {ax - r->x0, r->x1 - ax, ay - r->y0, r->y1 - ay};
+    for (int k = 0; k < 4; k++) {
+        if (p[k] == 0) {
+            if (q[k] < 0) return 0;
+        } else {
+            double t = q[k] / p[k];
+            if (p[k] < 0) { if (t > t1) return 0; if (t > t0) t0 = t; }
+            else { if (t < t0) return 0; if (t < t1) t1 = t; }
+        }
+    }
+    return t0 <= t1;
+}
+
+static int poly_hits_box(const LineLayout *L, const double *x, const double *y, int n, const PlotBox *r) {
+    double px = NAN, py = NAN;
+    for (int i = 0; i < n; i++) {
+        if (!point_ok(L, x[i], y[i])) { px = NAN; continue; }
+        double qx = sx(L, x[i]), qy = sy(L, y[i]);
+        if (isfinite(px) ? seg_hits_box(px, py, qx, qy, r) : seg_hits_box(qx, qy, qx, qy, r)) return 1;
+        px = qx;
+        py = qy;
+    }
+    return 0;
+}
+
+// 1 if the box covers any series (its line, markers, band or whiskers), reference line or placed label.
+static int box_hits_data(const LineLayout *L, const PlotBox *box, int skip_series, int skip_ref) {
+    PlotBox r = {box->x0 - 3, box->y0 - 3, box->x1 + 3, box->y1 + 3};
+    for (int s = 0; s < L->ns; s++) {
+        if (s == skip_series) continue;
+        const SeriesPts *p = &L->pts[s];
+        if (poly_hits_box(L, p->x, p->y, p->n, &r)) return 1;
+        if (p->lo && poly_hits_box(L, p->x, p->lo, p->n, &r)) return 1;
+        if (p->hi && poly_hits_box(L, p->x, p->hi, p->n, &r)) return 1;
+        for (int i = 0; p->lo && p->hi && i < p->n; i++) {
+            if (!point_ok(L, p->x[i], p->lo[i]) || !point_ok(L, p->x[i], p->hi[i])) continue;
+            double X = sx(L, p->x[i]);
+            if (seg_hits_box(X, sy(L, p->lo[i]), X, sy(L, p->hi[i]), &r)) return 1;
+        }
+    }
+    const LineChart *c = L->c;
+    for (int k = 0; k < c->n_refs; k++) {
+        const PlotRef *f = &c->refs[k];
+        if (k == skip_ref) continue;
+        if (f->n > 0) {
+            if (poly_hits_box(L, f->x, f->y, f->n, &r)) return 1;
+        } else if (f->vertical) {
+            if (point_ok(L, f->value, L->ay.lo) && seg_hits_box(sx(L, f->value), L->y0, sx(L, f->value), L->y1, &r)) return 1;
+        } else if (point_ok(L, L->ax.lo, f->value) && seg_hits_box(L->x0, sy(L, f->value), L->x1, sy(L, f->value), &r)) {
+            return 1;
+        }
+    }
+    for (int k = 0; k < L->n_lab; k++)
+        if (plot_box_overlap(&L->lab[k].box, box)) return 1;
+    return 0;
+}
+
+// ---- layout ---------------------------------------------------------------------------------------------
+// Every entry's text wrapped at wrap_w (a merged entry can be long); returns the widest block. Entry
+// widths include the line sample.
+static double wrap_entries(LineLayout *L, cairo_t *cr, double wrap_w, double sample) {
+    double widest = 0;
+    plot_font(cr, LEG_FONT, 0);
+    for (int e = 0; e < L->n_ent; e++) {
+        Entry *E = &L->ent[e];
+        E->n_lines = plot_wrap_lines(cr, E->text, wrap_w, E->lines, 6);
+        E->lw = 0;
+        for (int k = 0; k < E->n_lines; k++) E->lw = fmax(E->lw, plot_text_width(cr, E->lines[k]));
+        E->lh = (E->n_lines - 1) * LEG_LINE + LEG_FONT;
+        E->w = sample + 8 + E->lw;
+        widest = fmax(widest, E->lw);
+    }
+    return widest;
+}
+
+// Height of legend row r (below the plot: cols entries a row; inside: one).
+static double legend_row_h(const LineLayout *L, int r, int cols) {
+    double h = 0;
+    for (int e = r * cols; e < (r + 1) * cols && e < L->n_ent; e++) h = fmax(h, L->ent[e].lh);
+    return h;
+}
+
+// Places the plot area, axes and legend frame for one legend mode; returns the mode it settled on
+// (an inside legend wider than 60% of the plot goes below, as does a direct label block wider than
+// 40% of the canvas).
+static int layout_pass(LineLayout *L, cairo_t *cr, int mode) {
+    for (int attempt = 0; attempt < 6; attempt++) {
+        double maxw = L->w - 2 * MARGIN;
+        L->leg_w = L->leg_h = 0;
+        L->direct_w = 0;
+        if (L->n_ent > 0) {
+            if (mode == PLOT_LEGEND_BELOW) {
+                double widest = wrap_entries(L, cr, maxw - LEG_SAMPLE - 8, LEG_SAMPLE) + LEG_SAMPLE + 8;
+                L->leg_colw = widest + 28;
+                L->leg_cols = (int)fmax(1, fmin(L->n_ent, floor((maxw + 28) / L->leg_colw)));
+                int rows = (L->n_ent + L->leg_cols - 1) / L->leg_cols;
+                L->leg_w = L->leg_cols * L->leg_colw - 28;
+                L->leg_h = 0;
+                for (int r = 0; r < rows; r++) L->leg_h += legend_row_h(L, r, L->leg_cols) + (r ? LEG_ROW - LEG_FONT : 0);
+            } else if (mode == PLOT_LEGEND_DIRECT) {
+                L->direct_w = wrap_entries(L, cr, DIRECT_MAX_W, DIRECT_SAMPLE) + DIRECT_SAMPLE + 6 + 14;
+                if (L->direct_w > 0.4 * L->w) { mode = PLOT_LEGEND_BELOW; continue; }
+            } else {
+                double widest = wrap_entries(L, cr, 0.55 * maxw, LEG_SAMPLE) + LEG_SAMPLE + 8;
+                L->leg_w = widest + 2 * LEG_PAD;
+                L->leg_h = 2 * LEG_PAD;
+                for (int e = 0; e < L->n_ent; e++) L->leg_h += L->ent[e].lh + (e ? LEG_ROW - LEG_FONT : 0);
+            }
+        }
+        L->y0 = MARGIN + L->head_h + (L->head_h > 0 ? 22 : 6);
+        double bottom = L->h - MARGIN;
+        if (L->note_h > 0) bottom -= L->note_h + 12;
+        if (mode == PLOT_LEGEND_BELOW && L->leg_h > 0) {
+            L->leg_y = bottom - L->leg_h;
+            bottom = L->leg_y - 14;
+        }
+        if (L->xlabel[0]) {
+            L->xlabel_y = bottom - LABEL_FONT * CAP_HEIGHT - 3;
+            bottom = L->xlabel_y - 10;
+        }
+        L->y1 = bottom - 9 - TICK_FONT;   // tick labels hang 9 pt below the axis
+        if (L->y1 - L->y0 < 220) {        // too little room for the plot: grow the canvas
+            L->h += 220 - (L->y1 - L->y0);
+            continue;
+        }
+        axis_setup(&L->ay, cr, L->ymin, L->ymax, L->fit_y, L->y1 - L->y0, 0);
+        L->x0 = MARGIN + (L->ylabel[0] ? LABEL_FONT + 12 : 0) + axis_max_label_width(&L->ay, cr) + 10;
+        L->x1 = L->w - MARGIN - 16 - L->direct_w;
+        axis_setup(&L->ax, cr, L->xmin, L->xmax, L->fit_x, L->x1 - L->x0, 1);
+        // the last x label is centred on its tick: keep it on the canvas
+        if (L->ax.n_major > 0 && mode != PLOT_LEGEND_DIRECT) {
+            char lab[64];
+            plot_font(cr, TICK_FONT, 0);
+            double half = plot_text_width(cr, plot_format_tick(lab, sizeof lab, L->ax.major[L->ax.n_major - 1], L->ax.fmt)) / 2;
+            double xr = L->x0 + axis_frac(&L->ax, L->ax.major[L->ax.n_major - 1]) * (L->x1 - L->x0);
+            if (xr + half > L->w - 6) L->x1 -= xr + half - (L->w - 6);
+        }
+        if (mode != PLOT_LEGEND_BELOW && mode != PLOT_LEGEND_DIRECT && L->leg_w > 0.6 * (L->x1 - L->x0)) {
+            mode = PLOT_LEGEND_BELOW;
+            continue;
+        }
+        break;
+    }
+    if (mode == PLOT_LEGEND_BELOW) {
+        L->leg_x = (L->x0 + L->x1) / 2 - L->leg_w / 2;
+        if (L->leg_x + L->leg_w > L->w - MARGIN) L->leg_x = L->w - MARGIN - L->leg_w;
+        if (L->leg_x < MARGIN) L->leg_x = MARGIN;
+    }
+    return mode;
+}
+
+static PlotBox legend_box_at(const LineLayout *L, int pos) {
+    double inset = 10;
+    double x = pos == PLOT_LEGEND_TOP_LEFT || pos == PLOT_LEGEND_BOTTOM_LEFT ? L->x0 + inset : L->x1 - inset - L->leg_w;
+    double y = pos == PLOT_LEGEND_BOTTOM_RIGHT || pos == PLOT_LEGEND_BOTTOM_LEFT ? L->y1 - inset - L->leg_h : L->y0 + inset;
+    return (PlotBox){x, y, x + L->leg_w, y + L->leg_h};
+}
+
+// A label of text at one of several candidate anchors: the first that stays inside the plot and covers
+// neither data nor another label; the first candidate when none is free.
+static void place_label(LineLayout *L, cairo_t *cr, const char *text, double size, int italic, unsigned hex,
+                        const double (*cand)[3], int n_cand, int skip_series, int skip_ref) {
+    if (L->n_lab >= MAX_LABELS || !text || !*text) return;
+    Label *lb = &L->lab[L->n_lab];
+    snprintf(lb->text, sizeof lb->text, "%s", text);
+    lb->size = size;
+    lb->italic = italic;
+    lb->hex = hex;
+    plot_font(cr, size, italic ? PLOT_ITALIC : 0);
+    double tw = plot_text_width(cr, text), th = size * CAP_HEIGHT;
+    // the first candidate inside the plot that covers nothing; else the first that covers no other label;
+    // else the first inside the plot; else the first, moved into the plot
+    int chosen = -1, free_of_labels = -1, inside = -1;
+    for (int k = 0; k < n_cand && chosen < 0; k++) {
+        double x = cand[k][0] - cand[k][2] * tw, y = cand[k][1];
+        PlotBox b = {x - 2, y - 2, x + tw + 2, y + th + 3};
+        if (b.x0 < L->x0 || b.x1 > L->x1 + 2 || b.y0 < L->y0 - 2 || b.y1 > L->y1) continue;
+        if (inside < 0) inside = k;
+        int on_label = 0;
+        for (int j = 0; j < L->n_lab; j++) on_label |= plot_box_overlap(&L->lab[j].box, &b);
+        if (!on_label && free_of_labels < 0) free_of_labels = k;
+        if (!box_hits_data(L, &b, skip_series, skip_ref)) chosen = k;
+    }
+    if (chosen < 0) chosen = free_of_labels >= 0 ? free_of_labels : inside;
+    lb->ax = cand[chosen < 0 ? 0 : chosen][2];
+    lb->x = cand[chosen < 0 ? 0 : chosen][0];
+    lb->y = cand[chosen < 0 ? 0 : chosen][1];
+    if (chosen < 0) {
+        lb->x = fmax(L->x0 + 2 + lb->ax * tw, fmin(L->x1 - (1 - lb->ax) * tw, lb->x));
+        lb->y = fmax(L->y0 + 2, fmin(L->y1 - th - 3, lb->y));
+    }
+    double x = lb->x - lb->ax * tw;
+    lb->box = (PlotBox){x - 2, lb->y - 2, x + tw + 2, lb->y + th + 3};
+    L->n_lab++;
+}
+
+static void place_ref_and_limit_labels(LineLayout *L, cairo_t *cr) {
+    const LineChart *c = L->c;
+    L->n_lab = 0;
+    L->n_limits = 0;
+    double th = REF_FONT * CAP_HEIGHT;
+    for (int k = 0; k < c->n_refs; k++) {
+        const PlotRef *f = &c->refs[k];
+        double cand[4][3];
+        if (f->n > 0) {
+            int i = f->n - 1;
+            while (i > 0 && !point_ok(L, f->x[i], f->y[i])) i--;
+            if (!point_ok(L, f->x[i], f->y[i])) continue;
+            double X = fmin(sx(L, f->x[i]), L->x1 - 4), Y = sy(L, f->y[i]);
+            double c4[4][3] = {{X, Y - th - 6, 1}, {X, Y + 6, 1}, {L->x0 + 4, sy(L, f->y[0]) - th - 6, 0},
+                               {L->x0 + 4, sy(L, f->y[0]) + 6, 0}};
+            memcpy(cand, c4, sizeof cand);
+        } else if (f->vertical) {
+            if (!point_ok(L, f->value, L->ay.lo)) continue;
+            double X = sx(L, f->value);
+            double c4[4][3] = {{X + 5, L->y0 + 4, 0}, {X - 5, L->y0 + 4, 1}, {X + 5, L->y1 - th - 6, 0},
+                               {X - 5, L->y1 - th - 6, 1}};
+            memcpy(cand, c4, sizeof cand);
+        } else {
+            if (!point_ok(L, L->ax.lo, f->value)) continue;
+            double Y = sy(L, f->value);
+            double c4[4][3] = {{L->x1 - 4, Y - th - 5, 1}, {L->x1 - 4, Y + 5, 1}, {L->x0 + 4, Y - th - 5, 0},
+                               {L->x0 + 4, Y + 5, 0}};
+            memcpy(cand, c4, sizeof cand);
+        }
+        place_label(L, cr, f->label, REF_FONT, 1, 0x444444, (const double (*)[3])cand, 4, -1, k);
+    }
+    for (int s = 0; s < L->ns; s++) {
+        const SeriesPts *p = &L->pts[s];
+        const PlotSeries *ps = &c->series[s];
+        if (!p->cut || !point_ok(L, p->end_x, p->end_y)) continue;
+        L->n_limits++;
+        double X = sx(L, p->end_x), Y = sy(L, p->end_y), t = LIMIT_FONT * CAP_HEIGHT;
+        double cand[6][3] = {{X, Y - t - 12, 0.5}, {X - 6, Y - t - 12, 1}, {X + 6, Y - t - 12, 0},
+                             {X + 8, Y - t / 2, 0}, {X - 8, Y - t / 2, 1}, {X, Y + 12, 0.5}};
+        // one label per model: a twin of the same colour ending at the same place (the model counted
+        // another way) shares the label of the first
+        int twin = 0;
+        for (int t = 0; t < s && !twin; t++)
+            twin = L->pts[t].cut && c->series[t].x_limit == ps->x_limit &&
+                   palette_index(c->series[t].color) == palette_index(ps->color);
+        if (twin) continue;
+        double rgb[3];
+        palette_rgb(ps->color, rgb);
+        // the label in the series' colour, darkened so light colours stay readable as text
+        unsigned hex = ((unsigned)(rgb[0] * 200) << 16) | ((unsigned)(rgb[1] * 200) << 8) | (unsigned)(rgb[2] * 200);
+        place_label(L, cr, ps->limit_label && *ps->limit_label ? ps->limit_label : "max", LIMIT_FONT, 0, hex,
+                    (const double (*)[3])cand, 6, s, -1);
+    }
+}
+
+// Direct labels: each entry's label block at the right of the plot, as close to its line's end as
+// possible, stacked top to bottom so that no two overlap.
+static void place_direct(LineLayout *L) {
+    int order[MAXS];
+    for (int e = 0; e < L->n_ent; e++) {
+        Entry *E = &L->ent[e];
+        const SeriesPts *p = &L->pts[E->member[E->n - 1]];
+        E->anchor_y = (L->y0 + L->y1) / 2;
+        for (int i = p->n - 1; i >= 0; i--)
+            if (point_ok(L, p->x[i], p->y[i])) { E->anchor_y = sy(L, p->y[i]); break; }
+        order[e] = e;
+    }
+    for (int i = 1; i < L->n_ent; i++)   // insertion sort by anchor, stable
+        for (int j = i; j > 0 && L->ent[order[j]].anchor_y < L->ent[order[j - 1]].anchor_y; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    const double gap = 5;
+    double prev = -INFINITY;
+    for (int i = 0; i < L->n_ent; i++) {
+        Entry *E = &L->ent[order[i]];
+        E->label_y = fmax(E->anchor_y - E->lh / 2, prev + gap);
+        prev = E->label_y + E->lh;
+    }
+    // pushed past the bottom: shift the stack up from the bottom, never above the canvas's plot top
+    double limit = L->y1 + 8;
+    for (int i = L->n_ent - 1; i >= 0; i--) {
+        Entry *E = &L->ent[order[i]];
+        if (E->label_y + E->lh > limit) E->label_y = limit - E->lh;
+        limit = E->label_y - gap;
+    }
+}
+
+static void line_layout(LineLayout *L, const LineChart *c, cairo_t *cr) {
+    memset(L, 0, sizeof *L);
+    L->c = c;
+    L->ent = callocCheck(MAXS, sizeof(Entry));
+    L->w = c->width > 0 ? c->width : 900;
+    L->h = c->height > 0 ? c->height : 560;
+    L->ns = c->n_series;
+    for (int s = 0; s < L->ns; s++) cut_series(&L->pts[s], &c->series[s]);
+    // the data's extent (lines, spreads, references), then which axes may be logarithmic
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+    double pxmin = INFINITY, pxmax = -INFINITY, pymin = INFINITY, pymax = -INFINITY;   // positive only
+    for (int s = 0; s < L->ns; s++) {
+        const SeriesPts *p = &L->pts[s];
+        for (int i = 0; i < p->n; i++) {
+            if (!isfinite(p->x[i]) || !isfinite(p->y[i])) continue;
+            extend(&xmin, &xmax, p->x[i]);
+            if (p->x[i] > 0) extend(&pxmin, &pxmax, p->x[i]);
+            double ys[3] = {p->y[i], p->lo ? p->lo[i] : NAN, p->hi ? p->hi[i] : NAN};
+            for (int k = 0; k < 3; k++) {
+                extend(&ymin, &ymax, ys[k]);
+                if (ys[k] > 0) extend(&pymin, &pymax, ys[k]);
+            }
+        }
+    }
+    for (int k = 0; k < c->n_refs; k++) {
+        const PlotRef *f = &c->refs[k];
+        for (int i = 0; i < f->n; i++) {
+            extend(&xmin, &xmax, f->x[i]);
+            extend(&ymin, &ymax, f->y[i]);
+            if (f->y[i] > 0) extend(&pymin, &pymax, f->y[i]);
+        }
+        if (f->n == 0 && f->vertical) { extend(&xmin, &xmax, f->value); if (f->value > 0) extend(&pxmin, &pxmax, f->value); }
+        if (f->n == 0 && !f->vertical) { extend(&ymin, &ymax, f->value); if (f->value > 0) extend(&pymin, &pymax, f->value); }
+    }
+    L->fit_x = !(c->xmin < c->xmax);
+    L->fit_y = !(c->ymin < c->ymax);
+    // a log axis is granted when asked and the data (or the given range) span PLOT_LOG_MIN_RATIO
+    double lx0 = L->fit_x ? pxmin : c->xmin, lx1 = L->fit_x ? pxmax : c->xmax;
+    double ly0 = L->fit_y ? pymin : c->ymin, ly1 = L->fit_y ? pymax : c->ymax;
+    L->ax.log = c->logx && lx0 > 0 && lx1 / lx0 >= PLOT_LOG_MIN_RATIO;
+    L->ay.log = c->logy && ly0 > 0 && ly1 / ly0 >= PLOT_LOG_MIN_RATIO;
+    if (L->ax.log) { xmin = pxmin; xmax = pxmax; }
+    if (L->ay.log) { ymin = pymin; ymax = pymax; }
+    if (!L->fit_x) { xmin = c->xmin; xmax = c->xmax; }
+    if (!L->fit_y) { ymin = c->ymin; ymax = c->ymax; }
+    L->xmin = xmin; L->xmax = xmax; L->ymin = ymin; L->ymax = ymax;
+    L->ax.fmt = c->xfmt;
+    L->ay.fmt = c->yfmt;
+    axis_label_text(L->xlabel, sizeof L->xlabel, c->xlabel, L->ax.log);
+    axis_label_text(L->ylabel, sizeof L->ylabel, c->ylabel, L->ay.log);
+    CHECK(!is_accuracy_chart(c->ylabel) || c->n_refs > 0,
+          "figure '%s' plots accuracy without a reference line (chance)", c->title ? c->title : "");
+
+    double maxw = L->w - 2 * MARGIN;
+    L->head_h = plot_title_block_fit(cr, c->title, c->subtitle, 0, 0, maxw, 0, &L->title_fits, &L->subtitle_fits);
+    L->note_h = plot_note_block(cr, c->note, 0, 0, maxw, 0);
+    int mode = c->legend_pos >= 0 && c->legend_pos <= PLOT_LEGEND_BOTTOM_LEFT ? c->legend_pos : 0;
+    // one legend entry per series to find the axes, then coinciding series merged, then the final layout
+    build_entries(L, 0);
+    mode = layout_pass(L, cr, mode);
+    int requested = mode;
+    for (int pass = 0; pass < 3; pass++) {
+        int n_before = L->n_ent;
+        build_entries(L, 1);   // merged by the current axes; the layout then wraps the merged entries
+        mode = layout_pass(L, cr, requested);
+        if (pass > 0 && L->n_ent == n_before) break;
+    }
+    if (mode == PLOT_LEGEND_DIRECT) {
+        // direct labels sit at the right edge: every line must reach it, else they go below
+        for (int e = 0; e < L->n_ent && mode == PLOT_LEGEND_DIRECT; e++) {
+            const SeriesPts *p = &L->pts[L->ent[e].member[0]];
+            double last = -INFINITY;
+            for (int i = 0; i < p->n; i++)
+                if (point_ok(L, p->x[i], p->y[i])) last = fmax(last, sx(L, p->x[i]));
+            if (last < L->x1 - 0.02 * (L->x1 - L->x0)) mode = layout_pass(L, cr, PLOT_LEGEND_BELOW);
+        }
+    }
+    place_ref_and_limit_labels(L, cr);
+    if (mode != PLOT_LEGEND_BELOW && mode != PLOT_LEGEND_DIRECT && L->n_ent > 0) {
+        // an inside legend goes to the first corner where it covers nothing: asked, then TL, TR, BR, BL
+        static const int corners[4] = {PLOT_LEGEND_TOP_LEFT, PLOT_LEGEND_TOP_RIGHT, PLOT_LEGEND_BOTTOM_RIGHT,
+                                       PLOT_LEGEND_BOTTOM_LEFT};
+        int found = -1;
+        for (int k = -1; k < 4 && found < 0; k++) {
+            int pos = k < 0 ? mode : corners[k];
+            PlotBox b = legend_box_at(L, pos);
+            if (!box_hits_data(L, &b, -1, -1)) found = pos;
+        }
+        if (found >= 0) {
+            mode = found;
+            PlotBox b = legend_box_at(L, mode);
+            L->leg_x = b.x0;
+            L->leg_y = b.y0;
+        } else {
+            mode = layout_pass(L, cr, PLOT_LEGEND_BELOW);
+            place_ref_and_limit_labels(L, cr);
+        }
+    }
+    L->legend_pos = mode;
+    if (mode == PLOT_LEGEND_DIRECT) place_direct(L);
+    // the y label shrinks when it is longer than the plot is tall
+    plot_font(cr, LABEL_FONT, 0);
+    double tw = plot_text_width(cr, L->ylabel), room = L->y1 - L->y0 + 20;
+    L->ylabel_size = tw > room ? LABEL_FONT * room / tw : LABEL_FONT;
+}
+
+static void line_layout_free(LineLayout *L) {
+    for (int s = 0; s < L->ns; s++) {
+        free(L->pts[s].x);
+        free(L->pts[s].y);
+        free(L->pts[s].lo);
+        free(L->pts[s].hi);
+    }
+    free(L->ent);
+}
+
+// ---- drawing -------------------------------------------------------------------------------------------
+static void legend_sample(cairo_t *cr, const LineLayout *L, const Entry *E, double x, double ym, double len) {
+    for (int k = 0; k < E->n; k++) {
+        int s = E->member[k];
+        const PlotSeries *ps = &L->c->series[s];
+        if (ps->ylo && ps->yhi && !ps->error_bars) {
+            double rgb[3];
+            palette_rgb(ps->color, rgb);
+            cairo_set_source_rgba(cr, rgb[0], rgb[1], rgb[2], 0.2);
+            cairo_rectangle(cr, x, ym - 6, len, 12);
+            cairo_fill(cr);
+        }
+        series_style(cr, L, s);
+        cairo_move_to(cr, x, ym);
+        cairo_line_to(cr, x + len, ym);
+        cairo_stroke(cr);
+    }
+    for (int k = 0; k < E->n; k++) {
+        const PlotSeries *ps = &L->c->series[E->member[k]];
+        if (ps->markers) {
+            marker(cr, ps->color, x + len / 2, ym);
+            break;
+        }
+    }
+}
+
+static void draw_legend(cairo_t *cr, const LineLayout *L) {
+    if (L->n_ent == 0) return;
+    if (L->legend_pos == PLOT_LEGEND_DIRECT) {
+        for (int e = 0; e < L->n_ent; e++) {
+            const Entry *E = &L->ent[e];
+            double xs = L->x1 + 14, ym = E->label_y + LEG_FONT * CAP_HEIGHT / 2;
+            // a leader from the line's end when the label had to move
+            if (fabs(ym - E->anchor_y) > 2) {
+                plot_set_hex(cr, 0x999999);
+                cairo_set_line_width(cr, 0.8);
+                cairo_set_dash(cr, NULL, 0, 0);
+                cairo_move_to(cr, L->x1 + 2, E->anchor_y);
+                cairo_line_to(cr, xs - 2, ym);
+                cairo_stroke(cr);
+            }
+            legend_sample(cr, L, E, xs, ym, DIRECT_SAMPLE);
+            plot_font(cr, LEG_FONT, 0);
+            set_rgb(cr, 0x222222);
+            for (int k = 0; k < E->n_lines; k++)
+                plot_text(cr, xs + DIRECT_SAMPLE + 6, E->label_y + k * LEG_LINE, 0, 0, E->lines[k]);
+        }
+        return;
+    }
+    int below = L->legend_pos == PLOT_LEGEND_BELOW;
+    if (!below) {
         cairo_rectangle(cr, L->leg_x, L->leg_y, L->leg_w, L->leg_h);
         cairo_set_source_rgba(cr, 1, 1, 1, 0.92);
         cairo_fill_preserve(cr);
@@ -711,24 +1418,31 @@ static void draw_legend(cairo_t *cr, const LineChart *c, const LineLayout *L) {
         cairo_set_dash(cr, NULL, 0, 0);
         cairo_stroke(cr);
     }
-    double pad = L->legend_pos == 3 ? 0 : LEG_PAD;
-    int k = 0;
-    for (int s = 0; s < c->n_series; s++) {
-        const PlotSeries *ps = &c->series[s];
-        if (!ps->label || !*ps->label) continue;
-        int col = L->legend_pos == 3 ? k % L->leg_cols : 0, row = L->legend_pos == 3 ? k / L->leg_cols : k;
+    double pad = below ? 0 : LEG_PAD;
+    int cols = below ? L->leg_cols : 1;
+    double row_top = L->leg_y + pad;
+    for (int e = 0; e < L->n_ent; e++) {
+        int col = e % cols;
+        if (col == 0 && e > 0) row_top += legend_row_h(L, e / cols - 1, cols) + LEG_ROW - LEG_FONT;
+        const Entry *E = &L->ent[e];
         double x = L->leg_x + pad + col * L->leg_colw;
-        double ym = L->leg_y + pad + row * LEG_ROW + LEG_FONT / 2;   // middle of this entry's row
-        series_style(cr, ps);
-        cairo_move_to(cr, x, ym);
-        cairo_line_to(cr, x + LEG_SAMPLE, ym);
-        cairo_stroke(cr);
-        if (ps->markers) marker(cr, ps, x + LEG_SAMPLE / 2, ym);
+        double ym = row_top + LEG_FONT / 2;   // middle of the entry's first line
+        legend_sample(cr, L, E, x, ym, LEG_SAMPLE);
         plot_font(cr, LEG_FONT, 0);
         set_rgb(cr, 0x222222);
-        plot_text(cr, x + LEG_SAMPLE + 8, ym, 0, 0.5, ps->label);
-        k++;
+        for (int k = 0; k < E->n_lines; k++) plot_text(cr, x + LEG_SAMPLE + 8, ym + k * LEG_LINE, 0, 0.5, E->lines[k]);
     }
+}
+
+static void stroke_poly(cairo_t *cr, const LineLayout *L, const double *x, const double *y, int n) {
+    int pen = 0;
+    for (int i = 0; i < n; i++) {
+        if (!point_ok(L, x[i], y[i])) { pen = 0; continue; }
+        if (pen) cairo_line_to(cr, sx(L, x[i]), sy(L, y[i]));
+        else cairo_move_to(cr, sx(L, x[i]), sy(L, y[i]));
+        pen = 1;
+    }
+    cairo_stroke(cr);
 }
 
 static void draw_line_chart(cairo_t *cr, double w, double h, const void *ctx) {
@@ -737,62 +1451,184 @@ static void draw_line_chart(cairo_t *cr, double w, double h, const void *ctx) {
     (void)h;
     plot_title_block(cr, c->title, c->subtitle, MARGIN, MARGIN, w - 2 * MARGIN, 1);
     draw_axes(cr, &L->ax, &L->ay, L->x0, L->x1, L->y0, L->y1, 1, 1);
-    // series, clipped to the plot area (markers may sit on its edge)
     cairo_save(cr);
     cairo_rectangle(cr, L->x0 - 1, L->y0 - 1, L->x1 - L->x0 + 2, L->y1 - L->y0 + 2);
     cairo_clip(cr);
-    for (int s = 0; s < c->n_series; s++) {
-        const PlotSeries *ps = &c->series[s];
-        series_style(cr, ps);
-        int pen = 0;
-        for (int i = 0; i < ps->n; i++) {
-            if (!point_ok(L, ps->x[i], ps->y[i])) { pen = 0; continue; }
-            double x = L->x0 + axis_frac(&L->ax, ps->x[i]) * (L->x1 - L->x0);
-            double y = L->y1 - axis_frac(&L->ay, ps->y[i]) * (L->y1 - L->y0);
-            if (pen) cairo_line_to(cr, x, y);
-            else cairo_move_to(cr, x, y);
-            pen = 1;
+    // spreads under everything: a band between ylo and yhi
+    for (int s = 0; s < L->ns; s++) {
+        const SeriesPts *p = &L->pts[s];
+        if (!p->lo || !p->hi || c->series[s].error_bars) continue;
+        double rgb[3];
+        palette_rgb(c->series[s].color, rgb);
+        cairo_set_source_rgba(cr, rgb[0], rgb[1], rgb[2], 0.2);
+        int first = 1;
+        for (int i = 0; i < p->n; i++) {
+            if (!point_ok(L, p->x[i], p->hi[i])) continue;
+            if (first) cairo_move_to(cr, sx(L, p->x[i]), sy(L, p->hi[i]));
+            else cairo_line_to(cr, sx(L, p->x[i]), sy(L, p->hi[i]));
+            first = 0;
         }
-        cairo_stroke(cr);
+        for (int i = p->n - 1; i >= 0; i--)
+            if (point_ok(L, p->x[i], p->lo[i])) cairo_line_to(cr, sx(L, p->x[i]), sy(L, p->lo[i]));
+        cairo_close_path(cr);
+        cairo_fill(cr);
+    }
+    // references: dotted grey
+    for (int k = 0; k < c->n_refs; k++) {
+        const PlotRef *f = &c->refs[k];
+        static const double dots[2] = {2.5, 3};
+        plot_set_hex(cr, 0x555555);
+        cairo_set_line_width(cr, 1.5);
+        cairo_set_line_cap(cr, CAIRO_LINE_CAP_BUTT);
+        cairo_set_dash(cr, dots, 2, 0);
+        if (f->n > 0) {
+            stroke_poly(cr, L, f->x, f->y, f->n);
+        } else if (f->vertical) {
+            if (!point_ok(L, f->value, L->ay.lo)) continue;
+            cairo_move_to(cr, sx(L, f->value), L->y0);
+            cairo_line_to(cr, sx(L, f->value), L->y1);
+            cairo_stroke(cr);
+        } else {
+            if (!point_ok(L, L->ax.lo, f->value)) continue;
+            cairo_move_to(cr, L->x0, sy(L, f->value));
+            cairo_line_to(cr, L->x1, sy(L, f->value));
+            cairo_stroke(cr);
+        }
+    }
+    for (int s = 0; s < L->ns; s++) {
+        series_style(cr, L, s);
+        stroke_poly(cr, L, L->pts[s].x, L->pts[s].y, L->pts[s].n);
     }
     cairo_restore(cr);
-    for (int s = 0; s < c->n_series; s++) {
+    cairo_set_dash(cr, NULL, 0, 0);
+    // whiskers, markers and end markers on top (they may sit on the plot's edge)
+    for (int s = 0; s < L->ns; s++) {
+        const SeriesPts *p = &L->pts[s];
         const PlotSeries *ps = &c->series[s];
-        if (!ps->markers) continue;
-        for (int i = 0; i < ps->n; i++) {
-            if (!point_ok(L, ps->x[i], ps->y[i])) continue;
-            double fx = axis_frac(&L->ax, ps->x[i]), fy = axis_frac(&L->ay, ps->y[i]);
-            if (fx < -1e-6 || fx > 1 + 1e-6 || fy < -1e-6 || fy > 1 + 1e-6) continue;
-            marker(cr, ps, L->x0 + fx * (L->x1 - L->x0), L->y1 - fy * (L->y1 - L->y0));
+        double rgb[3];
+        palette_rgb(ps->color, rgb);
+        if (p->lo && p->hi && ps->error_bars)
+            for (int i = 0; i < p->n; i++) {
+                if (!point_ok(L, p->x[i], p->lo[i]) || !point_ok(L, p->x[i], p->hi[i])) continue;
+                double X = sx(L, p->x[i]), ya = sy(L, p->lo[i]), yb = sy(L, p->hi[i]);
+                cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
+                cairo_set_line_width(cr, 1.4);
+                cairo_move_to(cr, X, ya); cairo_line_to(cr, X, yb);
+                cairo_move_to(cr, X - 4, ya); cairo_line_to(cr, X + 4, ya);
+                cairo_move_to(cr, X - 4, yb); cairo_line_to(cr, X + 4, yb);
+                cairo_stroke(cr);
+            }
+        if (ps->markers)
+            for (int i = 0; i < p->n; i++) {
+                if (!point_ok(L, p->x[i], p->y[i])) continue;
+                double fx = axis_frac(&L->ax, p->x[i]), fy = axis_frac(&L->ay, p->y[i]);
+                if (fx < -1e-6 || fx > 1 + 1e-6 || fy < -1e-6 || fy > 1 + 1e-6) continue;
+                marker(cr, ps->color, sx(L, p->x[i]), sy(L, p->y[i]));
+            }
+        if (p->cut && point_ok(L, p->end_x, p->end_y)) {
+            // the end of a model's context: a bar across the line's end
+            double X = sx(L, p->end_x), Y = sy(L, p->end_y);
+            cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
+            cairo_set_line_width(cr, 2.6);
+            cairo_set_line_cap(cr, CAIRO_LINE_CAP_BUTT);
+            cairo_move_to(cr, X, Y - 7);
+            cairo_line_to(cr, X, Y + 7);
+            cairo_stroke(cr);
         }
     }
-    draw_legend(cr, c, L);
-    // axis labels
+    for (int k = 0; k < L->n_lab; k++) {
+        const Label *lb = &L->lab[k];
+        plot_font(cr, lb->size, lb->italic ? PLOT_ITALIC : 0);
+        plot_set_hex(cr, lb->hex);
+        plot_text(cr, lb->x, lb->y, lb->ax, 0, lb->text);
+    }
+    draw_legend(cr, L);
     plot_font(cr, LABEL_FONT, 0);
     set_rgb(cr, 0x222222);
-    if (c->xlabel) plot_text(cr, (L->x0 + L->x1) / 2, L->xlabel_y, 0.5, 0, c->xlabel);
-    if (c->ylabel && *c->ylabel) {
-        // a label longer than the plot is tall would run into the title: shrink it to fit
-        double size = LABEL_FONT, tw = plot_text_width(cr, c->ylabel), room = L->y1 - L->y0 + 20;
-        if (tw > room) plot_font(cr, size * room / tw, 0);
+    if (L->xlabel[0]) plot_text(cr, (L->x0 + L->x1) / 2, L->xlabel_y, 0.5, 0, L->xlabel);
+    if (L->ylabel[0]) {
+        plot_font(cr, L->ylabel_size, 0);
         cairo_save(cr);
         cairo_translate(cr, MARGIN, (L->y0 + L->y1) / 2);
         cairo_rotate(cr, -M_PI / 2);
-        plot_text(cr, 0, 0, 0.5, 0, c->ylabel);
+        plot_text(cr, 0, 0, 0.5, 0, L->ylabel);
         cairo_restore(cr);
     }
     plot_note_block(cr, c->note, MARGIN, L->h - MARGIN - L->note_h, w - 2 * MARGIN, 1);
 }
 
-void plot_line_chart(const LineChart *c, const char *path_no_ext, int png, int svg) {
+static void check_line_chart(const LineChart *c) {
     CHECK(c && (c->n_series == 0 || c->series), "line chart without series");
-    for (int s = 0; s < c->n_series; s++)
-        CHECK(c->series[s].n == 0 || (c->series[s].x && c->series[s].y), "series %d has no data", s);
+    CHECK(c->n_series <= MAXS, "line chart with %d series (at most %d)", c->n_series, MAXS);
+    for (int s = 0; s < c->n_series; s++) {
+        const PlotSeries *p = &c->series[s];
+        CHECK(p->n == 0 || (p->x && p->y), "series %d has no data", s);
+        CHECK(!p->ylo == !p->yhi, "series %d has only one side of its spread", s);
+    }
+    for (int k = 0; k < c->n_refs; k++) CHECK(c->refs[k].n == 0 || (c->refs[k].x && c->refs[k].y), "reference %d has no data", k);
+}
+
+void plot_line_chart(const LineChart *c, const char *path_no_ext, int png, int svg) {
+    check_line_chart(c);
     cairo_t *cr = plot_measure_context();
-    LineLayout L;
-    line_layout(&L, c, cr);
+    LineLayout *L = mallocCheck(sizeof *L);
+    line_layout(L, c, cr);
     cairo_destroy(cr);
-    plot_write_figure(path_no_ext, png, svg, L.w, L.h, draw_line_chart, &L);
+    plot_write_figure_meta(path_no_ext, png, svg, L->w, L->h, draw_line_chart, L, c->title,
+                           c->claim ? c->claim : c->subtitle);
+    line_layout_free(L);
+    free(L);
+}
+
+void plot_line_chart_info(const LineChart *c, PlotInfo *info) {
+    check_line_chart(c);
+    cairo_t *cr = plot_measure_context();
+    LineLayout *L = mallocCheck(sizeof *L);
+    line_layout(L, c, cr);
+    memset(info, 0, sizeof *info);
+    info->width = L->w;
+    info->height = L->h;
+    info->plot = (PlotBox){L->x0, L->y0, L->x1, L->y1};
+    info->logx = L->ax.log;
+    info->logy = L->ay.log;
+    info->xlo = L->ax.lo;
+    info->xhi = L->ax.hi;
+    info->ylo = L->ay.lo;
+    info->yhi = L->ay.hi;
+    snprintf(info->xlabel, sizeof info->xlabel, "%s", L->xlabel);
+    snprintf(info->ylabel, sizeof info->ylabel, "%s", L->ylabel);
+    for (int s = 0; s < L->ns && s < PLOT_INFO_MAX; s++) {
+        info->drawn_xmax[s] = NAN;
+        for (int i = 0; i < L->pts[s].n; i++)
+            if (point_ok(L, L->pts[s].x[i], L->pts[s].y[i]))
+                info->drawn_xmax[s] = isnan(info->drawn_xmax[s]) ? L->pts[s].x[i] : fmax(info->drawn_xmax[s], L->pts[s].x[i]);
+    }
+    info->n_legend = L->n_ent;
+    for (int e = 0; e < L->n_ent && e < PLOT_INFO_MAX; e++)
+        snprintf(info->legend[e], sizeof info->legend[e], "%s", L->ent[e].text);
+    info->legend_pos = L->legend_pos;
+    if (L->legend_pos != PLOT_LEGEND_DIRECT && L->n_ent > 0)
+        info->legend_box = (PlotBox){L->leg_x, L->leg_y, L->leg_x + L->leg_w, L->leg_y + L->leg_h};
+    info->legend_covers_data = L->legend_pos != PLOT_LEGEND_BELOW && L->legend_pos != PLOT_LEGEND_DIRECT &&
+                               L->n_ent > 0 && box_hits_data(L, &info->legend_box, -1, -1);
+    for (int k = 0; k < L->n_lab && info->n_labels < PLOT_INFO_MAX; k++) info->labels[info->n_labels++] = L->lab[k].box;
+    if (L->legend_pos == PLOT_LEGEND_DIRECT)
+        for (int e = 0; e < L->n_ent && info->n_labels < PLOT_INFO_MAX; e++) {
+            const Entry *E = &L->ent[e];
+            double x = L->x1 + 14;
+            info->labels[info->n_labels++] = (PlotBox){x, E->label_y, x + DIRECT_SAMPLE + 6 + E->lw, E->label_y + E->lh};
+        }
+    info->n_limits = L->n_limits;
+    info->title_fits = L->title_fits;
+    info->subtitle_fits = L->subtitle_fits;
+    double m = fmin(fmin(TICK_FONT, NOTE_FONT), L->ylabel_size);
+    if (L->n_ent > 0) m = fmin(m, LEG_FONT);
+    if (L->n_lab > 0) m = fmin(m, L->n_limits ? LIMIT_FONT : REF_FONT);
+    m = fmin(m, title_min_font(cr, c->title, c->subtitle, L->w - 2 * MARGIN));
+    info->min_text_px = m * DISPLAY_PX / L->w;
+    cairo_destroy(cr);
+    line_layout_free(L);
+    free(L);
 }
 
 // ---- bar chart -----------------------------------------------------------------------------------------
@@ -806,6 +1642,8 @@ typedef struct {
     Axis ax, ay;                  // ay is empty: bars are categories
     double x0, x1, y0, y1;
     double head_h, note_h, xlabel_y;
+    int title_fits, subtitle_fits;
+    char xlabel[512];
 } BarLayout;
 
 static void bar_value_label(char *buf, int cap, const BarChart *c, double v) {
@@ -820,13 +1658,22 @@ static void bar_value_label(char *buf, int cap, const BarChart *c, double v) {
     }
 }
 
+// Where a bar's drawing ends on the value axis: the bar, or its whisker when that reaches further.
+static double bar_reach(const BarChart *c, int i) {
+    double v = c->values[i];
+    if (c->hi && isfinite(c->hi[i]) && c->hi[i] > v) v = c->hi[i];
+    return v;
+}
+
 static void bar_layout(BarLayout *L, const BarChart *c, cairo_t *cr) {
     memset(L, 0, sizeof *L);
     L->c = c;
     L->w = c->width > 0 ? c->width : 900;
     double maxw = L->w - 2 * MARGIN;
-    L->head_h = plot_title_block(cr, c->title, c->subtitle, 0, 0, maxw, 0);
+    L->head_h = plot_title_block_fit(cr, c->title, c->subtitle, 0, 0, maxw, 0, &L->title_fits, &L->subtitle_fits);
     L->note_h = plot_note_block(cr, c->note, 0, 0, maxw, 0);
+    CHECK(!is_accuracy_chart(c->xlabel) || c->n_refs > 0,
+          "figure '%s' plots accuracy without a reference line (chance)", c->title ? c->title : "");
     double lab_w = 0, val_w = 0, vmin = INFINITY, vmax = -INFINITY;
     char buf[64];
     for (int i = 0; i < c->n; i++) {
@@ -835,26 +1682,31 @@ static void bar_layout(BarLayout *L, const BarChart *c, cairo_t *cr) {
         plot_font(cr, TICK_FONT, PLOT_BOLD);
         bar_value_label(buf, sizeof buf, c, c->values[i]);
         val_w = fmax(val_w, plot_text_width(cr, buf));
-        if (isfinite(c->values[i]) && (!c->logx || c->values[i] > 0)) {
-            vmin = fmin(vmin, c->values[i]);
-            vmax = fmax(vmax, c->values[i]);
-        }
+        double ends[3] = {c->values[i], c->lo ? c->lo[i] : NAN, c->hi ? c->hi[i] : NAN};
+        for (int k = 0; k < 3; k++)
+            if (isfinite(ends[k]) && (!c->logx || ends[k] > 0)) extend(&vmin, &vmax, ends[k]);
     }
+    for (int k = 0; k < c->n_refs; k++)
+        if (!c->logx || c->refs[k].value > 0) extend(&vmin, &vmax, c->refs[k].value);
     L->y0 = MARGIN + L->head_h + (L->head_h > 0 ? 20 : 6);
+    if (c->n_refs > 0) L->y0 += REF_FONT + 6;   // room for the reference labels above the bars
     L->y1 = L->y0 + c->n * BAR_PITCH + 6;
     double bottom = L->y1 + 9 + TICK_FONT;
-    if (c->xlabel && *c->xlabel) {
+    axis_label_text(L->xlabel, sizeof L->xlabel, c->xlabel, 0);
+    if (L->xlabel[0]) {
         L->xlabel_y = bottom + 10;
         bottom = L->xlabel_y + LABEL_FONT;
     }
     if (L->note_h > 0) bottom += 14 + L->note_h;
     L->h = c->height > 0 ? fmax(c->height, bottom + MARGIN) : bottom + MARGIN;
     L->x0 = MARGIN + lab_w + 12;
-    L->x1 = L->w - MARGIN - val_w - 12;
-    L->ax.log = c->logx;
+    L->x1 = L->w - MARGIN - val_w - 12 - (c->hi ? 8 : 0);
     L->ax.fmt = c->fmt;
     if (!(vmin <= vmax)) { vmin = 0; vmax = 1; }
-    if (!c->logx) {
+    // a log value axis only when asked and the values span PLOT_LOG_MIN_RATIO
+    L->ax.log = c->logx && vmin > 0 && vmax / vmin >= PLOT_LOG_MIN_RATIO;
+    axis_label_text(L->xlabel, sizeof L->xlabel, c->xlabel, L->ax.log);
+    if (!L->ax.log) {
         axis_setup(&L->ax, cr, fmin(vmin, 0), vmax, 1, L->x1 - L->x0, 1);   // linear bars start at zero
     } else {
         // a log bar has no zero: start the axis a power of the base below the smallest value, so the
@@ -864,6 +1716,10 @@ static void bar_layout(BarLayout *L, const BarChart *c, cairo_t *cr) {
         if (hi <= vmax) hi *= exp(lb);
         axis_setup(&L->ax, cr, lo, hi, 0, L->x1 - L->x0, 1);
     }
+}
+
+static double bar_x(const BarLayout *L, double v) {
+    return L->x0 + fmax(0, fmin(1, axis_frac(&L->ax, v))) * (L->x1 - L->x0);
 }
 
 static void draw_bar_chart(cairo_t *cr, double w, double h, const void *ctx) {
@@ -880,20 +1736,47 @@ static void draw_bar_chart(cairo_t *cr, double w, double h, const void *ctx) {
         plot_font(cr, BAR_LABEL_FONT, 0);
         set_rgb(cr, 0x222222);
         plot_text(cr, L->x0 - 10, ym, 1, 0.5, c->labels[i]);
-        if (!isfinite(v) || (c->logx && v <= 0)) continue;
-        double f = fmax(0, fmin(1, axis_frac(&L->ax, v)));
+        if (!isfinite(v) || (L->ax.log && v <= 0)) continue;
         double rgb[3];
         palette_rgb(c->colors ? c->colors[i] : COLOR_OTHER, rgb);
         cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
-        double x0 = L->x0 + (c->logx ? 0 : axis_frac(&L->ax, 0) * (L->x1 - L->x0));
-        double xe = L->x0 + f * (L->x1 - L->x0);
+        double x0 = L->ax.log ? L->x0 : bar_x(L, 0), xe = bar_x(L, v);
         cairo_rectangle(cr, fmin(x0, xe), yt, fabs(xe - x0), BAR_H);
         cairo_fill(cr);
+        double xr = xe;
+        if (c->lo && c->hi && isfinite(c->lo[i]) && isfinite(c->hi[i])) {
+            double xa = bar_x(L, c->lo[i]), xb = bar_x(L, c->hi[i]);
+            set_rgb(cr, 0x222222);
+            cairo_set_line_width(cr, 1.4);
+            cairo_move_to(cr, xa, ym); cairo_line_to(cr, xb, ym);
+            cairo_move_to(cr, xa, ym - 6); cairo_line_to(cr, xa, ym + 6);
+            cairo_move_to(cr, xb, ym - 6); cairo_line_to(cr, xb, ym + 6);
+            cairo_stroke(cr);
+            xr = bar_x(L, bar_reach(c, i));
+        }
         plot_font(cr, TICK_FONT, PLOT_BOLD);
         set_rgb(cr, 0x222222);
         bar_value_label(buf, sizeof buf, c, v);
-        if (xe >= x0) plot_text(cr, xe + 6, ym, 0, 0.5, buf);
+        if (xe >= x0) plot_text(cr, xr + 6, ym, 0, 0.5, buf);
         else plot_text(cr, xe - 6, ym, 1, 0.5, buf);   // a negative bar: its label on the left
+    }
+    // vertical references over the bars, labelled above them
+    for (int k = 0; k < c->n_refs; k++) {
+        const PlotRef *f = &c->refs[k];
+        if (L->ax.log && f->value <= 0) continue;
+        double X = bar_x(L, f->value);
+        static const double dots[2] = {2.5, 3};
+        plot_set_hex(cr, 0x555555);
+        cairo_set_line_width(cr, 1.5);
+        cairo_set_dash(cr, dots, 2, 0);
+        cairo_move_to(cr, X, L->y0 - 2);
+        cairo_line_to(cr, X, L->y1);
+        cairo_stroke(cr);
+        cairo_set_dash(cr, NULL, 0, 0);
+        plot_font(cr, REF_FONT, PLOT_ITALIC);
+        plot_set_hex(cr, 0x444444);
+        double tw = plot_text_width(cr, f->label);
+        plot_text(cr, X + tw + 4 <= L->x1 ? X + 4 : X - 4, L->y0 - REF_FONT - 4, X + tw + 4 <= L->x1 ? 0 : 1, 0, f->label);
     }
     // the value axis's spine is drawn by draw_axes; redraw the left one over the bars
     set_rgb(cr, 0x444444);
@@ -903,15 +1786,39 @@ static void draw_bar_chart(cairo_t *cr, double w, double h, const void *ctx) {
     cairo_stroke(cr);
     plot_font(cr, LABEL_FONT, 0);
     set_rgb(cr, 0x222222);
-    if (c->xlabel) plot_text(cr, (L->x0 + L->x1) / 2, L->xlabel_y, 0.5, 0, c->xlabel);
+    if (L->xlabel[0]) plot_text(cr, (L->x0 + L->x1) / 2, L->xlabel_y, 0.5, 0, L->xlabel);
     plot_note_block(cr, c->note, MARGIN, L->h - MARGIN - L->note_h, w - 2 * MARGIN, 1);
 }
 
-void plot_bar_chart(const BarChart *c, const char *path_no_ext, int png, int svg) {
+static void check_bar_chart(const BarChart *c) {
     CHECK(c && (c->n == 0 || (c->labels && c->values)), "bar chart without data");
+    CHECK(!c->lo == !c->hi, "bar chart with only one side of its spread");
+}
+
+void plot_bar_chart(const BarChart *c, const char *path_no_ext, int png, int svg) {
+    check_bar_chart(c);
     cairo_t *cr = plot_measure_context();
     BarLayout L;
     bar_layout(&L, c, cr);
     cairo_destroy(cr);
-    plot_write_figure(path_no_ext, png, svg, L.w, L.h, draw_bar_chart, &L);
+    plot_write_figure_meta(path_no_ext, png, svg, L.w, L.h, draw_bar_chart, &L, c->title,
+                           c->claim ? c->claim : c->subtitle);
+}
+
+void plot_bar_chart_info(const BarChart *c, PlotInfo *info) {
+    check_bar_chart(c);
+    cairo_t *cr = plot_measure_context();
+    BarLayout L;
+    bar_layout(&L, c, cr);
+    memset(info, 0, sizeof *info);
+    info->width = L.w;
+    info->height = L.h;
+    info->plot = (PlotBox){L.x0, L.y0, L.x1, L.y1};
+    info->logx = L.ax.log;
+    info->title_fits = L.title_fits;
+    info->subtitle_fits = L.subtitle_fits;
+    double m = fmin(fmin(TICK_FONT, NOTE_FONT), c->n_refs ? REF_FONT : LABEL_FONT);
+    m = fmin(m, title_min_font(cr, c->title, c->subtitle, L.w - 2 * MARGIN));
+    info->min_text_px = m * DISPLAY_PX / L.w;
+    cairo_destroy(cr);
 }

@@ -329,14 +329,10 @@ int st_load(SafeTensors *st, const char *path, char *err, size_t cap) {
     memset(st, 0, sizeof *st);
     snprintf(st->path, sizeof st->path, "%s", path);
     if (err && cap) err[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, cap, path, "cannot open: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return fail(err, cap, path, "not a regular file");
-    }
-    size_t size = (size_t)sb.st_size;
+    char why[256];
+    size_t size;
+    FILE *f = open_regular(path, &size, why, sizeof why);
+    if (!f) return fail(err, cap, path, "%s", why);
     unsigned char len8[8];
     if (size < 8) {
         fclose(f);

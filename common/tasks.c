@@ -10,6 +10,7 @@
 // Seeds of the fixed things every build shares: the grammar corpus and the chapter example sample.
 #define CORPUS_SEED 20240601u
 #define CORPUS_CHARS 120000
+#define CORPUS_MAX_BYTES (256 << 20)   // a character-level tiny model needs far less text than this
 #define EXAMPLE_SEED 7u
 #define BIGRAM_SEED 0xB16A3ull
 
@@ -395,6 +396,7 @@ static void corpus_vocab(Task *t, const unsigned char *present, int *byte_to_id)
         if (!present[b]) continue;
         byte_to_id[b] = t->vocab_size;
         byte_name(t->vocab[t->vocab_size], b);
+        t->byte_of[t->vocab_size] = (unsigned char)b;
         t->vocab_size++;
     }
 }
@@ -437,16 +439,18 @@ void task_corpus(Task *t, int seq_len, const char *path) {
         }
     } else {
         snprintf(t->source, sizeof t->source, "%s", path);
-        FILE *f = fopen(path, "rb");
-        if (!f) die_user("--corpus: cannot open '%s'", path);
-        fseek(f, 0, SEEK_END);
-        long size = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        if (size < 0) die_user("--corpus: cannot read '%s'", path);
-        bytes = mallocCheck((size_t)size + 1);
-        n = (long)fread(bytes, 1, (size_t)size, f);
+        char why[256];
+        size_t size;
+        FILE *f = open_regular(path, &size, why, sizeof why);
+        if (!f) die_user("--corpus '%s': %s", path, why);
+        if (size > CORPUS_MAX_BYTES) {
+            fclose(f);
+            die_user("--corpus '%s': %zu bytes; at most %d MiB of text", path, size, CORPUS_MAX_BYTES >> 20);
+        }
+        bytes = mallocCheck(size + 1);
+        n = (long)fread(bytes, 1, size, f);
         fclose(f);
-        if (n != size) die_user("--corpus: short read on '%s'", path);
+        if (n != (long)size) die_user("--corpus '%s': short read (did the file change?)", path);
         // both parts must hold at least one window of seq_len + 1 characters
         if (n / 10 < seq_len + 1)
             die_user("--corpus: '%s' has %ld bytes; seq_len %d needs at least %ld (10%% is held out)",
@@ -461,7 +465,7 @@ static void corpus_sample(const Task *t, Rng *rng, TaskSplit split, int T, int *
     long lo = split == SPLIT_TRAIN ? 0 : t->train_len;
     long hi = split == SPLIT_TRAIN ? t->train_len : t->text_len;
     long span = hi - lo - T;          // windows of T + 1 characters
-    CHECK(span >= 1, "corpus too short for seq_len %d", T);
+    CHECK(span >= 1, "corpus too short for seq_len %d (a model's stored text has no training part)", T);
     long start = lo + (long)(rng_u64(rng) % (uint64_t)span);
     for (int i = 0; i < T; i++) {
         tok[i] = t->text[start + i];
@@ -530,6 +534,14 @@ void task_example(const Task *t, int *tokens, int *targets) {
     }
 }
 
+const char *task_example_phrase(const Task *t) {
+    switch (t->kind) {
+    case TASK_RECALL: return "a recall example (pairs, then ':' and queried keys)";
+    case TASK_INDUCTION: return "an induction example (a segment, then the same segment again)";
+    default: return task_is_file_corpus(t) ? "a held-out text example" : "a held-out sentence of the grammar corpus";
+    }
+}
+
 const char *task_token_str(const Task *t, int token) {
     if (token < 0 || token >= t->vocab_size) return "?";
     return t->vocab[token];
@@ -567,16 +579,7 @@ char *task_config_json(const Task *t) {
         if (strcmp(t->source, "grammar") != 0) {
             // the bytes of the vocabulary, so token names survive without the file
             cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
-            for (int i = 0; i < t->vocab_size - t->bos; i++) {
-                const char *s = t->vocab[i];
-                int b;
-                if (!strcmp(s, "\xe2\x90\xa3")) b = ' ';
-                else if (!strcmp(s, "\\n")) b = '\n';
-                else if (!strcmp(s, "\\t")) b = '\t';
-                else if (s[0] == '\\' && s[1] == 'x') b = (int)strtol(s + 2, NULL, 16);
-                else b = (unsigned char)s[0];
-                cJSON_AddItemToArray(bytes, cJSON_CreateNumber(b));
-            }
+            for (int i = 0; i < t->vocab_size - t->bos; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(t->byte_of[i]));
         }
         break;
     }
@@ -585,6 +588,43 @@ char *task_config_json(const Task *t) {
     cJSON_Delete(o);
     CHECK(s != NULL, "cJSON_PrintUnformatted failed");
     return s;
+}
+
+int task_is_file_corpus(const Task *t) {
+    return t->kind == TASK_CORPUS && strcmp(t->source, "grammar") != 0;
+}
+
+long task_corpus_heldout(const Task *t, unsigned char **bytes) {
+    *bytes = NULL;
+    if (!task_is_file_corpus(t) || !t->text || t->text_len <= t->train_len) return 0;
+    long n = t->text_len - t->train_len;
+    *bytes = mallocCheck((size_t)n);
+    for (long i = 0; i < n; i++) (*bytes)[i] = t->byte_of[t->text[t->train_len + i]];
+    return n;
+}
+
+int task_corpus_attach(Task *t, const unsigned char *bytes, long n, char *err, size_t cap) {
+    int id[256];
+    for (int b = 0; b < 256; b++) id[b] = -1;
+    for (int i = 0; i < t->vocab_size; i++) id[t->byte_of[i]] = i;
+    if (n < (long)t->seq_len + 1) {
+        snprintf(err, cap, "the stored corpus text has %ld bytes, fewer than seq_len + 1 = %d", n, t->seq_len + 1);
+        return -1;
+    }
+    int *text = mallocCheck(sizeof(int) * (size_t)n);
+    for (long i = 0; i < n; i++) {
+        text[i] = id[bytes[i]];
+        if (text[i] < 0) {
+            snprintf(err, cap, "the stored corpus text has byte 0x%02x at %ld, which is not in its vocabulary", bytes[i], i);
+            free(text);
+            return -1;
+        }
+    }
+    free(t->text);
+    t->text = text;
+    t->text_len = n;
+    t->train_len = 0;
+    return 0;
 }
 
 char *task_vocab_json(const Task *t) {
@@ -599,7 +639,8 @@ char *task_vocab_json(const Task *t) {
 // An integer field of o, or -1 with a message.
 static int json_int(const cJSON *o, const char *key, int *out, char *err, size_t cap) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) {
+    // range first: converting a double outside int's range to int is undefined
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 2e9) || v->valuedouble != floor(v->valuedouble)) {
         snprintf(err, cap, "task config: '%s' missing or not an integer", key);
         return -1;
     }
@@ -658,13 +699,18 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
             task_clear(t, TASK_CORPUS, "corpus", seq_len);
             snprintf(t->source, sizeof t->source, "%s", src->valuestring);
             const cJSON *b;
+            unsigned char seen[256] = {0};
             cJSON_ArrayForEach(b, bytes) {
-                if (!cJSON_IsNumber(b) || b->valueint < 0 || b->valueint > 255 || t->vocab_size >= TASK_MAX_VOCAB) {
-                    snprintf(err, cap, "task config: bad corpus byte list");
+                if (!cJSON_IsNumber(b) || b->valuedouble != floor(b->valuedouble) || b->valuedouble < 0 ||
+                    b->valuedouble > 255 || seen[b->valueint] || t->vocab_size >= TASK_MAX_VOCAB) {
+                    snprintf(err, cap, "task config: corpus 'bytes' must list distinct bytes 0..255");
                     goto done;
                 }
+                seen[b->valueint] = 1;
+                t->byte_of[t->vocab_size] = (unsigned char)b->valueint;
                 byte_name(t->vocab[t->vocab_size++], b->valueint);
             }
+            if (t->vocab_size < 1) { snprintf(err, cap, "task config: corpus 'bytes' is empty"); goto done; }
         }
     } else {
         snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction, backcopy, topics or corpus)", name->valuestring);

@@ -53,9 +53,11 @@ typedef struct {
     // topics: topic tokens (ids 0..n_topics-1, each with its own bigram chain; the symbols follow them)
     int n_topics;
     // corpus: token ids of the whole text; [0, train_len) trains, [train_len, text_len) is held out
+    // (a task rebuilt from a weights file holds only the held-out part: train_len 0)
     int *text;
     long text_len, train_len;
     char source[256];              // "grammar" or the text file's path
+    unsigned char byte_of[TASK_MAX_VOCAB];   // corpus: the byte each token stands for
 } Task;
 
 // Builders (exit with a one-line user error when the knobs cannot make a sample of seq_len tokens).
@@ -88,9 +90,17 @@ void task_free(Task *t);
 
 // The task's knobs as a JSON object (malloc'd), for a weights file's metadata, and back. from_json
 // returns 0, or -1 with a one-line message in err. A file corpus is rebuilt with its vocabulary only
-// (no text), enough to name tokens.
+// (no text): task_corpus_attach gives it back the held-out text the weights file stores.
 char *task_config_json(const Task *t);
 int task_from_json(Task *t, const char *json, char *err, size_t cap);
+// A file corpus's held-out text as bytes (malloc'd into *bytes), what a weights file stores so the
+// chapters can draw and evaluate the model without the file; 0 and NULL for any other task.
+long task_corpus_heldout(const Task *t, unsigned char **bytes);
+// Gives a file corpus rebuilt by task_from_json its held-out text back (bytes (n), every one in its
+// vocabulary, at least seq_len + 1 of them). 0, or -1 with a message in err.
+int task_corpus_attach(Task *t, const unsigned char *bytes, long n, char *err, size_t cap);
+// 1 for a corpus task on a user's text file (not the built-in grammar).
+int task_is_file_corpus(const Task *t);
 // The vocabulary as a JSON array of token names (malloc'd).
 char *task_vocab_json(const Task *t);
 
@@ -101,5 +111,8 @@ void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *tar
 void task_batch(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets, int B);
 // The fixed sample chapters draw (same tokens for every model trained on this task).
 void task_example(const Task *t, int *tokens, int *targets);
+// What the example is, for figure subtitles: "a recall example (pairs, then ':' and queried keys)",
+// "an induction example (a segment, then the same segment again)", "a held-out text example".
+const char *task_example_phrase(const Task *t);
 // Printable name of a token ("?" when out of range).
 const char *task_token_str(const Task *t, int token);

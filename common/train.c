@@ -136,6 +136,60 @@ void train_evaluate(Model *m, const Task *task, uint64_t seed, int n_samples, do
     free(tgt);
 }
 
+Model *train_load_model(const char *path, MixerLookup lookup, ModelInfo *info, Task *task, char *err, size_t cap) {
+    memset(task, 0, sizeof *task);
+    Model *m = model_load(path, lookup, info, err, cap);
+    if (!m) return NULL;
+    const ModelGeometry *g = &m->g;
+    char why[512];
+    int *tok = NULL;
+    if (!info->task_config) {
+        snprintf(err, cap, "%s: metadata 'task_config' missing (not trained by ./train?)", path);
+        goto fail;
+    }
+    if (task_from_json(task, info->task_config, why, sizeof why) != 0) {
+        snprintf(err, cap, "%s: metadata 'task_config': %s", path, why);
+        goto fail;
+    }
+    if (task_is_file_corpus(task)) {   // its text comes from the file, not from the path it was read at
+        if (!info->corpus) {
+            snprintf(err, cap, "%s: a --corpus model without its text (tensor 'meta.corpus_heldout' missing; retrain it)", path);
+            goto fail;
+        }
+        if (task_corpus_attach(task, info->corpus, info->n_corpus, why, sizeof why) != 0) {
+            snprintf(err, cap, "%s: tensor 'meta.corpus_heldout': %s", path, why);
+            goto fail;
+        }
+    }
+    if (task->vocab_size > g->vocab_size) {
+        snprintf(err, cap, "%s: metadata 'task_config' describes %d tokens but the model's vocab_size is %d", path,
+                 task->vocab_size, g->vocab_size);
+        goto fail;
+    }
+    if (task->seq_len > g->max_seq_len) {
+        snprintf(err, cap, "%s: metadata 'task_config' has seq_len %d but the model's max_seq_len is %d", path,
+                 task->seq_len, g->max_seq_len);
+        goto fail;
+    }
+    int T = task->seq_len;
+    tok = mallocCheck(sizeof(int) * 2 * (size_t)T);
+    task_example(task, tok, tok + T);
+    model_forward(m, tok, NULL, 1, T);
+    for (size_t i = 0; i < (size_t)T * g->vocab_size; i++)
+        if (!isfinite(m->logits[i])) {
+            snprintf(err, cap, "%s: the model's logits on its example are not finite (weights too large for float32)", path);
+            goto fail;
+        }
+    free(tok);
+    return m;
+fail:
+    free(tok);
+    task_free(task);
+    model_info_free(info);
+    model_free(m);
+    return NULL;
+}
+
 // ---- the loop -----------------------------------------------------------------------------------
 
 static void fmt_duration(char *buf, size_t cap, double s) {

@@ -43,6 +43,12 @@ void train_run(Model *m, const Task *task, const TrainConfig *c, TrainResult *r)
 // Mean loss and accuracy over n_samples held-out samples drawn with seed (scored positions only).
 void train_evaluate(Model *m, const Task *task, uint64_t seed, int n_samples, double *loss, double *accuracy);
 
+// A weights file written by ./train, with the task it learned rebuilt from its metadata: what every
+// chapter draws from. Beyond model_load's checks, the task must fit the model (its tokens inside
+// vocab_size, its seq_len within max_seq_len) and the model's logits on the task's example must be
+// finite (finite weights can still overflow float32). NULL with one line naming the file in err.
+Model *train_load_model(const char *path, MixerLookup lookup, ModelInfo *info, Task *task, char *err, size_t cap);
+
 // ---- the pieces, exposed for tests ----------------------------------------------------------------
 // The largest pair count of the training batches at step (0-based) under c->curriculum: n_pairs_min at
 // step 0, rising linearly to task->n_pairs at step curriculum - 1 and after; task->n_pairs without one.

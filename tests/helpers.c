@@ -21,9 +21,7 @@ const char *test_root(void) {
     return d && *d ? d : ".";
 }
 
-int test_run(char *out, size_t cap, const char *prog, const char *args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/%s' %s 2>&1", test_root(), test_bindir(), prog, args);
+static int run_command(char *out, size_t cap, const char *cmd) {
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     size_t n = 0;
@@ -34,6 +32,18 @@ int test_run(char *out, size_t cap, const char *prog, const char *args) {
     int st = pclose(p);
     if (st == -1 || !WIFEXITED(st)) return -1;
     return WEXITSTATUS(st);
+}
+
+int test_run(char *out, size_t cap, const char *prog, const char *args) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/%s' %s 2>&1", test_root(), test_bindir(), prog, args);
+    return run_command(out, cap, cmd);
+}
+
+int test_run_limited(char *out, size_t cap, const char *prog, const char *args, int seconds) {
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "cd '%s' && timeout -k 5 %d '%s/%s' %s 2>&1", test_root(), seconds, test_bindir(), prog, args);
+    return run_command(out, cap, cmd);
 }
 
 int test_count_lines(const char *s) {
@@ -117,6 +127,11 @@ const ParamTensor *test_find_param(const ParamTensor *t, int n, const char *name
         if (!strcmp(t[i].name, name)) return &t[i];
     cr_assert_fail("no parameter '%s'", name);
     return NULL;
+}
+
+double test_worst(double worst, double d) {
+    if (isnan(worst)) return worst;
+    return d <= worst ? worst : d;
 }
 
 double test_rel_err(const float *a, const float *b, size_t n) {

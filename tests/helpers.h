@@ -13,6 +13,9 @@ const char *test_root(void);
 // Runs "BINDIR/PROG ARGS" through sh; captures stdout+stderr (truncated to cap) into out and returns
 // the exit status (or -1 if it died on a signal).
 int test_run(char *out, size_t cap, const char *prog, const char *args);
+// The same, killed after `seconds` (exit status 124 then), so a program that blocks fails its test
+// instead of hanging the suite.
+int test_run_limited(char *out, size_t cap, const char *prog, const char *args, int seconds);
 // Number of lines in s (a final line without '\n' counts).
 int test_count_lines(const char *s);
 // A fresh empty temp folder (mkdtemp) under /tmp; the path is written into buf.
@@ -35,6 +38,9 @@ float *test_randn(Rng *r, size_t n, float std);
 // Floats in one parameter tensor, and the tensor called name among t[0..n) (the test fails without it).
 size_t test_tensor_size(const ParamTensor *t);
 const ParamTensor *test_find_param(const ParamTensor *t, int n, const char *name);
+// The larger of worst and d, where a NaN wins and stays (fmax would drop it, so a NaN result would
+// pass "worst < tol"). Start from 0 and fold every difference in.
+double test_worst(double worst, double d);
 // ||a - b|| / ||b|| in double.
 double test_rel_err(const float *a, const float *b, size_t n);
 // Asserts |got - want| <= tol * max(1, |want|) element by element; what names the tensor.

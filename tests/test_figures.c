@@ -278,7 +278,7 @@ Test(figures, heatmap_figure_writes_png_and_svg) {
          .xlabel = "key j", .ylabel = "query i"},
     };
     HeatmapFigure f = {.title = "test figure", .subtitle = "two panels of different shapes", .panels = panels,
-                       .n_panels = 2, .show_values = -1, .colorbar_per_panel = 1, .colorbar_label = "value"};
+                       .n_panels = 2, .show_values = -1, .colorbar_label = "value"};
     heatmap_figure(&f, path_join(base, sizeof base, dir, "h"), 1, 1);
     snprintf(p, sizeof p, "%s.png", base);
     assert_png(p, 0);

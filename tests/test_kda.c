@@ -86,7 +86,7 @@ Test(kda, decode_equals_forward_and_cache_formula) {
         double worst = 0;
         for (int t = 0; t < T; t++) {
             kda_mixer.decode(&m, c, step, x + ((size_t)b * T + t) * g.d_model, params);
-            worst = fmax(worst, test_rel_err(step, out + ((size_t)b * T + t) * g.d_model, (size_t)g.d_model));
+            worst = test_worst(worst, test_rel_err(step, out + ((size_t)b * T + t) * g.d_model, (size_t)g.d_model));
             cr_assert_eq((double)kda_mixer.cache_bytes(c), fixed, "cache bytes %zu, formula %.0f",
                          kda_mixer.cache_bytes(c), fixed);
         }

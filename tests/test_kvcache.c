@@ -207,10 +207,10 @@ Test(geometry, validate_names_the_problem) {
     g = ok; g.layer_kind[2] = LAYER_LOCAL; expect_invalid(&g, "sliding_window");
     g = ok; g.layer_kind[1] = LAYER_LINEAR; expect_invalid(&g, "no linear layer kind");
     g = ok; g.linear_kind = LINEAR_GDN; expect_invalid(&g, "linear_num_key_heads");
-    g = ok; g.partial_rotary_factor = 0.3; expect_invalid(&g, "partial_rotary_factor");
+    g = ok; g.partial_rotary_factor = 0.2; expect_invalid(&g, "partial_rotary_factor");   // int(3.2) = 3 dims: odd
     g = ok; g.index_n_heads = 64; expect_invalid(&g, "index_head_dim");
     g = ok; g.dtype_bytes = 0; expect_invalid(&g, "dtype_bytes");
-    g = ok; g.layer_kind[3] = LAYER_NONE + 1; expect_invalid(&g, "unknown kind");
+    g = ok; g.layer_kind[3] = LAYER_CHUNKED + 1; expect_invalid(&g, "unknown kind");
     g = ok; for (int l = 0; l < 4; l++) g.layer_kind[l] = LAYER_NONE;
     expect_invalid(&g, "MLP-only");
     g = ok; g.layer_kind[1] = LAYER_NONE;   // one MLP-only layer: fine, and it caches nothing
@@ -295,12 +295,14 @@ Test(hfconfig, unsupported_families_are_errors_not_wrong_numbers) {
     // 'linear_attention' layers with no sizes, in a family whose linear layer is not Lightning
     expect_parse_error("{" BASE ", \"layer_types\": [\"linear_attention\", \"linear_attention\", "
                        "\"linear_attention\", \"full_attention\"]}", "'layer_types'", "no linear-layer sizes");
-    expect_parse_error("{" BASE ", \"compress_ratios\": [4, 128]}", "'compress_ratios'", "not supported yet");
+    expect_parse_error("{" BASE ", \"layers_block_type\": [\"mamba\"], \"compress_ratios\": [4, 128]}",
+                       "'layers_block_type'", "not supported yet");
     // Mamba keys without Nemotron-H's pattern (Jamba, Falcon-H1, ...): the layout is unknown
     expect_parse_error("{" BASE ", \"mamba_d_state\": 128}", "'mamba_d_state'", "not supported yet");
     expect_parse_error("{" BASE ", \"attn_layer_period\": 8}", "'attn_layer_period'", "not supported yet");
     expect_parse_error("{" BASE ", \"layers_block_type\": [\"mamba\"]}", "'layers_block_type'", "not supported yet");
-    expect_parse_error("{" BASE ", \"attention_chunk_size\": 8192}", "'attention_chunk_size'", "not supported yet");
+    expect_parse_error("{" BASE ", \"attention_chunk_size\": 8192}", "'attention_chunk_size'", "which layers are chunked");
+    expect_parse_error("{" BASE ", \"index_kpool\": 4}", "'index_kpool'", "not supported yet");
     // harmless zeros and nulls are not "present"
     parse_ok("{" BASE ", \"num_kv_shared_layers\": 0, \"compress_ratios\": null}");
 }
@@ -560,10 +562,10 @@ Test(kvcache_tool, bad_flags_and_configs_exit_2_with_one_line) {
     snprintf(path, sizeof path, "%s/deepseek-v4.json", dir);
     FILE *f = fopen(path, "w");
     cr_assert(f);
-    fputs("{" BASE ", \"compress_ratios\": [4, 128, 4, 128]}", f);
+    fputs("{" BASE ", \"sliding_window\": 8, \"qk_rope_head_dim\": 4, \"compress_ratios\": [4, 1, 4, 128]}", f);
     fclose(f);
     snprintf(args, sizeof args, "%s %s", cfg, path);
-    expect_tool_error(args, "deepseek-v4.json: key 'compress_ratios' (compressed-attention layers)");
+    expect_tool_error(args, "deepseek-v4.json: key 'compress_ratios' entry 1 is 1");
     remove(path);
     remove(dir);
 }

@@ -114,8 +114,12 @@ static void stub_mixing_matrix(const Mixer *m, float *A, const float *act, const
     for (int i = 0; i < T; i++)
         for (int j = 0; j < T; j++) A[i * T + j] = j <= i ? 1.0f / (float)(i + 1) : 0.0f;
 }
+static int stub_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    (void)g; (void)layer; (void)why; (void)cap;
+    return 1;
+}
 static const MixerOps stub_mixer = {
-    .name = "stub", .param_tensors = stub_param_tensors, .init = stub_init, .act_floats = stub_act_floats,
+    .name = "stub", .validate = stub_validate, .param_tensors = stub_param_tensors, .init = stub_init, .act_floats = stub_act_floats,
     .forward = stub_forward, .backward = stub_backward, .cache_new = stub_cache_new,
     .cache_free = stub_cache_free, .cache_bytes = stub_cache_bytes, .decode = stub_decode,
     .n_mix_heads = stub_n_mix_heads, .mixing_matrix = stub_mixing_matrix,
@@ -243,7 +247,7 @@ static void decode_matches(const MixerOps *first, const MixerOps *second) {
     double worst = 0.0;
     for (int t = 0; t < T; t++) {
         model_decode(c, logits, tok[t]);
-        for (int v = 0; v < V; v++) worst = fmax(worst, fabs(logits[v] - m->logits[t * V + v]));
+        for (int v = 0; v < V; v++) worst = test_worst(worst, fabs(logits[v] - m->logits[t * V + v]));
     }
     cr_expect(worst < 1e-5, "%s/%s: cached decode logits differ from the full forward by %g", first->name,
               second->name, worst);
@@ -267,7 +271,7 @@ Test(model, batch_rows_are_independent) {
     for (int b = 0; b < B; b++) {
         model_forward(m, tok + b * T, NULL, 1, T);
         double worst = 0.0;
-        for (int k = 0; k < T * V; k++) worst = fmax(worst, fabs(m->logits[k] - all[b * T * V + k]));
+        for (int k = 0; k < T * V; k++) worst = test_worst(worst, fabs(m->logits[k] - all[b * T * V + k]));
         cr_expect(worst < 1e-6, "row %d of a batch differs from the same sequence alone by %g", b, worst);
     }
     free(all);
@@ -441,7 +445,7 @@ Test(model_weights, malformed_files_give_clear_errors) {
     st_free(&st);
     static const struct { const char *from, *to, *needle; } edits[] = {
         {"\"d_model\":8", "\"d_modelx\":8", "'d_model' missing"},
-        {"\"n_kv_heads\":1", "\"n_kv_heads\":0", "num_key_value_heads must be positive"},
+        {"\"n_kv_heads\":1", "\"n_kv_heads\":0", "'n_kv_heads' 0 out of range"},
         {"\"d_ff\":12", "\"d_ff\":1.5", "'d_ff' is not an integer"},
         {"\"d_ff\":12", "\"d_ff\":13", "layers.0.mlp.w_gate"},
         {"\"stub\"", "\"nosuch\"", "unknown mixer 'nosuch' at layer 1"},
@@ -499,7 +503,7 @@ static void golden_case(const char *weights_rel, const char *golden_rel) {
     const float *logits = st_get_f32(&st, "logits", 3, ls, err, sizeof err);
     cr_assert(logits, "%s", err);
     double worst = 0.0;
-    for (int k = 0; k < B * T * V; k++) worst = fmax(worst, fabs(m->logits[k] - logits[k]));
+    for (int k = 0; k < B * T * V; k++) worst = test_worst(worst, fabs(m->logits[k] - logits[k]));
     cr_expect(worst < 1e-4, "%s: logits differ from PyTorch by %g", weights_rel, worst);
     const float *loss = st_get_f32(&st, "loss", 1, one, err, sizeof err);
     cr_assert(loss, "%s", err);
@@ -514,7 +518,7 @@ static void golden_case(const char *weights_rel, const char *golden_rel) {
         double scale = 0.0, diff = 0.0;
         for (size_t k = 0; k < t->size; k++) {
             scale = fmax(scale, fabs(ref[k]));
-            diff = fmax(diff, fabs(m->grads[t->offset + k] - ref[k]));
+            diff = test_worst(diff, fabs(m->grads[t->offset + k] - ref[k]));
         }
         cr_expect(diff <= 1e-3 * scale + 1e-7, "%s: gradient of %s differs by %g (largest |grad| %g)",
                   weights_rel, t->name, diff, scale);
@@ -579,6 +583,56 @@ Test(model_shipped, every_file_matches_its_record) {
     }
     closedir(d);
     cr_expect(n >= 6, "only %d weights files in %s", n, dir);
+}
+
+// Format 1 (the shipped files) read, written again as format 2 (kinds as names, no attention fields in a
+// linear-only model, meta.loss_curve), read back: the same geometry, parameters, record and logits.
+Test(model_shipped, every_file_survives_format_2) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/data/weights", test_root());
+    DIR *d = opendir(dir);
+    cr_assert(d, "%s missing (run `make weights`)", dir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)); ) {
+        size_t len = strlen(e->d_name);
+        if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors") != 0) continue;
+        char path[1500], copy[600], err[512];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ModelInfo i1, i2;
+        Model *m1 = model_load(path, mixer_by_name, &i1, err, sizeof err);
+        cr_assert(m1, "%s", err);
+        model_save(m1, &i1, tmp_path(copy, sizeof copy, "format2.safetensors"));
+        Model *m2 = model_load(copy, mixer_by_name, &i2, err, sizeof err);
+        cr_assert(m2, "%s rewritten: %s", e->d_name, err);
+        SafeTensors st;
+        cr_assert_eq(st_load(&st, copy, err, sizeof err), 0, "%s", err);
+        cr_expect_str_eq(st_meta(&st, "format"), "attention-tiny-lm/2");
+        const char *geo = st_meta(&st, "geometry");
+        cr_expect(strstr(geo, "\"layer_kind\":[\"") != NULL, "%s: layer kinds not written as names: %s", e->d_name, geo);
+        int linear_only = geometry_count(&m1->g, LAYER_LINEAR) == m1->g.n_layers;
+        cr_expect(linear_only == (strstr(geo, "\"n_heads\"") == NULL), "%s: n_heads written iff the model has attention: %s",
+                  e->d_name, geo);
+        cr_expect(st_find(&st, "meta.loss_curve") && !st_find(&st, "train.loss_curve"), "%s: loss curve name", e->d_name);
+        st_free(&st);
+        cr_expect_eq(m2->n_params, m1->n_params);
+        cr_expect(memcmp(m1->params, m2->params, sizeof(float) * m1->n_params) == 0, "%s: parameters differ", e->d_name);
+        for (int l = 0; l < m1->g.n_layers; l++) cr_expect_eq(m1->mixers[l].ops, m2->mixers[l].ops);
+        cr_expect_eq(i1.n_curve, i2.n_curve);
+        cr_expect(i1.seed == i2.seed && i1.steps == i2.steps && fabs(i1.accuracy - i2.accuracy) < 1e-6);
+        int T = m1->g.max_seq_len < 8 ? m1->g.max_seq_len : 8, tok[8];
+        for (int t = 0; t < T; t++) tok[t] = (3 * t + 1) % m1->g.vocab_size;
+        model_forward(m1, tok, NULL, 1, T);
+        model_forward(m2, tok, NULL, 1, T);
+        cr_expect(memcmp(m1->logits, m2->logits, sizeof(float) * (size_t)T * m1->g.vocab_size) == 0,
+                  "%s: logits differ after the rewrite", e->d_name);
+        model_info_free(&i1);
+        model_info_free(&i2);
+        model_free(m1);
+        model_free(m2);
+        n++;
+    }
+    closedir(d);
+    cr_expect_geq(n, 6);
 }
 
 Test(model_shipped, ch02_recall) { shipped_accuracy("data/weights/ch02_recall.safetensors", 0.95, 256); }

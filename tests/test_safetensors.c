@@ -409,7 +409,15 @@ Test(st_malformed, missing_file_and_directory) {
     char path[512];
     snprintf(path, sizeof path, "%s/nope.safetensors", dir);
     expect_load_fails(path, "cannot open: No such file");
-    expect_load_fails(dir, "not a regular file");
+    expect_load_fails(dir, "is a folder");
+    // a FIFO is refused at once: opening it for reading would wait for a writer forever
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s/fifo.safetensors", dir);
+    unlink(fifo);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    expect_load_fails(fifo, "not a regular file");
+    expect_load_fails("/dev/zero", "not a regular file");
+    unlink(fifo);
 }
 
 BAD_HEADER(not_json, "{\"x\": {\"dtype\": ", 0, "header is not valid JSON")

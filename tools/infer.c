@@ -6,7 +6,6 @@
 // --out, writes a safetensors file with "logits" (T, vocab) and "attn.L" (heads, T, T) for every
 // layer L: the matrices the chapters draw, for any input you choose.
 #include <cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,26 +20,31 @@
 // "3,17,5" -> tokens; every id must be inside the vocabulary. Returns the count.
 static int parse_tokens(const char *s, int *out, int cap, int vocab, int max_T) {
     int n = 0;
-    const char *p = s;
-    while (1) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || (*end != ',' && *end != '\0') || *p == '+' || *p == ' ')
+    for (const char *p = s; ; ) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char item[32];
+        long v;
+        if (len == 0 || len >= sizeof item) die_user("--tokens: expected comma-separated token ids like 3,17,5, got '%s'", s);
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (cli_parse_integer(item, -2147483647L, 2147483647L, &v) != 0)
             die_user("--tokens: expected comma-separated token ids like 3,17,5, got '%s'", s);
         if (v < 0 || v >= vocab)
             die_user("--tokens: token %ld at position %d is outside the vocabulary (ids 0..%d)", v, n, vocab - 1);
         if (n >= cap || n >= max_T)
             die_user("--tokens: more than %d tokens (the model's max_seq_len)", max_T);
         out[n++] = (int)v;
-        if (*end == '\0') break;
-        p = end + 1;
+        if (!comma) break;
+        p = comma + 1;
     }
     return n;
 }
 
 // Prints s left-aligned in `width` columns, counting UTF-8 characters, not bytes ("␣" is 3 bytes).
-static void print_padded(const char *s, int width) {
+static void print_padded(const char *raw, int width) {
+    char s[64];
+    str_escape(s, sizeof s, raw);   // token names come from the file: no control bytes to the terminal
     int cols = 0;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) cols += (*p & 0xC0) != 0x80;
     printf("%s%*s", s, width > cols ? width - cols : 0, "");
@@ -74,14 +78,24 @@ int main(int argc, char **argv) {
     int *tok = mallocCheck(sizeof(int) * (size_t)g->max_seq_len);
     int T = parse_tokens(tokens_arg, tok, g->max_seq_len, V, g->max_seq_len);
     model_forward(m, tok, NULL, 1, T);
+    for (size_t i = 0; i < (size_t)T * V; i++)
+        if (!isfinite(m->logits[i]))
+            die_user("%s: the model's logits are not finite on these tokens (weights too large for float32)", a.pos[0]);
 
     // token names from the file's vocabulary (ids when it has none)
     cJSON *vocab = info.vocab ? cJSON_Parse(info.vocab) : NULL;
     char idbuf[2][16];
     #define NAME(i, slot) (vocab ? cJSON_GetArrayItem(vocab, (i))->valuestring \
                                  : (snprintf(idbuf[slot], sizeof idbuf[slot], "%d", (i)), idbuf[slot]))
-    printf("infer: %s, %d layers, d_model %d, query heads %d (kv %d), task %s; %d tokens\n", g->name, g->n_layers,
-           g->d_model, g->n_heads, g->n_kv_heads, info.task[0] ? info.task : "?", T);
+    char name[200], task[64], heads[96];
+    int n_linear = geometry_count(g, LAYER_LINEAR);
+    if (n_linear == g->n_layers)
+        snprintf(heads, sizeof heads, "%s value heads %d (key heads %d)", geometry_linear_name(g), g->linear_num_value_heads,
+                 g->linear_num_key_heads);
+    else
+        snprintf(heads, sizeof heads, "query heads %d (kv %d)%s", g->n_heads, g->n_kv_heads, n_linear ? ", with linear layers" : "");
+    printf("infer: %s, %d layers, d_model %d, %s, task %s; %d tokens\n", str_escape(name, sizeof name, g->name),
+           g->n_layers, g->d_model, heads, info.task[0] ? str_escape(task, sizeof task, info.task) : "?", T);
     printf("  %4s  %-8s  %-10s  %s\n", "pos", "token", "predicted", "p");
     for (int t = 0; t < T; t++) {
         const float *lg = m->logits + (size_t)t * V;

@@ -4,7 +4,8 @@
 //
 // The weights file carries everything a chapter needs to use the model without retraining: the
 // geometry (with the mixer of each layer), the task and its vocabulary, the seed, the final held-out
-// loss and accuracy, and the loss curve (tensor "train.loss_curve"). Same flags, same bytes.
+// loss and accuracy, and the loss curve (tensor "meta.loss_curve"). Same flags, same bytes. The format:
+// data/weights/README.md.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,6 +311,10 @@ int main(int argc, char **argv) {
             die_user("--linear-heads %d is not divisible by --linear-key-heads %d", g.linear_num_value_heads, g.linear_num_key_heads);
         for (int l = 0; l < layers; l++)
             if (plan.linear[l]) g.layer_kind[l] = LAYER_LINEAR;
+        if (!*plan.attn_name) {   // no attention layer: the head fields describe the linear heads
+            g.n_heads = g.n_kv_heads = g.linear_num_value_heads;
+            g.head_dim = g.linear_value_head_dim;
+        }
     }
     if (plan.has_dsa && local_per_global != 0) die_user("--pattern: dsa layers are global (no sliding window)");
     if (plan.has_dsa && dense_steps > steps) die_user("--dense-steps %d: more than --steps %d", dense_steps, steps);
@@ -331,10 +336,13 @@ int main(int argc, char **argv) {
         char pat[GEOM_MAX_LAYERS + 1];
         printf("train: layer pattern %s (L: local, window %d; G: global)\n", swa_pattern_string(pat, sizeof pat, &g), window);
     }
-    if (!quiet)
+    if (!quiet && *plan.attn_name)
         printf("train: %s, %d layers, d_model %d, query heads %d (kv %d), head_dim %d, d_ff %d, vocab %d, %zu params; "
                "%d steps x %d x %d tokens\n", name, layers, d_model, heads, kv_heads, g.head_dim, d_ff,
                g.vocab_size, m->n_params, steps, batch, seq_len);
+    else if (!quiet)
+        printf("train: %s, %d layers, d_model %d, no attention layer, d_ff %d, vocab %d, %zu params; %d steps x %d x %d "
+               "tokens\n", name, layers, d_model, d_ff, g.vocab_size, m->n_params, steps, batch, seq_len);
     if (!quiet && plan.linear_kind)
         printf("train: %s layers with %d value heads (%d key heads), state %d x %d per head, conv %d\n",
                geometry_linear_name(&g), g.linear_num_value_heads, g.linear_num_key_heads, g.linear_key_head_dim,
@@ -353,6 +361,7 @@ int main(int argc, char **argv) {
     info.loss = r.eval_loss;
     info.accuracy = r.eval_accuracy;
     info.n_curve = train_loss_curve(&r, CURVE_POINTS, &info.curve);
+    info.n_corpus = task_corpus_heldout(&task, &info.corpus);   // so the chapters can draw a --corpus model
     model_save(m, &info, out);
 
     char sz[32];

@@ -60,19 +60,24 @@ static void figure_why_scale(const CliArgs *a, Rng *rng) {
         unscaled[di] = sum_u / TRIALS;
         scaled[di] = sum_s / TRIALS;
     }
-    double uniform_x[2] = {1, 256}, uniform_y[2] = {1.0 / N_KEYS, 1.0 / N_KEYS};
-    PlotSeries series[3] = {
+    PlotSeries series[2] = {
         {.label = "softmax(q.k): unscaled", .x = dims, .y = unscaled, .n = NDIMS, .color = COLOR_MQA, .markers = 1},
         {.label = "softmax(q.k / sqrt(d_head)): scaled", .x = dims, .y = scaled, .n = NDIMS, .color = COLOR_MHA, .markers = 1},
-        {.label = "uniform attention (1/16)", .x = uniform_x, .y = uniform_y, .n = 2, .color = COLOR_OTHER, .dashed = 1},
     };
+    PlotRef uniform = {.label = "uniform attention: 1/16", .value = 1.0 / N_KEYS};
+    char claim[200];
+    snprintf(claim, sizeof claim, "Unscaled, the largest of 16 attention weights grows from %.2f to %.2f as d_head goes from 1 "
+             "to 256; scaled by 1/sqrt(d_head) it stays between %.2f and %.2f.", unscaled[0], unscaled[NDIMS - 1],
+             fmin(scaled[0], scaled[NDIMS - 1]), fmax(scaled[0], scaled[NDIMS - 1]));
     LineChart c = {
         .title = "Why attention divides scores by sqrt(d_head)",
-        .subtitle = "random unit-variance q and 16 keys, 400 trials per point: unscaled scores grow with d_head and softmax turns one-hot",
-        .xlabel = "head dimension d_head (log scale)",
+        .subtitle = "random unit-variance q and 16 keys, 400 trials per point: unscaled, softmax turns one-hot",
+        .claim = claim,
+        .xlabel = "head dimension d_head",
         .ylabel = "average largest attention weight",
         .logx = 1, .ymin = 0, .ymax = 1.05,
-        .series = series, .n_series = 3, .legend_pos = 0,
+        .series = series, .n_series = 2, .refs = &uniform, .n_refs = 1, .legend_pos = PLOT_LEGEND_TOP_LEFT,
+        .note = "d_head on a log scale: it doubles from 1 to 256",
     };
     char path[1024];
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "03_why_scale"), a->png, a->svg);
@@ -128,7 +133,8 @@ int main(int argc, char **argv) {
     };
     HeatmapFigure f1 = {
         .title = "Step 1: each token's embedding is projected to a query, a key and a value",
-        .subtitle = "T = 8 tokens, d = 12, d_head = 4; random weights (seeded), identical words have identical rows",
+        .subtitle = "T = 8 tokens, d = 12, d_head = 4, random weights (seeded); identical words have identical rows",
+        .claim = "X (8 x 12) times W_q, W_k, W_v gives Q, K, V (8 x 4 each); both 'the' rows are equal in X and so in Q, K and V.",
         .panels = qkv, .n_panels = 4, .diverging = 1, .show_values = 1, .vmin = -3, .vmax = 3,
         .colorbar_label = "value",
     };
@@ -137,18 +143,21 @@ int main(int argc, char **argv) {
     // Figure 2: S -> S / sqrt(dh) -> softmax -> Z
     HeatPanel steps[4] = {
         {.values = S, .rows = T, .cols = T, .title = "S = Q K^T", .row_labels = tokens, .col_labels = tokens,
-         .xlabel = "key j", .ylabel = "query i", .vmin = -6, .vmax = 6, .diverging = 1, .op_after = "/ sqrt(4)"},
+         .xlabel = "key j", .ylabel = "query i", .vmin = -6, .vmax = 6, .diverging = 1, .colorbar_label = "score",
+         .op_after = "/ sqrt(4)"},
         {.values = Ss, .rows = T, .cols = T, .title = "S / sqrt(d_head)", .row_labels = tokens, .col_labels = tokens,
-         .xlabel = "key j", .vmin = -6, .vmax = 6, .diverging = 1, .op_after = "softmax per row"},
-        {.values = P, .rows = T, .cols = T, .title = "P = softmax(S / sqrt(d_head))", .row_labels = tokens,
-         .col_labels = tokens, .xlabel = "key j", .vmin = 0, .vmax = 1, .op_after = "P V"},
+         .xlabel = "key j", .ylabel = "query i", .vmin = -6, .vmax = 6, .diverging = 1, .colorbar_label = "score"},
+        {.values = P, .rows = T, .cols = T, .title = "P = softmax of each row of S / sqrt(d_head)", .row_labels = tokens,
+         .col_labels = tokens, .xlabel = "key j", .ylabel = "query i", .vmin = 0, .vmax = 1,
+         .colorbar_label = "attention weight", .op_after = "P V"},
         {.values = Z, .rows = T, .cols = DH, .title = "Z = P V", .row_labels = tokens, .col_labels = hd,
-         .xlabel = "head dim", .vmin = -3, .vmax = 3, .diverging = 1},
+         .xlabel = "head dim", .vmin = -3, .vmax = 3, .diverging = 1, .colorbar_label = "value"},
     };
     HeatmapFigure f2 = {
         .title = "Step 2: scores, scaling, softmax, and the weighted sum of values",
-        .subtitle = "row i of P says how much token i reads from each token j (each row sums to 1); no mask yet: every token sees every token",
-        .panels = steps, .n_panels = 4, .show_values = 1, .colorbar_per_panel = 1,
+        .subtitle = "row i of P: how much token i reads from each token j (each row sums to 1); no mask yet",
+        .claim = "S = QK^T is divided by sqrt(4) = 2, softmax turns each row into weights that sum to 1, and Z = PV mixes the value rows by them.",
+        .panels = steps, .n_panels = 4, .panels_per_row = 2, .show_values = 1,
     };
     heatmap_figure(&f2, path_join(path, sizeof path, a.out, "02_scores_softmax"), a.png, a.svg);
 

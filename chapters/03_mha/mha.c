@@ -14,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention.h"
 #include "check.h"
+#include "kvquant.h"
 #include "mathx.h"
 
 enum { WQ, WK, WV, WO, N_WEIGHTS };
@@ -83,102 +85,31 @@ void mha_rope_rows(float *x, int N, int T, int n_heads, int dh, int n_rot, doubl
             rope_apply(x + ((size_t)r * n_heads + h) * dh, r % T, n_rot, theta, ROPE_HALF, inverse);
 }
 
-// One query against the keys of positions lo..hi (both included):
-//   p[0..n) = softmax(q . k_j * scale) over j = lo..hi (n = hi - lo + 1),  o = sum_j p_j v_j.
-// q, o (dh); s (n) is scratch for the logits. Position j's key and value sit in row (j - base) % cap of
-// k and v (rows stride floats apart): base 0 and cap >= hi + 1 is a plain array (forward, a global
-// layer's cache); cap = W makes it the ring buffer of a local layer. The keys are always visited in
-// position order, so forward, decode and chunked prefill do exactly the same arithmetic.
-static void attend(float *o, float *p, float *s, const float *q, const float *k, const float *v,
-                   size_t stride, int lo, int hi, int base, int cap, int dh, float scale) {
-    int n = hi - lo + 1;
-    for (int j = lo; j <= hi; j++) {
-        const float *kj = k + (size_t)((j - base) % cap) * stride;
-        float dot = 0.0f;
-        for (int c = 0; c < dh; c++) dot += q[c] * kj[c];
-        s[j - lo] = dot * scale;
-    }
-    softmax_row(p, s, NULL, n);
-    for (int c = 0; c < dh; c++) o[c] = 0.0f;
-    for (int j = lo; j <= hi; j++) {
-        const float *vj = v + (size_t)((j - base) % cap) * stride;
-        for (int c = 0; c < dh; c++) o[c] += p[j - lo] * vj[c];
-    }
+// The heads of a layer as the attention core (common/attention.h) sees them.
+static AttnHeads heads_of(int H, int G, int dh) {
+    return (AttnHeads){.n_heads = H, .n_kv_heads = G, .dk = dh, .dv = dh, .scale = 1.0f / sqrtf((float)dh)};
+}
+
+// q (B*T, H*dh), k and v (B*T, G*dh): the rows of a batch as the core reads them.
+static AttnBatch batch_of(const float *q, const float *k, const float *v, int B, int T, int H, int G, int dh,
+                          int window) {
+    size_t kvd = (size_t)G * dh;
+    return (AttnBatch){.B = B, .T = T, .window = window, .q = q, .q_stride = (size_t)H * dh, .k = k, .v = v,
+                       .k_stride = kvd, .k_head = (size_t)dh, .v_stride = kvd, .v_head = (size_t)dh};
 }
 
 void mha_attention_forward(float *o, float *P, const float *q, const float *k, const float *v, int B, int T,
                            int H, int G, int dh, int window) {
-    size_t qd = (size_t)H * dh, kvd = (size_t)G * dh;
-    int group = H / G;
-    float scale = 1.0f / sqrtf((float)dh);
-    // Each (batch, query head) is independent, so threads split them; every output element is
-    // computed by one thread in a fixed order (same bits for any thread count).
-    #pragma omp parallel
-    {
-        float *s = mallocCheck(sizeof(float) * (size_t)T);   // one row of logits per thread
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++) {
-                int kvh = h / group;   // the KV head this query head shares
-                const float *kb = k + (size_t)b * T * kvd + (size_t)kvh * dh;
-                const float *vb = v + (size_t)b * T * kvd + (size_t)kvh * dh;
-                for (int i = 0; i < T; i++) {
-                    float *p = P + (((size_t)b * H + h) * T + i) * T;
-                    size_t row = (size_t)b * T + i;
-                    int lo = first_key(i, window);
-                    memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
-                    attend(o + row * qd + (size_t)h * dh, p + lo, s, q + row * qd + (size_t)h * dh, kb, vb, kvd, lo,
-                           i, 0, T, dh, scale);
-                }
-            }
-        free(s);
-    }
+    AttnHeads h = heads_of(H, G, dh);
+    AttnBatch a = batch_of(q, k, v, B, T, H, G, dh, window);
+    attn_batch_forward(o, (size_t)H * dh, P, NULL, &a, &h);
 }
 
 void mha_attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *P, const float *q,
                             const float *k, const float *v, int B, int T, int H, int G, int dh, int window) {
-    size_t qd = (size_t)H * dh, kvd = (size_t)G * dh;
-    int group = H / G, W = window;
-    float scale = 1.0f / sqrtf((float)dh);
-    // Threads split over (batch, KV head): the H/G query heads sharing a KV head all add into its dk
-    // and dv, so one thread owns the whole group and the sum order is fixed.
-    #pragma omp parallel
-    {
-        float *dp = mallocCheck(sizeof(float) * 2 * (size_t)T), *ds = dp + T;
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int kvh = 0; kvh < G; kvh++) {
-                size_t kv0 = (size_t)b * T * kvd + (size_t)kvh * dh;   // key 0 of this (b, KV head)
-                for (int h = kvh * group; h < (kvh + 1) * group; h++)
-                    for (int i = 0; i < T; i++) {
-                        const float *p = P + (((size_t)b * H + h) * T + i) * T;
-                        size_t qi = ((size_t)b * T + i) * qd + (size_t)h * dh;
-                        const float *qv = q + qi, *go = d_o + qi;
-                        float *gq = dq + qi;
-                        int lo = first_key(i, W);
-                        // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j,  dv_j += p_j do_i
-                        for (int j = lo; j <= i; j++) {
-                            const float *vj = v + kv0 + (size_t)j * kvd;
-                            float dot = 0.0f;
-                            for (int c = 0; c < dh; c++) dot += go[c] * vj[c];
-                            dp[j] = dot;
-                        }
-                        softmax_row_backward(ds + lo, p + lo, dp + lo, i - lo + 1);
-                        // s_j = q_i . k_j * scale  =>  dq_i += ds_j scale k_j,  dk_j += ds_j scale q_i
-                        for (int j = lo; j <= i; j++) {
-                            const float *kj = k + kv0 + (size_t)j * kvd;
-                            float *gk = dk + kv0 + (size_t)j * kvd, *gv = dv + kv0 + (size_t)j * kvd;
-                            float gs = ds[j] * scale;
-                            for (int c = 0; c < dh; c++) {
-                                gq[c] += gs * kj[c];
-                                gk[c] += gs * qv[c];
-                                gv[c] += p[j] * go[c];
-                            }
-                        }
-                    }
-            }
-        free(dp);
-    }
+    AttnHeads h = heads_of(H, G, dh);
+    AttnBatch a = batch_of(q, k, v, B, T, H, G, dh, window);
+    attn_batch_backward(dq, dk, dv, NULL, d_o, (size_t)H * dh, P, NULL, &a, &h);
 }
 
 // ---- MixerOps ------------------------------------------------------------------------------------
@@ -298,14 +229,31 @@ struct MixerCache {
     float *k, *v;       // (cap, G*dh) each, one allocation: keys after RoPE, values
     float *q, *o;       // (H*dh) one step's query and head outputs (scratch)
     float *kt, *vt;     // (G*dh) one step's key and value before they enter the cache (scratch)
-    float *s, *p;       // (most keys one query sees) one head's logits and weights (scratch)
+    AttnHeads heads;    // the layer's heads as the attention core sees them
+    float *work;        // the core's scratch for the most keys one query sees (scratch)
     float *extra;       // scratch of the mixer that built on this cache (mha_cache_new_with_scratch)
+    // a quantized cache (chapter 12; NULL: the fp32 rows above are the cache): K and V live as codes in
+    // these streams, and k, v become one step's scratch that each step decodes the held rows into
+    KvqStream *qk, *qv;
+    float *qw, *ow;     // (H*dh) the query turned into the streams' working domain, and the output before
+                        // it is turned back
 };
 
 void mha_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
     CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mha_cache_fill_random: %d more tokens exceed max_T %d",
           n_tokens, c->max_T);
     int rows = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    if (c->qk) {   // a quantized cache takes its rows through the encoder, one token at a time
+        for (int t = 0; t < n_tokens; t++) {
+            rng_fill_normal(rng, c->kt, c->kv_dim, 1.0f);
+            rng_fill_normal(rng, c->vt, c->kv_dim, 1.0f);
+            kvq_put(c->qk, c->n, c->kt);
+            kvq_put(c->qv, c->n, c->vt);
+            c->n++;
+        }
+        if (rows > c->held_peak) c->held_peak = rows;
+        return;
+    }
     rng_fill_normal(rng, c->k, (long)rows * c->kv_dim, 1.0f);
     rng_fill_normal(rng, c->v, (long)rows * c->kv_dim, 1.0f);
     c->n += n_tokens;
@@ -350,16 +298,17 @@ MixerCache *mha_cache_new_with_scratch(const Mixer *m, int max_T, size_t extra_f
     c->window = mha_layer_window(g, m->layer);
     c->kv_dim = (int)kvd;
     c->cap = cache_rest_cap(c);
+    c->heads = heads_of(g->n_heads, g->n_kv_heads, g->head_dim);
     c->k = callocCheck(2 * (size_t)c->cap * kvd, sizeof(float));
     c->v = c->k + (size_t)c->cap * kvd;
-    // a query sees at most cap keys (W on a local layer), so one row of logits is that long
-    c->q = callocCheck(2 * qd + 2 * kvd + 2 * (size_t)c->cap + extra_floats, sizeof(float));
+    // a query sees at most cap keys (W on a local layer), so the core's scratch is sized for that many
+    size_t work = attn_scratch_floats(&c->heads, c->cap);
+    c->q = callocCheck(2 * qd + 2 * kvd + work + extra_floats, sizeof(float));
     c->o = c->q + qd;
     c->kt = c->o + qd;
     c->vt = c->kt + kvd;
-    c->s = c->vt + kvd;
-    c->p = c->s + c->cap;
-    c->extra = c->p + c->cap;
+    c->work = c->vt + kvd;
+    c->extra = c->work + work;
     return c;
 }
 
@@ -371,6 +320,9 @@ static MixerCache *gqa_cache_new(const Mixer *m, int max_T) { return mha_cache_n
 
 static void gqa_cache_free(MixerCache *c) {
     if (!c) return;
+    kvq_stream_free(c->qk);
+    kvq_stream_free(c->qv);
+    free(c->qw);
     free(c->k);
     free(c->q);
     free(c);
@@ -379,35 +331,76 @@ static void gqa_cache_free(MixerCache *c) {
 // Bytes of K and V actually holding tokens: 2 (K and V) * G * dh * 4 bytes (fp32) per token held, and
 // a local layer holds min(n, W) tokens: the per-layer term of kvcache_total_bytes with dtype_bytes = 4.
 // One-step scratch is not counted: it is not cache that grows with context.
+// A quantized cache counts its codes, scales and zero points (kvq_stream_held_bytes).
 static size_t gqa_cache_bytes(const MixerCache *c) {
+    if (c->qk) return kvq_stream_held_bytes(c->qk) + kvq_stream_held_bytes(c->qv);
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)cache_held(c);
 }
 
 size_t mha_cache_peak_bytes(const MixerCache *c) {
+    if (c->qk) return gqa_cache_bytes(c);   // decode only: a quantized cache never shrinks
     return sizeof(float) * 2 * (size_t)c->kv_dim * (size_t)c->held_peak;
+}
+
+void mha_cache_set_quant(MixerCache *c, KvQuant *q) {
+    CHECK(c->n == 0 && !c->qk, "gqa: a cache is quantized before its first token, once");
+    if (!q) return;
+    CHECK(kvq_scheme_of(q)->family != KVQ_KIVI || c->window == 0,
+          "gqa: KIVI's key chunks need every token kept; layer has a window of %d", c->window);
+    int G = c->heads.n_kv_heads, *w = mallocCheck(sizeof(int) * (size_t)G);
+    for (int g = 0; g < G; g++) w[g] = c->heads.dk;   // one vector per KV head
+    c->qk = kvq_stream_new(q, KVQ_KEY, w, G, c->cap);
+    c->qv = kvq_stream_new(q, KVQ_VALUE, w, G, c->cap);
+    free(w);
+    c->qw = mallocCheck(sizeof(float) * 2 * (size_t)c->heads.n_heads * c->heads.dk);
+    c->ow = c->qw + (size_t)c->heads.n_heads * c->heads.dk;
+}
+
+// The attention of one step over a quantized cache: the held rows are decoded into k and v in the
+// streams' working domain, the query heads are turned into it (scores are unchanged: (Pi q).(Pi k) =
+// q.k), and the weighted sum of values is turned back. For a scheme without a rotation the turns do
+// nothing, so fp32 codes give the fp32 cache's bits.
+static void quant_attend(MixerCache *c, float *o, const float *q, const AttnKeys *ks, int lo, int t) {
+    int H = c->heads.n_heads, dh = c->heads.dk;
+    kvq_get(c->qk, c->k, (size_t)c->kv_dim, lo, t, 0);
+    kvq_get(c->qv, c->v, (size_t)c->kv_dim, lo, t, 0);
+    memcpy(c->qw, q, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qk, c->qw + (size_t)h * dh, dh, 0);
+    attn_query(c->ow, NULL, 0, NULL, c->qw, ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
+    memcpy(o, c->ow, sizeof(float) * (size_t)H * dh);
+    for (int h = 0; h < H; h++) kvq_rotate(c->qv, o + (size_t)h * dh, dh, 1);
 }
 
 void mha_cache_step(MixerCache *c, float *o, const float *q, const float *k, const float *v, int n_heads,
                     int head_dim) {
     CHECK(c->n < c->max_T, "gqa decode: cache is full (%d tokens)", c->max_T);
     int t = c->n;   // this token's position
-    int kvd = c->kv_dim, group = n_heads / (kvd / head_dim);
+    int kvd = c->kv_dim;
     // its k and v go into row (t - base) % cap, which on a full ring is the row of token t - W: no
     // query from here on can see that one
     size_t row = (size_t)((t - c->base) % c->cap) * kvd;
-    memcpy(c->k + row, k, sizeof(float) * (size_t)kvd);
-    memcpy(c->v + row, v, sizeof(float) * (size_t)kvd);
+    if (c->qk) {
+        kvq_put(c->qk, t, k);
+        kvq_put(c->qv, t, v);
+    } else {
+        memcpy(c->k + row, k, sizeof(float) * (size_t)kvd);
+        memcpy(c->v + row, v, sizeof(float) * (size_t)kvd);
+    }
     c->n++;
     if (cache_held(c) > c->held_peak) c->held_peak = cache_held(c);
 
-    // one row of attention per query head, over the cached keys (the last W on a local layer)
-    int lo = first_key(t, c->window);
-    float scale = 1.0f / sqrtf((float)head_dim);
-    for (int h = 0; h < n_heads; h++) {
-        size_t kvh = (size_t)(h / group) * head_dim;
-        attend(o + (size_t)h * head_dim, c->p, c->s, q + (size_t)h * head_dim, c->k + kvh, c->v + kvh, (size_t)kvd,
-               lo, t, c->base, c->cap, head_dim, scale);
+    // every query head against the cached keys (the last W on a local layer): the attention core
+    // reads each cached row once for all heads, and splits a long cache over threads
+    CHECK(n_heads == c->heads.n_heads && head_dim == c->heads.dk, "gqa decode: %d heads of %d, cache made for %d of %d",
+          n_heads, head_dim, c->heads.n_heads, c->heads.dk);
+    AttnKeys ks = {.k = c->k, .v = c->v, .k_stride = (size_t)kvd, .k_head = (size_t)head_dim,
+                   .v_stride = (size_t)kvd, .v_head = (size_t)head_dim};
+    attn_keys_span(&ks, first_key(t, c->window), t, c->base, c->cap);
+    if (c->qk) {
+        quant_attend(c, o, q, &ks, first_key(t, c->window), t);
+        return;
     }
+    attn_query(o, NULL, 0, NULL, q, &ks, &c->heads, 0, c->heads.n_kv_heads, c->work);
 }
 
 static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
@@ -432,11 +425,11 @@ static void gqa_decode(const Mixer *m, MixerCache *c, float *out, const float *x
 void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params, int n_tokens) {
     const ModelGeometry *g = m->g;
     int d = g->d_model, H = g->n_heads, G = g->n_kv_heads, dh = g->head_dim;
-    int qd = H * dh, kvd = G * dh, group = H / G, W = c->window, n0 = c->n;
+    int qd = H * dh, kvd = G * dh, W = c->window, n0 = c->n;
     CHECK(n_tokens >= 1 && n0 + n_tokens <= c->max_T, "gqa prefill: %d tokens after %d do not fit %d", n_tokens,
           n0, c->max_T);
+    CHECK(!c->qk, "gqa prefill: a quantized cache decodes one token at a time");
     double theta = mha_layer_rope_theta(g, m->layer);
-    float scale = 1.0f / sqrtf((float)dh);
     size_t off[N_WEIGHTS];
     param_offsets(g, off);
 
@@ -460,13 +453,12 @@ void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, cons
         for (int h = 0; h < H; h++) rope_apply(q + (size_t)r * qd + (size_t)h * dh, n0 + r, dh, theta, ROPE_HALF, 0);
         for (int h = 0; h < G; h++) rope_apply(kc + (size_t)r * kvd + (size_t)h * dh, n0 + r, dh, theta, ROPE_HALF, 0);
     }
+    AttnKeys ks = {.k = c->k, .v = c->v, .k_stride = (size_t)kvd, .k_head = (size_t)dh, .v_stride = (size_t)kvd,
+                   .v_head = (size_t)dh};
     for (int r = 0; r < n_tokens; r++) {
-        int i = n0 + r, lo = first_key(i, W);
-        for (int h = 0; h < H; h++) {
-            size_t kvh = (size_t)(h / group) * dh, qh = (size_t)r * qd + (size_t)h * dh;
-            attend(o + qh, c->p, c->s, q + qh, c->k + kvh, c->v + kvh, (size_t)kvd, lo, i, c->base, c->cap, dh,
-                   scale);
-        }
+        int i = n0 + r;
+        attn_keys_span(&ks, first_key(i, W), i, c->base, c->cap);
+        attn_query(o + (size_t)r * qd, NULL, 0, NULL, q + (size_t)r * qd, &ks, &c->heads, 0, G, c->work);
     }
     linear_forward(out, o, params + off[WO], NULL, n_tokens, qd, d);   // (c, d)
     free(q);
@@ -502,8 +494,21 @@ void mha_attention_probs(float *P, const float *x, const float *params, const Mi
     free(out);
 }
 
+// Load-time check of everything geometry_check and the layer functions assume.
+static int gqa_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "gqa", ATTN_GQA, 1, why, cap)) return 0;
+    if (g->head_dim < 2 || g->head_dim % 2 != 0)
+        return mixer_fail(why, cap, "head_dim %d must be positive and even (RoPE rotates pairs)", g->head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE ||
+        (g->partial_rotary_factor != 0.0 && g->partial_rotary_factor != 1.0))
+        return mixer_fail(why, cap, "attn_output_gate, qk_norm and partial_rotary_factor are for mixer 'gated'; "
+                                    "mixer 'gqa' has no gate, no qk norm and rotates every dim");
+    return 1;
+}
+
 const MixerOps gqa_mixer = {
     .name = "gqa",
+    .validate = gqa_validate,
     .param_tensors = gqa_param_tensors,
     .init = gqa_init,
     .act_floats = gqa_act_floats,

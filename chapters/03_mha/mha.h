@@ -11,6 +11,7 @@
 // A LAYER_LOCAL layer sees the last sliding_window keys, itself included (i - W < j <= i), and its
 // decode cache is a ring buffer of W rows: cache_bytes stops growing at W tokens (chapter 6).
 #pragma once
+#include "kvquant.h"
 #include "mixer.h"
 
 extern const MixerOps gqa_mixer;
@@ -31,6 +32,11 @@ void mha_attention_probs(float *P, const float *x, const float *params, const Mi
 void mha_prefill(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params, int n_tokens);
 // The most bytes of K/V the cache has held at any moment (a prefill chunk's peak included).
 size_t mha_cache_peak_bytes(const MixerCache *c);
+
+// A quantized cache (chapter 12): from the first token on, the cache keeps K and V as q's codes
+// (kvquant.h), cache_bytes counts those, and every step decodes the held rows before the attention core
+// runs. Decode only (no prefill); KIVI only on global layers. q must outlive the cache; NULL keeps fp32.
+void mha_cache_set_quant(MixerCache *c, KvQuant *q);
 
 // For benchmarks: acts as if n_tokens more tokens had been decoded, writing random keys and values
 // instead of computing them (filling a 64K-token cache by prefill costs T^2/2 dot products). The

@@ -18,13 +18,13 @@
 #include "kvcache.h"
 #include "mathx.h"
 #include "plot.h"
+#include "schematic.h"
 
 // Figure 1: the heads of a trained GQA model, one row per KV head, so heads that share keys and values
 // sit side by side.
 static void figure_grouped_heads(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
     int H = g->n_heads, G = g->n_kv_heads, T = t->n_tokens, L = g->n_layers;
-    if (H > 16) die_user("%s: the figure draws at most 16 heads, the model has %d", t->path, H);
     float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
     trained_attention(t, 0, L - 1, A);
     unsigned char *causal = mallocCheck((size_t)(T * T));
@@ -37,12 +37,14 @@ static void figure_grouped_heads(const CliArgs *a, Trained *t) {
                                 .title = titles[h], .row_labels = t->labels, .col_labels = t->labels,
                                 .xlabel = "key j", .ylabel = h % (H / G) == 0 ? "query i" : NULL};
     }
-    char sub[300], cap[160];
-    snprintf(sub, sizeof sub, "layer %d of a %s model with %d query heads and %d KV heads: each row shares one K and one V; %s",
-             L - 1, mha_kind_name(g), H, G, trained_caption(t, cap, sizeof cap));
+    char sub[300], cap[160], claim[300];
+    snprintf(sub, sizeof sub, "layer %d, %d query heads sharing %d KV heads (one row each); %s", L - 1, H, G,
+             trained_caption(t, cap, sizeof cap));
+    snprintf(claim, sizeof claim, "In a trained %s model, the query heads of one group read the same keys and values "
+             "but keep their own queries, so heads of a group still attend differently.", mha_kind_name(g));
     HeatmapFigure f = {
         .title = "Grouped-query attention: query heads in a group read the same keys and values",
-        .subtitle = sub, .panels = panels, .n_panels = H, .panels_per_row = H / G, .vmin = 0, .vmax = 1,
+        .subtitle = sub, .claim = claim, .panels = panels, .n_panels = H, .panels_per_row = H / G, .vmin = 0, .vmax = 1,
         .colorbar_label = "attention weight",
         .note = "heads of one group may still attend differently: only K and V are shared, each head keeps its own queries",
     };
@@ -71,9 +73,15 @@ static void figure_groups(const CliArgs *a) {
         c[k].color = color[k];
         c[k].dashed = k == 2;
     }
-    chapter_memory_plot(a, "02_kv_vs_groups", "Fewer KV heads, smaller cache: MHA vs GQA vs MQA",
-                        "32 layers, 32 query heads of 128 dims (d_model 4096), bf16: the cache shrinks by n_heads / n_kv_heads",
-                        c, 4, 131072, "per token: layers x 2 (K and V) x n_kv_heads x head_dim x 2 bytes");
+    MemoryPlot p = {
+        .name = "02_kv_vs_groups", .title = "Fewer KV heads, smaller cache: MHA vs GQA vs MQA",
+        .subtitle = "32 layers, 32 query heads of 128 dims (d_model 4096), bf16: the cache shrinks by n_heads / n_kv_heads",
+        .claim = "At 128K tokens a 32-layer model with 32 query heads of 128 caches 64 GiB with MHA, 16 GiB with 8 KV heads, "
+                 "8 GiB with 4 and 2 GiB with MQA: the slope is n_heads / n_kv_heads times smaller.",
+        .note = "per token: layers x 2 (K and V) x n_kv_heads x head_dim x 2 bytes",
+        .curves = c, .n = 4, .max_context = 131072,
+    };
+    chapter_memory_plot(a, &p);
 }
 
 // Figure 3: two real models of the same family: Sarvam 30B uses GQA, Sarvam 105B uses MLA (chapter 5).
@@ -90,20 +98,30 @@ static void figure_sarvam(const CliArgs *a, const char *configs) {
         c[2 + k].color = c[k].color;
         c[2 + k].dashed = 1;
     }
-    chapter_memory_plot(a, "03_sarvam_gqa_vs_mla", "Sarvam 30B (GQA) vs Sarvam 105B (MLA), and both as plain MHA",
-                        "one sequence, bf16; dashed: the same layers and query heads if each head cached its own K and V",
-                        c, 4, 131072, NULL);
+    char claim[300], b1[32], b2[32];
+    snprintf(claim, sizeof claim, "At 128K tokens Sarvam 30B (GQA) caches %s and Sarvam 105B (MLA) %s; as plain MHA they "
+             "would cache 16x and 28x more.", fmt_bytes(b1, sizeof b1, kvcache_total_bytes(&c[0].g, 131072, 1)),
+             fmt_bytes(b2, sizeof b2, kvcache_total_bytes(&c[1].g, 131072, 1)));
+    MemoryPlot p = {
+        .name = "03_sarvam_gqa_vs_mla", .title = "Sarvam 30B (GQA) vs Sarvam 105B (MLA), and both as plain MHA",
+        .subtitle = "one sequence, bf16; dashed: the same layers and query heads if each head cached its own K and V",
+        .claim = claim, .curves = c, .n = 4, .max_context = 131072,
+    };
+    chapter_memory_plot(a, &p);
 }
 
 // Figure 4: the same recall task learned with 4, 2 and 1 KV heads (same data, steps and seed): what
 // each model's cache costs per token against the accuracy it reached.
+static const char *const SWEEP_FILES[3] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors",
+                                           "ch04_recall_g1.safetensors"};
+
 static void figure_accuracy(const CliArgs *a, const char *weights_dir) {
-    static const char *files[3] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors", "ch04_recall_g1.safetensors"};
+    const char *const *files = SWEEP_FILES;
     static const int color[3] = {COLOR_MHA, COLOR_GQA, COLOR_MQA};
     BarChart bc = {0};
     const char *labels[3];
     char lab[3][128];
-    double values[3];
+    double values[3], chance = 0;
     int colors[3];
     for (int k = 0; k < 3; k++) {
         char path[1024];
@@ -116,20 +134,91 @@ static void figure_accuracy(const CliArgs *a, const char *weights_dir) {
                  fmt_bytes(b, sizeof b, kvcache_bytes_per_token(&g)));
         labels[k] = lab[k];
         values[k] = 100.0 * t.info.accuracy;
+        chance = chapter_chance(&t.task);
         colors[k] = color[k];
         printf("  %-40s recall accuracy %.1f%%\n", lab[k], values[k]);
         trained_free(&t);
     }
     bc.title = "Recall accuracy with 4, 2 and 1 KV heads (tiny models, same data and steps)";
     bc.subtitle = "2 layers, 4 query heads, d_model 64; KV cache per token in fp32 as the tiny models store it";
+    char claim[300];
+    snprintf(claim, sizeof claim, "On one recall task and seed, 4 and 2 KV heads reach %.0f%% and %.0f%% held-out "
+             "accuracy, 1 KV head (MQA) %.1f%%; chance is %.1f%%.", values[0], values[1], values[2], 100.0 * chance);
+    bc.claim = claim;
     bc.xlabel = "held-out recall accuracy (%)";
     bc.labels = labels;
     bc.values = values;
     bc.colors = colors;
     bc.n = 3;
-    bc.note = "a toy: one seed, one task; real models recover quality with more training (the article cites GQA papers)";
+    char chance_label[64];
+    snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chance);
+    PlotRef ref = {.label = chance_label, .value = 100.0 * chance};
+    bc.refs = &ref;
+    bc.n_refs = 1;
+    bc.note = "a toy: one seed, one task; it says nothing by itself about large models";
     char path[1024];
     plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "04_accuracy_vs_kv_heads"), a->png, a->svg);
+}
+
+// Figure 5: the article's MHA -> GQA -> MQA sweep on a real config: Llama 3 8B (32 query heads of 128,
+// 32 layers) with every KV-head count that divides 32, at 128K tokens. Halving the KV heads halves the
+// cache; the shipped 8 is 4x below MHA.
+static void figure_group_sweep(const CliArgs *a, const char *configs) {
+    static const int G[6] = {32, 16, 8, 4, 2, 1};
+    ModelGeometry base;
+    chapter_config(&base, configs, "llama3-8b.json", "Llama 3 8B");
+    const char *labels[6];
+    char lab[6][96];
+    double values[6];
+    int colors[6];
+    for (int k = 0; k < 6; k++) {
+        ModelGeometry g = base;
+        g.n_kv_heads = G[k];
+        values[k] = kvcache_total_bytes(&g, 131072, 1);
+        snprintf(lab[k], sizeof lab[k], "%s, %d KV head%s%s", G[k] == 32 ? "MHA" : G[k] == 1 ? "MQA" : "GQA", G[k],
+                 G[k] == 1 ? "" : "s", G[k] == base.n_kv_heads ? " (as shipped)" : "");
+        labels[k] = lab[k];
+        colors[k] = G[k] == 32 ? COLOR_MHA : G[k] == 1 ? COLOR_MQA : COLOR_GQA;
+    }
+    BarChart bc = {
+        .title = "Llama 3 8B at 128K tokens with 32 down to 1 KV heads",
+        .subtitle = "llama3-8b.json with num_key_value_heads changed (./kvcache --set does the same), one sequence, bf16",
+        .xlabel = "KV cache at 131072 tokens (bytes)",
+        .labels = labels, .values = values, .colors = colors, .n = 6, .fmt = AXIS_BYTES,
+        .note = "32 layers x 2 (K and V) x KV heads x 128 dims x 2 bytes per token: each halving of the KV heads halves the cache",
+    };
+    char path[1024];
+    plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "05_group_sweep"), a->png, a->svg);
+}
+
+// Figure 6: which query heads read which KV head, for one real model's 32 query heads with 32 (MHA),
+// its own 8 (GQA) and 1 (MQA) KV heads, to scale: the K bar is what one layer caches per token (V alike).
+static void figure_schematic(const CliArgs *a, const char *configs) {
+    ModelGeometry g;
+    chapter_config(&g, configs, "llama3-8b.json", "Llama 3 8B");
+    int H = g.n_heads, dh = g.head_dim, kv[3] = {g.n_heads, g.n_kv_heads, 1};
+    static const int color[3] = {COLOR_MHA, COLOR_GQA, COLOR_MQA};
+    char sub[200], claim[400];
+    snprintf(sub, sizeof sub, "%s's %d query heads of %d (config.json: %d KV heads), with %d, %d and %d KV heads",
+             g.name, H, dh, g.n_kv_heads, kv[0], kv[1], kv[2]);
+    snprintf(claim, sizeof claim, "With %d query heads of %d, MHA gives each its own K and V head; %s's GQA lets %d query "
+             "heads share each of %d KV heads (a 4x smaller cache), and MQA lets all %d share one (32x smaller).", H, dh,
+             g.name, H / g.n_kv_heads, g.n_kv_heads, H);
+    Schematic *s = schem_new("Grouped-query attention: which query heads share a key and value head", sub, claim);
+    for (int v = 0; v < 3; v++) {
+        char qshape[64], kname[64], kshape[96];
+        snprintf(qshape, sizeof qshape, "%d heads x %d", H, dh);
+        snprintf(kname, sizeof kname, "%s: K", kv[v] == H ? "MHA" : kv[v] == 1 ? "MQA" : "GQA");
+        snprintf(kshape, sizeof kshape, "%d KV head%s x %d (V alike)", kv[v], kv[v] == 1 ? "" : "s", dh);
+        int q = schem_tensor(s, 2 * v, 0, "q", qshape, (long)H * dh, H, COLOR_OTHER, 0);
+        int k = schem_tensor(s, 2 * v + 1, 0, kname, kshape, (long)kv[v] * dh, kv[v], color[v], SCHEM_CACHED | SCHEM_LABEL_BELOW);
+        // query head h reads KV head h / (H / G)
+        for (int h = 0; h < H; h++) schem_link(s, q, h, k, h / (H / kv[v]));
+    }
+    schem_note(s, "each line: a query head and the K (and V) head it reads; the K bar is what one layer caches per token for keys");
+    char path[1024];
+    schem_write(s, path_join(path, sizeof path, a->out, "06_gqa_schematic"), a->png, a->svg);
+    schem_free(s);
 }
 
 int main(int argc, char **argv) {
@@ -150,15 +239,25 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
+    // every input first: a bad one fails before anything is written
+    chapter_check_configs(configs, "sarvam-30b.json", "sarvam-105b.json", NULL);
+    char path[1024];
+    for (int k = 0; k < 3; k++)
+        trained_check(path_join(path, sizeof path, weights_dir, SWEEP_FILES[k]), "gqa", TASK_RECALL, "the KV-heads sweep");
     Trained t;
     trained_load(&t, a.weights);
+    trained_require(&t, "gqa|gated", -1, "the grouped-heads figure");
+    if (t.model->g.n_heads > 16) die_user("%s: the figure draws at most 16 heads, the model has %d", t.path, t.model->g.n_heads);
+    ensure_out_dir(a.out);
     figure_grouped_heads(&a, &t);
     trained_free(&t);
     figure_groups(&a);
     figure_sarvam(&a, configs);
     figure_accuracy(&a, weights_dir);
-    printf("ch04: wrote figures to %s/ (01_grouped_heads, 02_kv_vs_groups, 03_sarvam_gqa_vs_mla, 04_accuracy_vs_kv_heads)\n", a.out);
+    figure_group_sweep(&a, configs);
+    figure_schematic(&a, configs);
+    printf("ch04: wrote figures to %s/ (01_grouped_heads, 02_kv_vs_groups, 03_sarvam_gqa_vs_mla, 04_accuracy_vs_kv_heads, "
+           "05_group_sweep, 06_gqa_schematic)\n", a.out);
     free(a.pos);
     return 0;
 }

@@ -20,7 +20,9 @@
 #include <time.h>
 
 #include "03_mha/mha.h"   // mha_layer_window, mha_layer_rope_theta: layer kinds mean the same here
+#include "attention.h"
 #include "check.h"
+#include "kvquant.h"
 #include "mathx.h"
 
 typedef struct { int d, H, qr, dc, dn, dr, dv, dqk, dkv; } Dims;
@@ -122,46 +124,6 @@ static void rope_keys(float *kpe, int N, int T, int dr, double theta, int invers
 // First key query i may see: 0 for causal attention, i - W + 1 under a window of W keys.
 static int first_key(int i, int W) { return W > 0 && i - W + 1 > 0 ? i - W + 1 : 0; }
 
-// The naive form, one query head q = [q_nope (dn) | q_pe (dr)] against keys lo..hi:
-//   s_j = (q_nope . k_nope_j + q_pe . k_pe_j) * scale,  p = softmax(s),  o (dv) = sum_j p_j v_j.
-// Key j's [k_nope | v] (this head's dn + dv) is at kv + (j % ring) * kv_stride, its k_pe at
-// kpe + (j % ring) * dr: ring is a local layer's ring-buffer size in decode, and T (no wrap) in the
-// forward. p, s hold n = hi - lo + 1 entries. Forward and naive decode both come here.
-static void attend_naive(float *o, float *p, float *s, const float *q, const float *kv, size_t kv_stride,
-                         const float *kpe, int ring, int lo, int hi, const Dims *z, float scale) {
-    int n = hi - lo + 1;
-    for (int k = 0; k < n; k++) {
-        size_t slot = (size_t)((lo + k) % ring);
-        const float *kn = kv + slot * kv_stride, *kp = kpe + slot * z->dr;
-        s[k] = (dot_f32(q, kn, z->dn) + dot_f32(q + z->dn, kp, z->dr)) * scale;
-    }
-    softmax_row(p, s, NULL, n);
-    for (int c = 0; c < z->dv; c++) o[c] = 0.0f;
-    for (int k = 0; k < n; k++) {
-        const float *v = kv + (size_t)((lo + k) % ring) * kv_stride + z->dn;
-        for (int c = 0; c < z->dv; c++) o[c] += p[k] * v[c];
-    }
-}
-
-// The absorbed form of the same head: the query lives in latent space, q_lat = W_UK[h]^T q_nope (dc),
-//   s_j = (q_lat . c_kv_j + q_pe . k_pe_j) * scale,  p = softmax(s),  u (dc) = sum_j p_j c_kv_j,
-// and the caller turns u into o_h = W_UV[h] u. Reads the cache directly: no per-head key or value.
-static void attend_absorbed(float *u, float *p, float *s, const float *q_lat, const float *q_pe, const float *ckv,
-                            const float *kpe, int ring, int lo, int hi, const Dims *z, float scale) {
-    int n = hi - lo + 1;
-    for (int k = 0; k < n; k++) {
-        size_t slot = (size_t)((lo + k) % ring);
-        const float *cj = ckv + slot * z->dc, *kp = kpe + slot * z->dr;
-        s[k] = (dot_f32(q_lat, cj, z->dc) + dot_f32(q_pe, kp, z->dr)) * scale;
-    }
-    softmax_row(p, s, NULL, n);
-    for (int c = 0; c < z->dc; c++) u[c] = 0.0f;
-    for (int k = 0; k < n; k++) {
-        const float *cj = ckv + (size_t)((lo + k) % ring) * z->dc;
-        for (int c = 0; c < z->dc; c++) u[c] += p[k] * cj[c];
-    }
-}
-
 // ---- activations saved by forward -----------------------------------------------------------------
 
 // P comes first so batch 0's attention matrices sit at offset 0 whatever B is (mixing_matrix knows T).
@@ -175,6 +137,7 @@ typedef struct {
     float *rstd_kv;  // (N)
     float *kpe;      // (N,dr) shared RoPE keys, rotated: what decode caches
     float *kv;       // (N,H*dkv) per head [k_nope | v] = c_kv [W_UK[h] | W_UV[h]]^T
+    float *k;        // (N,H*dqk) per head the whole key [k_nope_h | k_pe], what the attention core reads
     float *o;        // (N,H*dv) head outputs, before wo
 } MlaAct;
 
@@ -198,6 +161,7 @@ static size_t act_carve(MlaAct *a, float *act, const Dims *z, int B, int T) {
     a->rstd_kv = take(act, &used, N);
     a->kpe = take(act, &used, N * z->dr);
     a->kv = take(act, &used, N * z->H * z->dkv);
+    a->k = take(act, &used, N * z->H * z->dqk);
     a->o = take(act, &used, N * z->H * z->dv);
     return used;
 }
@@ -252,13 +216,24 @@ static size_t mla_act_floats(const ModelGeometry *g, int layer, int B, int T) {
     return act_carve(&a, NULL, &z, B, T);
 }
 
-static void mla_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B,
-                        int T) {
-    const ModelGeometry *g = m->g;
-    Dims z = dims_of(g);
-    int N = B * T, W = mha_layer_window(g, m->layer);
-    double theta = mha_layer_rope_theta(g, m->layer);
-    float scale = 1.0f / sqrtf((float)z.dqk);   // (dn + dr)^-0.5: the key is dn + dr wide
+// The heads as the attention core sees them: H query heads, each with its own key and value (G = H),
+// keys dn + dr wide, values dv, scale (dn + dr)^-0.5.
+static AttnHeads heads_naive(const Dims *z) {
+    return (AttnHeads){.n_heads = z->H, .n_kv_heads = z->H, .dk = z->dqk, .dv = z->dv,
+                       .scale = 1.0f / sqrtf((float)z->dqk)};
+}
+
+// The batch as the core reads it: queries a.q, keys a.k, values inside a.kv (head h's v at h*dkv + dn).
+static AttnBatch batch_naive(const Dims *z, const MlaAct *a, int B, int T, int W, const unsigned char *sel) {
+    return (AttnBatch){.B = B, .T = T, .window = W, .sel = sel, .q = a->q, .q_stride = (size_t)z->H * z->dqk,
+                       .k = a->k, .k_stride = (size_t)z->H * z->dqk, .k_head = (size_t)z->dqk, .v = a->kv + z->dn,
+                       .v_stride = (size_t)z->H * z->dkv, .v_head = (size_t)z->dkv};
+}
+
+void mla_forward_project(const Mixer *m, float *act, const float *x, const float *params, int B, int T) {
+    Dims z = dims_of(m->g);
+    int N = B * T;
+    double theta = mha_layer_rope_theta(m->g, m->layer);
     MlaWeights w = weights_at(&z, (float *)params);   // read only
     MlaAct a;
     act_carve(&a, act, &z, B, T);
@@ -267,50 +242,60 @@ static void mla_forward(const Mixer *m, float *out, float *act, const float *x, 
     rope_queries(a.q, N, T, &z, theta, 0);
     latent_forward(a.ckv, a.ckv_raw, a.rstd_kv, a.kpe, x, &w, &z, N);  // (N,dc), (N,dr)
     rope_keys(a.kpe, N, T, z.dr, theta, 0);
-    // the naive form: every head's k_nope and v from the latent, for the whole sequence at once
+    // the naive form: every head's k_nope and v from the latent, for the whole sequence at once, and
+    // every head's whole key [k_nope_h | k_pe] (the shared k_pe copied next to each head's k_nope)
     linear_forward(a.kv, a.ckv, w.wkv_b, NULL, N, z.dc, z.H * z.dkv);  // (N, H*(dn+dv))
-
-    // Each (batch, head) is independent: threads split them, every output element has one writer.
-    size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
-    #pragma omp parallel
-    {
-        float *s = mallocCheck(sizeof(float) * (size_t)T);
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < z.H; h++)
-                for (int i = 0; i < T; i++) {
-                    size_t row = (size_t)b * T + i;
-                    float *p = a.P + (((size_t)b * z.H + h) * T + i) * T;
-                    int lo = first_key(i, W);
-                    memset(p, 0, sizeof(float) * (size_t)T);   // masked keys get exactly 0
-                    attend_naive(a.o + row * o_row + (size_t)h * z.dv, p + lo, s, a.q + row * q_row + (size_t)h * z.dqk,
-                                 a.kv + (size_t)b * T * kv_row + (size_t)h * z.dkv, kv_row, a.kpe + (size_t)b * T * z.dr,
-                                 T, lo, i, &z, scale);
-                }
-        free(s);
-    }
-    linear_forward(out, a.o, w.wo, NULL, N, z.H * z.dv, z.d);   // (N, d)
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < z.H; h++) {
+            float *kh = a.k + ((size_t)r * z.H + h) * z.dqk;
+            memcpy(kh, a.kv + ((size_t)r * z.H + h) * z.dkv, sizeof(float) * (size_t)z.dn);
+            memcpy(kh + z.dn, a.kpe + (size_t)r * z.dr, sizeof(float) * (size_t)z.dr);
+        }
 }
 
-static void mla_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
-                         const float *x, const float *params, int B, int T) {
+const float *mla_act_query_latent(const Mixer *m, const float *act, int B, int T) {
+    Dims z = dims_of(m->g);
+    MlaAct a;
+    act_carve(&a, (float *)act, &z, B, T);
+    return z.qr > 0 ? a.cq : NULL;
+}
+
+void mla_forward_attend(const Mixer *m, float *out, float *act, const float *params, int B, int T,
+                        const unsigned char *sel) {
+    Dims z = dims_of(m->g);
+    MlaWeights w = weights_at(&z, (float *)params);
+    MlaAct a;
+    act_carve(&a, act, &z, B, T);
+    AttnHeads heads = heads_naive(&z);
+    AttnBatch batch = batch_naive(&z, &a, B, T, mha_layer_window(m->g, m->layer), sel);
+    attn_batch_forward(a.o, (size_t)z.H * z.dv, a.P, NULL, &batch, &heads);
+    linear_forward(out, a.o, w.wo, NULL, B * T, z.H * z.dv, z.d);   // (N, d)
+}
+
+static void mla_forward(const Mixer *m, float *out, float *act, const float *x, const float *params, int B,
+                        int T) {
+    mla_forward_project(m, act, x, params, B, T);
+    mla_forward_attend(m, out, act, params, B, T, NULL);
+}
+
+void mla_backward_selected(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                           const float *x, const float *params, int B, int T, const unsigned char *sel) {
     const ModelGeometry *g = m->g;
     Dims z = dims_of(g);
-    int N = B * T, W = mha_layer_window(g, m->layer);
+    int N = B * T;
     double theta = mha_layer_rope_theta(g, m->layer);
-    float scale = 1.0f / sqrtf((float)z.dqk);
     MlaWeights w = weights_at(&z, (float *)params), dw = weights_at(&z, dparams);
     MlaAct a;
     act_carve(&a, (float *)act, &z, B, T);   // read only
     size_t q_row = (size_t)z.H * z.dqk, kv_row = (size_t)z.H * z.dkv, o_row = (size_t)z.H * z.dv;
 
     // Gradient buffers: the interface hands backward no scratch, so one zeroed block per call.
-    size_t n_scratch = (size_t)N * (q_row + kv_row + (size_t)z.H * z.dr + z.dr + 2 * (size_t)z.dc + o_row + 2 * (size_t)z.qr);
+    size_t n_scratch = (size_t)N * (2 * q_row + kv_row + z.dr + 2 * (size_t)z.dc + o_row + 2 * (size_t)z.qr);
     float *scratch = callocCheck(n_scratch, sizeof(float));
     size_t used = 0;
     float *dq = take(scratch, &used, (size_t)N * q_row);              // (N, H*dqk)
+    float *dk = take(scratch, &used, (size_t)N * q_row);              // (N, H*dqk) the heads' whole keys
     float *dkv = take(scratch, &used, (size_t)N * kv_row);            // (N, H*dkv)
-    float *dkpe_h = take(scratch, &used, (size_t)N * z.H * z.dr);     // (N, H, dr) each head's share
     float *dkpe = take(scratch, &used, (size_t)N * z.dr);             // (N, dr)
     float *dckv = take(scratch, &used, (size_t)N * z.dc);             // (N, dc) after kv_norm
     float *dckv_raw = take(scratch, &used, (size_t)N * z.dc);         // (N, dc) before kv_norm
@@ -321,49 +306,18 @@ static void mla_backward(const Mixer *m, float *dx, float *dparams, const float 
     // out = o wo^T
     linear_backward(d_o, dw.wo, NULL, dout, a.o, w.wo, N, (int)o_row, z.d);
 
-    // The attention core, threads over (batch, head). The k_pe every head shares would be written
-    // by all heads at once, so each head adds into its own slot of dkpe_h, summed below in head order.
-    #pragma omp parallel
-    {
-        float *dp = mallocCheck(sizeof(float) * 2 * (size_t)T), *ds = dp + T;
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < z.H; h++)
-                for (int i = 0; i < T; i++) {
-                    size_t ri = (size_t)b * T + i;
-                    int lo = first_key(i, W), n = i - lo + 1;
-                    const float *p = a.P + (((size_t)b * z.H + h) * T + i) * T + lo;
-                    const float *q = a.q + ri * q_row + (size_t)h * z.dqk, *go = d_o + ri * o_row + (size_t)h * z.dv;
-                    float *gq = dq + ri * q_row + (size_t)h * z.dqk;
-                    // o_i = sum_j p_j v_j  =>  dp_j = do_i . v_j
-                    for (int k = 0; k < n; k++) {
-                        const float *v = a.kv + ((size_t)b * T + lo + k) * kv_row + (size_t)h * z.dkv + z.dn;
-                        dp[k] = dot_f32(go, v, z.dv);
-                    }
-                    softmax_row_backward(ds, p, dp, n);
-                    // s_j = ([q_nope|q_pe] . [k_nope_j|k_pe_j]) * scale; dv_j += p_j do_i
-                    for (int k = 0; k < n; k++) {
-                        size_t rj = (size_t)b * T + lo + k;
-                        const float *kn = a.kv + rj * kv_row + (size_t)h * z.dkv, *kp = a.kpe + rj * z.dr;
-                        float *gkv = dkv + rj * kv_row + (size_t)h * z.dkv;
-                        float *gkp = dkpe_h + (rj * z.H + h) * z.dr;
-                        float gs = ds[k] * scale;
-                        for (int c = 0; c < z.dn; c++) {
-                            gq[c] += gs * kn[c];
-                            gkv[c] += gs * q[c];
-                        }
-                        for (int c = 0; c < z.dr; c++) {
-                            gq[z.dn + c] += gs * kp[c];
-                            gkp[c] += gs * q[z.dn + c];
-                        }
-                        for (int c = 0; c < z.dv; c++) gkv[z.dn + c] += p[k] * go[c];
-                    }
-                }
-        free(dp);
-    }
+    // the attention core: dq, the heads' keys dk, and the values straight into dkv's v part
+    AttnHeads heads = heads_naive(&z);
+    AttnBatch batch = batch_naive(&z, &a, B, T, mha_layer_window(g, m->layer), sel);
+    attn_batch_backward(dq, dk, dkv + z.dn, NULL, d_o, o_row, a.P, NULL, &batch, &heads);
+    // a head's key is [k_nope_h | k_pe]: k_nope's gradient goes to its slot of dkv, and the k_pe every
+    // head shares sums its heads' shares, in head order
     for (int r = 0; r < N; r++)
-        for (int h = 0; h < z.H; h++)
-            for (int c = 0; c < z.dr; c++) dkpe[(size_t)r * z.dr + c] += dkpe_h[((size_t)r * z.H + h) * z.dr + c];
+        for (int h = 0; h < z.H; h++) {
+            const float *gk = dk + ((size_t)r * z.H + h) * z.dqk;
+            memcpy(dkv + ((size_t)r * z.H + h) * z.dkv, gk, sizeof(float) * (size_t)z.dn);
+            for (int c = 0; c < z.dr; c++) dkpe[(size_t)r * z.dr + c] += gk[z.dn + c];
+        }
 
     // RoPE is a rotation: its backward is the inverse rotation at the same position.
     rope_queries(dq, N, T, &z, theta, 1);
@@ -387,53 +341,77 @@ static void mla_backward(const Mixer *m, float *dx, float *dparams, const float 
     free(scratch);
 }
 
+static void mla_backward(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                         const float *x, const float *params, int B, int T) {
+    mla_backward_selected(m, dx, dparams, dout, act, x, params, B, T, NULL);
+}
+
 // ---- decode: the cache holds only [c_kv | k_pe] per token ------------------------------------------
 
+// One cache row per token: [c_kv (dc) | k_pe (dr)], side by side, because the absorbed form reads them
+// as ONE key of dc + dr (the query [q_lat | q_pe] against it) and the first dc of it as the value.
 struct MixerCache {
     Dims z;
     int max_T;        // tokens the cache can decode in total
     int cap;          // slots: max_T, or the window W of a local layer (a ring buffer: slot = pos % cap)
+    int window;       // W on a local layer, 0 on a global one
     int n;            // tokens decoded so far (the next position)
     int absorbed;     // decode path: 1 absorbed, 0 naive
-    float *ckv;       // (cap, dc) latents after kv_norm      } the cache: dc + dr floats per token
-    float *kpe;       // (cap, dr) shared keys after RoPE     }
+    float *rows;      // (cap, dc + dr) the cache
     // one step's scratch (not cache: it does not grow with context)
     float *qa, *cq;   // (qr)
-    float *q;         // (H*dqk)
+    float *q;         // (H*dqk) the new token's queries, q_pe rotated
     float *ckv_raw;   // (dc)
-    float *q_lat;     // (dc) absorbed: one head's query in latent space
-    float *u;         // (dc) absorbed: one head's attention-weighted latent
+    float *qabs;      // (H, dc + dr) absorbed: every head's query in latent space [W_UK[h]^T q_nope | q_pe]
+    float *u;         // (H, dc) absorbed: every head's attention-weighted latent
     float *o;         // (H*dv) head outputs
-    float *s, *p;     // (cap) one head's logits and weights
+    float *work;      // the attention core's scratch, for cap keys
+    float *lat;       // (cap, dc) naive: the latents, contiguous
     float *kvh;       // (cap, dn+dv) naive: one head's rebuilt [k_nope | v] of every held token
+    float *kh;        // (cap, dqk) naive: one head's whole keys [k_nope | k_pe]
+    // a quantized cache (chapter 12; NULL: rows is the cache): c_kv and k_pe live as codes in these two
+    // streams (pe NULL without a RoPE key), and rows becomes one step's scratch they are decoded into
+    KvqStream *quant, *quant_pe;
 };
+
+static AttnHeads heads_absorbed(const Dims *z) {
+    // every head reads the one latent row: G = 1, keys dc + dr wide, values the first dc of them; the
+    // scale stays the naive form's (dn + dr)^-0.5, since the scores are the same numbers
+    return (AttnHeads){.n_heads = z->H, .n_kv_heads = 1, .dk = z->dc + z->dr, .dv = z->dc,
+                       .scale = 1.0f / sqrtf((float)z->dqk)};
+}
 
 static MixerCache *mla_cache_new(const Mixer *m, int max_T) {
     Dims z = dims_of(m->g);
     CHECK(max_T > 0, "mla: cache for %d tokens", max_T);
-    int W = mha_layer_window(m->g, m->layer);
-    MixerCache *c = mallocCheck(sizeof *c);
+    MixerCache *c = callocCheck(1, sizeof *c);
     c->z = z;
     c->max_T = max_T;
-    c->cap = W > 0 && W < max_T ? W : max_T;
-    c->n = 0;
+    c->window = mha_layer_window(m->g, m->layer);
+    c->cap = c->window > 0 && c->window < max_T ? c->window : max_T;
     c->absorbed = 1;
-    size_t cap = (size_t)c->cap, sizes[] = {cap * z.dc, cap * z.dr, (size_t)z.qr, (size_t)z.qr,
-                                            (size_t)z.H * z.dqk, (size_t)z.dc, (size_t)z.dc, (size_t)z.dc,
-                                            (size_t)z.H * z.dv, cap, cap, cap * z.dkv};
+    AttnHeads ha = heads_absorbed(&z), hn = heads_naive(&z);
+    hn.n_heads = hn.n_kv_heads = 1;
+    size_t work = attn_scratch_floats(&ha, c->cap), work_n = attn_scratch_floats(&hn, c->cap);
+    size_t cap = (size_t)c->cap, row = (size_t)(z.dc + z.dr);
+    size_t sizes[] = {cap * row, (size_t)z.qr, (size_t)z.qr, (size_t)z.H * z.dqk, (size_t)z.dc, (size_t)z.H * row,
+                      (size_t)z.H * z.dc, (size_t)z.H * z.dv, work > work_n ? work : work_n, cap * z.dc,
+                      cap * z.dkv, cap * z.dqk};
+    float **fields[] = {&c->rows, &c->qa, &c->cq, &c->q, &c->ckv_raw, &c->qabs, &c->u, &c->o, &c->work, &c->lat,
+                        &c->kvh, &c->kh};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
     float *base = callocCheck(total, sizeof(float));
     size_t used = 0;
-    float **fields[] = {&c->ckv, &c->kpe, &c->qa, &c->cq, &c->q, &c->ckv_raw, &c->q_lat, &c->u,
-                        &c->o, &c->s, &c->p, &c->kvh};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *fields[i] = take(base, &used, sizes[i]);
     return c;
 }
 
 static void mla_cache_free(MixerCache *c) {
     if (!c) return;
-    free(c->ckv);   // the start of the one block
+    kvq_stream_free(c->quant);
+    kvq_stream_free(c->quant_pe);
+    free(c->rows);   // the start of the one block
     free(c);
 }
 
@@ -442,58 +420,141 @@ static int held_tokens(const MixerCache *c) { return c->n < c->cap ? c->n : c->c
 // (dc + dr) * 4 bytes (fp32) per token held: the per-layer term of kvcache_total_bytes with
 // dtype_bytes = 4. The reserved capacity and the one-step scratch are not counted.
 static size_t mla_cache_bytes(const MixerCache *c) {
+    if (c->quant)   // codes, scales and zero points
+        return kvq_stream_held_bytes(c->quant) + (c->quant_pe ? kvq_stream_held_bytes(c->quant_pe) : 0);
     return sizeof(float) * (size_t)(c->z.dc + c->z.dr) * (size_t)held_tokens(c);
 }
 
 void mla_set_decode_path(MixerCache *c, int absorbed) { c->absorbed = absorbed != 0; }
 int mla_decode_path(const MixerCache *c) { return c->absorbed; }
 
+void mla_cache_set_quant(MixerCache *c, KvQuant *q, KvQuant *rope_key) {
+    CHECK(c->n == 0 && !c->quant, "mla: a cache is quantized before its first token, once");
+    if (!q) return;
+    if (!rope_key) rope_key = q;
+    CHECK((kvq_scheme_of(q)->family != KVQ_KIVI && kvq_scheme_of(rope_key)->family != KVQ_KIVI) || c->window == 0,
+          "mla: KIVI's key chunks need every token kept; layer has a window of %d", c->window);
+    // the latent and the RoPE key are separate vectors with their own scales (or rotation), and may have
+    // separate formats. Both are read as keys first (absorbed: [q_lat | q_pe] . [c_kv | k_pe]), so
+    // both are coded as keys are.
+    c->quant = kvq_stream_new(q, KVQ_KEY, &c->z.dc, 1, c->cap);
+    if (c->z.dr > 0) c->quant_pe = kvq_stream_new(rope_key, KVQ_KEY, &c->z.dr, 1, c->cap);
+}
+
 static size_t slot_of(const MixerCache *c, int pos) {
     CHECK(pos >= 0 && pos < c->n && pos >= c->n - c->cap, "mla: position %d is not held (%d decoded, %d slots)",
           pos, c->n, c->cap);
     return (size_t)(pos % c->cap);
 }
-const float *mla_cache_latent(const MixerCache *c, int pos) { return c->ckv + slot_of(c, pos) * c->z.dc; }
-const float *mla_cache_rope_key(const MixerCache *c, int pos) { return c->kpe + slot_of(c, pos) * c->z.dr; }
+const float *mla_cache_latent(const MixerCache *c, int pos) {
+    return c->rows + slot_of(c, pos) * (size_t)(c->z.dc + c->z.dr);
+}
+const float *mla_cache_rope_key(const MixerCache *c, int pos) { return mla_cache_latent(c, pos) + c->z.dc; }
 
-static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+int mla_cache_position(const MixerCache *c) { return c->n; }
+
+void mla_cache_rewind(MixerCache *c, int pos) {
+    CHECK(pos >= 0 && pos <= c->n, "mla_cache_rewind: position %d, %d decoded", pos, c->n);
+    c->n = pos;
+}
+
+void mla_cache_append(const Mixer *m, MixerCache *c, const float *x, const float *params) {
     const Dims z = c->z;
     CHECK(c->n < c->max_T, "mla decode: cache is full (%d tokens)", c->max_T);
     int t = c->n;   // this token's position
     double theta = mha_layer_rope_theta(m->g, m->layer);
-    float scale = 1.0f / sqrtf((float)z.dqk);
     MlaWeights w = weights_at(&z, (float *)params);   // read only
-
     // the new token: its query, and its [c_kv | k_pe] straight into the cache's next slot
-    size_t slot = (size_t)(t % c->cap);
-    float *ckv_t = c->ckv + slot * z.dc, *kpe_t = c->kpe + slot * z.dr;
+    float *row = c->rows + (size_t)(t % c->cap) * (size_t)(z.dc + z.dr);
     query_forward(c->q, c->qa, c->cq, NULL, x, &w, &z, 1);
     for (int h = 0; h < z.H; h++) rope_apply(c->q + (size_t)h * z.dqk + z.dn, t, z.dr, theta, ROPE_INTERLEAVED, 0);
-    latent_forward(ckv_t, c->ckv_raw, NULL, kpe_t, x, &w, &z, 1);
-    rope_apply(kpe_t, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    latent_forward(row, c->ckv_raw, NULL, row + z.dc, x, &w, &z, 1);
+    rope_apply(row + z.dc, t, z.dr, theta, ROPE_INTERLEAVED, 0);
+    if (c->quant) {
+        kvq_put(c->quant, t, row);
+        if (c->quant_pe) kvq_put(c->quant_pe, t, row + z.dc);
+    }
     c->n++;
+}
 
-    int lo = first_key(t, mha_layer_window(m->g, m->layer)), held = held_tokens(c);
-    for (int h = 0; h < z.H; h++) {
-        const float *qh = c->q + (size_t)h * z.dqk;
-        const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
-        const float *w_uv = w_uk + (size_t)z.dn * z.dc;            // W_UV[h] (dv, dc)
-        float *oh = c->o + (size_t)h * z.dv;
-        if (c->absorbed) {
-            // W_UK folds into the query: q_lat (dc) = W_UK[h]^T q_nope, so the scores read the dc-wide
-            // latents directly; W_UV folds into the output: o_h (dv) = W_UV[h] u.
-            for (int k = 0; k < z.dc; k++) c->q_lat[k] = 0.0f;
-            for (int i = 0; i < z.dn; i++)
-                for (int k = 0; k < z.dc; k++) c->q_lat[k] += qh[i] * w_uk[(size_t)i * z.dc + k];
-            attend_absorbed(c->u, c->p, c->s, c->q_lat, qh + z.dn, c->ckv, c->kpe, c->cap, lo, t, &z, scale);
-            for (int r = 0; r < z.dv; r++) oh[r] = dot_f32(w_uv + (size_t)r * z.dc, c->u, z.dc);
-        } else {
-            // rebuild this head's k_nope and v for every held token: (held, dc) x (dc, dn+dv)
-            linear_forward(c->kvh, c->ckv, w_uk, NULL, held, z.dc, z.dkv);
-            attend_naive(oh, c->p, c->s, qh, c->kvh, (size_t)z.dkv, c->kpe, c->cap, lo, t, &z, scale);
+const float *mla_cache_query_latent(const MixerCache *c) { return c->z.qr > 0 ? c->cq : NULL; }
+
+// The naive path, one head: rebuild its k_nope and v for every held token from the latents, then
+// attend as the forward does (so this path reproduces the forward bit for bit).
+static void attend_naive(MixerCache *c, float *oh, const float *qh, const float *w_ukv, const AttnKeys *span) {
+    const Dims z = c->z;
+    int held = held_tokens(c);
+    size_t row = (size_t)(z.dc + z.dr);
+    linear_forward(c->kvh, c->lat, w_ukv, NULL, held, z.dc, z.dkv);   // (held, dn+dv)
+    for (int j = 0; j < held; j++) {
+        memcpy(c->kh + (size_t)j * z.dqk, c->kvh + (size_t)j * z.dkv, sizeof(float) * (size_t)z.dn);
+        memcpy(c->kh + (size_t)j * z.dqk + z.dn, c->rows + (size_t)j * row + z.dc, sizeof(float) * (size_t)z.dr);
+    }
+    AttnHeads one = heads_naive(&z);
+    one.n_heads = one.n_kv_heads = 1;
+    AttnKeys ks = *span;
+    ks.k = c->kh;
+    ks.k_stride = ks.k_head = (size_t)z.dqk;
+    ks.v = c->kvh + z.dn;
+    ks.v_stride = ks.v_head = (size_t)z.dkv;
+    attn_query(oh, NULL, 0, NULL, qh, &ks, &one, 0, 1, c->work);
+}
+
+void mla_cache_attend(MixerCache *c, float *out, const float *params, const int *rows, int n_rows) {
+    const Dims z = c->z;
+    int t = c->n - 1;   // the newest token's position: it attends up to itself
+    CHECK(t >= 0, "mla decode: nothing appended");
+    MlaWeights w = weights_at(&z, (float *)params);   // read only
+    size_t row = (size_t)(z.dc + z.dr);
+    AttnKeys span = {.k = c->rows, .v = c->rows, .k_stride = row, .k_head = row, .v_stride = row, .v_head = row};
+    if (rows) {
+        attn_keys_list(&span, rows, n_rows);
+    } else {
+        attn_keys_span(&span, first_key(t, c->window), t, 0, c->cap);   // position j in slot j % cap
+    }
+    // a quantized cache: decode the held rows (the naive path needs the latents themselves; the
+    // absorbed one reads them in the codes' working domain, its query and output turned to match)
+    CHECK(!c->quant || !rows, "mla decode: a quantized cache attends over the causal span only");
+    if (c->quant) {
+        kvq_get(c->quant, c->rows, row, first_key(t, c->window), t, !c->absorbed);
+        if (c->quant_pe) kvq_get(c->quant_pe, c->rows + z.dc, row, first_key(t, c->window), t, !c->absorbed);
+    }
+    if (c->absorbed) {
+        // W_UK folds into the query: q_lat (dc) = W_UK[h]^T q_nope, so every head scores the dc-wide
+        // latents directly: its query [q_lat | q_pe] against the cached row [c_kv | k_pe]. The core reads
+        // each cached row once for all heads; W_UV folds into the output: o_h (dv) = W_UV[h] u_h.
+        for (int h = 0; h < z.H; h++) {
+            const float *qh = c->q + (size_t)h * z.dqk;
+            const float *w_uk = w.wkv_b + (size_t)h * z.dkv * z.dc;   // W_UK[h] (dn, dc)
+            float *qa = c->qabs + (size_t)h * row;
+            memset(qa, 0, sizeof(float) * (size_t)z.dc);
+            for (int i = 0; i < z.dn; i++) axpy_f32(qa, qh[i], w_uk + (size_t)i * z.dc, z.dc);
+            memcpy(qa + z.dc, qh + z.dn, sizeof(float) * (size_t)z.dr);
+            if (c->quant) {
+                kvq_rotate(c->quant, qa, z.dc, 0);
+                if (c->quant_pe) kvq_rotate(c->quant_pe, qa + z.dc, z.dr, 0);
+            }
         }
+        AttnHeads heads = heads_absorbed(&z);
+        attn_query(c->u, NULL, 0, NULL, c->qabs, &span, &heads, 0, 1, c->work);
+        if (c->quant)
+            for (int h = 0; h < z.H; h++) kvq_rotate(c->quant, c->u + (size_t)h * z.dc, z.dc, 1);
+        for (int h = 0; h < z.H; h++) {
+            const float *w_uv = w.wkv_b + (size_t)h * z.dkv * z.dc + (size_t)z.dn * z.dc;   // W_UV[h] (dv, dc)
+            for (int r = 0; r < z.dv; r++) c->o[(size_t)h * z.dv + r] = dot_f32(w_uv + (size_t)r * z.dc, c->u + (size_t)h * z.dc, z.dc);
+        }
+    } else {
+        int held = held_tokens(c);
+        for (int j = 0; j < held; j++) memcpy(c->lat + (size_t)j * z.dc, c->rows + (size_t)j * row, sizeof(float) * (size_t)z.dc);
+        for (int h = 0; h < z.H; h++)
+            attend_naive(c, c->o + (size_t)h * z.dv, c->q + (size_t)h * z.dqk, w.wkv_b + (size_t)h * z.dkv * z.dc, &span);
     }
     linear_forward(out, c->o, w.wo, NULL, 1, z.H * z.dv, z.d);
+}
+
+static void mla_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
+    mla_cache_append(m, c, x, params);
+    mla_cache_attend(c, out, params, NULL, 0);
 }
 
 // ---- for mechanisms built on MLA ------------------------------------------------------------------
@@ -522,8 +583,26 @@ static void mla_mixing_matrix(const Mixer *m, float *A, const float *act, const 
     memcpy(A, act, sizeof(float) * (size_t)m->g->n_heads * T * T);   // batch 0's P leads act
 }
 
+// Load-time check of everything dims_of and the layer functions assume (dsa's validate starts here).
+static int mla_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "mla", ATTN_MLA, 1, why, cap)) return 0;
+    if (g->kv_lora_rank < 1) return mixer_fail(why, cap, "kv_lora_rank %d must be positive", g->kv_lora_rank);
+    if (g->v_head_dim < 1) return mixer_fail(why, cap, "v_head_dim %d must be positive", g->v_head_dim);
+    if (g->q_lora_rank < 0 || g->qk_nope_head_dim < 0 || g->qk_rope_head_dim < 0)
+        return mixer_fail(why, cap, "q_lora_rank %d, qk_nope_head_dim %d and qk_rope_head_dim %d must not be negative",
+                          g->q_lora_rank, g->qk_nope_head_dim, g->qk_rope_head_dim);
+    if (g->qk_nope_head_dim + g->qk_rope_head_dim < 1)
+        return mixer_fail(why, cap, "qk_nope_head_dim + qk_rope_head_dim must be positive");
+    if (g->qk_rope_head_dim % 2 != 0)
+        return mixer_fail(why, cap, "qk_rope_head_dim %d must be even (RoPE rotates pairs)", g->qk_rope_head_dim);
+    if (g->attn_output_gate != GATE_NONE || g->qk_norm != QK_NORM_NONE)
+        return mixer_fail(why, cap, "attn_output_gate and qk_norm are for mixer 'gated'; mixer 'mla' has neither");
+    return 1;
+}
+
 const MixerOps mla_mixer = {
     .name = "mla",
+    .validate = mla_validate,
     .param_tensors = mla_param_tensors,
     .init = mla_init,
     .act_floats = mla_act_floats,
@@ -563,9 +642,26 @@ void mla_attention_probs(float *P, const float *x, const float *params, const Mi
     free(out);
 }
 
+void mla_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng) {
+    CHECK(n_tokens >= 0 && c->n + n_tokens <= c->max_T, "mla_cache_fill_random: %d more tokens exceed %d", n_tokens,
+          c->max_T);
+    int held = c->n + n_tokens < c->cap ? c->n + n_tokens : c->cap;
+    if (c->quant) {   // through the encoders, one token at a time
+        for (int t = 0; t < n_tokens; t++, c->n++) {
+            float *row = c->rows + (size_t)(c->n % c->cap) * (c->z.dc + c->z.dr);
+            rng_fill_normal(rng, row, c->z.dc + c->z.dr, 1.0f);
+            kvq_put(c->quant, c->n, row);
+            if (c->quant_pe) kvq_put(c->quant_pe, c->n, row + c->z.dc);
+        }
+        return;
+    }
+    rng_fill_normal(rng, c->rows, (long)held * (c->z.dc + c->z.dr), 1.0f);
+    c->n += n_tokens;
+}
+
 double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int absorbed,
-                                    int reps) {
-    CHECK(context >= 0 && reps > 0, "mla timing: context %d, reps %d", context, reps);
+                                    int reps, int threads) {
+    CHECK(context >= 0 && reps > 0 && threads > 0, "mla timing: context %d, reps %d, threads %d", context, reps, threads);
     Mixer m = {.ops = &mla_mixer, .g = g, .layer = 0};
     MixerCache *c = mla_cache_new(&m, context + 1);
     mla_set_decode_path(c, absorbed);
@@ -573,24 +669,21 @@ double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params,
     // depend on their values
     Rng rng;
     rng_seed(&rng, 5);
-    int held = context < c->cap ? context : c->cap;
-    rng_fill_normal(&rng, c->ckv, (long)held * c->z.dc, 1.0f);
-    rng_fill_normal(&rng, c->kpe, (long)held * c->z.dr, 1.0f);
+    mla_cache_fill_random(c, context, &rng);
     float *x = mallocCheck(sizeof(float) * 2 * (size_t)g->d_model), *out = x + g->d_model;
     rng_fill_normal(&rng, x, g->d_model, 1.0f);
 
-    int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-    c->n = context;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
     mla_decode(&m, c, out, x, params);   // warm-up: caches, page faults
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int r = 0; r < reps; r++) {
-        c->n = context;   // every step is the token at position `context`
+        mla_cache_rewind(c, context);   // every step is the token at position `context`
         mla_decode(&m, c, out, x, params);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    omp_set_num_threads(threads);
+    omp_set_num_threads(saved);
     free(x);
     mla_cache_free(c);
     return ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / reps;

@@ -18,7 +18,9 @@
 // on a LAYER_LOCAL layer when nonzero). A LAYER_LOCAL layer sees the last sliding_window keys, itself
 // included, and its decode cache is a ring buffer of that many tokens.
 #pragma once
+#include "kvquant.h"
 #include "mixer.h"
+#include "rng.h"
 
 extern const MixerOps mla_mixer;
 
@@ -40,6 +42,14 @@ void mla_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads)
 void mla_set_decode_path(MixerCache *c, int absorbed);
 int mla_decode_path(const MixerCache *c);   // 1 absorbed, 0 naive
 
+// A quantized cache (chapter 12): from the first token on, the latent c_kv is kept as q's codes and the
+// RoPE key k_pe as rope_key's (NULL: q's too; kvquant.h), cache_bytes counts those, and every step
+// decodes the held rows before attending: the naive path decodes the vectors themselves, the absorbed one
+// reads them in the codes' working domain. (DeepSeek-V3.2's FP8 cache keeps k_pe in bf16 beside an fp8
+// latent: rope_key is that choice.) Causal span only (not DSA's selected rows); KIVI only on global layers. The quantizers must
+// outlive the cache; q NULL keeps fp32.
+void mla_cache_set_quant(MixerCache *c, KvQuant *q, KvQuant *rope_key);
+
 // What the cache holds for the token at position pos (one of the tokens still held):
 // c_kv (kv_lora_rank), after kv_norm; k_pe (qk_rope_head_dim), after RoPE.
 const float *mla_cache_latent(const MixerCache *c, int pos);
@@ -50,11 +60,13 @@ const float *mla_cache_rope_key(const MixerCache *c, int pos);
 void mla_attention_probs(float *P, const float *x, const float *params, const Mixer *m, int T);
 
 // Seconds per decode step of layer 0 of g (params: that layer's mixer slice) with `context` tokens
-// already cached, through the absorbed (1) or naive (0) path. The cache is filled with random latents
-// and RoPE keys (no decoding needed), then `reps` steps are timed with CLOCK_MONOTONIC, each one at
-// position `context`. Runs on one thread, so the two paths compare work, not parallelism.
+// already cached, through the absorbed (1) or naive (0) path, on `threads` threads. The cache is filled
+// with random latents and RoPE keys (no decoding needed), then `reps` steps are timed with
+// CLOCK_MONOTONIC, each one at position `context`.
 double mla_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int absorbed,
-                                    int reps);
+                                    int reps, int threads);
+// For benchmarks: acts as if n_tokens more tokens had been decoded, with random latents and RoPE keys.
+void mla_cache_fill_random(MixerCache *c, int n_tokens, Rng *rng);
 
 // ---- for mechanisms built on MLA (DSA, chapter 7) ---------------------------------------------------
 // Views of one layer's MLA weights (NULL where the geometry has no such tensor), and MLA's two input
@@ -68,3 +80,30 @@ void mla_query_forward(float *q, float *qa, float *cq, float *rstd, const float 
 // x Wkv_a[dc:]^T, before RoPE.
 void mla_latent_forward(float *ckv, float *ckv_raw, float *rstd, float *kpe, const float *x, const MlaWeights *w,
                         const ModelGeometry *g, int N);
+
+// MLA's forward in two halves, so a mechanism can choose each query's keys in between (DSA's indexer
+// reads the query latent the first half saves). act is mla_mixer.act_floats long and leads with P.
+//   project: queries, latents, RoPE keys and every head's k_nope, v and whole key, for (B,T);
+//   attend:  the attention core over the causal keys (sel NULL) or exactly the keys sel (B,T,T) marks,
+//            then out = o Wo^T.
+void mla_forward_project(const Mixer *m, float *act, const float *x, const float *params, int B, int T);
+void mla_forward_attend(const Mixer *m, float *out, float *act, const float *params, int B, int T,
+                        const unsigned char *sel);
+// The query latent c_q (B*T, q_lora_rank) the project half saved, or NULL without a query low-rank.
+const float *mla_act_query_latent(const Mixer *m, const float *act, int B, int T);
+// mla_mixer.backward with the key sets of the forward (sel as given to mla_forward_attend).
+void mla_backward_selected(const Mixer *m, float *dx, float *dparams, const float *dout, const float *act,
+                           const float *x, const float *params, int B, int T, const unsigned char *sel);
+
+// Decode in two halves: append computes the new token's queries (kept in the cache's scratch) and
+// writes its [c_kv | k_pe] into the next slot; attend runs the chosen path for that token over the
+// causal span (rows NULL) or over exactly the n_rows cache slots in rows (ascending), then out = o Wo^T.
+// mla_mixer.decode is append + attend(NULL).
+void mla_cache_append(const Mixer *m, MixerCache *c, const float *x, const float *params);
+void mla_cache_attend(MixerCache *c, float *out, const float *params, const int *rows, int n_rows);
+// The appended token's query latent c_q (q_lora_rank), or NULL without a query low-rank.
+const float *mla_cache_query_latent(const MixerCache *c);
+// Tokens appended so far: the position of the next one; and (benchmarks) forgetting the tokens from pos
+// on, so the next append is position pos again.
+int mla_cache_position(const MixerCache *c);
+void mla_cache_rewind(MixerCache *c, int pos);

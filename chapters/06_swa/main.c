@@ -17,6 +17,7 @@
 #include "06_swa/swa.h"
 #include "check.h"
 #include "cli.h"
+#include "chapter.h"
 #include "heatmap.h"
 #include "hfconfig.h"
 #include "kvcache.h"
@@ -26,6 +27,7 @@
 #include "registry.h"
 #include "rng.h"
 #include "tasks.h"
+#include "train.h"
 
 // ---- Figure 1: the two masks ------------------------------------------------------------------------
 
@@ -70,12 +72,12 @@ static void figure_masks(const CliArgs *a) {
     };
     HeatmapFigure f = {
         .title = "Global vs local (sliding-window) attention",
-        .subtitle = "left two: attention weights when every score is equal (1 / keys visible); a local row never "
-                    "spreads over more than W keys, itself included (i-W < j <= i). Right: the mixing matrix of two "
-                    "such local layers in a row (P x P): information travels up to W-1 tokens per layer. Hatched: "
-                    "masked or unreachable.",
+        .subtitle = "equal scores: each visible key gets 1 / (keys visible); a local row sees the last W = 4 keys, itself included",
+        .claim = "A global row spreads over every past token; a local row over at most W = 4 (i-W < j <= i); two local "
+                 "layers in a row reach 2(W-1) = 6 tokens back, W-1 per layer.",
         .panels = panels, .n_panels = 3, .vmin = 0, .vmax = 1, .show_values = 1,
         .colorbar_label = "weight of key j in query i's output",
+        .note = "right: the mixing matrix of two local layers in a row (P x P); its masked cells are the ones no path reaches",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_global_vs_local_mask"), a->png, a->svg);
@@ -128,12 +130,17 @@ static int key_distance(const int *tok, int i) {
     return -1;
 }
 
+// The chapter's figures read their models as copy (induction) models with softmax attention layers.
 static Model *load_model(const char *path, ModelInfo *info, Task *task) {
     char err[1024];
-    Model *m = model_load(path, mixer_by_name, info, err, sizeof err);
+    Model *m = train_load_model(path, mixer_by_name, info, task, err, sizeof err);
     if (!m) die_user("%s (run `make weights` to train the chapter's models)", err);
-    if (!info->task_config || task_from_json(task, info->task_config, err, sizeof err) != 0)
-        die_user("%s: no usable task in the metadata (%s)", path, info->task_config ? err : "task_config missing");
+    if (task->kind != TASK_INDUCTION)
+        die_user("%s: trained on %s, but this chapter's figures need a model trained on induction (the copy task)", path,
+                 task->name);
+    for (int l = 0; l < m->g.n_layers; l++)
+        if (m->mixers[l].ops != &gqa_mixer)
+            die_user("%s: layer %d is '%s', but this chapter draws gqa (mha, mqa) models", path, l, m->mixers[l].ops->name);
     return m;
 }
 
@@ -182,6 +189,7 @@ static void ablation_label(char *buf, size_t cap, const Ablation *A) {
 
 // Figure: accuracy and loss vs window, one line per ratio; the all-global model as a dashed reference.
 static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n, int min_dist, int max_dist) {
+    double chance = chapter_chance(&abl[0].task);
     static const int ratios[] = {SWA_ALL_LOCAL, 3, 1};
     static const int colors[] = {COLOR_SWA, COLOR_GQA, COLOR_MLA};
     enum { NR = 3 };
@@ -205,12 +213,8 @@ static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n,
                         if (w > wmax) wmax = w;
                     }
             if (!np) continue;
-            // the legend carries every point's number: "W 4: 10.1%, W 8: 95.6%, ..."
-            int len = snprintf(labels[ns], sizeof labels[ns], "%s", ratios[r] == SWA_ALL_LOCAL ? "all local (LLLL)"
-                               : ratios[r] == 3 ? "3 local : 1 global (LLLG)" : "1 local : 1 global (LGLG)");
-            for (int p = 0; p < np && len < (int)sizeof labels[ns]; p++)
-                len += snprintf(labels[ns] + len, sizeof labels[ns] - len, which == 0 ? "%s W %d: %.1f%%" : "%s W %d: %.3f",
-                                p ? "," : ";", (int)xs[r][p], ys[r][p]);
+            snprintf(labels[ns], sizeof labels[ns], "%s", ratios[r] == SWA_ALL_LOCAL ? "all local (LLLL)"
+                     : ratios[r] == 3 ? "3 local : 1 global (LLLG)" : "1 local : 1 global (LGLG)");
             series[ns] = (PlotSeries){.label = labels[ns], .x = xs[r], .y = ys[r], .n = np, .color = colors[r],
                                       .markers = 1};
             ns++;
@@ -219,28 +223,42 @@ static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n,
             gx[0] = wmin;
             gx[1] = wmax;
             gy[0] = gy[1] = which == 0 ? 100.0 * global->accuracy : global->loss;
-            snprintf(labels[ns], sizeof labels[ns], "all global (GGGG): %.1f%%, loss %.3f", 100.0 * global->accuracy,
-                     global->loss);
+            snprintf(labels[ns], sizeof labels[ns], "all global (GGGG)");
             series[ns] = (PlotSeries){.label = labels[ns], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1};
             ns++;
         }
-        char sub[512];
-        snprintf(sub, sizeof sub, "4-layer models (d_model 32, 2 heads) trained on the same copy task with the same "
-                 "seed; each copied token's key lies %d to %d tokens back, so windows below that cannot see it "
-                 "directly. Held-out samples.", min_dist, max_dist);
+        char sub[512], claim[400], chance_label[64];
+        snprintf(sub, sizeof sub, "4-layer models (d_model 32, 2 heads), one copy task and seed; each copied token's key "
+                 "lies %d to %d tokens back", min_dist, max_dist);
+        double with_global = 100.0, local_lo = 100.0, local_hi = 0.0;
+        for (int k = 0; k < n; k++) {
+            if (abl[k].ratio == SWA_ALL_LOCAL) {
+                local_lo = fmin(local_lo, 100.0 * abl[k].accuracy);
+                local_hi = fmax(local_hi, 100.0 * abl[k].accuracy);
+            } else {
+                with_global = fmin(with_global, 100.0 * abl[k].accuracy);
+            }
+        }
+        if (which == 0)
+            snprintf(claim, sizeof claim, "Every toy model with a global layer copies at %.1f%% or better whatever its "
+                     "window; all-local stacks reach %.1f%% to %.1f%%, depending on the window and on whether training "
+                     "found a relay through the layers.", with_global, local_lo, local_hi);
+        else
+            snprintf(claim, sizeof claim, "Held-out loss of the same models: near zero with a global layer at any "
+                     "window, higher for the all-local stacks that did not learn to copy beyond their window.");
+        snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chance);
+        PlotRef ref = {.label = chance_label, .value = 100.0 * chance};
         LineChart c = {
             .title = which == 0 ? "Toy Gemma 3 ablation: accuracy vs window and local:global ratio"
                                 : "Toy Gemma 3 ablation: held-out loss vs window and local:global ratio",
-            .subtitle = sub,
+            .subtitle = sub, .claim = claim,
             .xlabel = "sliding window W (tokens)",
             .ylabel = which == 0 ? "held-out accuracy on the copied tokens (%)" : "held-out cross-entropy (nats)",
-            .series = series, .n_series = ns,
-            .ymin = 0, .ymax = which == 0 ? 100 : 0,
-            .legend_pos = 3,
-            .note = "with a global layer every model reaches 100% at any window: the global layer looks the key up "
-                    "directly. Local-only stacks can pass a token on at most 4 x (W-1) positions; whether training "
-                    "finds that relay is luck: at W 8 it did, at W 12 the model settled for the lookups inside its "
-                    "window (./ch06 prints accuracy inside and beyond W)",
+            .series = series, .n_series = ns, .refs = which == 0 ? &ref : NULL, .n_refs = which == 0,
+            .ymin = 0, .ymax = which == 0 ? 100 : 0, .xmin = 0, .xmax = wmax,
+            .legend_pos = PLOT_LEGEND_BELOW,
+            .note = "a local stack can pass a token on at most 4 x (W-1) positions; whether training finds that relay "
+                    "is luck (./ch06 prints accuracy inside and beyond W)",
         };
         char path[1024];
         plot_line_chart(&c, path_join(path, sizeof path, a->out, which == 0 ? "05_ablation_accuracy_vs_window"
@@ -274,32 +292,55 @@ static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int 
                 ys[ns][np] = 100.0 * A->correct[dd] / A->scored[dd];
                 np++;
             }
-        char base[300];
-        ablation_label(base, sizeof base, A);
-        snprintf(labels[ns], sizeof labels[ns], "%s: %.1f%% overall", base, 100.0 * A->accuracy);
+        ablation_label(labels[ns], sizeof labels[ns], A);
         int color = A->ratio == 0 ? COLOR_MHA : A->ratio == 3 ? COLOR_GQA : A->ratio == 1 ? COLOR_MLA
                   : local_colors[n_local++ % 4];
         series[ns] = (PlotSeries){.label = labels[ns], .x = xs[ns], .y = ys[ns], .n = np, .color = color,
                                   .markers = 1, .dashed = A->ratio == 0};
         ns++;
     }
-    char sub[400];
-    snprintf(sub, sizeof sub, "accuracy on copied tokens, grouped by how far back the token's earlier occurrence "
-             "(its key) lies; a local layer of window W sees it directly only at distance <= W. The W = %d "
-             "models with a global layer, every all-local model, the all-global reference (dashed).", W);
+    char sub[400], chance_label[64], claim[300];
+    snprintf(sub, sizeof sub, "held-out accuracy on copied tokens by distance to the key; the W = %d models, every "
+             "all-local model, all-global", W);
+    snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chapter_chance(&abl[0].task));
+    PlotRef ref = {.label = chance_label, .value = 100.0 * chapter_chance(&abl[0].task)};
+    // which all-local models found a relay past their window (90% or better beyond W)
+    char relay[128] = "", none[128] = "";
+    for (int k = 0; k < n; k++) {
+        if (abl[k].ratio != SWA_ALL_LOCAL) continue;
+        int cb = 0, sb = 0;
+        for (int dd = abl[k].window + 1; dd <= MAX_DIST; dd++) { cb += abl[k].correct[dd]; sb += abl[k].scored[dd]; }
+        char *dst = sb > 0 && cb >= 0.9 * sb ? relay : none;
+        size_t len = strlen(dst);
+        if (sb > 0) snprintf(dst + len, 128 - len, "%sW %d", len ? ", " : "", abl[k].window);
+    }
+    snprintf(claim, sizeof claim, "With a global layer every distance is copied; all-local stacks fail beyond their "
+             "window unless training found a relay through the layers (%s: yes; %s: no).", relay[0] ? relay : "none",
+             none[0] ? none : "none");
     LineChart c = {
-        .title = "Beyond the window, local-only stacks fail or must relay; one global layer makes every lookup direct",
-        .subtitle = sub,
+        .title = "Past the window, local-only stacks fail or relay; a global layer looks up directly",
+        .subtitle = sub, .claim = claim,
         .xlabel = "distance from the query back to its key (tokens)", .ylabel = "held-out accuracy (%)",
-        .series = series, .n_series = ns, .ymin = 0, .ymax = 100, .legend_pos = 3,
-        .xmin = min_dist - 0.5, .xmax = max_dist + 0.5,
-        .note = "4 layers each, same task, data and seed; the models with a global layer sit on the 100% line "
-                "under the dashed reference. A stack of local layers can pass a token on at most layers x (W-1) "
-                "positions: whether training finds such a relay is luck (see the printed table of ./ch06).",
+        .series = series, .n_series = ns, .refs = &ref, .n_refs = 1, .ymin = 0, .ymax = 100,
+        .legend_pos = PLOT_LEGEND_BELOW, .xmin = min_dist - 0.5, .xmax = max_dist + 0.5,
+        .note = "4 layers each, same task, data and seed; ./ch06 prints each model's overall accuracy, inside and "
+                "beyond its window",
         .height = 680,
     };
     char path[1024];
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "07_ablation_accuracy_by_distance"), a->png, a->svg);
+}
+
+// Exits with one line unless path is a model figure 02 can draw.
+static void check_heatmap_model(const char *path) {
+    ModelInfo info;
+    Task task;
+    Model *m = load_model(path, &info, &task);
+    if (m->g.n_layers * m->g.n_heads > 16)
+        die_user("%s: %d layers x %d heads is more panels than this figure draws (16)", path, m->g.n_layers, m->g.n_heads);
+    model_info_free(&info);
+    task_free(&task);
+    model_free(m);
 }
 
 // Figure: every head of every layer of one trained model on the task's fixed example.
@@ -309,7 +350,7 @@ static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
     Model *m = load_model(path, &info, &task);
     const ModelGeometry *g = &m->g;
     int T = task.seq_len, L = g->n_layers, H = g->n_heads;
-    if (L * H > 16) die_user("%s: %d layers x %d heads is more panels than this figure draws (16)", path, L, H);
+    CHECK(L * H <= 16, "%s: %d layers x %d heads (check_heatmap_model first)", path, L, H);
     int *tok = mallocCheck(sizeof(int) * T), *tgt = mallocCheck(sizeof(int) * T);
     task_example(&task, tok, tgt);
     model_forward(m, tok, NULL, 1, T);
@@ -335,15 +376,15 @@ static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
                                     .rows = T, .cols = T, .title = titles[k], .row_labels = labels,
                                     .col_labels = labels, .xlabel = "key j", .ylabel = l == 0 ? "query i" : NULL};
         }
-    char pat[GEOM_MAX_LAYERS + 1], sub[512], title[400];
+    char pat[GEOM_MAX_LAYERS + 1], sub[512], title[400], claim[400];
     swa_pattern_string(pat, sizeof pat, g);
     snprintf(title, sizeof title, "A trained local:global model (%s): what each layer attends to", pat);
-    snprintf(sub, sizeof sub, "%d layers, d_model %d, %d heads, trained on the copy task (a random segment, then "
-             "the same segment again); local layers only see a band of W = %d keys, the global layer reaches back "
-             "to the first copy. Held-out accuracy %.1f%%. Hatched: masked.",
-             L, g->d_model, H, g->sliding_window, 100.0 * info.accuracy);
+    snprintf(sub, sizeof sub, "%d layers, d_model %d, %d heads, W = %d, on a copy example (a segment, then the same "
+             "segment again); held-out accuracy %.1f%%", L, g->d_model, H, g->sliding_window, 100.0 * info.accuracy);
+    snprintf(claim, sizeof claim, "In a trained %s model the local layers keep to their band of W = %d keys and the "
+             "global layer draws the induction stripe back to the first copy.", pat, g->sliding_window);
     HeatmapFigure f = {
-        .title = title, .subtitle = sub, .panels = panels, .n_panels = L * H, .panels_per_row = L,
+        .title = title, .subtitle = sub, .claim = claim, .panels = panels, .n_panels = L * H, .panels_per_row = L,
         .vmin = 0, .vmax = 1, .show_values = 0, .colorbar_label = "attention weight",
     };
     char out[1024];
@@ -354,12 +395,10 @@ static void figure_layer_heatmaps(const CliArgs *a, const char *path) {
     model_free(m);
 }
 
-static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
-    Ablation abl[N_ABL];
-    memset(abl, 0, sizeof abl);
-    int seq_len = 0, min_dist = 1 << 30, max_dist = 0;
-    printf("  %-28s %-8s %6s %9s %9s %11s %11s  %s\n", "model", "pattern", "window", "accuracy", "loss",
-           "key <= W", "key > W", "(train's eval)");
+// Every ablation model from dir, checked against the others (exits with one line naming a bad one).
+static void load_ablation(Ablation *abl, const char *dir) {
+    memset(abl, 0, sizeof(Ablation) * N_ABL);
+    int seq_len = 0;
     for (int k = 0; k < N_ABL; k++) {
         Ablation *A = &abl[k];
         char path[1024];
@@ -374,6 +413,15 @@ static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
         swa_pattern_string(A->pattern, sizeof A->pattern, &A->m->g);
         A->train_accuracy = info.accuracy;
         model_info_free(&info);
+    }
+}
+
+static void run_ablation(const CliArgs *a, Ablation *abl, int n_samples) {
+    int min_dist = 1 << 30, max_dist = 0;
+    printf("  %-28s %-8s %6s %9s %9s %11s %11s  %s\n", "model", "pattern", "window", "accuracy", "loss",
+           "key <= W", "key > W", "(train's eval)");
+    for (int k = 0; k < N_ABL; k++) {
+        Ablation *A = &abl[k];
         evaluate(A, n_samples, a->seed ^ 0x5eed5eedULL);
         for (int dd = 1; dd <= MAX_DIST; dd++)
             if (A->scored[dd]) {
@@ -403,68 +451,58 @@ static void run_ablation(const CliArgs *a, const char *dir, int n_samples) {
 
 // ---- KV memory of real models --------------------------------------------------------------------
 
-#define NCTX 23   // 64 .. 128K tokens in half-octave steps
-
-static void context_grid(double *xs) {
-    for (int p = 0; p < NCTX; p++) xs[p] = round(64.0 * pow(2.0, p / 2.0));
-}
-
 static void load_config(ModelGeometry *g, const char *dir, const char *file) {
     char path[1024], err[512];
     if (hfconfig_load(g, path_join(path, sizeof path, dir, file), err, sizeof err) != 0) die_user("%s", err);
 }
 
-// Figure: KV cache vs context for four sliding-window models, each against itself counted all-global.
+// The config.json files the memory figures read (the sweeps vary gemma3-27b.json).
+static const char *const REAL_CONFIGS[] = {"gemma2-9b.json", "gemma3-27b.json", "olmo3-7b.json", "gpt-oss-20b.json"};
+
+// Figure: KV cache vs context for four sliding-window models, each against itself counted all-global,
+// each up to its max_position_embeddings.
 static void figure_kv_real(const CliArgs *a, const char *configs) {
-    static const char *files[] = {"gemma2-9b.json", "gemma3-27b.json", "olmo3-7b.json", "gpt-oss-20b.json"};
+    const char *const *files = REAL_CONFIGS;
     static const char *names[] = {"Gemma 2 9B", "Gemma 3 27B", "OLMo 3 7B", "gpt-oss-20b"};
     static const int colors[] = {COLOR_GQA, COLOR_SWA, COLOR_MLA, COLOR_DSA};
     enum { N = 4 };
-    double xs[NCTX], ys[2 * N][NCTX];
+    MemoryCurve c[2 * N];
     char labels[2 * N][200];
-    PlotSeries series[2 * N];
-    context_grid(xs);
+    memset(c, 0, sizeof c);
     printf("  %-14s %7s %-8s %8s %12s %14s %14s %7s\n", "model", "layers", "pattern", "window", "KV/token", "KV at 128K",
            "all-global", "saving");
+    double g3_at = 0, g3_full = 0;
     for (int m = 0; m < N; m++) {
-        ModelGeometry g, gg;
-        load_config(&g, configs, files[m]);
-        gg = g;
-        swa_make_all_global(&gg);
-        int nl = geometry_count(&g, LAYER_LOCAL), ng = g.n_layers - nl;
-        for (int p = 0; p < NCTX; p++) {
-            ys[2 * m][p] = kvcache_total_bytes(&g, (long)xs[p], 1);
-            ys[2 * m + 1][p] = kvcache_total_bytes(&gg, (long)xs[p], 1);
-        }
-        double at = ys[2 * m][NCTX - 1], full = ys[2 * m + 1][NCTX - 1];
-        char b1[32], b2[32], b3[32];
-        snprintf(labels[2 * m], sizeof labels[2 * m], "%s: %d local (W %d) + %d global layers, %s at 128K", names[m],
-                 nl, g.sliding_window, ng, fmt_bytes(b1, sizeof b1, at));
-        snprintf(labels[2 * m + 1], sizeof labels[2 * m + 1], "%s counted all-global: %s at 128K", names[m],
-                 fmt_bytes(b2, sizeof b2, full));
-        series[2 * m] = (PlotSeries){.label = labels[2 * m], .x = xs, .y = ys[2 * m], .n = NCTX, .color = colors[m]};
-        series[2 * m + 1] = (PlotSeries){.label = labels[2 * m + 1], .x = xs, .y = ys[2 * m + 1], .n = NCTX,
-                                         .color = colors[m], .dashed = 1};
-        char r[32];
-        printf("  %-14s %7d %-8s %8d %12s %14s %14s %6.1fx\n", names[m], g.n_layers,
-               swa_ratio_name(r, sizeof r, ng ? nl / ng : SWA_ALL_LOCAL), g.sliding_window,
-               fmt_bytes(b3, sizeof b3, kvcache_bytes_per_token(&g)), fmt_bytes(b1, sizeof b1, at),
+        ModelGeometry *g = &c[2 * m].g, *gg = &c[2 * m + 1].g;
+        load_config(g, configs, files[m]);
+        g->dtype_bytes = 2;
+        snprintf(g->name, sizeof g->name, "%s", names[m]);
+        *gg = *g;
+        swa_make_all_global(gg);
+        int nl = geometry_count(g, LAYER_LOCAL), ng = g->n_layers - nl;
+        double at = kvcache_total_bytes(g, 131072, 1), full = kvcache_total_bytes(gg, 131072, 1);
+        if (m == 1) { g3_at = at; g3_full = full; }
+        snprintf(labels[2 * m], sizeof labels[2 * m], "%s: %d local (W %d) + %d global layers", names[m], nl,
+                 g->sliding_window, ng);
+        snprintf(labels[2 * m + 1], sizeof labels[2 * m + 1], "%s counted all-global", names[m]);
+        c[2 * m] = (MemoryCurve){.g = *g, .label = labels[2 * m], .color = colors[m]};
+        c[2 * m + 1] = (MemoryCurve){.g = *gg, .label = labels[2 * m + 1], .color = colors[m], .dashed = 1};
+        char r[32], b1[32], b2[32], b3[32];
+        printf("  %-14s %7d %-8s %8d %12s %14s %14s %6.1fx\n", names[m], g->n_layers,
+               swa_ratio_name(r, sizeof r, ng ? nl / ng : SWA_ALL_LOCAL), g->sliding_window,
+               fmt_bytes(b3, sizeof b3, kvcache_bytes_per_token(g)), fmt_bytes(b1, sizeof b1, at),
                fmt_bytes(b2, sizeof b2, full), full / at);
     }
-    LineChart c = {
-        .title = "KV cache vs context: sliding-window layers stop growing at W",
-        .subtitle = "one sequence, bf16. Solid: as built (a local layer holds min(context, W) tokens, a global "
-                    "layer all of them); dashed: the same model with every layer global. Past the window only "
-                    "the global layers keep growing.",
-        .xlabel = "context length (tokens, log scale)", .ylabel = "KV cache (bytes, log scale)",
-        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
-        .series = series, .n_series = 2 * N, .legend_pos = 3,
-        .note = "bytes = sum over layers of 2 (K, V) x n_kv_heads x head_dim x 2 bytes x tokens held; numbers "
-                "from each model's config.json in data/configs/",
-        .height = 720,
+    char claim[300], b1[32], b2[32];
+    snprintf(claim, sizeof claim, "Past its window a local layer stops growing, so only the global layers keep adding: "
+             "Gemma 3 27B holds %s at 128K tokens where counting every layer global gives %s (%.1fx).",
+             fmt_bytes(b1, sizeof b1, g3_at), fmt_bytes(b2, sizeof b2, g3_full), g3_full / g3_at);
+    MemoryPlot p = {
+        .name = "03_kv_cache_real_models", .title = "KV cache vs context: sliding-window layers stop growing at W",
+        .subtitle = "one sequence, bf16; solid: as built (a local layer holds min(context, W) tokens), dashed: every layer global",
+        .claim = claim, .curves = c, .n = 2 * N, .max_context = 131072, .legend_pos = PLOT_LEGEND_BELOW,
     };
-    char path[1024];
-    plot_line_chart(&c, path_join(path, sizeof path, a->out, "03_kv_cache_real_models"), a->png, a->svg);
+    chapter_memory_plot(a, &p);
 }
 
 // Figure: Gemma 3 27B's cache at 128K tokens for other ratios and windows.
@@ -476,9 +514,9 @@ static void figure_kv_sweep(const CliArgs *a, const char *configs) {
     const long ctx = 131072;
     ModelGeometry base;
     load_config(&base, configs, "gemma3-27b.json");
-    double xs[NW], ys[NR][NW], gx[2] = {windows[0], windows[NW - 1]}, gy[2], sx[1], sy[1];
-    char labels[NR + 2][200];
-    PlotSeries series[NR + 2];
+    double xs[NW], ys[NR][NW], sx[1], sy[1];
+    char labels[NR + 1][200];
+    PlotSeries series[NR + 1];
     for (int w = 0; w < NW; w++) xs[w] = windows[w];
     printf("  Gemma 3 27B at 128K tokens:");
     for (int r = 0; r < NR; r++) {
@@ -498,29 +536,73 @@ static void figure_kv_sweep(const CliArgs *a, const char *configs) {
     }
     ModelGeometry gg = base;
     swa_make_all_global(&gg);
-    gy[0] = gy[1] = kvcache_total_bytes(&gg, ctx, 1);
-    char b[32];
-    snprintf(labels[NR], sizeof labels[NR], "all 62 layers global: %s", fmt_bytes(b, sizeof b, gy[0]));
-    series[NR] = (PlotSeries){.label = labels[NR], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1};
+    double all_global = kvcache_total_bytes(&gg, ctx, 1);
+    char b[32], ref_label[96];
+    snprintf(ref_label, sizeof ref_label, "all 62 layers global: %s", fmt_bytes(b, sizeof b, all_global));
+    PlotRef ref = {.label = ref_label, .value = all_global};
     sx[0] = base.sliding_window;
     sy[0] = kvcache_total_bytes(&base, ctx, 1);
-    snprintf(labels[NR + 1], sizeof labels[NR + 1], "Gemma 3 27B as shipped (5:1, W %d): %s, %.1fx smaller",
-             base.sliding_window, fmt_bytes(b, sizeof b, sy[0]), gy[0] / sy[0]);
-    series[NR + 1] = (PlotSeries){.label = labels[NR + 1], .x = sx, .y = sy, .n = 1, .color = COLOR_OTHER, .markers = 1};
-    printf(" all global %s\n", fmt_bytes(b, sizeof b, gy[0]));
+    snprintf(labels[NR], sizeof labels[NR], "Gemma 3 27B as shipped (5:1, W %d): %s, %.1fx smaller than all global",
+             base.sliding_window, fmt_bytes(b, sizeof b, sy[0]), all_global / sy[0]);
+    series[NR] = (PlotSeries){.label = labels[NR], .x = sx, .y = sy, .n = 1, .color = COLOR_OTHER, .markers = 1};
+    printf(" all global %s\n", fmt_bytes(b, sizeof b, all_global));
+    char claim[300], b1[32], b2[32];
+    snprintf(claim, sizeof claim, "At 128K tokens Gemma 3 27B's cache depends on the local:global ratio (%s at 1:1, %s at "
+             "5:1, W 1024) far more than on the window, which moves each ratio by at most %s from W 128 to 4096.",
+             fmt_bytes(b1, sizeof b1, ys[0][2]), fmt_bytes(b2, sizeof b2, ys[2][2]),
+             fmt_bytes(b, sizeof b, ys[NR - 1][NW - 1] - ys[NR - 1][0]));
     LineChart c = {
         .title = "Gemma 3 27B at 128K context: the ratio matters more than the window",
-        .subtitle = "KV cache of one 131072-token sequence (bf16) for other local:global ratios and windows; "
-                    "at long context the global layers dominate, so fewer global layers save far more than a "
-                    "smaller window",
-        .xlabel = "sliding window W (tokens, log scale)", .ylabel = "KV cache at 128K tokens (bytes, log scale)",
-        .logx = 1, .logy = 1, .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES,
-        .series = series, .n_series = NR + 2, .legend_pos = 3,
+        .subtitle = "KV cache of one 131072-token sequence (bf16) for other local:global ratios and windows",
+        .claim = claim,
+        .xlabel = "sliding window W (tokens)", .ylabel = "KV cache at 128K tokens (bytes)",
+        .xfmt = AXIS_TOKENS, .yfmt = AXIS_BYTES, .xmin = 0, .xmax = windows[NW - 1], .ymin = 0,
+        .series = series, .n_series = NR + 1, .refs = &ref, .n_refs = 1, .legend_pos = PLOT_LEGEND_BELOW,
         .note = "layer i is global iff (i+1) % (R+1) == 0 for R local : 1 global; 16 KV heads x 128 dims per layer",
-        .height = 680,
+        .height = 640,
     };
     char path[1024];
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "04_gemma3_ratio_and_window_sweep"), a->png, a->svg);
+}
+
+// Figure 9: the article's sweep over the local:global ratio on a real config: Gemma 3 27B (62 layers, W
+// 1024) with R local layers per global one, R = 0 (all global) to all local, at 32K and 128K tokens.
+static void figure_ratio_sweep(const CliArgs *a, const char *configs) {
+    static const int R[] = {0, 1, 2, 3, 5, 7, 11, 15, 30};
+    enum { NR = sizeof R / sizeof R[0] };
+    static const long ctx[2] = {32768, 131072};
+    ModelGeometry base;
+    load_config(&base, configs, "gemma3-27b.json");
+    double xs[NR], ys[2][NR], lx[2] = {0, R[NR - 1]}, ly[2];
+    char labels[3][160], b[32], b2[32];
+    PlotSeries series[3];
+    for (int r = 0; r < NR; r++) xs[r] = R[r];
+    for (int c = 0; c < 2; c++) {
+        for (int r = 0; r < NR; r++) {
+            ModelGeometry g = base;
+            swa_set_pattern(&g, R[r], base.sliding_window);
+            ys[c][r] = kvcache_total_bytes(&g, ctx[c], 1);
+        }
+        snprintf(labels[c], sizeof labels[c], "at %ldK tokens: %s all global, %s at 5:1 (as shipped)", ctx[c] / 1024,
+                 fmt_bytes(b, sizeof b, ys[c][0]), fmt_bytes(b2, sizeof b2, ys[c][4]));
+        series[c] = (PlotSeries){.label = labels[c], .x = xs, .y = ys[c], .n = NR, .color = c ? COLOR_SWA : COLOR_GQA,
+                                 .markers = 1};
+    }
+    ModelGeometry all = base;
+    swa_set_pattern(&all, SWA_ALL_LOCAL, base.sliding_window);
+    ly[0] = ly[1] = kvcache_total_bytes(&all, ctx[1], 1);
+    snprintf(labels[2], sizeof labels[2], "every layer local (either context): %s", fmt_bytes(b, sizeof b, ly[0]));
+    series[2] = (PlotSeries){.label = labels[2], .x = lx, .y = ly, .n = 2, .color = COLOR_OTHER, .dashed = 1};
+    LineChart c = {
+        .title = "Gemma 3 27B: KV cache against the local:global ratio",
+        .subtitle = "gemma3-27b.json (W 1024, 16 KV heads of 128, bf16) with R local layers per global one",
+        .xlabel = "R: local layers per global layer (0 = every layer global)", .ylabel = "KV cache (bytes)",
+        .xfmt = AXIS_PLAIN, .yfmt = AXIS_BYTES, .xmin = 0, .xmax = R[NR - 1], .ymin = 0,
+        .series = series, .n_series = 3, .legend_pos = 1,
+        .note = "layer i is global iff (i+1) % (R+1) == 0; past W only the global layers grow, so the cache falls like 1/(R+1)",
+    };
+    char path[1024];
+    plot_line_chart(&c, path_join(path, sizeof path, a->out, "09_ratio_sweep"), a->png, a->svg);
 }
 
 // ---- Figure: the running code's cache equals the formula ---------------------------------------------
@@ -553,8 +635,9 @@ static void figure_measured_cache(const CliArgs *a) {
         }
         char pat[8], rn[32];
         swa_pattern_string(pat, sizeof pat, &g);
-        snprintf(labels[2 * r], sizeof labels[2 * r], "%s (%s): measured cache_bytes", swa_ratio_name(rn, sizeof rn, ratios[r]), pat);
-        snprintf(labels[2 * r + 1], sizeof labels[2 * r + 1], "%s: kvcache formula", pat);
+        // the formula lies on the measured line at every step (checked below), so the two share an entry
+        snprintf(labels[2 * r], sizeof labels[2 * r], "%s (%s), measured", swa_ratio_name(rn, sizeof rn, ratios[r]), pat);
+        snprintf(labels[2 * r + 1], sizeof labels[2 * r + 1], "the kvcache formula");
         series[2 * r] = (PlotSeries){.label = labels[2 * r], .x = xs, .y = meas[r], .n = TT, .color = colors[r], .markers = 1};
         series[2 * r + 1] = (PlotSeries){.label = labels[2 * r + 1], .x = xs, .y = form[r], .n = TT, .color = colors[r], .dashed = 1};
         free(logits);
@@ -564,13 +647,12 @@ static void figure_measured_cache(const CliArgs *a) {
     CHECK(worst == 0, "measured cache differs from the formula by %g bytes", worst);
     LineChart c = {
         .title = "The ring buffer: a local layer's cache stops at W tokens",
-        .subtitle = "a 4-layer tiny model (2 KV heads x 16 dims, fp32) decoding 48 tokens with W = 8; dots: bytes "
-                    "the decode caches hold, dashed: kvcache_total_bytes from the geometry alone (equal at every "
-                    "step)",
+        .subtitle = "a tiny 4-layer model (2 KV heads x 16 dims, fp32) decoding 48 tokens, W = 8: measured vs formula",
+        .claim = "The bytes the decode cache holds equal the formula at every step: a local layer's ring buffer stops "
+                 "at W = 8 tokens, so only the global layers keep growing.",
         .xlabel = "tokens decoded", .ylabel = "KV cache (bytes)", .yfmt = AXIS_BYTES,
-        .series = series, .n_series = 2 * NR, .legend_pos = 3,
+        .series = series, .n_series = 2 * NR, .legend_pos = PLOT_LEGEND_TOP_LEFT,
         .note = "per layer: 2 x n_kv_heads x head_dim x 4 bytes x min(tokens, W) for local layers, x tokens for global",
-        .height = 640,
     };
     char path[1024];
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "08_ring_buffer_cache_measured"), a->png, a->svg);
@@ -599,31 +681,30 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
     // the heatmap model comes from --weights-dir unless --weights names another file
     char heat[1024];
     if (a.weights == spec.default_weights) path_join(heat, sizeof heat, wdir, HEATMAP_MODEL);
     else snprintf(heat, sizeof heat, "%s", a.weights);
 
-    // every input is checked before the first figure is written, so a bad flag leaves nothing behind
-    for (int k = -1; k < N_ABL; k++) {
-        char path[1024];
-        const char *p = k < 0 ? heat : path_join(path, sizeof path, wdir, ablation_files[k]);
-        FILE *f = fopen(p, "rb");
-        if (!f) die_user("cannot read weights '%s' (run `make weights` to train the chapter's models)", p);
-        fclose(f);
-    }
+    // every input is checked before the first figure is written, so a bad one leaves nothing behind
+    ModelGeometry cg;
+    for (size_t k = 0; k < sizeof REAL_CONFIGS / sizeof REAL_CONFIGS[0]; k++) load_config(&cg, configs, REAL_CONFIGS[k]);
+    check_heatmap_model(heat);
+    Ablation abl[N_ABL];
+    load_ablation(abl, wdir);
+    ensure_out_dir(a.out);
 
-    figure_layer_heatmaps(&a, heat);   // first: a corrupt --weights fails before any figure is written
+    figure_layer_heatmaps(&a, heat);
     figure_masks(&a);
     figure_kv_real(&a, configs);
     figure_kv_sweep(&a, configs);
-    run_ablation(&a, wdir, samples);
+    figure_ratio_sweep(&a, configs);
+    run_ablation(&a, abl, samples);
     figure_measured_cache(&a);
     printf("ch06: wrote figures to %s/ (01_global_vs_local_mask, 02_trained_layer_heatmaps, 03_kv_cache_real_models, "
            "04_gemma3_ratio_and_window_sweep, 05/06_ablation_*_vs_window, 07_ablation_accuracy_by_distance, "
-           "08_ring_buffer_cache_measured)\n", a.out);
+           "08_ring_buffer_cache_measured, 09_ratio_sweep)\n", a.out);
     free(a.pos);
     return 0;
 }

@@ -77,8 +77,10 @@ const float *dsa_cache_index_key(const MixerCache *c, int pos);
 
 // Seconds per sparse decode step of layer 0 of g (params: that layer's dsa slice) with `context` tokens
 // already cached (random latents, RoPE keys and indexer keys), timed over `reps` steps at position
-// `context` on one thread, like mla_decode_seconds_per_token (whose absorbed path is the dense peer).
-double dsa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps);
+// `context` on `threads` threads, like mla_decode_seconds_per_token (whose absorbed path is the dense peer).
+// index_seconds (may be NULL) gets the time of the indexer's part alone: its scan and the top-k selection.
+double dsa_decode_seconds_per_token(const ModelGeometry *g, const float *params, int context, int reps, int threads,
+                                    double *index_seconds);
 
 // DeepSeek-V3.2's two training stages on one model: dense_steps in DSA_DENSE (the indexer warms up on
 // the dense attention), then c->steps - dense_steps in DSA_SPARSE, each a train_run with its own

@@ -352,8 +352,24 @@ void gated_gate_values(const Mixer *m, float *gates, const float *act, int B, in
                     sigmoidf_(a.qg[(size_t)t * z.qgd + (size_t)h * (z.dh + z.gw) + z.dh + c]);
 }
 
+// Load-time check of everything dims_of and the layer functions assume.
+static int gated_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_attention(g, layer, "gated", ATTN_GQA, 1, why, cap)) return 0;
+    if (g->head_dim < 1) return mixer_fail(why, cap, "head_dim %d must be positive", g->head_dim);
+    if (g->attn_output_gate < GATE_NONE || g->attn_output_gate > GATE_HEADWISE)
+        return mixer_fail(why, cap, "unknown attn_output_gate %d", g->attn_output_gate);
+    if (g->qk_norm < QK_NORM_NONE || g->qk_norm > QK_NORM_ZERO_CENTRED)
+        return mixer_fail(why, cap, "unknown qk_norm %d", g->qk_norm);
+    double f = geometry_rotary_fraction(g), rot = f * g->head_dim;
+    if (!(f > 0.0 && f <= 1.0) || rot != floor(rot) || (long)rot % 2 != 0)
+        return mixer_fail(why, cap, "partial_rotary_factor %g of head_dim %d must turn an even number of dims", f,
+                          g->head_dim);
+    return 1;
+}
+
 const MixerOps gated_mixer = {
     .name = "gated",
+    .validate = gated_validate,
     .param_tensors = gated_param_tensors,
     .init = gated_init,
     .act_floats = gated_act_floats,

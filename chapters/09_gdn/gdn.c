@@ -757,14 +757,13 @@ void delta_probe_states(float *S, const DeltaProbe *p, const DeltaDims *z, int h
 // The layer around the core (Gated DeltaNet and KDA)
 // ================================================================================================
 
-DeltaLayer delta_layer_of(const ModelGeometry *g, const char *who, const char *what, int per_channel_decay,
-                          int sigmoid_gate, int chunk) {
+DeltaLayer delta_layer_of(const ModelGeometry *g, const char *who, int per_channel_decay, int sigmoid_gate, int chunk) {
     DeltaLayer z = {.d = g->d_model, .Hk = g->linear_num_key_heads, .Hv = g->linear_num_value_heads,
                     .dk = g->linear_key_head_dim, .dv = g->linear_value_head_dim, .K = g->linear_conv_kernel_dim,
                     .sigmoid_gate = sigmoid_gate, .chunk = chunk};
-    if (z.K < 1) die_user("%s: linear_conv_kernel_dim is %d; %s needs a short conv (kernel >= 1)", who, z.K, what);
-    if (z.dk < 1 || z.dv < 1) die_user("%s: linear key/value head dims %d, %d must be positive", who, z.dk, z.dv);
-    CHECK(z.d > 0, "%s: d_model %d", who, z.d);
+    CHECK(z.d > 0 && z.K >= 2 && z.Hk > 0 && z.Hv % z.Hk == 0 && z.dk > 0 && z.dv > 0,
+          "%s: impossible geometry d %d K %d Hk %d Hv %d dk %d dv %d (validate first)", who, z.d, z.K, z.Hk, z.Hv,
+          z.dk, z.dv);
     z.Cc = 2 * z.Hk * z.dk + z.Hv * z.dv;
     z.g_dim = per_channel_decay ? z.dk : 1;
     return z;
@@ -963,11 +962,18 @@ void delta_geometry_tiny(ModelGeometry *g, const char *name, LinearKind kind, in
 // the output gate z (silu), beta = sigmoid(b) and one decay per value head from a.
 // ================================================================================================
 
-static DeltaLayer dims_of(const ModelGeometry *g) {
-    int Hk = g->linear_num_key_heads, Hv = g->linear_num_value_heads;
-    if (g->linear_conv_kernel_dim >= 1 && (Hk < 1 || Hv < 1 || Hv % Hk != 0))
-        die_user("gdn: linear_num_value_heads %d must be a positive multiple of linear_num_key_heads %d", Hv, Hk);
-    return delta_layer_of(g, "gdn", "Gated DeltaNet", 0, 0, GDN_CHUNK);
+static DeltaLayer dims_of(const ModelGeometry *g) { return delta_layer_of(g, "gdn", 0, 0, GDN_CHUNK); }
+
+int delta_layer_validate(const ModelGeometry *g, int layer, const char *who, int kind, char *why, size_t cap) {
+    if (!mixer_validate_linear(g, layer, who, kind, why, cap)) return 0;
+    if (g->linear_conv_kernel_dim < 2)
+        return mixer_fail(why, cap, "linear_conv_kernel_dim %d: mixer '%s' needs a short conv of width >= 2",
+                          g->linear_conv_kernel_dim, who);
+    return 1;
+}
+
+static int gdn_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    return delta_layer_validate(g, layer, "gdn", LINEAR_GDN, why, cap);
 }
 
 // P2 = Hv*dv + 2*Hv: the width of a row of [z | b | a].
@@ -1148,6 +1154,7 @@ void gdn_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads)
 
 const MixerOps gdn_mixer = {
     .name = "gdn",
+    .validate = gdn_validate,
     .param_tensors = gdn_param_tensors,
     .init = gdn_init,
     .act_floats = gdn_act_floats,

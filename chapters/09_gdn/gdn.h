@@ -159,10 +159,11 @@ typedef struct {
     int sigmoid_gate;  // output gate: silu (0, Gated DeltaNet) or sigmoid (1, KDA)
     int chunk;         // chunk length of the training forward
 } DeltaLayer;
-// The geometry's linear-layer fields, checked (a user error names who, e.g. "gdn", and what, e.g.
-// "Gated DeltaNet"); head counts are the mixer's to check. g_dim = dk if per_channel_decay, else 1.
-DeltaLayer delta_layer_of(const ModelGeometry *g, const char *who, const char *what, int per_channel_decay,
-                          int sigmoid_gate, int chunk);
+// The geometry's linear-layer fields (who names the mixer in a failed CHECK: validate first).
+// g_dim = dk if per_channel_decay, else 1.
+DeltaLayer delta_layer_of(const ModelGeometry *g, const char *who, int per_channel_decay, int sigmoid_gate, int chunk);
+// The validate hook both delta-rule mixers start from: a linear layer of `kind` with a short conv.
+int delta_layer_validate(const ModelGeometry *g, int layer, const char *who, int kind, char *why, size_t cap);
 // The core's view of a (B,T) batch: q, k at stride Hk*dk, v read in place from the conv output (stride Cc).
 DeltaDims delta_layer_dims(const DeltaLayer *z, int B, int T);
 

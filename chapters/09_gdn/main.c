@@ -48,7 +48,6 @@ static int last_linear_layer(const Model *m) {
 static void figure_state(const CliArgs *a, Trained *t) {
     const Model *m = t->model;
     int layer = last_linear_layer(m), T = t->n_tokens;
-    if (layer < 0) die_user("%s: the model has no Gated DeltaNet layer", t->path);
     const ModelGeometry *g = &m->g;
     int dk = g->linear_key_head_dim, dv = g->linear_value_head_dim, head = 0;
     // after 1, 2, 4, 8 and 16 pairs (the pairs come first: token 2p-1 ends pair p), and at the end
@@ -73,17 +72,17 @@ static void figure_state(const CliArgs *a, Trained *t) {
         p[s] = (HeatPanel){.values = S + (size_t)s * dk * dv, .rows = dk, .cols = dv, .title = titles[s],
                            .xlabel = "value channel", .ylabel = s % 3 == 0 ? "key channel" : NULL, .diverging = 1};
     }
-    char sub[512], path[1024], cap[160];
-    snprintf(sub, sizeof sub, "last layer (%d), head %d of the trained all-DeltaNet model on the recall example (16 pairs, "
-             "then queries). S is %d x %d (key x value channels): all this head remembers, whatever the context "
-             "length. %s", layer, head, dk, dv, trained_caption(t, cap, sizeof cap));
+    char sub[512], path[1024], cap[160], claim[400];
+    snprintf(sub, sizeof sub, "last layer (%d), head %d of the trained all-DeltaNet model on the recall example; %s",
+             layer, head, trained_caption(t, cap, sizeof cap));
+    snprintf(claim, sizeof claim, "One Gated DeltaNet head remembers through a %d x %d state S; on a recall example every "
+             "pair is written into the same %d key directions, so later pairs overwrite earlier ones.", dk, dv, dk);
     char note[400];
-    snprintf(note, sizeof note, "each token: S <- alpha S (decay), then S <- S + beta k (v - S^T k)^T (delta rule: replace "
-             "what S returned for key k by v). Reading: o = S^T q. Every pair writes into the same %d key directions, so "
-             "later pairs overwrite earlier ones: the capacity limit of figure 03.", dk);
+    snprintf(note, sizeof note, "each token: S <- alpha S, then S <- S + beta k (v - S^T k)^T (the delta rule replaces what "
+             "S returned for k by v); reading: o = S^T q. S is %d x %d whatever the context length.", dk, dv);
     HeatmapFigure f = {
         .title = "Gated DeltaNet's state: a fast-weight memory written one token at a time",
-        .subtitle = sub, .panels = p, .n_panels = SNAPS, .panels_per_row = 3, .vmin = -smax, .vmax = smax,
+        .subtitle = sub, .claim = claim, .panels = p, .n_panels = SNAPS, .panels_per_row = 3, .vmin = -smax, .vmax = smax,
         .diverging = 1, .show_values = 0, .colorbar_label = "state entry S[key][value]", .note = note,
     };
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_state_snapshots"), a->png, a->svg);
@@ -95,7 +94,6 @@ static void figure_state(const CliArgs *a, Trained *t) {
 static void figure_mixing(const CliArgs *a, Trained *t) {
     Model *m = t->model;
     int la = first_layer(m, LAYER_GLOBAL), T = t->n_tokens;
-    if (first_layer(m, LAYER_LINEAR) < 0 || la < 0) die_user("%s: the hybrid needs a DeltaNet and an attention layer", t->path);
     model_forward(m, t->tokens, NULL, 1, T);
     // the DeltaNet layer (head 0) that reaches furthest back
     int ll = -1;
@@ -129,19 +127,22 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
     snprintf(t1, sizeof t1, "gated attention, layer %d head %d: softmax P", la, best);
     HeatPanel p[2] = {
         {.values = Al, .mask = causal, .rows = T, .cols = T, .title = t0, .row_labels = t->labels, .col_labels = t->labels,
-         .xlabel = "token s (value read)", .ylabel = "token t (output)", .vmin = -lmax, .vmax = lmax, .diverging = 1},
+         .xlabel = "token s (value read)", .ylabel = "token t (output)", .vmin = -lmax, .vmax = lmax, .diverging = 1,
+         .colorbar_label = "implicit weight A[t][s] (signed)"},
         {.values = Aa + (size_t)best * T * T, .mask = causal, .rows = T, .cols = T, .title = t1, .row_labels = t->labels,
-         .col_labels = t->labels, .xlabel = "key j", .vmin = 0.0f, .vmax = 1.0f},
+         .col_labels = t->labels, .xlabel = "key j", .ylabel = "token t (output)", .vmin = 0.0f, .vmax = 1.0f,
+         .colorbar_label = "attention weight P[t][s]"},
     };
-    char sub[400], path[1024], cap[160];
-    snprintf(sub, sizeof sub, "the same trained 3:1 hybrid on the same recall example. Left (its DeltaNet layer that reaches furthest "
-             "back): o_t = sum_s A[t][s] v_s, signed (the delta rule subtracts). Right: softmax weights, each row sums to 1. %s", trained_caption(t, cap, sizeof cap));
+    char sub[400], path[1024], cap[160], claim[400];
+    snprintf(sub, sizeof sub, "the same trained 3:1 hybrid on one recall example: o_t = sum_s A[t][s] v_s; %s",
+             trained_caption(t, cap, sizeof cap));
+    snprintf(claim, sizeof claim, "In the trained 3:1 hybrid the DeltaNet layer's implicit mixing matrix is signed and "
+             "spread (the delta rule subtracts), while the attention layer's softmax sends each query to one value.");
     HeatmapFigure f = {
         .title = "What each layer of the hybrid mixes: DeltaNet's implicit matrix vs softmax attention",
-        .subtitle = sub, .panels = p, .n_panels = 2, .colorbar_per_panel = 1, .show_values = 0,
-        .colorbar_label = "weight of token s in output t",
-        .note = "A DeltaNet layer computes its outputs from a fixed-size state, yet its outputs are still a linear mix of "
-                "past values; A is that mix, written out. Grey cells: the future (causal).",
+        .subtitle = sub, .claim = claim, .panels = p, .n_panels = 2, .show_values = 0,
+        .note = "left: the DeltaNet layer that reaches furthest back, its implicit matrix written out (it computes from a "
+                "fixed-size state, yet its output is a linear mix of past values); right: softmax weights, rows sum to 1",
     };
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "02_mixing_matrices"), a->png, a->svg);
     free(causal);
@@ -150,6 +151,23 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
 }
 
 // ---- Figure 3: capacity: recall accuracy vs number of pairs -----------------------------------------------
+
+// What the figures need of the three models, checked before the first figure: recall models, an
+// all-DeltaNet model, a hybrid with a DeltaNet and an attention layer, and the hybrid's pair counts
+// inside every model's task.
+static void check_models(const Trained *hybrid, const Trained *att, const Trained *gdn) {
+    trained_require(gdn, "gdn", TASK_RECALL, "the state figure");
+    trained_require(att, "gqa|gated|mla|dsa", TASK_RECALL, "the capacity figure");
+    trained_require(hybrid, "gdn|gated|gqa", TASK_RECALL, "the mixing-matrix figure");
+    if (first_layer(hybrid->model, LAYER_LINEAR) < 0 || first_layer(hybrid->model, LAYER_GLOBAL) < 0)
+        die_user("%s: the hybrid needs a DeltaNet and an attention layer", hybrid->path);
+    const Trained *ts[3] = {hybrid, att, gdn};
+    int n = hybrid->task.n_pairs;
+    for (int k = 0; k < 3; k++)
+        if (n > ts[k]->task.n_keys || 2 * n + 2 > ts[k]->task.seq_len)
+            die_user("%s: %d pairs (the hybrid's count) do not fit its recall task (%d keys, %d tokens)", ts[k]->path, n,
+                     ts[k]->task.n_keys, ts[k]->task.seq_len);
+}
 
 static void figure_capacity(const CliArgs *a, Trained *hybrid, Trained *att, Trained *gdn) {
     int lo = 1, hi = hybrid->task.n_pairs;
@@ -164,65 +182,65 @@ static void figure_capacity(const CliArgs *a, Trained *hybrid, Trained *att, Tra
              g->linear_num_value_heads, g->linear_num_value_heads == 1 ? "" : "s", g->linear_key_head_dim,
              g->linear_value_head_dim);
     CapacityCurve c[3] = {
-        {.label = lab[0], .acc = acc[0], .color = COLOR_MHA},
-        {.label = lab[1], .acc = acc[1], .color = COLOR_DSA},
-        {.label = lab[2], .acc = acc[2], .color = COLOR_LINEAR},
+        {.label = lab[0], .acc = acc[0], .color = COLOR_GATED},
+        {.label = lab[1], .acc = acc[1], .color = COLOR_GDN, .dashed = 1},
+        {.label = lab[2], .acc = acc[2], .color = COLOR_GDN},
     };
-    char sub[300];
-    snprintf(sub, sizeof sub, "tiny models (d_model %d) trained on the same data: %d to %d pairs per sequence of %d tokens, "
-             "then measured at each count on %d held-out sequences", g->d_model, hybrid->task.n_pairs_min > 0 ?
-             hybrid->task.n_pairs_min : hi, hi, hybrid->task.seq_len, CAPACITY_SAMPLES);
-    chapter_capacity_plot(a, "03_recall_capacity", "State capacity: a fixed-size memory runs out, a KV cache does not",
-                          sub, lo, hi, c, 3, 1.0 / hybrid->task.n_values,
-                          "one seed, one task: the gaps are what the mechanisms allow at this size, not a benchmark.");
+    char sub[300], claim[400];
+    snprintf(sub, sizeof sub, "tiny models (d_model %d) trained alike on %d to %d pairs per %d-token sequence, measured at "
+             "each count on %d sequences", g->d_model, hybrid->task.n_pairs_min > 0 ? hybrid->task.n_pairs_min : hi, hi,
+             hybrid->task.seq_len, CAPACITY_SAMPLES);
+    snprintf(claim, sizeof claim, "On recall with 1 to %d pairs, all attention stays at %.0f%% and so does the 3:1 hybrid "
+             "(%.0f%% at %d pairs), while all Gated DeltaNet, with one %d x %d state per layer, falls from %.0f%% to %.0f%%.",
+             hi, 100.0 * acc[0][hi - lo], 100.0 * acc[1][hi - lo], hi, g->linear_key_head_dim, g->linear_value_head_dim,
+             100.0 * acc[2][0], 100.0 * acc[2][hi - lo]);
+    CapacityPlot p = {
+        .name = "03_recall_capacity", .title = "State capacity: a fixed-size memory runs out, a KV cache does not",
+        .subtitle = sub, .claim = claim, .n_lo = lo, .n_hi = hi, .curves = c, .n = 3,
+        .chance = chapter_chance(&hybrid->task), .legend_pos = PLOT_LEGEND_BELOW,
+        .note = "one seed, one task: the gaps are what the mechanisms allow at this size, not a benchmark",
+    };
+    chapter_capacity_plot(a, &p);
 }
 
 // ---- Figure 4: memory of Qwen3-Next and Qwen3.5 against all-attention versions -----------------------------
+// Colour is the layer kind that grows (Gated DeltaNet hybrid vs all gated attention); the dash is the model.
 
 static void figure_memory(const CliArgs *a, const char *configs) {
-    ModelGeometry next, q35, next_att, q35_att;
-    chapter_config(&next, configs, "qwen3-next-80b-a3b.json", "Qwen3-Next-80B-A3B");
-    chapter_config(&q35, configs, "qwen3.5-9b.json", "Qwen3.5-9B");
-    geometry_all_attention(&next, &next_att);
-    geometry_all_attention(&q35, &q35_att);
-    snprintf(next_att.name, sizeof next_att.name, "Qwen3-Next-80B-A3B, all %d layers gated attention", next.n_layers);
-    snprintf(q35_att.name, sizeof q35_att.name, "Qwen3.5-9B, all %d layers gated attention", q35.n_layers);
-    char l[4][240], b1[32], b2[32], b3[32];
-    const ModelGeometry *gs[4] = {&next, &next_att, &q35, &q35_att};
-    for (int k = 0; k < 4; k += 2)
-        snprintf(l[k], sizeof l[k], "%.90s (%d DeltaNet : %d attention): %s/token + %s fixed", gs[k]->name,
-                 geometry_count(gs[k], LAYER_LINEAR), geometry_count(gs[k], LAYER_GLOBAL),
-                 fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(gs[k])), fmt_bytes(b2, sizeof b2, kvcache_fixed_bytes(gs[k])));
-    for (int k = 1; k < 4; k += 2)
-        snprintf(l[k], sizeof l[k], "%.90s: %s/token", gs[k]->name, fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(gs[k])));
-    // the fixed part alone: the same models with their attention layers left out
-    ModelGeometry next_state = next, q35_state = q35;
-    char ls[2][200];
-    ModelGeometry *st[2] = {&next_state, &q35_state};
-    for (int k = 0; k < 2; k++) {
-        for (int l = 0; l < st[k]->n_layers; l++)
-            if (st[k]->layer_kind[l] != LAYER_LINEAR) st[k]->layer_kind[l] = LAYER_NONE;
-        snprintf(ls[k], sizeof ls[k], "%.60s: its DeltaNet state + conv state alone, flat: %s (state fp32 %s, conv %s)",
-                 k ? "Qwen3.5-9B" : "Qwen3-Next-80B-A3B", fmt_bytes(b1, sizeof b1, kvcache_fixed_bytes(st[k])),
-                 fmt_bytes(b2, sizeof b2, kvcache_state_bytes(st[k])), fmt_bytes(b3, sizeof b3, kvcache_conv_bytes(st[k])));
+    MemoryCurve c[4];
+    memset(c, 0, sizeof c);
+    chapter_config(&c[0].g, configs, "qwen3-next-80b-a3b.json", "Qwen3-Next-80B-A3B");
+    chapter_config(&c[2].g, configs, "qwen3.5-9b.json", "Qwen3.5-9B");
+    char l[4][240], b1[32], b2[32];
+    for (int k = 0; k < 4; k += 2) {
+        ModelGeometry *g = &c[k].g, *att = &c[k + 1].g;
+        geometry_all_attention(g, att);
+        snprintf(l[k], sizeof l[k], "%.60s (%d DeltaNet : %d attention): %s/token + %s fixed", g->name,
+                 geometry_count(g, LAYER_LINEAR), geometry_count(g, LAYER_GLOBAL),
+                 fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(g)), fmt_bytes(b2, sizeof b2, kvcache_fixed_bytes(g)));
+        snprintf(l[k + 1], sizeof l[k + 1], "%.60s, all %d layers gated attention: %s/token", g->name, g->n_layers,
+                 fmt_bytes(b1, sizeof b1, kvcache_bytes_per_token(att)));
+        c[k].label = l[k];
+        c[k].color = COLOR_GDN;
+        c[k + 1].label = l[k + 1];
+        c[k + 1].color = COLOR_GATED;
+        c[k].dashed = c[k + 1].dashed = k == 2;
     }
-    MemoryCurve c[6] = {
-        {.g = next, .label = l[0], .color = COLOR_LINEAR},
-        {.g = next_att, .label = l[1], .color = COLOR_LINEAR, .dashed = 1},
-        {.g = next_state, .label = ls[0], .color = COLOR_OTHER},
-        {.g = q35, .label = l[2], .color = COLOR_DSA},
-        {.g = q35_att, .label = l[3], .color = COLOR_DSA, .dashed = 1},
-        {.g = q35_state, .label = ls[1], .color = COLOR_OTHER, .dashed = 1},
+    long max = 262144;
+    char sub[400], claim[400], b3[32];
+    snprintf(sub, sizeof sub, "one sequence; KV cache bf16, DeltaNet state fp32 (%s per layer) plus its conv state bf16",
+             fmt_bytes(b1, sizeof b1, (double)geometry_linear_state_elems(&c[0].g) * 4.0));
+    snprintf(claim, sizeof claim, "Only Qwen3-Next's 12 attention layers grow: %s at 256K tokens plus a flat %s of "
+             "DeltaNet state, against %s if all 48 layers were gated attention.",
+             fmt_bytes(b1, sizeof b1, kvcache_total_bytes(&c[0].g, max, 1)), fmt_bytes(b2, sizeof b2, kvcache_fixed_bytes(&c[0].g)),
+             fmt_bytes(b3, sizeof b3, kvcache_total_bytes(&c[1].g, max, 1)));
+    MemoryPlot p = {
+        .name = "04_kv_memory", .title = "Qwen3-Next and Qwen3.5: a fixed DeltaNet state plus a 4x smaller KV cache",
+        .subtitle = sub, .claim = claim, .curves = c, .n = 4, .max_context = max,
+        .note = "from data/configs/qwen3-next-80b-a3b.json and qwen3.5-9b.json; the fixed state is where each solid or "
+                "dashed hybrid line starts at context 0",
     };
-    char sub[400];
-    snprintf(sub, sizeof sub, "one sequence; KV cache in bf16, DeltaNet state in fp32 (%s per layer) plus its conv state in "
-             "bf16. Only the attention layers grow, so the hybrid's cache is 1/4 of all-attention at long context, with a "
-             "flat state on top.", fmt_bytes(b1, sizeof b1, (double)geometry_linear_state_elems(&next) * 4.0));
-    chapter_memory_plot(a, "04_kv_memory", "Qwen3-Next and Qwen3.5: a fixed DeltaNet state plus a 4x smaller KV cache",
-                        sub, c, 6, 1L << 20,
-                        "from data/configs/qwen3-next-80b-a3b.json and qwen3.5-9b.json (common/hfconfig, "
-                        "common/kvcache). Coloured dashed: every layer replaced by the model's own gated attention layer; grey: "
-                        "the fixed part alone (solid Qwen3-Next, dashed Qwen3.5).");
+    chapter_memory_plot(a, &p);
 }
 
 int main(int argc, char **argv) {
@@ -244,15 +262,18 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    ensure_out_dir(a.out);
 
-    // every weights file first: a missing or corrupt one fails before any figure is written
+    // every input first: a missing or bad one fails before anything is written
+    chapter_check_configs(configs, "qwen3-next-80b-a3b.json", "qwen3.5-9b.json", NULL);
     Trained hybrid, att, gdn;
     char path[1024];
     trained_load(&hybrid, a.weights);
     trained_load(&att, path_join(path, sizeof path, wdir, ATTN_MODEL));
     trained_load(&gdn, path_join(path, sizeof path, wdir, GDN_MODEL));
-    printf("ch09: %s: %s\n", a.weights, hybrid.model->g.name);
+    check_models(&hybrid, &att, &gdn);
+    ensure_out_dir(a.out);
+    char e1[1100], e2[200];
+    printf("ch09: %s: %s\n", str_escape(e1, sizeof e1, a.weights), str_escape(e2, sizeof e2, hybrid.model->g.name));
     figure_state(&a, &gdn);
     figure_mixing(&a, &hybrid);
     figure_capacity(&a, &hybrid, &att, &gdn);

@@ -15,11 +15,17 @@
 #include "mathx.h"
 
 static DeltaLayer dims_of(const ModelGeometry *g) {
-    int H = g->linear_num_value_heads;
-    if (g->linear_conv_kernel_dim >= 1 && (H < 1 || g->linear_num_key_heads != H))
-        die_user("kda: linear_num_key_heads %d must equal linear_num_value_heads %d (KDA has one head kind)",
-                 g->linear_num_key_heads, H);
-    return delta_layer_of(g, "kda", "KDA", 1, 1, KDA_CHUNK);
+    CHECK(g->linear_num_key_heads == g->linear_num_value_heads, "kda: %d key heads, %d value heads (validate first)",
+          g->linear_num_key_heads, g->linear_num_value_heads);
+    return delta_layer_of(g, "kda", 1, 1, KDA_CHUNK);
+}
+
+static int kda_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!delta_layer_validate(g, layer, "kda", LINEAR_KDA, why, cap)) return 0;
+    if (g->linear_num_key_heads != g->linear_num_value_heads)
+        return mixer_fail(why, cap, "linear_num_key_heads %d must equal linear_num_value_heads %d (KDA has one head kind)",
+                          g->linear_num_key_heads, g->linear_num_value_heads);
+    return 1;
 }
 
 // ---- parameters -------------------------------------------------------------------------------------
@@ -204,6 +210,7 @@ void kda_geometry_tiny(ModelGeometry *g, int n_layers, int d_model, int n_heads)
 
 const MixerOps kda_mixer = {
     .name = "kda",
+    .validate = kda_validate,
     .param_tensors = kda_param_tensors,
     .init = kda_init,
     .act_floats = kda_act_floats,

@@ -284,8 +284,21 @@ static void lightning_mixing_matrix(const Mixer *m, float *A, const float *act, 
     }
 }
 
+static int lightning_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_linear(g, layer, "lightning", LINEAR_LIGHTNING, why, cap)) return 0;
+    if (g->linear_num_key_heads != g->linear_num_value_heads || g->linear_key_head_dim != g->linear_value_head_dim)
+        return mixer_fail(why, cap, "mixer 'lightning' needs linear_num_key_heads %d == linear_num_value_heads %d and "
+                          "linear_key_head_dim %d == linear_value_head_dim %d", g->linear_num_key_heads,
+                          g->linear_num_value_heads, g->linear_key_head_dim, g->linear_value_head_dim);
+    if (g->linear_conv_kernel_dim != 0)
+        return mixer_fail(why, cap, "linear_conv_kernel_dim %d: mixer 'lightning' has no short conv (0)",
+                          g->linear_conv_kernel_dim);
+    return 1;
+}
+
 const MixerOps lightning_mixer = {
     .name = "lightning",
+    .validate = lightning_validate,
     .param_tensors = lightning_param_tensors,
     .init = lightning_init,
     .act_floats = lightning_act_floats,

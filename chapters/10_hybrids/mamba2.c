@@ -51,10 +51,13 @@ enum { IN, CONV, DT_BIAS, A_LOG, DSKIP, NORM, OUT, N_SLOTS };
 // (mamba2_init fills them: its own draws, not param_table_init.)
 static void specs(ParamSpec s[N_SLOTS], const Dims *z) {
     ParamSpec t[N_SLOTS] = {
-        [IN] = {"in_proj", 2, {z->HP + z->CD + z->H, z->d}}, [CONV] = {"conv1d", 2, {z->CD, z->K}},
-        [DT_BIAS] = {"dt_bias", 1, {z->H}},                  [A_LOG] = {"A_log", 1, {z->H}},
-        [DSKIP] = {"D", 1, {z->H}},                          [NORM] = {"norm", 1, {z->HP}},
-        [OUT] = {"out_proj", 2, {z->d, z->HP}},
+        [IN] = {.name = "in_proj", .ndim = 2, .shape = {z->HP + z->CD + z->H, z->d}},
+        [CONV] = {.name = "conv1d", .ndim = 2, .shape = {z->CD, z->K}},
+        [DT_BIAS] = {.name = "dt_bias", .ndim = 1, .shape = {z->H}},
+        [A_LOG] = {.name = "A_log", .ndim = 1, .shape = {z->H}},
+        [DSKIP] = {.name = "D", .ndim = 1, .shape = {z->H}},
+        [NORM] = {.name = "norm", .ndim = 1, .shape = {z->HP}},
+        [OUT] = {.name = "out_proj", .ndim = 2, .shape = {z->d, z->HP}},
     };
     memcpy(s, t, sizeof t);
 }
@@ -421,8 +424,17 @@ void mamba2_decay_profile(float *prof, const Mixer *m, const float *x, const flo
     free(out);
 }
 
+static int mamba2_validate(const ModelGeometry *g, int layer, char *why, size_t cap) {
+    if (!mixer_validate_linear(g, layer, "mamba2", LINEAR_MAMBA2, why, cap)) return 0;
+    if (g->linear_conv_kernel_dim < 2)
+        return mixer_fail(why, cap, "linear_conv_kernel_dim %d: mixer 'mamba2' needs a short conv of width >= 2",
+                          g->linear_conv_kernel_dim);
+    return 1;
+}
+
 const MixerOps mamba2_mixer = {
     .name = "mamba2",
+    .validate = mamba2_validate,
     .param_tensors = mamba2_param_tensors,
     .init = mamba2_init,
     .act_floats = mamba2_act_floats,

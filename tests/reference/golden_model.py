@@ -125,7 +125,7 @@ def load_model(path, dtype=torch.float64):
     tensors, meta = st_read(path)
     geo = json.loads(meta["geometry"])
     assert all(m == "gqa" for m in geo["mixers"]), geo["mixers"]
-    params = {k: v.to(dtype).requires_grad_(True) for k, v in tensors.items() if not k.startswith("train.")}
+    params = {k: v.to(dtype).requires_grad_(True) for k, v in tensors.items() if not k.startswith(("train.", "meta."))}
     return params, geo, meta
 
 
