@@ -10,6 +10,8 @@
 #
 # Training is deterministic, so the same list gives the same bytes. Runs are tiny, so JOBS of them run
 # side by side on one thread each (two on 2 cores). ONLY=REGEX runs just the groups whose names match.
+# KEEP=DIR keeps every model as DIR/GROUP_SETTING_sSEED.safetensors (the shipped models of chapters 9 and
+# 10 are seed 1 of some settings: the same bytes as `make weights` trains).
 set -eu
 BIN=${BINDIR:-.}
 OUT=${OUT:-data/experiments}
@@ -19,7 +21,7 @@ SAMPLES=${SAMPLES:-256}
 export OMP_NUM_THREADS=1
 [ -x "$BIN/train" ] && [ -x "$BIN/measure" ] || { echo "experiments: build first (make build)" >&2; exit 2; }
 [ -r "$LIST" ] || { echo "experiments: cannot read $LIST" >&2; exit 2; }
-mkdir -p "$OUT"
+mkdir -p "$OUT" ${KEEP:+"$KEEP"}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -47,7 +49,7 @@ if "$BIN/train" "$@" --seed "$seed" --quiet --out "$w.safetensors" > "$w.log" 2>
    "$BIN/measure" "$w.safetensors" --samples "$SAMPLES" --setting "$setting" \
        --command "train $* --seed $seed" > "$w.json" 2>> "$w.log"; then
     echo "$group" > "$w.group"
-    rm -f "$w.safetensors"
+    if [ -n "${KEEP:-}" ]; then mv "$w.safetensors" "$KEEP/${group}_${setting}_s$seed.safetensors"; else rm -f "$w.safetensors"; fi
     echo "  $group $setting seed $seed: $(grep -o 'accuracy [0-9.]*%' "$w.log" | tail -1) ($(( $(date +%s) - start )) s)"
 else
     echo "experiments: $group $setting seed $seed failed:" >&2
@@ -55,7 +57,7 @@ else
     touch "$WORK/FAILED"
 fi
 RUN
-export BIN SAMPLES WORK="$work"
+export BIN SAMPLES WORK="$work" KEEP="${KEEP:-}"
 # shellcheck disable=SC2016
 xargs -P "$JOBS" -L 1 sh "$work/run.sh" < "$work/jobs"
 [ -e "$work/FAILED" ] && exit 1
