@@ -25,8 +25,7 @@ static void hybrid_decode_matches(const char *name, int expect_linear, int expec
     cr_assert(m, "%s", err);
     cr_expect_eq(geometry_count(&m->g, LAYER_LINEAR), expect_linear, "%s: linear layers", name);
     cr_expect_eq(geometry_count(&m->g, LAYER_GLOBAL), expect_attention, "%s: attention layers", name);
-    enum { T = 40 };
-    int tok[T];
+    int T = m->g.max_seq_len < 40 ? m->g.max_seq_len : 40, tok[40];
     Rng r;
     rng_seed(&r, 5);
     for (int t = 0; t < T; t++) tok[t] = (int)rng_below(&r, (uint32_t)m->g.vocab_size);
@@ -57,10 +56,10 @@ Test(hybrid, kimi_linear_style_decode_equals_forward) { hybrid_decode_matches("c
 Test(hybrid, minimax_style_decode_equals_forward) { hybrid_decode_matches("ch10_minimax", 7, 1); }
 Test(hybrid, nemotron_style_decode_equals_forward) { hybrid_decode_matches("ch10_nemotron", 4, 1); }
 Test(hybrid, all_linear_models_decode_equals_forward) {
-    hybrid_decode_matches("ch09_gdn", 4, 0);
-    hybrid_decode_matches("ch10_kda", 4, 0);
-    hybrid_decode_matches("ch10_lightning", 4, 0);
-    hybrid_decode_matches("ch10_mamba2", 4, 0);
+    hybrid_decode_matches("ch09_gdn", 2, 0);
+    hybrid_decode_matches("ch10_kda", 2, 0);
+    hybrid_decode_matches("ch10_lightning", 2, 0);
+    hybrid_decode_matches("ch10_mamba2", 2, 0);
 }
 
 // The decay init ranges of the geometry reach Gated DeltaNet, KDA and Mamba-2: left at 0 they are the
