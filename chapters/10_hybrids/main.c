@@ -324,8 +324,8 @@ static void figure_capacity(const CliArgs *a, const SeedRuns *r, const Trained *
     static const char *names[] = {"KDA 16x16", "2x16", "Lightning 16x16", "4x4", "Mamba-2 4x16x16", "4x2x16"};
     int n = (int)(sizeof which / sizeof which[0]);
     char sub[300], claim[600], note[600], solved[300];
-    snprintf(sub, sizeof sub, "2-layer all-X models trained on 1 to %d pairs, %d seeds each: mean, band = min..max", hi,
-             n_seeds);
+    snprintf(sub, sizeof sub, "2-layer all-X models trained on 1 to %d pairs (Mamba-2 twice as long), %d seeds each: "
+             "mean, band = min..max", hi, n_seeds);
     snprintf(claim, sizeof claim, "At %d pairs, with the largest state KDA recalls %.0f%%, Lightning %.0f%%, Mamba-2 %.0f%%; "
              "with the smallest KDA %.0f%%, Lightning %.0f%%, Mamba-2 %.0f%% (1/n: %.0f%%).", hi,
              100.0 * r[E_KDA16].mean[hi - 1], 100.0 * r[E_L16].mean[hi - 1], 100.0 * r[E_M16].mean[hi - 1],
@@ -333,7 +333,7 @@ static void figure_capacity(const CliArgs *a, const SeedRuns *r, const Trained *
     solved_list(solved, sizeof solved, r, which, n, names);
     snprintf(note, sizeof note, "seeds that learned the lookup (75%%+ at 2 pairs, the 1/n shortcut gives 50%%): %s. "
              "Mamba-2's recurrence matches an independent PyTorch implementation on these models "
-             "(tests/reference/trained_linear.py): its failures are training, not a bug.", solved);
+             "(tests/reference/trained_linear.py): its failed seeds are training, not a bug.", solved);
     plot_settings(a, r, models, which, n, "03_recall_capacity", "Recall capacity of KDA, Lightning and Mamba-2 by state size",
                   sub, claim, note);
 }
