@@ -35,7 +35,7 @@ LIBS       := $(BUILD)/libmech.a $(BUILD)/libcommon.a
 BIN        := $(if $(filter .,$(BINDIR)),,$(BINDIR)/)
 BINS       := $(addprefix $(BIN),$(CHAPTERS) $(TOOLS))
 
-.PHONY: all build deps figures configs-table test test-run sanitize fuzz bench golden weights arm-check clean
+.PHONY: all build deps figures configs-table test test-run sanitize fuzz bench golden weights experiments arm-check clean
 .DEFAULT_GOAL := all
 
 all: deps
@@ -220,6 +220,10 @@ golden: deps build
 
 weights: deps build
 	tools/make_weights.sh
+
+# Every setting of tools/experiments.txt over its seeds: metrics in data/experiments/ (ONLY=REGEX: some groups).
+experiments: deps build
+	tools/experiments.sh
 
 clean:
 	rm -rf build $(CHAPTERS) $(TOOLS)

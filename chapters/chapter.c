@@ -112,21 +112,6 @@ int chapter_furthest_head(const float *A, int n_heads, int T) {
 
 // ---- state capacity ---------------------------------------------------------------------------------
 
-#define CAPACITY_SEED 0xCA9AC17ULL   // one held-out stream for every model and count
-
-void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, double *acc) {
-    if (t->task.kind != TASK_RECALL) die_user("%s: a capacity curve needs a recall model, this one learned %s", t->path, t->task.name);
-    for (int n = n_lo; n <= n_hi; n++) {
-        if (n < 1 || n > t->task.n_keys || 2 * n + 2 > t->task.seq_len)
-            die_user("%s: %d pairs do not fit its recall task (%d keys, %d tokens)", t->path, n, t->task.n_keys, t->task.seq_len);
-        Task fixed = t->task;   // the same vocabulary and length, exactly n pairs
-        fixed.n_pairs = n;
-        fixed.n_pairs_min = 0;
-        double loss;
-        train_evaluate(t->model, &fixed, CAPACITY_SEED + (uint64_t)n, n_samples, &loss, &acc[n - n_lo]);
-    }
-}
-
 void chapter_capacity_plot(const CliArgs *a, const CapacityPlot *p) {
     int np = p->n_hi - p->n_lo + 1, n = p->n;
     double *x = mallocCheck(sizeof(double) * (size_t)np * (size_t)(3 * n + 2));   // x, y, lo, hi (n each), 1/n

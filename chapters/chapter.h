@@ -50,10 +50,8 @@ double chapter_mixing_reach(const float *A, int T);
 int chapter_furthest_head(const float *A, int n_heads, int T);
 
 // ---- state capacity (chapters 9 and 10) -------------------------------------------------------------
-// Recall accuracy (0..1) of t's model with exactly n key-value pairs per sample, for n = n_lo..n_hi:
-// acc[n - n_lo]. n_samples held-out samples per count, drawn from one fixed seed, so every model is
-// measured on the same sequences. Exits with one line if t's task is not recall or a count does not fit.
-void chapter_recall_capacity(Trained *t, int n_lo, int n_hi, int n_samples, double *acc);
+// The accuracies come from the capacity experiment's metrics over seeds (metrics.h; ./measure measured each
+// model at exactly n pairs for every n).
 
 typedef struct {
     const char *label;      // legend text

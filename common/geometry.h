@@ -131,6 +131,13 @@ typedef struct {
     int linear_key_head_dim;     // dk (Mamba-2: ssm_state_size N)
     int linear_value_head_dim;   // dv (Mamba-2: mamba_head_dim P)
     int linear_conv_kernel_dim;  // width of the short causal conv on q,k,v (0: none, Lightning)
+    // how the decays start (training recipes; 0 means the published default): A = exp(A_log) uniform in
+    // [linear_a_init_min, linear_a_init_max] (1, 16) and dt log-uniform in [linear_dt_init_min,
+    // linear_dt_init_max] (1e-3, 1e-1) for Gated DeltaNet, KDA and Mamba-2; Lightning's fixed slopes
+    // times linear_slope_scale (1)
+    double linear_a_init_min, linear_a_init_max;
+    double linear_dt_init_min, linear_dt_init_max;
+    double linear_slope_scale;
     int state_dtype_bytes;    // bytes per element of the recurrent state (fp32: 4; 0 means 4)
     int dtype_bytes;          // bytes per cached element (bf16: 2)
 } ModelGeometry;

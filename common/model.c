@@ -535,6 +535,15 @@ static void mixer_families(const ModelGeometry *g, const MixerOps *const *mixers
     }
 }
 
+// Recipe fields of the linear layers, written only when set (older files lack them: 0, the defaults).
+static const struct { const char *key; size_t off; } GEO_DOUBLES[] = {
+    {"linear_a_init_min", offsetof(ModelGeometry, linear_a_init_min)},
+    {"linear_a_init_max", offsetof(ModelGeometry, linear_a_init_max)},
+    {"linear_dt_init_min", offsetof(ModelGeometry, linear_dt_init_min)},
+    {"linear_dt_init_max", offsetof(ModelGeometry, linear_dt_init_max)},
+    {"linear_slope_scale", offsetof(ModelGeometry, linear_slope_scale)},
+};
+
 char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers) {
     int gqa, mla, linear;
     mixer_families(g, mixers, &gqa, &mla, &linear);
@@ -587,6 +596,10 @@ char *model_geometry_json(const ModelGeometry *g, const MixerOps *const *mixers)
     if (g->num_kv_shared_layers) cJSON_AddNumberToObject(o, "num_kv_shared_layers", g->num_kv_shared_layers);
     if (g->attention_sinks) cJSON_AddNumberToObject(o, "attention_sinks", g->attention_sinks);
     if (g->kv_one_tensor) cJSON_AddNumberToObject(o, "kv_one_tensor", g->kv_one_tensor);
+    for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
+        double v = *(const double *)((const char *)g + GEO_DOUBLES[i].off);
+        if (v != 0.0) cJSON_AddNumberToObject(o, GEO_DOUBLES[i].key, v);
+    }
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_kind");
     cJSON *names = cJSON_AddArrayToObject(o, "mixers");
     int compressed = 0, indexers = 0;
@@ -711,6 +724,15 @@ int model_geometry_from_json(ModelGeometry *g, char names[][48], const char *jso
         geo_real(o, "rope_theta", 10000.0, &g->rope_theta, err, cap) ||
         geo_real(o, "rope_local_theta", 0.0, &g->rope_local_theta, err, cap))
         goto done;
+    for (size_t i = 0; i < sizeof GEO_DOUBLES / sizeof GEO_DOUBLES[0]; i++) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, GEO_DOUBLES[i].key);
+        if (!d) continue;
+        if (!cJSON_IsNumber(d) || !(d->valuedouble > 0.0) || !isfinite(d->valuedouble)) {
+            snprintf(err, cap, "geometry: '%s' must be a positive number", GEO_DOUBLES[i].key);
+            goto done;
+        }
+        *(double *)((char *)g + GEO_DOUBLES[i].off) = d->valuedouble;
+    }
     if (!g->dtype_bytes) g->dtype_bytes = 4;
     // Attention fields a model without them leaves out (format 2): every head its own K and V; a
     // head as wide as MLA's query-key head, or as a linear layer's value head.

@@ -12,6 +12,7 @@
 #define CORPUS_CHARS 120000
 #define CORPUS_MAX_BYTES (256 << 20)   // a character-level tiny model needs far less text than this
 #define EXAMPLE_SEED 7u
+#define BIGRAM_SEED 0xB16A3ull
 
 static void task_clear(Task *t, TaskKind kind, const char *name, int seq_len) {
     memset(t, 0, sizeof *t);
@@ -123,8 +124,8 @@ void task_recall_vary_pairs(Task *t, int n_pairs_min) {
 
 // distinct_first: the first queries ask every pair once, in random order (the chapter example, so
 // each pair's lookup shows up in the figure); otherwise every query picks a random pair.
-static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int distinct_first, int *tok, int *tgt) {
-    int T = t->seq_len, P = t->n_pairs;
+static void recall_sample(const Task *t, Rng *rng, TaskSplit split, int distinct_first, int T, int *tok, int *tgt) {
+    int P = t->n_pairs;
     if (split == SPLIT_TRAIN && t->copy_frac > 0.0 && rng_uniform(rng) < t->copy_frac) {
         copy_sample(tok, tgt, T, RECALL_KEY0, t->n_keys + t->n_values, rng);
         return;
@@ -187,6 +188,159 @@ void task_induction(Task *t, int seq_len, int n_symbols) {
         char s[2] = {SYMBOL_CHARS[i], 0};
         vocab_set(t, i, s);
     }
+}
+
+// ---- backcopy -----------------------------------------------------------------------------------
+// Vocabulary: n_triggers triggers "X", "Y", "Z", then n_symbols symbols "a".. The chain's row for token a
+// has weights exp(6 u), u uniform from a seed fixed per row, so each token has a few likely successors
+// (the best up to 400 times likelier than the worst); triggers appear through the chain like any token.
+static const char *TRIGGER_CHARS = "XYZ";
+
+static int backcopy_check(int seq_len, int n_symbols, int n_triggers, char *why, size_t cap) {
+    if (n_symbols < 2 || n_symbols > 26) { snprintf(why, cap, "backcopy: n_symbols must be in [2, 26], got %d", n_symbols); return -1; }
+    if (n_triggers < 1 || n_triggers > 3) { snprintf(why, cap, "backcopy: n_triggers must be in [1, 3], got %d", n_triggers); return -1; }
+    if (seq_len < 4) { snprintf(why, cap, "backcopy: seq_len must be >= 4, got %d", seq_len); return -1; }
+    return 0;
+}
+
+void task_backcopy(Task *t, int seq_len, int n_symbols, int n_triggers) {
+    char why[256];
+    if (backcopy_check(seq_len, n_symbols, n_triggers, why, sizeof why) != 0) die_user("%s", why);
+    task_clear(t, TASK_BACKCOPY, "backcopy", seq_len);
+    t->n_symbols = n_symbols;
+    t->n_triggers = n_triggers;
+    t->vocab_size = n_triggers + n_symbols;
+    for (int i = 0; i < n_triggers; i++) {
+        char s[2] = {TRIGGER_CHARS[i], 0};
+        vocab_set(t, i, s);
+    }
+    for (int i = 0; i < n_symbols; i++) {
+        char s[2] = {(char)('a' + i), 0};
+        vocab_set(t, n_triggers + i, s);
+    }
+}
+
+int task_is_trigger(const Task *t, int token) {
+    return t->kind == TASK_BACKCOPY && token >= 0 && token < t->n_triggers;
+}
+
+// A successor of token a drawn from fixed chain number `chain` (0: backcopy's; 1 + k: topic k's).
+static int bigram_next(int chain, int a, int n, Rng *rng) {
+    float w[32], total = 0.0f;
+    Rng row;
+    rng_seed(&row, (BIGRAM_SEED + (uint64_t)chain) * 64 + (uint64_t)a);
+    for (int b = 0; b < n; b++) total += w[b] = expf(6.0f * rng_uniform(&row));
+    float u = rng_uniform(rng) * total;
+    for (int b = 0; b < n; b++) {
+        u -= w[b];
+        if (u < 0.0f) return b;
+    }
+    return n - 1;
+}
+
+static void backcopy_sample(const Task *t, Rng *rng, int T, int *tok, int *tgt) {
+    int n = t->n_triggers + t->n_symbols;
+    tok[0] = (int)rng_below(rng, (uint32_t)n);
+    for (int i = 0; i + 1 < T; i++)
+        tok[i + 1] = i >= 1 && tok[i] < t->n_triggers ? tok[i - 1] : bigram_next(0, tok[i], n, rng);
+    for (int i = 0; i + 1 < T; i++) tgt[i] = tok[i + 1];
+    tgt[T - 1] = -1;
+}
+
+// ---- topics -------------------------------------------------------------------------------------
+// Vocabulary: n_topics topic tokens "T1".., then n_symbols symbols "a".. A sample of T tokens:
+//   topic k | stream: p + s symbols from chain 1 + k | copy of the stream's last s symbols
+// with s drawn in [L/4, L/2] (L = T - 1) as in the induction task, so the copy's offset varies. Scored:
+// every next token inside the stream (its distribution depends on the topic) and inside the copy.
+static int topics_check(int seq_len, int n_symbols, int n_topics, char *why, size_t cap) {
+    if (n_symbols < 2 || n_symbols > 26) { snprintf(why, cap, "topics: n_symbols must be in [2, 26], got %d", n_symbols); return -1; }
+    if (n_topics < 2 || n_topics > 9) { snprintf(why, cap, "topics: n_topics must be in [2, 9], got %d", n_topics); return -1; }
+    if (seq_len < 9) { snprintf(why, cap, "topics: seq_len must be >= 9, got %d", seq_len); return -1; }
+    return 0;
+}
+
+void task_topics(Task *t, int seq_len, int n_symbols, int n_topics) {
+    char why[256];
+    if (topics_check(seq_len, n_symbols, n_topics, why, sizeof why) != 0) die_user("%s", why);
+    task_clear(t, TASK_TOPICS, "topics", seq_len);
+    t->n_symbols = n_symbols;
+    t->n_topics = n_topics;
+    t->vocab_size = n_topics + n_symbols;
+    for (int i = 0; i < n_topics; i++) {
+        char s[4] = {'T', (char)('1' + i), 0};
+        vocab_set(t, i, s);
+    }
+    for (int i = 0; i < n_symbols; i++) {
+        char s[2] = {(char)('a' + i), 0};
+        vocab_set(t, n_topics + i, s);
+    }
+}
+
+static void topics_sample(const Task *t, Rng *rng, int T, int *tok, int *tgt) {
+    int K = t->n_topics, L = T - 1;
+    int smin = (L + 3) / 4, smax = L / 2;
+    int s = smin + (int)rng_below(rng, (uint32_t)(smax - smin + 1)), p = L - 2 * s;
+    int topic = (int)rng_below(rng, (uint32_t)K);
+    tok[0] = topic;
+    tok[1] = K + (int)rng_below(rng, (uint32_t)t->n_symbols);
+    for (int i = 1; i < p + s; i++) tok[i + 1] = K + bigram_next(1 + topic, tok[i] - K, t->n_symbols, rng);
+    for (int i = 0; i < s; i++) tok[1 + p + s + i] = tok[1 + p + i];
+    for (int i = 0; i < T; i++) tgt[i] = -1;
+    for (int i = 1; i < p + s; i++) tgt[i] = tok[i + 1];          // the stream: topic-dependent bigrams
+    for (int i = 1 + p + s; i + 1 < T; i++) tgt[i] = tok[i + 1];  // the copy: induction
+}
+
+void task_topics_layout(const Task *t, const int *tokens, int *topic, int *copy) {
+    *topic = t->bos;
+    int T = t->seq_len - t->bos, L = T - 1;
+    const int *tok = tokens + t->bos;
+    // the copy is the longest s in [L/4, L/2] whose last s tokens repeat the s before them
+    *copy = t->seq_len;
+    for (int s = L / 2; s >= (L + 3) / 4; s--) {
+        int p = L - 2 * s, same = 1;
+        for (int i = 0; i < s && same; i++) same = tok[1 + p + s + i] == tok[1 + p + i];
+        if (same) { *copy = t->bos + 1 + p + s; break; }
+    }
+}
+
+// ---- beginning of sequence ----------------------------------------------------------------------
+
+static int bos_check(const Task *t, char *why, size_t cap) {
+    if (t->vocab_size >= TASK_MAX_VOCAB) {
+        snprintf(why, cap, "bos: the vocabulary is full (%d tokens)", t->vocab_size);
+        return -1;
+    }
+    int inner = t->seq_len - 1;
+    if (t->kind == TASK_RECALL && recall_n_queries(inner, t->n_pairs, t->gap) < 1) {
+        snprintf(why, cap, "bos: %d pairs with gap %d need seq_len >= %d (the BOS token, pairs, gap, ':' and one query), got %d",
+                 t->n_pairs, t->gap, 2 * t->n_pairs + t->gap + 3, t->seq_len);
+        return -1;
+    }
+    if (t->kind == TASK_INDUCTION && inner < 6) {
+        snprintf(why, cap, "bos: induction needs seq_len >= 7 with the BOS token, got %d", t->seq_len);
+        return -1;
+    }
+    if (t->kind == TASK_BACKCOPY && inner < 4) {
+        snprintf(why, cap, "bos: backcopy needs seq_len >= 5 with the BOS token, got %d", t->seq_len);
+        return -1;
+    }
+    if (t->kind == TASK_TOPICS && inner < 9) {
+        snprintf(why, cap, "bos: topics needs seq_len >= 10 with the BOS token, got %d", t->seq_len);
+        return -1;
+    }
+    if (t->kind == TASK_CORPUS && inner < 2) {
+        snprintf(why, cap, "bos: corpus needs seq_len >= 3 with the BOS token, got %d", t->seq_len);
+        return -1;
+    }
+    return 0;
+}
+
+void task_set_bos(Task *t) {
+    char why[256];
+    if (t->bos) return;
+    if (bos_check(t, why, sizeof why) != 0) die_user("%s", why);
+    t->bos = 1;
+    vocab_set(t, t->vocab_size++, "<s>");
 }
 
 // ---- corpus -------------------------------------------------------------------------------------
@@ -306,8 +460,7 @@ void task_corpus(Task *t, int seq_len, const char *path) {
     free(bytes);
 }
 
-static void corpus_sample(const Task *t, Rng *rng, TaskSplit split, int *tok, int *tgt) {
-    int T = t->seq_len;
+static void corpus_sample(const Task *t, Rng *rng, TaskSplit split, int T, int *tok, int *tgt) {
     CHECK(t->text != NULL, "corpus task '%s' has no text (loaded from metadata only)", t->source);
     long lo = split == SPLIT_TRAIN ? 0 : t->train_len;
     long hi = split == SPLIT_TRAIN ? t->train_len : t->text_len;
@@ -327,11 +480,24 @@ void task_free(Task *t) {
     t->text = NULL;
 }
 
+// The BOS token takes position 0; the task's own sample fills positions 1.. (T - 1 tokens).
+static int bos_prefix(const Task *t, int **tokens, int **targets) {
+    if (!t->bos) return t->seq_len;
+    (*tokens)[0] = t->vocab_size - 1;
+    (*targets)[0] = -1;
+    (*tokens)++;
+    (*targets)++;
+    return t->seq_len - 1;
+}
+
 void task_sample(const Task *t, Rng *rng, TaskSplit split, int *tokens, int *targets) {
+    int T = bos_prefix(t, &tokens, &targets);
     switch (t->kind) {
-    case TASK_RECALL: recall_sample(t, rng, split, 0, tokens, targets); break;
-    case TASK_INDUCTION: copy_sample(tokens, targets, t->seq_len, 0, t->n_symbols, rng); break;
-    case TASK_CORPUS: corpus_sample(t, rng, split, tokens, targets); break;
+    case TASK_RECALL: recall_sample(t, rng, split, 0, T, tokens, targets); break;
+    case TASK_INDUCTION: copy_sample(tokens, targets, T, 0, t->n_symbols, rng); break;
+    case TASK_CORPUS: corpus_sample(t, rng, split, T, tokens, targets); break;
+    case TASK_BACKCOPY: backcopy_sample(t, rng, T, tokens, targets); break;
+    case TASK_TOPICS: topics_sample(t, rng, T, tokens, targets); break;
     }
 }
 
@@ -344,7 +510,8 @@ void task_example(const Task *t, int *tokens, int *targets) {
     Rng r;
     rng_seed(&r, EXAMPLE_SEED);
     if (t->kind == TASK_RECALL) {
-        recall_sample(t, &r, SPLIT_HELDOUT, 1, tokens, targets);
+        int T = bos_prefix(t, &tokens, &targets);
+        recall_sample(t, &r, SPLIT_HELDOUT, 1, T, tokens, targets);
         return;
     }
     if (t->kind != TASK_CORPUS || !t->text) {
@@ -352,15 +519,16 @@ void task_example(const Task *t, int *tokens, int *targets) {
         return;
     }
     // corpus: the first sentence that starts inside the held-out part
+    int T = bos_prefix(t, &tokens, &targets);
     long start = t->train_len;
     int dot = -1;
     for (int i = 0; i < t->vocab_size; i++)
         if (strcmp(t->vocab[i], ".") == 0) dot = i;
-    for (long i = t->train_len; i + t->seq_len + 3 < t->text_len; i++) {
+    for (long i = t->train_len; i + T + 3 < t->text_len; i++) {
         if (t->text[i] == dot) { start = i + 2; break; }
     }
-    if (start + t->seq_len + 1 > t->text_len) start = t->train_len;
-    for (int i = 0; i < t->seq_len; i++) {
+    if (start + T + 1 > t->text_len) start = t->train_len;
+    for (int i = 0; i < T; i++) {
         tokens[i] = t->text[start + i];
         targets[i] = t->text[start + i + 1];
     }
@@ -385,6 +553,7 @@ char *task_config_json(const Task *t) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "task", t->name);
     cJSON_AddNumberToObject(o, "seq_len", t->seq_len);
+    if (t->bos) cJSON_AddNumberToObject(o, "bos", 1);
     switch (t->kind) {
     case TASK_RECALL:
         cJSON_AddNumberToObject(o, "n_pairs", t->n_pairs);
@@ -397,12 +566,20 @@ char *task_config_json(const Task *t) {
     case TASK_INDUCTION:
         cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
         break;
+    case TASK_BACKCOPY:
+        cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
+        cJSON_AddNumberToObject(o, "n_triggers", t->n_triggers);
+        break;
+    case TASK_TOPICS:
+        cJSON_AddNumberToObject(o, "n_symbols", t->n_symbols);
+        cJSON_AddNumberToObject(o, "n_topics", t->n_topics);
+        break;
     case TASK_CORPUS: {
         cJSON_AddStringToObject(o, "source", t->source);
         if (strcmp(t->source, "grammar") != 0) {
             // the bytes of the vocabulary, so token names survive without the file
             cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
-            for (int i = 0; i < t->vocab_size; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(t->byte_of[i]));
+            for (int i = 0; i < t->vocab_size - t->bos; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(t->byte_of[i]));
         }
         break;
     }
@@ -501,6 +678,16 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
         if (json_int(o, "n_symbols", &s, err, cap)) goto done;
         if (induction_check(seq_len, s, err, cap)) goto done;
         task_induction(t, seq_len, s);
+    } else if (!strcmp(name->valuestring, "backcopy")) {
+        int sy, tr;
+        if (json_int(o, "n_symbols", &sy, err, cap) || json_int(o, "n_triggers", &tr, err, cap)) goto done;
+        if (backcopy_check(seq_len, sy, tr, err, cap)) goto done;
+        task_backcopy(t, seq_len, sy, tr);
+    } else if (!strcmp(name->valuestring, "topics")) {
+        int sy, tp;
+        if (json_int(o, "n_symbols", &sy, err, cap) || json_int(o, "n_topics", &tp, err, cap)) goto done;
+        if (topics_check(seq_len, sy, tp, err, cap)) goto done;
+        task_topics(t, seq_len, sy, tp);
     } else if (!strcmp(name->valuestring, "corpus")) {
         const cJSON *src = cJSON_GetObjectItemCaseSensitive(o, "source");
         if (!cJSON_IsString(src)) { snprintf(err, cap, "task config: corpus 'source' missing"); goto done; }
@@ -526,8 +713,20 @@ int task_from_json(Task *t, const char *json, char *err, size_t cap) {
             if (t->vocab_size < 1) { snprintf(err, cap, "task config: corpus 'bytes' is empty"); goto done; }
         }
     } else {
-        snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction or corpus)", name->valuestring);
+        snprintf(err, cap, "task config: unknown task '%s' (expected recall, induction, backcopy, topics or corpus)", name->valuestring);
         goto done;
+    }
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(o, "bos");
+    if (bos) {
+        if (!cJSON_IsNumber(bos) || (bos->valuedouble != 0.0 && bos->valuedouble != 1.0)) {
+            snprintf(err, cap, "task config: 'bos' must be 0 or 1");
+            goto done;
+        }
+        if (bos->valuedouble == 1.0) {
+            if (bos_check(t, err, cap)) { task_free(t); goto done; }
+            t->bos = 1;
+            vocab_set(t, t->vocab_size++, "<s>");
+        }
     }
     rc = 0;
 done:

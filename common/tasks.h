@@ -10,6 +10,15 @@
 //              are copies of the same tokens (see tasks.c: they teach the circuit recall needs).
 //   induction  a random segment, then the same segment again; scored on the copy, where predicting
 //              the next token means "find where the current token was before, output what came next".
+//   backcopy   Bigram-Backcopy (Guo et al. 2024, "active-dormant attention heads"): a stream from a fixed
+//              bigram chain, except that after a trigger token ("X", "Y", "Z") the next token repeats the
+//              token before the trigger. Scored on every next token. Only the triggers need attention (to
+//              the previous token); everywhere else the current token alone predicts the next one, so a
+//              head that serves the triggers has nothing to do elsewhere: where attention sinks form.
+//   topics     a topic token, then a stream from that topic's own bigram chain, then a copy of the
+//              stream's last part (as in induction). Scored on the stream's next tokens (which need the
+//              topic: a head that reads the topic token) and on the copy (previous-token and induction
+//              heads): three jobs at once, so the heads of one layer have reasons to differ.
 //   corpus     next-character prediction on a small English-like corpus made by a tiny grammar
 //              (or on a user's text file, --corpus FILE).
 #pragma once
@@ -20,12 +29,12 @@
 #define TASK_MAX_VOCAB 256
 #define TASK_TOKEN_CHARS 8
 
-typedef enum { TASK_RECALL = 0, TASK_INDUCTION = 1, TASK_CORPUS = 2 } TaskKind;
+typedef enum { TASK_RECALL = 0, TASK_INDUCTION = 1, TASK_CORPUS = 2, TASK_BACKCOPY = 3, TASK_TOPICS = 4 } TaskKind;
 typedef enum { SPLIT_TRAIN = 0, SPLIT_HELDOUT = 1 } TaskSplit;
 
 typedef struct {
     TaskKind kind;
-    char name[16];                 // "recall", "induction", "corpus"
+    char name[16];                 // "recall", "induction", "corpus", "backcopy", "topics"
     int seq_len;                   // T of every sample
     int vocab_size;
     char vocab[TASK_MAX_VOCAB][TASK_TOKEN_CHARS];   // printable name of each token
@@ -34,8 +43,15 @@ typedef struct {
     int n_pairs, n_keys, n_values, gap;
     int n_pairs_min;               // > 0: each sample draws its pair count uniformly in [n_pairs_min, n_pairs]
     double copy_frac;
-    // induction: symbols the segments are drawn from
+    // every task: 1 when each sample starts with a beginning-of-sequence token "<s>" (the last id of the
+    // vocabulary, never scored); the task's own sample then fills the remaining seq_len - 1 tokens
+    int bos;
+    // induction: symbols the segments are drawn from; backcopy: ordinary symbols of the chain
     int n_symbols;
+    // backcopy: trigger tokens (ids 0..n_triggers-1; the symbols follow them)
+    int n_triggers;
+    // topics: topic tokens (ids 0..n_topics-1, each with its own bigram chain; the symbols follow them)
+    int n_topics;
     // corpus: token ids of the whole text; [0, train_len) trains, [train_len, text_len) is held out
     // (a task rebuilt from a weights file holds only the held-out part: train_len 0)
     int *text;
@@ -53,6 +69,21 @@ void task_recall(Task *t, int seq_len, int n_pairs, int n_keys, int n_values, in
 // a user error unless 1 <= n_pairs_min <= n_pairs.
 void task_recall_vary_pairs(Task *t, int n_pairs_min);
 void task_induction(Task *t, int seq_len, int n_symbols);
+// n_triggers in [1, 3] trigger tokens "X".."Z", then n_symbols in [2, 26] symbols "a"..; the bigram
+// chain over all of them is fixed (the same for every build).
+void task_backcopy(Task *t, int seq_len, int n_symbols, int n_triggers);
+// n_topics in [2, 9] topic tokens "T1".., then n_symbols in [2, 26] symbols "a"..; every topic's chain
+// is fixed (the same for every build).
+void task_topics(Task *t, int seq_len, int n_symbols, int n_topics);
+// Topics: where the parts of a sample lie (positions in the full sample, BOS included): the topic token
+// at *topic, the stream up to *copy - 1, the copy from *copy to the end. Needs the sample's tokens.
+void task_topics_layout(const Task *t, const int *tokens, int *topic, int *copy);
+// Backcopy: 1 if token is a trigger (its successor is a copy of the token before it).
+int task_is_trigger(const Task *t, int token);
+// Starts every sample (both splits and the example) with a beginning-of-sequence token, as real LLM
+// inputs do: the same token at position 0 of every sequence, where an attention sink can form (chapter
+// 8). Adds "<s>" as the last token id. Exits with a user error when the task's sample no longer fits.
+void task_set_bos(Task *t);
 // path NULL: the grammar corpus (always the same text). Otherwise a text file, char (byte) level.
 void task_corpus(Task *t, int seq_len, const char *path);
 void task_free(Task *t);

@@ -55,6 +55,13 @@ double train_lr_at(const TrainConfig *c, int step) {
     return lo + 0.5 * (1.0 + cos(M_PI * progress)) * (c->lr - lo);
 }
 
+int train_curriculum_pairs(const TrainConfig *c, const Task *task, int step) {
+    if (c->curriculum <= 0 || task->kind != TASK_RECALL || task->n_pairs_min <= 0 || step >= c->curriculum - 1)
+        return task->n_pairs;
+    int lo = task->n_pairs_min, span = task->n_pairs - lo;
+    return lo + (int)((long)span * step / (c->curriculum - 1));
+}
+
 double train_clip_grad_norm(float *g, size_t n, double max_norm) {
     // the one reduction of the step: summed in order in double, by one thread
     double ss = 0.0;
@@ -217,8 +224,10 @@ void train_run(Model *m, const Task *task, const TrainConfig *c, TrainResult *r)
     double t0 = now_seconds(), last_print = 0.0;
     char line[160];
     // the hot loop: batches into fixed buffers, the model's arenas, the optimizer's state; no allocation
+    Task stage = *task;   // the task of this step: fewer pairs early under a curriculum
     for (int step = 0; step < c->steps; step++) {
-        task_batch(task, &rng, SPLIT_TRAIN, tok, tgt, B);
+        stage.n_pairs = train_curriculum_pairs(c, task, step);
+        task_batch(&stage, &rng, SPLIT_TRAIN, tok, tgt, B);
         model_forward(m, tok, tgt, B, T);
         model_zero_grad(m);
         model_backward(m);

@@ -20,6 +20,8 @@ typedef struct {
     double grad_clip;       // clip the global gradient norm to this (0: off)
     double beta1, beta2, eps;
     uint64_t seed;          // the batches' RNG stream
+    int curriculum;         // recall with a pair range: over the first `curriculum` steps the largest pair
+                            // count of the training batches grows from n_pairs_min to n_pairs (0: off)
     int eval_samples;       // held-out samples for the final loss and accuracy
     int progress;           // print progress (a live line on a terminal, else ~every 10%)
 } TrainConfig;
@@ -48,6 +50,9 @@ void train_evaluate(Model *m, const Task *task, uint64_t seed, int n_samples, do
 Model *train_load_model(const char *path, MixerLookup lookup, ModelInfo *info, Task *task, char *err, size_t cap);
 
 // ---- the pieces, exposed for tests ----------------------------------------------------------------
+// The largest pair count of the training batches at step (0-based) under c->curriculum: n_pairs_min at
+// step 0, rising linearly to task->n_pairs at step curriculum - 1 and after; task->n_pairs without one.
+int train_curriculum_pairs(const TrainConfig *c, const Task *task, int step);
 // Learning rate at step (0-based): linear warmup over c->warmup steps, then cosine to lr * min_lr_frac.
 double train_lr_at(const TrainConfig *c, int step);
 // Scales g (n) so its L2 norm is at most max_norm; returns the norm before clipping (summed in order).

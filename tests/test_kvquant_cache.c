@@ -111,7 +111,7 @@ Test(kvquant_cache, mla_fp32_codes_equal_the_plain_cache_bit_for_bit) {
 // MLA, gated attention, and the hybrid whose DeltaNet layers keep their state).
 Test(kvquant_cache, shipped_models_with_fp32_codes_decode_the_same_bits) {
     static const char *files[] = {"ch04_recall_g2", "ch05_recall_mla", "ch09_attention", "ch09_hybrid"};
-    static const int quantized[] = {2, 2, 4, 1};
+    static const int quantized[] = {2, 2, 2, 1};
     KvqScheme s = kvq_scheme("fp32");
     KvQuant *q = kvq_new(&s, 1);
     for (int f = 0; f < 4; f++) {

@@ -10,8 +10,10 @@
 
 #include "03_mha/mha.h"
 #include "check.h"
+#include "headstats.h"
 #include "helpers.h"
 #include "model.h"
+#include "registry.h"
 #include "safetensors.h"
 #include "tasks.h"
 #include "train.h"
@@ -410,4 +412,261 @@ Test(train_tools, mixer_list_errors) {
         cr_expect_eq(test_count_lines(out), 1, "'%s': one line, got: %s", cases[i].args, out);
     }
     cr_expect_eq(test_count_files(dir), 0, "nothing written");
+}
+
+// ---- experiment options: BOS, backcopy, curriculum, recipe flags, head statistics ---------------------
+
+// With a BOS token every sample (both splits and the example) is "<s>" (unscored) followed by the task's
+// own sample of seq_len - 1 tokens, drawn from the same random stream; the option survives the JSON.
+Test(train_tasks, bos_starts_every_sample) {
+    Task t[3], plain[3];
+    task_recall(&t[0], 33, 8, 16, 16, 0, 0.5);
+    task_recall(&plain[0], 32, 8, 16, 16, 0, 0.5);
+    task_induction(&t[1], 33, 26);
+    task_induction(&plain[1], 32, 26);
+    task_backcopy(&t[2], 33, 16, 3);
+    task_backcopy(&plain[2], 32, 16, 3);
+    for (int k = 0; k < 3; k++) {
+        task_set_bos(&t[k]);
+        cr_assert_eq(t[k].vocab_size, plain[k].vocab_size + 1);
+        int bos = t[k].vocab_size - 1;
+        cr_expect_str_eq(task_token_str(&t[k], bos), "<s>");
+        Rng r1, r2;
+        rng_seed(&r1, 11);
+        rng_seed(&r2, 11);
+        int tok[33], tgt[33], ptok[32], ptgt[32];
+        for (int s = 0; s < 40; s++) {
+            TaskSplit split = s % 2 ? SPLIT_TRAIN : SPLIT_HELDOUT;
+            task_sample(&t[k], &r1, split, tok, tgt);
+            task_sample(&plain[k], &r2, split, ptok, ptgt);
+            cr_assert(tok[0] == bos && tgt[0] == -1, "%s: position 0 is %d (target %d)", t[k].name, tok[0], tgt[0]);
+            cr_assert(memcmp(tok + 1, ptok, sizeof ptok) == 0 && memcmp(tgt + 1, ptgt, sizeof ptgt) == 0,
+                      "%s: the rest is the task's own sample", t[k].name);
+            for (int i = 1; i < 33; i++) cr_assert(tok[i] != bos, "%s: BOS inside the sample", t[k].name);
+        }
+        task_example(&t[k], tok, tgt);
+        task_example(&plain[k], ptok, ptgt);
+        cr_expect(tok[0] == bos && memcmp(tok + 1, ptok, sizeof ptok) == 0, "%s: the example too", t[k].name);
+        char *js = task_config_json(&t[k]), err[256];
+        Task u;
+        cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+        cr_expect(u.bos == 1 && u.vocab_size == t[k].vocab_size, "%s: bos lost in %s", t[k].name, js);
+        free(js);
+        js = task_config_json(&plain[k]);
+        cr_expect(strstr(js, "bos") == NULL, "no key without the option: %s", js);
+        free(js);
+    }
+    Task u;
+    char err[256];
+    cr_expect_eq(task_from_json(&u, "{\"task\":\"induction\",\"seq_len\":32,\"n_symbols\":26,\"bos\":2}", err, sizeof err), -1);
+    cr_expect(strstr(err, "bos"), "%s", err);
+}
+
+// After a trigger the stream repeats the token before it; elsewhere it follows one fixed bigram chain
+// (the same successor counts from two independent streams, far from uniform). Scored on every next token.
+Test(train_tasks, backcopy_triggers_repeat_the_token_before) {
+    Task t;
+    task_backcopy(&t, 32, 16, 3);
+    cr_assert_eq(t.vocab_size, 19);
+    cr_expect_str_eq(task_token_str(&t, 0), "X");
+    cr_expect_str_eq(task_token_str(&t, 3), "a");
+    cr_expect(task_is_trigger(&t, 2) && !task_is_trigger(&t, 3));
+    int count[2][19] = {{0}}, triggers = 0, tok[32], tgt[32];
+    for (int run = 0; run < 2; run++) {
+        Rng r;
+        rng_seed(&r, 100 + (uint64_t)run);
+        for (int s = 0; s < 1500; s++) {
+            task_sample(&t, &r, SPLIT_TRAIN, tok, tgt);
+            for (int i = 0; i < 31; i++) {
+                cr_assert_eq(tgt[i], tok[i + 1], "the target is the next token");
+                if (i >= 1 && task_is_trigger(&t, tok[i])) {
+                    cr_assert_eq(tok[i + 1], tok[i - 1], "after trigger %d at %d: %d, not %d", tok[i], i, tok[i + 1], tok[i - 1]);
+                    triggers++;
+                } else if (tok[i] == 3) {
+                    count[run][tok[i + 1]]++;   // successors of "a" come from its bigram row
+                }
+            }
+            cr_assert_eq(tgt[31], -1);
+        }
+    }
+    cr_expect(triggers > 2 * 1500 * 31 / 19 / 4, "triggers are common enough to learn from: %d", triggers);
+    int n0 = 0, n1 = 0, best = 0;
+    for (int b = 0; b < 19; b++) {
+        n0 += count[0][b];
+        n1 += count[1][b];
+        if (count[0][b] > count[0][best]) best = b;
+    }
+    cr_assert(n0 > 500 && n1 > 500);
+    cr_expect(count[0][best] > 3 * n0 / 19, "a bigram row is far from uniform: best %d of %d", count[0][best], n0);
+    for (int b = 0; b < 19; b++) {
+        double p0 = (double)count[0][b] / n0, p1 = (double)count[1][b] / n1;
+        cr_expect(fabs(p0 - p1) < 0.06, "successor %d of 'a': %.3f vs %.3f in another stream", b, p0, p1);
+    }
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect(u.kind == TASK_BACKCOPY && u.n_triggers == 3 && u.n_symbols == 16 && u.vocab_size == 19);
+    free(js);
+}
+
+// The curriculum raises the largest pair count from pairs_min (step 0) to n_pairs (its last step), never
+// down; without one, or without a pair range, every step has the full count.
+Test(train_loop, curriculum_grows_the_pair_count) {
+    Task t;
+    task_recall(&t, 48, 16, 16, 16, 0, 0.5);
+    TrainConfig c;
+    train_config_default(&c, 100, 4, 1);
+    for (int s = 0; s < 100; s++) cr_assert_eq(train_curriculum_pairs(&c, &t, s), 16, "off: full count");
+    c.curriculum = 31;
+    cr_expect_eq(train_curriculum_pairs(&c, &t, 0), 16, "no pair range: the curriculum does nothing");
+    task_recall_vary_pairs(&t, 1);
+    cr_expect_eq(train_curriculum_pairs(&c, &t, 0), 1);
+    cr_expect_eq(train_curriculum_pairs(&c, &t, 15), 8);
+    cr_expect_eq(train_curriculum_pairs(&c, &t, 30), 16);
+    for (int s = 1; s < 100; s++) {
+        int a = train_curriculum_pairs(&c, &t, s - 1), b = train_curriculum_pairs(&c, &t, s);
+        cr_assert(b >= a && b >= 1 && b <= 16, "step %d: %d after %d", s, b, a);
+    }
+    // the batches of step 0 hold exactly one pair
+    Task stage = t;
+    stage.n_pairs = train_curriculum_pairs(&c, &t, 0);
+    Rng r;
+    rng_seed(&r, 3);
+    int tok[48], tgt[48];
+    for (int s = 0; s < 50; s++) {
+        task_sample(&stage, &r, SPLIT_HELDOUT, tok, tgt);
+        cr_expect_eq(tok[2], 1, "one pair, then ':'");
+    }
+}
+
+// The statistics of common/headstats.h on heads whose answers are known.
+Test(train_tasks, head_statistics_of_known_heads) {
+    enum { T = 8 };
+    int tok[T] = {5, 6, 7, 5, 6, 7, 5, 9};   // token 5 repeats at 3 and 6, 6 at 4, 7 at 5
+    float prev[T * T] = {0}, first[T * T] = {0}, ind[T * T] = {0}, unif[T * T] = {0};
+    for (int t = 0; t < T; t++) {
+        prev[t * T + (t ? t - 1 : 0)] = 1.0f;
+        first[t * T] = 1.0f;
+        for (int s = 0; s <= t; s++) unif[t * T + s] = 1.0f / (t + 1);
+    }
+    // induction: rows 3..6 read the token after their first copy (1, 2, 3, 4); the others the token itself
+    for (int t = 0; t < T; t++) ind[t * T + (t >= 3 && t <= 6 ? t - 2 : t)] = 1.0f;
+    HeadStats s[4];
+    memset(s, 0, sizeof s);
+    headstats_add(&s[0], prev, tok, T, 1);
+    headstats_add(&s[1], first, tok, T, 1);
+    headstats_add(&s[2], ind, tok, T, 1);
+    headstats_add(&s[3], unif, tok, T, 1);
+    double m[4][HS_N];
+    for (int k = 0; k < 4; k++) headstats_mean(&s[k], m[k]);
+    cr_expect_eq(s[0].rows, T - 1);
+    cr_expect(m[0][HS_PREV] == 1.0 && m[0][HS_DISTANCE] == 1.0 && m[0][HS_ENTROPY] == 0.0 && m[0][HS_FIRST] == 1.0 / 7);
+    cr_expect(m[1][HS_FIRST] == 1.0 && fabs(m[1][HS_DISTANCE] - 4.0) < 1e-12, "first-token head: distance (1+..+7)/7");
+    cr_expect_eq(s[2].induction_rows, 4, "rows 3..6 have an earlier copy (row 7's token 9 does not)");
+    cr_expect(m[2][HS_INDUCTION] == 1.0 && m[0][HS_INDUCTION] == 0.0, "induction %g, prev head %g", m[2][HS_INDUCTION], m[0][HS_INDUCTION]);
+    cr_expect(fabs(m[3][HS_FIRST] - headstats_uniform_first(T, 1)) < 1e-7);
+    double ent = 0.0;
+    for (int t = 1; t < T; t++) ent += log(t + 1.0);
+    cr_expect(fabs(m[3][HS_ENTROPY] - ent / 7) < 1e-6, "uniform rows: ln(t+1)");
+}
+
+// The recipe flags reach the weights file's geometry and come back on load; bad values are one line.
+Test(train_tools, recipe_flags) {
+    static const struct { const char *args, *needle; } cases[] = {
+        {"--mixer gdn --a-init 2,1", "--a-init: expected LO,HI with 0 < LO <= HI"},
+        {"--mixer gdn --dt-init 0.1", "--dt-init: expected LO,HI"},
+        {"--mixer mha --a-init 1,2", "--a-init: only with gdn, kda or mamba2"},
+        {"--mixer lightning --dt-init 0.1,1", "--dt-init: only with gdn, kda or mamba2"},
+        {"--mixer gdn --slope-scale 2", "--slope-scale: only with lightning"},
+        {"--mixer gdn --curriculum 10", "--curriculum: only with --pairs-min"},
+        {"--mixer gdn --pairs-min 1 --curriculum 10", "--curriculum 10: more than --steps 1"},
+        {"--mixer mha --pairs 8 --seq-len 18 --bos", "bos: 8 pairs with gap 0 need seq_len >= 19"},
+        {"--mixer mha --lr-min-frac 2", "--lr-min-frac"},
+    };
+    char dir[256], args[1024], out[4096];
+    test_tmpdir(dir, sizeof dir);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "%s --steps 1 --out %s/m.safetensors", cases[i].args, dir);
+        int rc = test_run(out, sizeof out, "train", args);
+        cr_expect_eq(rc, 2, "'%s' exited %d: %s", cases[i].args, rc, out);
+        cr_expect(strstr(out, cases[i].needle) != NULL, "'%s': expected '%s' in: %s", cases[i].args, cases[i].needle, out);
+        cr_expect_eq(test_count_lines(out), 1, "'%s': one line, got: %s", cases[i].args, out);
+    }
+    cr_expect_eq(test_count_files(dir), 0, "nothing written");
+
+    snprintf(args, sizeof args, "--mixer mamba2 --layers 1 --d-model 16 --heads 2 --a-init 2,3 --dt-init 0.05,0.2 "
+             "--steps 0 --quiet --out %s/m.safetensors", dir);
+    cr_assert_eq(test_run(out, sizeof out, "train", args), 0, "%s", out);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    Model *m = model_load(path, mixer_by_name, NULL, err, sizeof err);
+    cr_assert(m, "%s", err);
+    cr_expect(m->g.linear_a_init_min == 2.0 && m->g.linear_a_init_max == 3.0 && m->g.linear_dt_init_min == 0.05 &&
+              m->g.linear_dt_init_max == 0.2, "the ranges are in the geometry");
+    model_free(m);
+}
+
+// measure end to end: a BOS backcopy model before training attends almost uniformly, so its first-token
+// weight is near what uniform attention gives; every head of both layers is reported.
+Test(train_tools, measure_reports_heads) {
+    char dir[256], args[1024], out[16384];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(args, sizeof args, "--task backcopy --bos --d-model 16 --heads 2 --steps 0 --quiet --out %s/m.safetensors", dir);
+    cr_assert_eq(test_run(out, sizeof out, "train", args), 0, "%s", out);
+    snprintf(args, sizeof args, "%s/m.safetensors --samples 16", dir);
+    cr_assert_eq(test_run(out, sizeof out, "measure", args), 0, "%s", out);
+    cr_expect(strstr(out, "\"task\":\"backcopy\"") && strstr(out, "\"trigger_accuracy\":") &&
+              strstr(out, "\"layer\":1,\"head\":1") && strstr(out, "\"first_dormant\":"), "%s", out);
+    const char *u = strstr(out, "\"uniform_first\":"), *f = strstr(out, "\"first\":");
+    cr_assert(u && f, "%s", out);
+    double uf = atof(u + 16), ff = atof(f + 8);
+    cr_expect(fabs(ff - uf) < 0.2 * uf, "untrained head: first %g vs uniform %g", ff, uf);
+    cr_expect_eq(test_run(out, sizeof out, "measure", "/nonexistent.safetensors"), 2, "%s", out);
+}
+
+// Topics: the topic token first, a stream whose successors follow that topic's own chain (two topics'
+// chains differ), then a copy of the stream's end; scored inside the stream and inside the copy; the
+// layout helper finds the parts, with and without BOS.
+Test(train_tasks, topics_stream_then_copy) {
+    Task t;
+    task_topics(&t, 32, 16, 4);
+    cr_assert_eq(t.vocab_size, 20);
+    cr_expect_str_eq(task_token_str(&t, 0), "T1");
+    cr_expect_str_eq(task_token_str(&t, 4), "a");
+    Rng r;
+    rng_seed(&r, 21);
+    int tok[33], tgt[33], succ[2][16] = {{0}}, n[2] = {0, 0};
+    for (int smp = 0; smp < 2000; smp++) {
+        task_sample(&t, &r, SPLIT_TRAIN, tok, tgt);
+        cr_assert(tok[0] >= 0 && tok[0] < 4, "topic first");
+        int topic, copy;
+        task_topics_layout(&t, tok, &topic, &copy);
+        cr_assert_eq(topic, 0);
+        int s = 32 - copy;
+        cr_assert(s >= 8 && s <= 15, "copy of %d tokens", s);
+        for (int i = 1; i < 32; i++) cr_assert(tok[i] >= 4, "symbols after the topic");
+        for (int i = copy; i < 32; i++) cr_assert_eq(tok[i], tok[i - s], "position %d is a copy", i);
+        cr_expect_eq(tgt[0], -1);
+        cr_expect_eq(tgt[copy - 1], -1, "the copy's first token is not predictable");
+        cr_expect_eq(tgt[31], -1);
+        for (int i = 1; i < 31; i++)
+            if (i != copy - 1) cr_assert_eq(tgt[i], tok[i + 1], "scored next token at %d", i);
+        if (tok[0] < 2)   // successors of "a" inside the stream, by topic
+            for (int i = 1; i + 1 < copy; i++)
+                if (tok[i] == 4) { succ[tok[0]][tok[i + 1] - 4]++; n[tok[0]]++; }
+    }
+    cr_assert(n[0] > 300 && n[1] > 300);
+    double tv = 0.0;   // total variation distance between the two topics' rows for "a"
+    for (int b = 0; b < 16; b++) tv += 0.5 * fabs((double)succ[0][b] / n[0] - (double)succ[1][b] / n[1]);
+    cr_expect(tv > 0.3, "topics 1 and 2 follow different chains (distance %.2f)", tv);
+    char *js = task_config_json(&t), err[256];
+    Task u;
+    cr_assert_eq(task_from_json(&u, js, err, sizeof err), 0, "%s", err);
+    cr_expect(u.kind == TASK_TOPICS && u.n_topics == 4 && u.vocab_size == 20);
+    free(js);
+    task_set_bos(&t);   // with BOS everything moves one position right
+    task_sample(&t, &r, SPLIT_HELDOUT, tok, tgt);
+    int topic, copy;
+    task_topics_layout(&t, tok, &topic, &copy);
+    cr_expect(topic == 1 && tok[1] < 4 && copy > 1 && copy < 32 && tok[copy] == tok[copy - (32 - copy)]);
 }

@@ -35,6 +35,17 @@ static void split_plot_path(const char *arg, char *stem, size_t cap, int *png, i
     stem[n - 4] = '\0';
 }
 
+// "LO,HI" with 0 < LO <= HI, or a user error naming the flag.
+static void parse_range(const char *flag, const char *arg, double *lo, double *hi) {
+    char *end;
+    *lo = strtod(arg, &end);
+    if (end == arg || *end != ',') die_user("%s: expected LO,HI (two positive numbers), got '%s'", flag, arg);
+    const char *second = end + 1;
+    *hi = strtod(second, &end);
+    if (end == second || *end != '\0' || !(*lo > 0.0) || !(*hi >= *lo) || !isfinite(*hi))
+        die_user("%s: expected LO,HI with 0 < LO <= HI, got '%s'", flag, arg);
+}
+
 // What a --mixer list asks for, checked once: which mixer each layer gets and what that implies.
 typedef enum { KV_NONE, KV_ALL, KV_ONE, KV_CHOICE, KV_V4 } KvRule;   // how --kv-heads is decided
 typedef struct {
@@ -121,6 +132,9 @@ int main(int argc, char **argv) {
     double lr = 3e-3, wd = 0.1, copy_frac = 0.5, rotary_fraction = 0.0;
     const char *mixer_list = "mha", *corpus = NULL, *out = NULL, *loss_plot = NULL, *pattern = "global";
     const char *gate = NULL, *qk_norm = NULL;
+    int bos = 0, curriculum = 0, n_keys = 16, n_values = 16;
+    double lr_min_frac = 0.1, slope_scale = 0.0;
+    const char *a_init = NULL, *dt_init = NULL;
     int window = 0, topk = 4, index_heads = 4, index_dim = 16, dense_steps = -1;
     int csa_ratio = 4, hca_ratio = 16, head_dim = 0, sinks = 0, kv_shared = 0;
     int linear_heads = 0, linear_key_heads = 0, linear_key_dim = 0, linear_value_dim = 0, conv = -1;
@@ -131,7 +145,7 @@ int main(int argc, char **argv) {
          "mamba2. DeepSeek V4 (one shared K = V head, a raw window, learned sinks): csa (compressed entries + a top-k "
          "indexer), hca (heavily compressed, all entries), v4swa (the window only); they mix, e.g. v4swa,csa,hca. "
          "Example: gdn,gdn,gdn,gated with --layers 4 is Qwen3-Next's 3:1 hybrid", 0, 0},
-        {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus", "what to learn (default recall)", 0, 0},
+        {"--task", OPT_CHOICE, &task_kind, "recall|induction|corpus|backcopy|topics", "what to learn (default recall); backcopy: a bigram stream where a trigger's successor repeats the token before it; topics: a topic token, a stream from that topic's bigram chain, then a copy of its end", 0, 0},
         {"--corpus", OPT_STRING, &corpus, "FILE", "train on this text file, char level (with --task corpus)", 0, 0},
         {"--layers", OPT_INT, &layers, "N", "number of blocks (default 2)", 1, 64},
         {"--d-model", OPT_INT, &d_model, "N", "model width (default 64)", 2, 4096},
@@ -147,6 +161,9 @@ int main(int argc, char **argv) {
         {"--linear-key-heads", OPT_INT, &linear_key_heads, "N", "linear layers: query/key heads (default linear heads)", 1, 256},
         {"--linear-key-dim", OPT_INT, &linear_key_dim, "N", "linear layers: key head dim, the state's rows (default d_model/heads)", 1, 4096},
         {"--linear-value-dim", OPT_INT, &linear_value_dim, "N", "linear layers: value head dim, the state's columns (default d_model/heads)", 1, 4096},
+        {"--a-init", OPT_STRING, &a_init, "LO,HI", "gdn, kda, mamba2: A = exp(A_log) starts uniform in [LO, HI] (default 1,16)", 0, 0},
+        {"--dt-init", OPT_STRING, &dt_init, "LO,HI", "gdn, kda, mamba2: dt starts log-uniform in [LO, HI]; the decay per token is exp(-A dt) (default 0.001,0.1)", 0, 0},
+        {"--slope-scale", OPT_DOUBLE, &slope_scale, "X", "lightning: MiniMax's fixed decay slopes times X (default 1)", 1e-6, 1e6},
         {"--conv", OPT_INT, &conv, "K", "linear layers: short causal conv width, 0 for none (default 4; lightning has none)", 0, 64},
         {"--d-ff", OPT_INT, &d_ff, "N", "SwiGLU hidden width (default 2 * d_model)", 1, 65536},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps; 0 writes the untrained model (default 1000)", 0, 10000000},
@@ -154,10 +171,15 @@ int main(int argc, char **argv) {
         {"--seq-len", OPT_INT, &seq_len, "N", "tokens per sequence (default 32; corpus 64)", 6, 4096},
         {"--lr", OPT_DOUBLE, &lr, "X", "peak learning rate (default 3e-3)", 1e-7, 1.0},
         {"--warmup", OPT_INT, &warmup, "N", "linear warmup steps (default 5% of steps)", 0, 10000000},
+        {"--lr-min-frac", OPT_DOUBLE, &lr_min_frac, "X", "the cosine ends at lr * X (default 0.1)", 0.0, 1.0},
         {"--weight-decay", OPT_DOUBLE, &wd, "X", "AdamW weight decay on matrices (default 0.1)", 0.0, 10.0},
         {"--pairs", OPT_INT, &pairs, "N", "recall: key-value pairs per sequence (default 8)", 1, 26},
+        {"--keys", OPT_INT, &n_keys, "N", "recall: distinct keys A.. (default 16)", 1, 26},
+        {"--values", OPT_INT, &n_values, "N", "recall: distinct values 0..9 a.. (default 16)", 2, 36},
         {"--pairs-min", OPT_INT, &pairs_min, "N", "recall: vary the pair count per sample in [N, --pairs] (default: always --pairs)", 1, 26},
+        {"--curriculum", OPT_INT, &curriculum, "N", "recall with --pairs-min: the largest pair count grows from --pairs-min to --pairs over the first N steps (default 0: off)", 0, 10000000},
         {"--gap", OPT_INT, &gap, "N", "recall: filler tokens between the pairs and the queries (default 0)", 0, 4096},
+        {"--bos", OPT_FLAG, &bos, NULL, "start every sample with a beginning-of-sequence token <s> (where attention sinks form)", 0, 0},
         {"--copy-frac", OPT_DOUBLE, &copy_frac, "X", "recall: fraction of training samples that are copies (default 0.5)", 0.0, 0.99},
         {"--topk", OPT_INT, &topk, "K", "dsa: keys each query attends to (index_topk, default 4)", 1, 1 << 20},
         {"--index-heads", OPT_INT, &index_heads, "N", "dsa: lightning indexer heads (default 4)", 1, 256},
@@ -185,7 +207,7 @@ int main(int argc, char **argv) {
     };
     CliArgs a;
     cli_parse(&spec, &a, argc, argv);
-    static const char *task_names[] = {"recall", "induction", "corpus"};
+    static const char *task_names[] = {"recall", "induction", "corpus", "backcopy", "topics"};
 
     // ---- the mixer of each layer ------------------------------------------------------------------
     MixerPlan plan;
@@ -195,6 +217,8 @@ int main(int argc, char **argv) {
     if (!out) die_user("missing --out FILE (the .safetensors weights to write)");
     if (corpus && task_kind != TASK_CORPUS) die_user("--corpus: only with --task corpus");
     if (pairs_min && task_kind != TASK_RECALL) die_user("--pairs-min: only with --task recall");
+    if (curriculum && !pairs_min) die_user("--curriculum: only with --pairs-min (a range of pair counts)");
+    if (curriculum > steps) die_user("--curriculum %d: more than --steps %d", curriculum, steps);
     if (d_model % heads) die_user("--d-model %d is not divisible by --heads %d", d_model, heads);
     if ((d_model / heads) % 2) die_user("head_dim = d_model / heads = %d must be even (RoPE rotates pairs)", d_model / heads);
     if (plan.kv_rule == KV_ALL) {
@@ -217,6 +241,12 @@ int main(int argc, char **argv) {
         die_user("%s: only with a gated layer (--mixer gated)", gate ? "--gate" : qk_norm ? "--qk-norm" : "--rotary-fraction");
     if (!plan.linear_kind && (linear_heads || linear_key_heads || linear_key_dim || linear_value_dim || conv >= 0))
         die_user("--linear-*/--conv: only with a linear layer (--mixer gdn|kda|lightning|mamba2)");
+    if ((a_init || dt_init) && (!plan.linear_kind || plan.linear_kind == LINEAR_LIGHTNING))
+        die_user("%s: only with gdn, kda or mamba2 layers (their decays are learned)", a_init ? "--a-init" : "--dt-init");
+    if (slope_scale > 0.0 && plan.linear_kind != LINEAR_LIGHTNING) die_user("--slope-scale: only with lightning layers");
+    double a_range[2] = {0, 0}, dt_range[2] = {0, 0};
+    if (a_init) parse_range("--a-init", a_init, &a_range[0], &a_range[1]);
+    if (dt_init) parse_range("--dt-init", dt_init, &dt_range[0], &dt_range[1]);
     if (!seq_len) seq_len = task_kind == TASK_CORPUS ? 64 : 32;
     int local_per_global;
     if (swa_parse_pattern(pattern, &local_per_global) != 0)
@@ -241,10 +271,14 @@ int main(int argc, char **argv) {
     }
 
     Task task;
-    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, 16, 16, gap, copy_frac);
+    if ((n_keys != 16 || n_values != 16) && task_kind != TASK_RECALL) die_user("--keys/--values: only with --task recall");
+    if (task_kind == TASK_RECALL) task_recall(&task, seq_len, pairs, n_keys, n_values, gap, copy_frac);
     else if (task_kind == TASK_INDUCTION) task_induction(&task, seq_len, 26);
+    else if (task_kind == TASK_BACKCOPY) task_backcopy(&task, seq_len, 16, 3);
+    else if (task_kind == TASK_TOPICS) task_topics(&task, seq_len, 16, 4);
     else task_corpus(&task, seq_len, corpus);
     if (pairs_min) task_recall_vary_pairs(&task, pairs_min);
+    if (bos) task_set_bos(&task);
 
     ModelGeometry g;
     char name[96];
@@ -296,6 +330,11 @@ int main(int argc, char **argv) {
                 die_user("--linear-key-heads %d: KDA has one key head per value head (%d)", g.linear_num_key_heads, g.linear_num_value_heads);
         }
         g.state_dtype_bytes = 4;
+        g.linear_a_init_min = a_range[0];
+        g.linear_a_init_max = a_range[1];
+        g.linear_dt_init_min = dt_range[0];
+        g.linear_dt_init_max = dt_range[1];
+        g.linear_slope_scale = slope_scale;
         if (g.linear_num_value_heads % g.linear_num_key_heads)
             die_user("--linear-heads %d is not divisible by --linear-key-heads %d", g.linear_num_value_heads, g.linear_num_key_heads);
         for (int l = 0; l < layers; l++)
@@ -339,6 +378,8 @@ int main(int argc, char **argv) {
     tc.lr = lr;
     tc.weight_decay = wd;
     if (warmup >= 0) tc.warmup = warmup;
+    tc.min_lr_frac = lr_min_frac;
+    tc.curriculum = curriculum;
     tc.progress = !quiet;
     if (!quiet && local_per_global != 0) {
         char pat[GEOM_MAX_LAYERS + 1];

@@ -576,11 +576,11 @@ int param_table(ParamTensor *out, int cap, const ParamSpec *spec, int n) {
     return n;
 }
 
-void param_table_init(float *params, const ParamSpec *spec, int n, int n_layers, Rng *rng) {
+void param_table_init(float *params, const ParamSpec *spec, int n, const ModelGeometry *g, Rng *rng) {
     enum { CAP = 16 };
     ParamTensor t[CAP];
     param_table(t, CAP, spec, n);
-    int L = n_layers > 0 ? n_layers : 1;
+    int L = g->n_layers > 0 ? g->n_layers : 1;
     for (int i = 0; i < n; i++) {
         const ParamSpec *s = &spec[i];
         long size = 1;
@@ -600,7 +600,7 @@ void param_table_init(float *params, const ParamSpec *spec, int n, int n_layers,
         case INIT_DECAY:
             CHECK(i + 1 < n && spec[i + 1].init == INIT_WITH_PREV, "param_table_init: %s needs dt_bias after it",
                   s->name);
-            delta_init_decay(p, params + t[i + 1].offset, (int)size, (int)(spec[i + 1].shape[0]), rng);
+            delta_init_decay(p, params + t[i + 1].offset, (int)size, (int)(spec[i + 1].shape[0]), g, rng);
             break;
         case INIT_WITH_PREV: break;   // filled with the tensor before it
         }
@@ -1019,13 +1019,24 @@ static int gdn_param_tensors(const ModelGeometry *g, int layer, ParamTensor *out
     return param_table(out, cap, s, N_SLOTS);
 }
 
+void decay_init_ranges(const ModelGeometry *g, double a[2], double dt[2]) {
+    a[0] = g->linear_a_init_min > 0.0 ? g->linear_a_init_min : 1.0;
+    a[1] = g->linear_a_init_max > 0.0 ? g->linear_a_init_max : 16.0;
+    dt[0] = g->linear_dt_init_min > 0.0 ? g->linear_dt_init_min : 1e-3;
+    dt[1] = g->linear_dt_init_max > 0.0 ? g->linear_dt_init_max : 1e-1;
+}
+
 // A_log = log(U[1,16]); dt_bias = softplus^-1(dt), dt log-uniform in [1e-3, 1e-1]: the decay of a head
 // starts between exp(-16 * 0.1) and exp(-1e-3) per token, a spread of memory lengths.
-void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, Rng *rng) {
-    for (int h = 0; h < n_heads; h++) A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
+void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, const ModelGeometry *g, Rng *rng) {
+    double a[2], dt[2];
+    decay_init_ranges(g, a, dt);
+    float alo = (float)a[0], aspan = (float)(a[1] - a[0]);
+    float lo = logf((float)dt[0]), span = logf((float)dt[1]) - lo;
+    for (int h = 0; h < n_heads; h++) A_log[h] = logf(alo + aspan * rng_uniform(rng));
     for (int i = 0; i < n_dt; i++) {
-        float dt = expf(logf(1e-3f) + (logf(1e-1f) - logf(1e-3f)) * rng_uniform(rng));
-        dt_bias[i] = dt + logf(-expm1f(-dt));   // softplus(dt_bias) = dt
+        float d = expf(lo + span * rng_uniform(rng));
+        dt_bias[i] = d + logf(-expm1f(-d));   // softplus(dt_bias) = dt
     }
 }
 
@@ -1033,7 +1044,7 @@ static void gdn_init(const Mixer *m, float *params, Rng *rng) {
     DeltaLayer z = dims_of(m->g);
     ParamSpec s[N_SLOTS];
     specs(s, &z);
-    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
+    param_table_init(params, s, N_SLOTS, m->g, rng);
 }
 
 // ---- activations ------------------------------------------------------------------------------------

@@ -101,8 +101,9 @@ typedef struct {
 } ParamSpec;
 // out[0..n) = the tensors of spec, back to back from offset 0 in that order (CHECKs n <= cap); returns n.
 int param_table(ParamTensor *out, int cap, const ParamSpec *spec, int n);
-// Fills params tensor by tensor in table order (the rng stream follows the table).
-void param_table_init(float *params, const ParamSpec *spec, int n, int n_layers, Rng *rng);
+// Fills params tensor by tensor in table order (the rng stream follows the table); g gives the number of
+// layers (INIT_OUT) and the decay init ranges (INIT_DECAY).
+void param_table_init(float *params, const ParamSpec *spec, int n, const ModelGeometry *g, Rng *rng);
 
 // ---- the layer's pieces (delta_layer_* below put them together) ------------------------------------
 // q, k of every key head from the conv output conv (N, conv_ch) = [q | k | ...]:
@@ -121,9 +122,12 @@ void delta_gated_norm_backward(float *d_o, float *dgate, float *dw, const float 
                                const float *rstd, const float *gate, int gate_stride, const float *w, int N,
                                int H, int dv, int sigmoid_gate);
 
-// Decay init: A_log[0..n_heads) = log(U[1,16]); dt_bias[0..n_dt) = softplus^-1(dt), dt log-uniform in
-// [1e-3, 1e-1].
-void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, Rng *rng);
+// Decay init: A_log[0..n_heads) = log(U[a_lo, a_hi]); dt_bias[0..n_dt) = softplus^-1(dt), dt log-uniform
+// in [dt_lo, dt_hi]. The published ranges (Mamba-2, Gated DeltaNet, Kimi Linear) are A in [1, 16] and
+// dt in [1e-3, 1e-1]; g's linear_*_init fields override them (decay_init_ranges).
+void delta_init_decay(float *A_log, float *dt_bias, int n_heads, int n_dt, const ModelGeometry *g, Rng *rng);
+// The ranges g asks for: a[2] (A) and dt[2] (dt), the published defaults where g leaves them 0.
+void decay_init_ranges(const ModelGeometry *g, double a[2], double dt[2]);
 
 // Batch 0's core inputs, copied to the front of a GDN or KDA activation slice, so the chapter helpers
 // find them knowing only T (the rest of act depends on B). z->T is used, z->B ignored.

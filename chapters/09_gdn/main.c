@@ -19,11 +19,11 @@
 #include "cli.h"
 #include "heatmap.h"
 #include "kvcache.h"
+#include "metrics.h"
 #include "model.h"
 #include "plot.h"
 
 #define HYBRID_MODEL "ch09_hybrid.safetensors"
-#define ATTN_MODEL "ch09_attention.safetensors"
 #define GDN_MODEL "ch09_gdn.safetensors"
 
 // First layer of kind `kind` (LAYER_LINEAR or LAYER_GLOBAL) of the model, or -1.
@@ -36,24 +36,41 @@ static int first_layer(const Model *m, int kind) {
 // ---- Figure 1: the state S of one DeltaNet head being written -------------------------------------------
 
 #define SNAPS 6
-#define CAPACITY_SAMPLES 64   // held-out sequences per pair count (each has 48 - 2n - 1 scored queries)
 
-// Last linear layer of the model (where a recall model reads its answers), or -1.
-static int last_linear_layer(const Model *m) {
-    for (int l = m->g.n_layers - 1; l >= 0; l--)
-        if (m->g.layer_kind[l] == LAYER_LINEAR) return l;
-    return -1;
+// The linear layer whose head 0 reaches furthest back on the model's example (where a recall model reads
+// the pairs for its queries; the other layers mostly mix neighbours), or -1. Runs the forward.
+static int furthest_linear_layer(Trained *t) {
+    Model *m = t->model;
+    int T = t->n_tokens, best = -1;
+    double reach = -1.0;
+    model_forward(m, t->tokens, NULL, 1, T);
+    for (int l = 0; l < m->g.n_layers; l++) {
+        if (m->g.layer_kind[l] != LAYER_LINEAR) continue;
+        float *A = mallocCheck(sizeof(float) * (size_t)model_n_mix_heads(m, l) * T * T);
+        model_mixing_matrix(m, l, A);
+        double d = chapter_mixing_reach(A, T);
+        if (d > reach) {
+            reach = d;
+            best = l;
+        }
+        free(A);
+    }
+    return best;
 }
 
 static void figure_state(const CliArgs *a, Trained *t) {
     const Model *m = t->model;
-    int layer = last_linear_layer(m), T = t->n_tokens;
+    int layer = furthest_linear_layer(t), T = t->n_tokens;
     const ModelGeometry *g = &m->g;
     int dk = g->linear_key_head_dim, dv = g->linear_value_head_dim, head = 0;
-    // after 1, 2, 4, 8 and 16 pairs (the pairs come first: token 2p-1 ends pair p), and at the end
-    int steps[SNAPS] = {1, 3, 7, 15, 31, T - 1};
-    for (int s = 0; s < SNAPS; s++)
-        if (steps[s] >= T) steps[s] = T - 1;
+    // after 1, 2 and 4 pairs, three quarters of them and all of them (the pairs come first: token 2p-1 ends
+    // pair p), and at the end
+    int n = t->task.n_pairs, counts[SNAPS - 1] = {1, 2, 4, (3 * n + 3) / 4, n}, steps[SNAPS];
+    for (int s = 0; s < SNAPS - 1; s++) {
+        int c = counts[s] < n ? counts[s] : n;
+        steps[s] = 2 * c - 1 < T - 1 ? 2 * c - 1 : T - 1;
+    }
+    steps[SNAPS - 1] = T - 1;
     float *S = mallocCheck(sizeof(float) * SNAPS * (size_t)dk * dv);
     model_forward(t->model, t->tokens, NULL, 1, T);
     const LayerActs *la = &m->la[layer];
@@ -73,10 +90,11 @@ static void figure_state(const CliArgs *a, Trained *t) {
                            .xlabel = "value channel", .ylabel = s % 3 == 0 ? "key channel" : NULL, .diverging = 1};
     }
     char sub[512], path[1024], cap[160], claim[400];
-    snprintf(sub, sizeof sub, "last layer (%d), head %d of the trained all-DeltaNet model on the recall example; %s",
+    snprintf(sub, sizeof sub, "layer %d (reaching furthest back), head %d of the trained all-DeltaNet model on the recall "
+             "example; %s",
              layer, head, trained_caption(t, cap, sizeof cap));
-    snprintf(claim, sizeof claim, "One Gated DeltaNet head remembers through a %d x %d state S; on a recall example every "
-             "pair is written into the same %d key directions, so later pairs overwrite earlier ones.", dk, dv, dk);
+    snprintf(claim, sizeof claim, "One Gated DeltaNet head remembers a recall example's pairs in a %d x %d state S that "
+             "every token rewrites; S keeps its size however long the sequence grows.", dk, dv);
     char note[400];
     snprintf(note, sizeof note, "each token: S <- alpha S, then S <- S + beta k (v - S^T k)^T (the delta rule replaces what "
              "S returned for k by v); reading: o = S^T q. S is %d x %d whatever the context length.", dk, dv);
@@ -152,53 +170,78 @@ static void figure_mixing(const CliArgs *a, Trained *t) {
 
 // ---- Figure 3: capacity: recall accuracy vs number of pairs -----------------------------------------------
 
-// What the figures need of the three models, checked before the first figure: recall models, an
+// What the figures need of the two models, checked before the first figure: recall models, an
 // all-DeltaNet model, a hybrid with a DeltaNet and an attention layer, and the hybrid's pair counts
-// inside every model's task.
-static void check_models(const Trained *hybrid, const Trained *att, const Trained *gdn) {
+// inside the DeltaNet model's task.
+static void check_models(const Trained *hybrid, const Trained *gdn) {
     trained_require(gdn, "gdn", TASK_RECALL, "the state figure");
-    trained_require(att, "gqa|gated|mla|dsa", TASK_RECALL, "the capacity figure");
     trained_require(hybrid, "gdn|gated|gqa", TASK_RECALL, "the mixing-matrix figure");
     if (first_layer(hybrid->model, LAYER_LINEAR) < 0 || first_layer(hybrid->model, LAYER_GLOBAL) < 0)
         die_user("%s: the hybrid needs a DeltaNet and an attention layer", hybrid->path);
-    const Trained *ts[3] = {hybrid, att, gdn};
+    const Trained *ts[2] = {hybrid, gdn};
     int n = hybrid->task.n_pairs;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 2; k++)
         if (n > ts[k]->task.n_keys || 2 * n + 2 > ts[k]->task.seq_len)
             die_user("%s: %d pairs (the hybrid's count) do not fit its recall task (%d keys, %d tokens)", ts[k]->path, n,
                      ts[k]->task.n_keys, ts[k]->task.seq_len);
 }
 
-static void figure_capacity(const CliArgs *a, Trained *hybrid, Trained *att, Trained *gdn) {
-    int lo = 1, hi = hybrid->task.n_pairs;
-    double acc[3][32];
-    Trained *ts[3] = {att, hybrid, gdn};
-    for (int k = 0; k < 3; k++) chapter_recall_capacity(ts[k], lo, hi, CAPACITY_SAMPLES, acc[k]);
-    char lab[3][160];
-    const ModelGeometry *g = &gdn->model->g;
-    snprintf(lab[0], sizeof lab[0], "all gated attention (%d layers): KV cache grows with every token", att->model->g.n_layers);
-    snprintf(lab[1], sizeof lab[1], "hybrid 3 DeltaNet : 1 attention (Qwen3-Next's pattern)");
-    snprintf(lab[2], sizeof lab[2], "all Gated DeltaNet (%d layers): a state of %d head%s x %d x %d per layer", g->n_layers,
-             g->linear_num_value_heads, g->linear_num_value_heads == 1 ? "" : "s", g->linear_key_head_dim,
-             g->linear_value_head_dim);
-    CapacityCurve c[3] = {
-        {.label = lab[0], .acc = acc[0], .color = COLOR_GATED},
-        {.label = lab[1], .acc = acc[1], .color = COLOR_GDN, .dashed = 1},
-        {.label = lab[2], .acc = acc[2], .color = COLOR_GDN},
-    };
-    char sub[300], claim[400];
-    snprintf(sub, sizeof sub, "tiny models (d_model %d) trained alike on %d to %d pairs per %d-token sequence, measured at "
-             "each count on %d sequences", g->d_model, hybrid->task.n_pairs_min > 0 ? hybrid->task.n_pairs_min : hi, hi,
-             hybrid->task.seq_len, CAPACITY_SAMPLES);
-    snprintf(claim, sizeof claim, "On recall with 1 to %d pairs, all attention stays at %.0f%% and so does the 3:1 hybrid "
-             "(%.0f%% at %d pairs), while all Gated DeltaNet, with one %d x %d state per layer, falls from %.0f%% to %.0f%%.",
-             hi, 100.0 * acc[0][hi - lo], 100.0 * acc[1][hi - lo], hi, g->linear_key_head_dim, g->linear_value_head_dim,
-             100.0 * acc[2][0], 100.0 * acc[2][hi - lo]);
+// The capacity experiment of this chapter (tools/experiments.txt, `make experiments`): every setting over
+// its seeds. All GDN models have one head of key dim 2, 4 or 16 (value dim 16) per layer; the hybrid keeps
+// the smallest state in its three DeltaNet layers.
+enum { R_ATTN, R_HYBRID, R_GDN16, R_GDN4, R_GDN2, N_RUNS };
+typedef struct {
+    const char *group, *setting;
+} RunSpec;
+static const RunSpec RUNS[N_RUNS] = {
+    {"capacity_attention", "gated"}, {"capacity_hybrids", "qwen3next"},
+    {"capacity_gdn", "k16"}, {"capacity_gdn", "k4"}, {"capacity_gdn", "k2"},
+};
+
+// Every setting of the capacity figure from DIR, checked against the chapter's task (the shipped models
+// are seed 1 of these runs): exits with one line naming the file before any figure is written.
+static void load_runs(SeedRuns *r, const char *dir, const Trained *hybrid) {
+    for (int k = 0; k < N_RUNS; k++) {
+        metrics_load(&r[k], dir, RUNS[k].group, RUNS[k].setting);
+        if (r[k].n_pairs != hybrid->task.n_pairs)
+            die_user("%s/%s.jsonl: setting '%s' was measured at 1..%d pairs, the chapter's models at 1..%d", dir,
+                     RUNS[k].group, RUNS[k].setting, r[k].n_pairs, hybrid->task.n_pairs);
+    }
+}
+
+// "2/3": how many seeds of r learned the lookup: at least 75% recall at 2 pairs, where answering one of
+// the values seen gives 50%.
+static const char *solved_words(char *buf, size_t cap, const SeedRuns *r) {
+    snprintf(buf, cap, "%d/%d", metrics_solved(r, 2, 0.75), r->n_seeds);
+    return buf;
+}
+
+static void figure_capacity(const CliArgs *a, const SeedRuns *r, const Trained *hybrid) {
+    int hi = hybrid->task.n_pairs;
+    char lab[N_RUNS][96];
+    snprintf(lab[R_ATTN], sizeof lab[R_ATTN], "all attention");
+    snprintf(lab[R_HYBRID], sizeof lab[R_HYBRID], "3:1 hybrid (2 x 16)");
+    const int dk[N_RUNS] = {[R_GDN16] = 16, [R_GDN4] = 4, [R_GDN2] = 2};
+    for (int k = R_GDN16; k <= R_GDN2; k++) snprintf(lab[k], sizeof lab[k], "all DeltaNet, %d x 16", dk[k]);
+    CapacityCurve c[N_RUNS];
+    for (int k = 0; k < N_RUNS; k++)
+        c[k] = (CapacityCurve){.label = lab[k], .acc = r[k].mean, .acc_lo = r[k].lo, .acc_hi = r[k].hi,
+                               .color = k == R_ATTN ? COLOR_GATED : COLOR_GDN, .dashed = k == R_HYBRID || k == R_GDN2};
+    char sub[300], claim[500], note[400], w[5][32];
+    snprintf(sub, sizeof sub, "tiny models trained on 1 to %d pairs, %d seeds each: mean and min..max band; "
+             "k x v: the state of each DeltaNet layer", hi, r[R_GDN16].n_seeds);
+    snprintf(claim, sizeof claim, "At %d pairs all attention recalls %.0f%% and the 3:1 hybrid %.0f%%, while all Gated "
+             "DeltaNet recalls %.0f%% with a 16 x 16 state per layer, %.0f%% with 4 x 16 and %.0f%% with 2 x 16 (1/n: %.0f%%).",
+             hi, 100.0 * r[R_ATTN].mean[hi - 1], 100.0 * r[R_HYBRID].mean[hi - 1], 100.0 * r[R_GDN16].mean[hi - 1],
+             100.0 * r[R_GDN4].mean[hi - 1], 100.0 * r[R_GDN2].mean[hi - 1], 100.0 / hi);
+    snprintf(note, sizeof note, "seeds that learned the lookup (75%%+ at 2 pairs, the 1/n shortcut gives 50%%): "
+             "attention %s, hybrid %s, DeltaNet 16 x 16 %s, 4 x 16 %s, 2 x 16 %s", solved_words(w[0], sizeof w[0], &r[R_ATTN]),
+             solved_words(w[1], sizeof w[1], &r[R_HYBRID]), solved_words(w[2], sizeof w[2], &r[R_GDN16]),
+             solved_words(w[3], sizeof w[3], &r[R_GDN4]), solved_words(w[4], sizeof w[4], &r[R_GDN2]));
     CapacityPlot p = {
-        .name = "03_recall_capacity", .title = "State capacity: a fixed-size memory runs out, a KV cache does not",
-        .subtitle = sub, .claim = claim, .n_lo = lo, .n_hi = hi, .curves = c, .n = 3,
-        .chance = chapter_chance(&hybrid->task), .legend_pos = PLOT_LEGEND_BELOW,
-        .note = "one seed, one task: the gaps are what the mechanisms allow at this size, not a benchmark",
+        .name = "03_recall_capacity", .title = "State capacity: a small DeltaNet state runs out, a KV cache does not",
+        .subtitle = sub, .claim = claim, .note = note, .n_lo = 1, .n_hi = hi, .curves = c, .n = N_RUNS,
+        .chance = chapter_chance(&hybrid->task), .one_over_n = 1, .legend_pos = PLOT_LEGEND_DIRECT,
     };
     chapter_capacity_plot(a, &p);
 }
@@ -244,12 +287,14 @@ static void figure_memory(const CliArgs *a, const char *configs) {
 }
 
 int main(int argc, char **argv) {
-    const char *configs = "data/configs", *wdir = "data/weights";
+    const char *configs = "data/configs", *wdir = "data/weights", *edir = "data/experiments";
     CliOpt opts[] = {
         {.name = "--configs", .type = OPT_STRING, .dst = &configs, .meta = "DIR",
          .help = "folder of Hugging Face config.json files (default data/configs)"},
         {.name = "--weights-dir", .type = OPT_STRING, .dst = &wdir, .meta = "DIR",
-         .help = "folder of the all-attention and all-DeltaNet models " ATTN_MODEL " and " GDN_MODEL " (default data/weights)"},
+         .help = "folder of the all-DeltaNet model " GDN_MODEL " (default data/weights)"},
+        {.name = "--experiments", .type = OPT_STRING, .dst = &edir, .meta = "DIR",
+         .help = "folder of the capacity experiment's metrics capacity_*.jsonl (default data/experiments)"},
     };
     CliSpec spec = {
         .prog = "ch09",
@@ -265,20 +310,21 @@ int main(int argc, char **argv) {
 
     // every input first: a missing or bad one fails before anything is written
     chapter_check_configs(configs, "qwen3-next-80b-a3b.json", "qwen3.5-9b.json", NULL);
-    Trained hybrid, att, gdn;
+    Trained hybrid, gdn;
     char path[1024];
     trained_load(&hybrid, a.weights);
-    trained_load(&att, path_join(path, sizeof path, wdir, ATTN_MODEL));
     trained_load(&gdn, path_join(path, sizeof path, wdir, GDN_MODEL));
-    check_models(&hybrid, &att, &gdn);
+    check_models(&hybrid, &gdn);
+    SeedRuns *runs = mallocCheck(sizeof(SeedRuns) * N_RUNS);
+    load_runs(runs, edir, &hybrid);
     ensure_out_dir(a.out);
     char e1[1100], e2[200];
     printf("ch09: %s: %s\n", str_escape(e1, sizeof e1, a.weights), str_escape(e2, sizeof e2, hybrid.model->g.name));
     figure_state(&a, &gdn);
     figure_mixing(&a, &hybrid);
-    figure_capacity(&a, &hybrid, &att, &gdn);
+    figure_capacity(&a, runs, &hybrid);
+    free(runs);
     trained_free(&hybrid);
-    trained_free(&att);
     trained_free(&gdn);
     figure_memory(&a, configs);
     printf("ch09: wrote figures to %s/ (01_state_snapshots, 02_mixing_matrices, 03_recall_capacity, 04_kv_memory)\n", a.out);

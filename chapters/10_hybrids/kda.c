@@ -72,7 +72,7 @@ static void kda_init(const Mixer *m, float *params, Rng *rng) {
     DeltaLayer z = dims_of(m->g);
     ParamSpec s[N_SLOTS];
     specs(s, &z);
-    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
+    param_table_init(params, s, N_SLOTS, m->g, rng);
 }
 
 // ---- activations ------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ void lightning_geometry_set(ModelGeometry *g, int H, int dh) {
     g->linear_conv_kernel_dim = 0;
 }
 
-double lightning_slope(const ModelGeometry *g, int layer, int h) {
+// MiniMax's published slope s_h of head h in layer `layer`, before any training recipe's scale.
+static double published_slope(const ModelGeometry *g, int layer, int h) {
     // EXERCISE ex10.1 begin: s_h of head h (of H) in layer `layer` (of L): the decay per token is exp(-s_h)
     // EXERCISE ex10.1 stub: (void)g; (void)layer; (void)h; return 0.0;
     int H = g->linear_num_value_heads, L = g->n_layers;
@@ -46,6 +47,12 @@ double lightning_slope(const ModelGeometry *g, int layer, int h) {
     double factor = 1.0 - (double)layer / ((double)(L - 1) + 1e-5) + 1e-5;
     return pow(base, h + 1) * factor;
     // EXERCISE ex10.1 end
+}
+
+double lightning_slope(const ModelGeometry *g, int layer, int h) {
+    // a training recipe may scale every slope (linear_slope_scale; 0: the published slopes)
+    double scale = g->linear_slope_scale > 0.0 ? g->linear_slope_scale : 1.0;
+    return published_slope(g, layer, h) * scale;
 }
 
 void lightning_decay_profile(float *prof, const ModelGeometry *g, int layer, int n_dist) {
@@ -91,7 +98,7 @@ static void lightning_init(const Mixer *m, float *params, Rng *rng) {
     Dims z = dims_of(m->g);
     ParamSpec s[N_SLOTS];
     specs(s, &z);
-    param_table_init(params, s, N_SLOTS, m->g->n_layers, rng);
+    param_table_init(params, s, N_SLOTS, m->g, rng);
 }
 
 // ---- activations saved by forward -----------------------------------------------------------------

@@ -92,13 +92,15 @@ static void mamba2_init(const Mixer *m, float *params, Rng *rng) {
     // PyTorch's Conv1d default for a depthwise conv: U(-1/sqrt(K), 1/sqrt(K)) (fan-in K)
     float bound = 1.0f / sqrtf((float)z.K);
     for (long i = 0; i < (long)z.CD * z.K; i++) w.conv[i] = bound * (2.0f * rng_uniform(rng) - 1.0f);
+    double ar[2], dr[2];   // published: A in [1, 16], dt in [1e-3, 1e-1] (gdn.h decay_init_ranges)
+    decay_init_ranges(m->g, ar, dr);
     for (int h = 0; h < z.H; h++) {
-        // dt log-uniform in [1e-3, 1e-1] (floor 1e-4), stored through the inverse of softplus
-        double dt = exp(rng_uniform(rng) * (log(0.1) - log(0.001)) + log(0.001));
+        // dt log-uniform in [dt_min, dt_max] (floor 1e-4), stored through the inverse of softplus
+        double dt = exp(rng_uniform(rng) * (log(dr[1]) - log(dr[0])) + log(dr[0]));
         if (dt < 1e-4) dt = 1e-4;
         w.dt_bias[h] = (float)(dt + log(-expm1(-dt)));
         // A in [1, 16]: per-token log-decay Delta * A from about -1.6e-3 to -1.6
-        w.A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
+        w.A_log[h] = logf((float)ar[0] + (float)(ar[1] - ar[0]) * rng_uniform(rng));
         w.D[h] = 1.0f;
     }
     for (int i = 0; i < z.HP; i++) w.norm[i] = 1.0f;

@@ -49,10 +49,10 @@ def rmsnorm(x, eps):
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-def lightning(x, W, H, dh, layer, L):
+def lightning(x, W, H, dh, layer, L, slope_scale=1.0):
     B, T, _ = x.shape
-    s = torch.tensor([(2.0 ** (-8.0 / H)) ** (h + 1) * (1.0 - layer / (L - 1 + 1e-5) + 1e-5) for h in range(H)],
-                     dtype=torch.float64)
+    s = torch.tensor([(2.0 ** (-8.0 / H)) ** (h + 1) * (1.0 - layer / (L - 1 + 1e-5) + 1e-5) * slope_scale
+                      for h in range(H)], dtype=torch.float64)
     lam = torch.exp(-s)                                                   # (H,)
     qkv = torch.nn.functional.silu(x @ W["qkv_proj"].T).view(B, T, H, 3 * dh)
     q, k, v = qkv[..., :dh], qkv[..., dh:2 * dh], qkv[..., 2 * dh:]       # (B, T, H, dh)
