@@ -318,7 +318,7 @@ static Steps run_steps(int H, int G, int dh, int W, int T, int max_T, uint64_t s
     MixerCache *c = mha_cache_new_with_scratch(&m, max_T, 0);
     for (int t = 0; t < T; t++) {
         mha_cache_step(c, s.o + (size_t)t * H * dh, s.q + (size_t)t * H * dh, s.k + (size_t)t * G * dh,
-                       s.v + (size_t)t * G * dh, H, dh);
+                       s.v + (size_t)t * G * dh, H, dh, NULL);
         s.pos[t] = mha_cache_position(c);
         s.bytes[t] = gqa_mixer.cache_bytes(c);
     }
@@ -434,7 +434,7 @@ Test(ex04_1, training_forward_uses_the_same_groups) {
     float *q = test_randn(&r, (size_t)T * H * dh, 1.0f), *k = test_randn(&r, (size_t)T * G * dh, 1.0f);
     float *v = test_randn(&r, (size_t)T * G * dh, 1.0f), *o = callocCheck((size_t)T * H * dh, sizeof(float));
     float *P = callocCheck((size_t)H * T * T, sizeof(float));
-    mha_attention_forward(o, P, q, k, v, 1, T, H, G, dh, 0);
+    mha_attention_forward(o, P, q, k, v, 1, T, H, G, dh, 0, NULL, NULL);
     for (int t = 1; t < T; t++)
         for (int h = 0; h < H; h++) {
             double qd[4], cand[2 * 4];

@@ -181,7 +181,7 @@ Test(kvquant_cache, gqa_quantized_step_is_attention_over_the_decoded_rows) {
             for (int j = 0; j < H * DH; j++) qv[j] = 2.0f * rng_normal(&r);
             for (int j = 0; j < G * DH; j++) k[j] = rng_normal(&r) + (j % DH == 3 ? 8.0f : 0.0f);
             for (int j = 0; j < G * DH; j++) v[j] = rng_normal(&r);
-            mha_cache_step(c, o, qv, k, v, H, DH);
+            mha_cache_step(c, o, qv, k, v, H, DH, NULL);
             kvq_put(rk, t, k);
             kvq_put(rv, t, v);
             kvq_get(rk, K, G * DH, 0, t, 1);
