@@ -576,6 +576,8 @@ int main(int argc, char **argv) {
         free(a.pos);
         return 0;
     }
+    chapter_check_configs(configs, "deepseek-v4-flash.json", "deepseek-v4-pro.json", "deepseek-v3.2.json",
+                          "deepseek-v3.json", "gemma3n-e4b.json", "gemma4-e2b.json", NULL);
     ensure_out_dir(a.out);
     ToyData d;
     memset(&d, 0, sizeof d);
