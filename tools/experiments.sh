@@ -10,6 +10,8 @@
 #
 # Training is deterministic, so the same list gives the same bytes. Runs are tiny, so JOBS of them run
 # side by side on one thread each (two on 2 cores). ONLY=REGEX runs just the groups whose names match.
+# KEEP=DIR keeps every model as DIR/GROUP_SETTING_SEED.safetensors (to look at one, or to check that a
+# shipped model is the same bytes as its seed here).
 set -eu
 BIN=${BINDIR:-.}
 OUT=${OUT:-data/experiments}
@@ -47,7 +49,7 @@ if "$BIN/train" "$@" --seed "$seed" --quiet --out "$w.safetensors" > "$w.log" 2>
    "$BIN/measure" "$w.safetensors" --samples "$SAMPLES" --setting "$setting" \
        --command "train $* --seed $seed" > "$w.json" 2>> "$w.log"; then
     echo "$group" > "$w.group"
-    rm -f "$w.safetensors"
+    if [ -n "$KEEP" ]; then mv "$w.safetensors" "$KEEP/${group}_${setting}_$seed.safetensors"; else rm -f "$w.safetensors"; fi
     echo "  $group $setting seed $seed: $(grep -o 'accuracy [0-9.]*%' "$w.log" | tail -1) ($(( $(date +%s) - start )) s)"
 else
     echo "experiments: $group $setting seed $seed failed:" >&2
@@ -55,7 +57,9 @@ else
     touch "$WORK/FAILED"
 fi
 RUN
-export BIN SAMPLES WORK="$work"
+KEEP=${KEEP:-}
+[ -z "$KEEP" ] || mkdir -p "$KEEP"
+export BIN SAMPLES KEEP WORK="$work"
 # shellcheck disable=SC2016
 xargs -P "$JOBS" -L 1 sh "$work/run.sh" < "$work/jobs"
 [ -e "$work/FAILED" ] && exit 1
