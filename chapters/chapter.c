@@ -190,7 +190,7 @@ const char *chapter_head_role(const float *A, const int *tok, int T, char *buf, 
     int best = 0;
     for (int k = 1; k < 3; k++)
         if (mean[kinds[k]] > mean[kinds[best]]) best = k;
-    if (mean[kinds[best]] < 0.3) snprintf(buf, (size_t)cap, "spread out");
+    if (mean[kinds[best]] < 0.3) snprintf(buf, (size_t)cap, "other");
     else snprintf(buf, (size_t)cap, "%s %.0f%%", words[best], 100.0 * mean[kinds[best]]);
     return buf;
 }
@@ -226,7 +226,7 @@ int chapter_most_varied_layer(Trained *t, int *n_roles) {
 SeedStat chapter_seeds(const char *path, const char *setting, const char *key, int index) {
     FILE *f = fopen(path, "r");
     if (!f) die_user("%s: cannot read the seeds' metrics (run `make experiments`)", path);
-    SeedStat s = {0, 0, INFINITY, -INFINITY};
+    SeedStat s = {.lo = INFINITY, .hi = -INFINITY};
     char line[1 << 16];
     for (int ln = 1; fgets(line, sizeof line, f); ln++) {
         if (line[0] == '\n') continue;
@@ -243,6 +243,7 @@ SeedStat chapter_seeds(const char *path, const char *setting, const char *key, i
                 die_user("%s:%d: setting '%s' has no number %s%s", path, ln, setting, key, index >= 0 ? "[i]" : "");
             }
             double x = v->valuedouble;
+            if (s.n < CHAPTER_MAX_SEEDS) s.v[s.n] = x;
             s.n++;
             s.mean += x;
             s.lo = fmin(s.lo, x);

@@ -51,7 +51,7 @@ int chapter_furthest_head(const float *A, int n_heads, int T);
 
 // What head A (T,T) mostly does on the example tok (T), in words and with the measured share, e.g.
 // "previous token 53%": the largest of its mean weight on the first token, on the previous token and on
-// the token after an earlier copy of the current one ("induction"), or "spread out" when none
+// the token after an earlier copy of the current one ("induction"), or "other" when none
 // reaches 30%. Written to buf (returned).
 const char *chapter_head_role(const float *A, const int *tok, int T, char *buf, int cap);
 
@@ -96,9 +96,11 @@ double chapter_chance(const Task *t);
 // Every setting of an accuracy comparison is trained from several seeds; the chapters ship one model per
 // setting and read the others' metrics from these files (one JSON object per run, tools/experiments.sh).
 #define CHAPTER_EXPERIMENTS "data/experiments"
+#define CHAPTER_MAX_SEEDS 16
 typedef struct {
     int n;                  // runs of the setting
     double mean, lo, hi;    // over them (lo..hi: min..max)
+    double v[CHAPTER_MAX_SEEDS];   // each run's number, in the file's order (the first CHAPTER_MAX_SEEDS)
 } SeedStat;
 // The number `key` of every run of `setting` in path, or element `index` of the array `key` when
 // index >= 0 (e.g. "first_by_layer", layer 0). Exits with one line naming the file if it is missing or
