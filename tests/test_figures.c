@@ -372,26 +372,31 @@ Test(figures, seed_metrics_mean_and_range_of_one_setting) {
     rmdir(dir);
 }
 
-Test(figures, seed_metrics_without_the_setting_exit_2, .exit_code = 2) {
-    char dir[256], path[512];
-    test_tmpdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/g.jsonl", dir);
-    FILE *f = fopen(path, "w");
+// The exit-2 cases leave through exit(): their file and folder go at exit.
+static char seeds_dir[256], seeds_path[512];
+static void remove_seeds_file(void) {
+    remove(seeds_path);
+    rmdir(seeds_dir);
+}
+
+static const char *seeds_file(const char *text) {
+    test_tmpdir(seeds_dir, sizeof seeds_dir);
+    snprintf(seeds_path, sizeof seeds_path, "%s/g.jsonl", seeds_dir);
+    atexit(remove_seeds_file);
+    FILE *f = fopen(seeds_path, "w");
     cr_assert(f);
-    fputs("{\"setting\":\"a\",\"accuracy\":0.5}\n", f);
+    fputs(text, f);
     fclose(f);
-    chapter_seeds(path, "nosuch", "accuracy", -1);
+    return seeds_path;
+}
+
+Test(figures, seed_metrics_without_the_setting_exit_2, .exit_code = 2) {
+    chapter_seeds(seeds_file("{\"setting\":\"a\",\"accuracy\":0.5}\n"), "nosuch", "accuracy", -1);
 }
 
 Test(figures, seed_metrics_malformed_line_exit_2, .exit_code = 2) {
-    char dir[256], path[512];
-    test_tmpdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/g.jsonl", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs("{\"setting\":\"a\",\"accuracy\":0.5}\n{\"setting\":\"a\",\"accuracy\":\n", f);
-    fclose(f);
-    chapter_seeds(path, "a", "accuracy", -1);
+    chapter_seeds(seeds_file("{\"setting\":\"a\",\"accuracy\":0.5}\n{\"setting\":\"a\",\"accuracy\":\n"), "a",
+                  "accuracy", -1);
 }
 
 // A head's role is its largest measured share: previous-token, first-token, induction, or other.

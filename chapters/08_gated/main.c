@@ -214,8 +214,8 @@ static void figure_sink_seeds(const CliArgs *a, const Trained *gt) {
         }
     }
     char title[160], sub[300], claim[400], ref_label[64], note[500];
-    snprintf(title, sizeof title, "The first-token sink over %d seeds: %d of them grow one without the gate, %d with it",
-             n_seeds, n_sink[0], n_sink[1]);
+    snprintf(title, sizeof title, "Attention sink over %d seeds: %d of %d ungated models grow one, %d of %d gated",
+             n_seeds, n_sink[0], n_seeds, n_sink[1], n_seeds);
     snprintf(sub, sizeof sub, "twins trained alike on %s with <s> first, %d steps; bar: mean over the seeds, whisker: min..max",
              gt->task.name, gt->info.steps);
     snprintf(claim, sizeof claim, "Over %d seeds the ungated model puts %.0f%% (%.0f..%.0f%%) of its last layer's attention "
