@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cJSON.h>
+
 #include "check.h"
+#include "headstats.h"
 #include "hfconfig.h"
 #include "kvcache.h"
 #include "plot.h"
@@ -160,6 +163,83 @@ double chapter_chance(const Task *t) {
     if (t->kind == TASK_RECALL && t->n_values > 0) return 1.0 / t->n_values;
     if (t->kind == TASK_INDUCTION && t->n_symbols > 0) return 1.0 / t->n_symbols;
     return t->vocab_size > 0 ? 1.0 / t->vocab_size : 0.0;
+}
+
+const char *chapter_head_role(const float *A, const int *tok, int T, char *buf, int cap) {
+    HeadStats st = {0};
+    headstats_add(&st, A, tok, T, 1);
+    double mean[HS_N];
+    headstats_mean(&st, mean);
+    static const int kinds[3] = {HS_FIRST, HS_PREV, HS_INDUCTION};
+    static const char *const words[3] = {"first token", "previous token", "induction"};
+    int best = 0;
+    for (int k = 1; k < 3; k++)
+        if (mean[kinds[k]] > mean[kinds[best]]) best = k;
+    if (mean[kinds[best]] < 0.3) snprintf(buf, (size_t)cap, "other");
+    else snprintf(buf, (size_t)cap, "%s %.0f%%", words[best], 100.0 * mean[kinds[best]]);
+    return buf;
+}
+
+int chapter_layer_roles(Trained *t, int layer, float *A, char (*roles)[CHAPTER_ROLE_CHARS]) {
+    int H = trained_attention(t, 0, layer, A), T = t->n_tokens, distinct = 0;
+    for (int h = 0; h < H; h++) {
+        chapter_head_role(A + (size_t)h * T * T, t->tokens, T, roles[h], CHAPTER_ROLE_CHARS);
+        size_t words = strcspn(roles[h], "0123456789");
+        int seen = 0;
+        for (int o = 0; o < h; o++) seen |= strcspn(roles[o], "0123456789") == words && !strncmp(roles[o], roles[h], words);
+        distinct += !seen;
+    }
+    return distinct;
+}
+
+int chapter_most_varied_layer(Trained *t, int *n_roles) {
+    int T = t->n_tokens, best = 0, best_n = -1;
+    float *A = mallocCheck(sizeof(float) * (size_t)t->model->g.n_heads * T * T);
+    char (*roles)[CHAPTER_ROLE_CHARS] = mallocCheck(sizeof *roles * (size_t)t->model->g.n_heads);
+    for (int l = 0; l < t->model->g.n_layers; l++) {
+        int n = chapter_layer_roles(t, l, A, roles);
+        if (n > best_n) { best = l; best_n = n; }
+    }
+    free(A);
+    free(roles);
+    if (n_roles) *n_roles = best_n;
+    return best;
+}
+
+// ---- seeds ---------------------------------------------------------------------------------------------
+
+SeedStat chapter_seeds(const char *path, const char *setting, const char *key, int index) {
+    FILE *f = fopen(path, "r");
+    if (!f) die_user("%s: cannot read the seeds' metrics (run `make experiments`)", path);
+    SeedStat s = {.lo = INFINITY, .hi = -INFINITY};
+    char line[1 << 16];
+    for (int ln = 1; fgets(line, sizeof line, f); ln++) {
+        if (line[0] == '\n') continue;
+        if (!strchr(line, '\n') && !feof(f)) { fclose(f); die_user("%s:%d: line longer than %zu bytes", path, ln, sizeof line - 1); }
+        cJSON *o = cJSON_Parse(line);
+        if (!cJSON_IsObject(o)) { cJSON_Delete(o); fclose(f); die_user("%s:%d: not a JSON object", path, ln); }
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "setting");
+        if (cJSON_IsString(st) && strcmp(st->valuestring, setting) == 0) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+            if (index >= 0) v = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, index) : NULL;
+            if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+                cJSON_Delete(o);
+                fclose(f);
+                die_user("%s:%d: setting '%s' has no number %s%s", path, ln, setting, key, index >= 0 ? "[i]" : "");
+            }
+            double x = v->valuedouble;
+            if (s.n < CHAPTER_MAX_SEEDS) s.v[s.n] = x;
+            s.n++;
+            s.mean += x;
+            s.lo = fmin(s.lo, x);
+            s.hi = fmax(s.hi, x);
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    if (s.n == 0) die_user("%s: no run of setting '%s' (run `make experiments`)", path, setting);
+    s.mean /= s.n;
+    return s;
 }
 
 // ---- real models' memory ------------------------------------------------------------------------

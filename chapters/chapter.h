@@ -49,6 +49,20 @@ double chapter_mixing_reach(const float *A, int T);
 // Of n_heads matrices A (n_heads, T, T), the one that reaches furthest back (the first on a tie).
 int chapter_furthest_head(const float *A, int n_heads, int T);
 
+// What head A (T,T) mostly does on the example tok (T), in words and with the measured share, e.g.
+// "previous token 53%": the largest of its mean weight on the first token, on the previous token and on
+// the token after an earlier copy of the current one ("induction"), or "other" when none
+// reaches 30%. Written to buf (returned).
+const char *chapter_head_role(const float *A, const int *tok, int T, char *buf, int cap);
+
+#define CHAPTER_ROLE_CHARS 48
+// The roles of layer `layer`'s heads on t's example (chapter_head_role): roles[h]; A (n_heads, T, T)
+// gets the layer's attention. Returns how many different roles (by their words) the heads take.
+int chapter_layer_roles(Trained *t, int layer, float *A, char (*roles)[CHAPTER_ROLE_CHARS]);
+// The layer whose heads take the most different roles (the first on a tie): the layer to draw when a
+// figure is about heads attending differently. *n_roles (may be NULL) gets that count.
+int chapter_most_varied_layer(Trained *t, int *n_roles);
+
 // ---- state capacity (chapters 9 and 10) -------------------------------------------------------------
 // The accuracies come from the capacity experiment's metrics over seeds (metrics.h; ./measure measured each
 // model at exactly n pairs for every n).
@@ -75,6 +89,21 @@ void chapter_capacity_plot(const CliArgs *a, const CapacityPlot *p);
 
 // The accuracy of guessing: 1 / n_values for recall, 1 / n_symbols for induction, 1 / vocab otherwise.
 double chapter_chance(const Task *t);
+
+// ---- seeds: what `make experiments` measured (data/experiments/GROUP.jsonl) ---------------------------
+// Every setting of an accuracy comparison is trained from several seeds; the chapters ship one model per
+// setting and read the others' metrics from these files (one JSON object per run, tools/experiments.sh).
+#define CHAPTER_EXPERIMENTS "data/experiments"
+#define CHAPTER_MAX_SEEDS 16
+typedef struct {
+    int n;                  // runs of the setting
+    double mean, lo, hi;    // over them (lo..hi: min..max)
+    double v[CHAPTER_MAX_SEEDS];   // each run's number, in the file's order (the first CHAPTER_MAX_SEEDS)
+} SeedStat;
+// The number `key` of every run of `setting` in path, or element `index` of the array `key` when
+// index >= 0 (e.g. "first_by_layer", layer 0). Exits with one line naming the file if it is missing or
+// malformed, or has no run of that setting with that number.
+SeedStat chapter_seeds(const char *path, const char *setting, const char *key, int index);
 
 // ---- real models' memory ------------------------------------------------------------------------
 // Reads DIR/FILE (a Hugging Face config.json) into g with a display name, counted in bf16 (2 bytes per

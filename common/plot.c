@@ -1787,7 +1787,13 @@ static void draw_bar_chart(cairo_t *cr, double w, double h, const void *ctx) {
         plot_font(cr, REF_FONT, PLOT_ITALIC);
         plot_set_hex(cr, 0x444444);
         double tw = plot_text_width(cr, f->label);
-        plot_text(cr, X + tw + 4 <= L->x1 ? X + 4 : X - 4, L->y0 - REF_FONT - 4, X + tw + 4 <= L->x1 ? 0 : 1, 0, f->label);
+        // right of the line, unless that runs past the axis or into the label of a reference further right
+        int right = X + tw + 4 <= L->x1;
+        for (int j = 0; j < c->n_refs; j++) {
+            double Xj = bar_x(L, c->refs[j].value);
+            if (j != k && Xj > X && X + tw + 8 > Xj) right = 0;
+        }
+        plot_text(cr, right ? X + 4 : X - 4, L->y0 - REF_FONT - 4, right ? 0 : 1, 0, f->label);
     }
     // the value axis's spine is drawn by draw_axes; redraw the left one over the bars
     set_rgb(cr, 0x444444);

@@ -538,6 +538,8 @@ const char *task_example_phrase(const Task *t) {
     switch (t->kind) {
     case TASK_RECALL: return "a recall example (pairs, then ':' and queried keys)";
     case TASK_INDUCTION: return "an induction example (a segment, then the same segment again)";
+    case TASK_BACKCOPY: return "a backcopy example (a bigram stream; after X, Y or Z the token before it repeats)";
+    case TASK_TOPICS: return "a topics example (a topic token, its bigram stream, then a copy of the stream's end)";
     default: return task_is_file_corpus(t) ? "a held-out text example" : "a held-out sentence of the grammar corpus";
     }
 }

@@ -11,6 +11,7 @@
 
 #include <stb_image.h>
 
+#include "chapter.h"
 #include "check.h"
 #include "heatmap.h"
 #include "helpers.h"
@@ -339,4 +340,82 @@ Test(figures, failed_rename_leaves_no_file) {
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "expected exit 2, got status %d", st);
     cr_assert(!test_has_tmp_files(dir), "a temp file was left in %s", dir);
     cr_assert_eq(test_count_files(dir), 1, "only the blocking folder should remain");
+}
+
+// ---- what the chapters read and label ---------------------------------------------------------------------
+
+// The seeds' metrics: mean and min..max of one setting's runs, a number or an array element, other
+// settings ignored; no run of the setting, or a malformed line, exits 2 with one line.
+Test(figures, seed_metrics_mean_and_range_of_one_setting) {
+    char dir[256], path[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/g.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("{\"setting\":\"a\",\"accuracy\":0.5,\"first_by_layer\":[0.1,0.9]}\n"
+          "{\"setting\":\"b\",\"accuracy\":0.0,\"first_by_layer\":[0.0,0.0]}\n"
+          "\n"
+          "{\"setting\":\"a\",\"accuracy\":1.0,\"first_by_layer\":[0.3,0.6]}\n", f);
+    fclose(f);
+    SeedStat s = chapter_seeds(path, "a", "accuracy", -1);
+    cr_expect_eq(s.n, 2);
+    cr_expect_float_eq(s.mean, 0.75, 1e-12);
+    cr_expect_float_eq(s.lo, 0.5, 1e-12);
+    cr_expect_float_eq(s.hi, 1.0, 1e-12);
+    cr_expect(s.v[0] == 0.5 && s.v[1] == 1.0, "runs in the file's order: %g %g", s.v[0], s.v[1]);
+    s = chapter_seeds(path, "a", "first_by_layer", 1);
+    cr_expect_float_eq(s.mean, 0.75, 1e-12);
+    cr_expect_float_eq(s.lo, 0.6, 1e-12);
+    s = chapter_seeds(path, "b", "accuracy", -1);
+    cr_expect_eq(s.n, 1);
+    remove(path);
+    rmdir(dir);
+}
+
+// The exit-2 cases leave through exit(): their file and folder go at exit.
+static char seeds_dir[256], seeds_path[512];
+static void remove_seeds_file(void) {
+    remove(seeds_path);
+    rmdir(seeds_dir);
+}
+
+static const char *seeds_file(const char *text) {
+    test_tmpdir(seeds_dir, sizeof seeds_dir);
+    snprintf(seeds_path, sizeof seeds_path, "%s/g.jsonl", seeds_dir);
+    atexit(remove_seeds_file);
+    FILE *f = fopen(seeds_path, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+    return seeds_path;
+}
+
+Test(figures, seed_metrics_without_the_setting_exit_2, .exit_code = 2) {
+    chapter_seeds(seeds_file("{\"setting\":\"a\",\"accuracy\":0.5}\n"), "nosuch", "accuracy", -1);
+}
+
+Test(figures, seed_metrics_malformed_line_exit_2, .exit_code = 2) {
+    chapter_seeds(seeds_file("{\"setting\":\"a\",\"accuracy\":0.5}\n{\"setting\":\"a\",\"accuracy\":\n"), "a",
+                  "accuracy", -1);
+}
+
+// A head's role is its largest measured share: previous-token, first-token, induction, or other.
+Test(figures, head_role_names_the_measured_pattern) {
+    enum { T = 8 };
+    float A[T * T];
+    int tok[T] = {1, 2, 3, 4, 1, 2, 3, 4};
+    char buf[CHAPTER_ROLE_CHARS];
+    for (int kind = 0; kind < 4; kind++) {
+        memset(A, 0, sizeof A);
+        A[0] = 1.0f;
+        for (int t = 1; t < T; t++) {
+            if (kind == 0) A[t * T + t - 1] = 1.0f;                  // previous token
+            else if (kind == 1) A[t * T] = 1.0f;                     // first token
+            else if (kind == 2) A[t * T + (t >= 4 ? t - 3 : t)] = 1.0f;   // after the earlier copy (t-4)+1
+            else for (int s = 0; s <= t; s++) A[t * T + s] = 1.0f / (float)(t + 1);
+        }
+        chapter_head_role(A, tok, T, buf, sizeof buf);
+        static const char *const want[4] = {"previous token 100%", "first token 100%", "induction 100%", "other"};
+        cr_expect_str_eq(buf, want[kind], "kind %d", kind);
+    }
 }

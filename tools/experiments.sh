@@ -10,8 +10,8 @@
 #
 # Training is deterministic, so the same list gives the same bytes. Runs are tiny, so JOBS of them run
 # side by side on one thread each (two on 2 cores). ONLY=REGEX runs just the groups whose names match.
-# KEEP=DIR keeps every model as DIR/GROUP_SETTING_sSEED.safetensors (the shipped models of chapters 9 and
-# 10 are seed 1 of some settings: the same bytes as `make weights` trains).
+# KEEP=DIR keeps every model as DIR/GROUP_SETTING_sSEED.safetensors (to look at one, or to check that a
+# shipped model is the same bytes as its seed here).
 set -eu
 BIN=${BINDIR:-.}
 OUT=${OUT:-data/experiments}
@@ -57,7 +57,9 @@ else
     touch "$WORK/FAILED"
 fi
 RUN
-export BIN SAMPLES WORK="$work" KEEP="${KEEP:-}"
+KEEP=${KEEP:-}
+[ -z "$KEEP" ] || mkdir -p "$KEEP"
+export BIN SAMPLES KEEP WORK="$work"
 # shellcheck disable=SC2016
 xargs -P "$JOBS" -L 1 sh "$work/run.sh" < "$work/jobs"
 [ -e "$work/FAILED" ] && exit 1

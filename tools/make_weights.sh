@@ -15,10 +15,13 @@ export OMP_NUM_THREADS=1
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
-# name | flags. Every recall model of the chapter-4/5 comparison uses the same data, steps and seed.
+# name | flags. Every recall model of the chapter-4/5 comparison uses the same data, steps and seed (they
+# give figures their geometry and chapter 12 its models; the accuracy comparison itself is the ablation
+# group of tools/experiments.txt, over seeds, with fewer steps).
 RECALL="--task recall --layers 2 --d-model 64 --heads 4 --steps 4000 --seed 1337"
 # Chapter 6, the toy Gemma 3 ablation: same copy task (each copied token's key lies 8..16 tokens back),
-# data, steps and seed; only the layer pattern (local:global ratio) and the window change.
+# data, steps and seed; only the layer pattern (local:global ratio) and the window change. These are seed
+# 1337 of the swa group of tools/experiments.txt.
 SWA="--mixer mha --task induction --seq-len 32 --layers 4 --d-model 32 --heads 2 --batch 16 --steps 2500 --seed 1337"
 # Chapters 9 and 10: every mixer and hybrid on one recall task with 1 to 8 pairs per sequence, so one model
 # can be measured at every count. Each model is one run of the capacity experiment (tools/experiments.txt,
@@ -36,8 +39,14 @@ LIGHT_S="--linear-heads 1 --linear-key-dim 4 --linear-value-dim 4 --slope-scale 
 MAMBA_S="--linear-heads 4 --linear-key-heads 1 --linear-key-dim 2 --linear-value-dim 16 --lr 3e-3"
 GATE="--rotary-fraction 0.5"
 # Chapter 8: gated attention and its ungated twin, same data, steps and seed (2 heads of 32: with 4 heads
-# of 16 only 4 dims would rotate under partial RoPE, and nothing learned recall).
-GATED="--mixer gated --task recall --layers 2 --d-model 64 --heads 2 --kv-heads 1 --qk-norm zero --rotary-fraction 0.25 --steps 8000 --seed 1337"
+# of 16 only 4 dims would rotate under partial RoPE). One layer on backcopy with <s> first, 10000 steps:
+# there the ungated model grows a first-token sink (at 2 layers and 3000 steps neither model did). Its
+# seeds are the sink group of tools/experiments.txt; this is their seed 1337.
+GATED="--mixer gated --layers 1 --d-model 64 --heads 2 --kv-heads 1 --qk-norm zero --rotary-fraction 0.25 --task backcopy --bos --seq-len 33 --steps 10000 --seed 1337"
+# Chapters 3-5, heads that differ: the topics task (a topic token, a stream from that topic's bigram
+# chain, then a copy of its end) gives layer 0 reasons for a topic (first-token) head and previous-token
+# heads; induction or recall alone made every head of a layer alike.
+TOPICS="--task topics --seq-len 33 --layers 2 --d-model 64 --heads 4 --steps 3000 --seed 1337"
 # Chapter 11: the toy comparison of DeepSeek V4's layers against MLA and DSA: the same recall data (8 pairs,
 # then 8 filler tokens, so every answer lies beyond the raw window of 8), steps and seed; each V4 model starts
 # with a window-only layer as V4 does. DSA's dense warm-up is 6000 of the 8000 steps: with the default 2000
@@ -50,6 +59,9 @@ cat > "$log/jobs" <<JOBS
 ch02_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 1 --steps 2000 --seed 1337
 ch03_induction|--mixer mha --task induction --layers 2 --d-model 64 --heads 4 --steps 800 --seed 1337
 ch03_recall|--mixer mha --task recall --layers 2 --d-model 64 --heads 4 --steps 2000 --seed 1337
+ch03_topics|--mixer mha $TOPICS
+ch04_topics_gqa|--mixer gqa --kv-heads 2 $TOPICS
+ch05_topics_mla|--mixer mla $TOPICS
 ch04_recall_g4|--mixer mha $RECALL
 ch04_recall_g2|--mixer gqa --kv-heads 2 $RECALL
 ch04_recall_g1|--mixer mqa $RECALL

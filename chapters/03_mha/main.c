@@ -24,41 +24,49 @@
 #include "schematic.h"
 
 // Figure 1: each head's attention pattern, side by side, trained vs untrained. The shipped model
-// (2 layers x 4 heads) learned the induction task: a random segment, then the same segment again.
-// To continue the copy, a head must find where the current token appeared before and read the token
-// after it: the "induction stripe", a diagonal offset by the segment length.
+// (2 layers x 4 heads) learned the topics task: a topic token, a stream from that topic's bigram chain,
+// then a copy of the stream's end. That gives the heads of layer 0 different jobs (keep the topic in
+// view, look one token back), and layer 1 the copy: the "induction stripe", where each token reads the
+// token after its earlier occurrence. Panel titles name what each head measurably does.
 static void figure_heads(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
     int H = g->n_heads, T = t->n_tokens, L = g->n_layers;
     size_t hs = (size_t)H * T * T;
     float *A = mallocCheck(sizeof(float) * hs * 3);
-    trained_attention(t, 0, 0, A);
-    trained_attention(t, 0, L - 1, A + hs);
     trained_attention(t, 1, L - 1, A + 2 * hs);
     unsigned char *causal = mallocCheck((size_t)(T * T));
     mask_fill(causal, MASK_CAUSAL, T, 0);
     HeatPanel panels[24];
-    char titles[24][48];
-    static const char *row_name[3] = {"trained layer 0", "trained layer", "untrained layer"};
+    char titles[24][96], roles[24][CHAPTER_ROLE_CHARS];
+    // how many different roles each trained layer's heads took (the role's words, not its number)
+    int distinct[2] = {chapter_layer_roles(t, 0, A, roles), chapter_layer_roles(t, L - 1, A + hs, roles + H)};
     for (int r = 0; r < 3; r++)
         for (int h = 0; h < H; h++) {
             int k = r * H + h;
-            if (r == 0) snprintf(titles[k], sizeof titles[k], "%s, head %d", row_name[r], h);
-            else snprintf(titles[k], sizeof titles[k], "%s %d, head %d", row_name[r], L - 1, h);
+            if (r < 2) snprintf(titles[k], sizeof titles[k], "L%d head %d: %s", r == 0 ? 0 : L - 1, h, roles[k]);
+            else snprintf(titles[k], sizeof titles[k], "untrained, L%d head %d", L - 1, h);
             panels[k] = (HeatPanel){.values = A + (size_t)k * T * T, .mask = causal, .rows = T, .cols = T,
                                     .title = titles[k], .row_labels = t->labels, .col_labels = t->labels,
                                     .xlabel = "key j", .ylabel = h == 0 ? "query i" : NULL};
         }
-    char sub[300], cap[160], claim[300];
+    char sub[300], cap[160], claim[400], title[160];
     snprintf(sub, sizeof sub, "%d heads per layer on %s; %s", H, task_example_phrase(&t->task),
              trained_caption(t, cap, sizeof cap));
-    snprintf(claim, sizeof claim, "The %d heads of each layer of a model trained on %s, next to the same model untrained.",
-             H, task_example_phrase(&t->task));
+    if (distinct[0] > 1 || distinct[1] > 1)
+        snprintf(title, sizeof title, "Multi-head attention: the heads of layer %d attend in %d different ways",
+                 distinct[0] >= distinct[1] ? 0 : L - 1, distinct[0] >= distinct[1] ? distinct[0] : distinct[1]);
+    else
+        snprintf(title, sizeof title, "Multi-head attention: the heads of each layer attend alike");
+    snprintf(claim, sizeof claim, "The %d heads of each layer of a model trained on %s, next to the same model untrained; "
+             "layer 0's heads take %d different roles, layer %d's %d (panel titles: the measured weight).",
+             H, task_example_phrase(&t->task), distinct[0], L - 1, distinct[1]);
     HeatmapFigure f = {
-        .title = "Multi-head attention: every head learns its own pattern",
+        .title = title,
         .subtitle = sub, .claim = claim, .panels = panels, .n_panels = 3 * H, .panels_per_row = H, .vmin = 0, .vmax = 1,
         .show_values = 0, .colorbar_label = "attention weight",
-        .note = "bottom row: the same model before training (same seed)",
+        .note = "rows: trained layer 0, trained last layer, the last layer before training (same seed). Panel titles: each head's "
+                "largest mean weight on the first token, the previous token or the token after an earlier copy (induction); other: "
+                "none reaches 30%",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "01_heads"), a->png, a->svg);
@@ -204,7 +212,7 @@ int main(int argc, char **argv) {
         .summary = "Chapter 3: multi-head attention, per-head heatmaps, cached decode, KV memory of MHA models.",
         .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
         .default_out = "figures/ch03",
-        .default_weights = "data/weights/ch03_induction.safetensors",
+        .default_weights = "data/weights/ch03_topics.safetensors",
         .opts = opts, .n_opts = 1,
     };
     CliArgs a;

@@ -163,32 +163,40 @@ static void figure_decode_time(const CliArgs *a, Rng *rng) {
     free(params);
 }
 
-// Figure 4: the trained tiny MLA model's attention on the recall example.
+// Figure 4: the trained tiny MLA model's attention, in the layer whose heads differ most: every head
+// rebuilds its own keys from the one cached latent, so the heads can still attend differently.
 static void figure_trained(const CliArgs *a, Trained *t) {
     const ModelGeometry *g = &t->model->g;
-    int H = g->n_heads, T = t->n_tokens, L = g->n_layers;
+    int H = g->n_heads, T = t->n_tokens, n_roles;
+    int layer = chapter_most_varied_layer(t, &n_roles);
     float *A = mallocCheck(sizeof(float) * (size_t)H * T * T);
-    trained_attention(t, 0, L - 1, A);
+    char roles[8][CHAPTER_ROLE_CHARS];
+    chapter_layer_roles(t, layer, A, roles);
     unsigned char *causal = mallocCheck((size_t)(T * T));
     mask_fill(causal, MASK_CAUSAL, T, 0);
     HeatPanel panels[8];
-    char titles[8][48];
+    char titles[8][96];
     for (int h = 0; h < H; h++) {
-        snprintf(titles[h], sizeof titles[h], "layer %d, head %d", L - 1, h);
+        snprintf(titles[h], sizeof titles[h], "L%d head %d: %s", layer, h, roles[h]);
         panels[h] = (HeatPanel){.values = A + (size_t)h * T * T, .mask = causal, .rows = T, .cols = T,
                                 .title = titles[h], .row_labels = t->labels, .col_labels = t->labels,
                                 .xlabel = "key j", .ylabel = h == 0 ? "query i" : NULL};
     }
-    char sub[400], cap[160], claim[300];
+    char sub[400], cap[160], claim[400], title[160];
     snprintf(sub, sizeof sub, "caches %d + %d numbers per token and layer (MHA at this size: %d); %s", g->kv_lora_rank,
              g->qk_rope_head_dim, H * (g->qk_nope_head_dim + g->v_head_dim), trained_caption(t, cap, sizeof cap));
-    snprintf(claim, sizeof claim, "A tiny MLA model that caches only a %d-wide latent and a %d-wide RoPE key per token "
-             "still gives each of its %d heads its own attention pattern, and solves recall (%.1f%% held out).",
-             g->kv_lora_rank, g->qk_rope_head_dim, H, 100.0 * t->info.accuracy);
+    snprintf(claim, sizeof claim, "A tiny MLA model that caches only a %d-wide latent and a %d-wide RoPE key per token: "
+             "in layer %d its %d heads, whose keys all come from that latent, take %d different roles.",
+             g->kv_lora_rank, g->qk_rope_head_dim, layer, H, n_roles);
+    if (n_roles > 1)
+        snprintf(title, sizeof title, "A tiny trained MLA model: one cached latent, heads that attend in %d ways", n_roles);
+    else
+        snprintf(title, sizeof title, "A tiny trained MLA model: one cached latent, every head attending alike");
     HeatmapFigure f = {
-        .title = "A tiny trained MLA model: every head still has its own attention pattern",
-        .subtitle = sub, .claim = claim, .panels = panels, .n_panels = H, .vmin = 0, .vmax = 1,
+        .title = title, .subtitle = sub, .claim = claim, .panels = panels, .n_panels = H, .vmin = 0, .vmax = 1,
         .colorbar_label = "attention weight",
+        .note = "panel titles: each head's largest mean weight on the first token, the previous token or the token after "
+                "an earlier copy (induction); other: none reaches 30%",
     };
     char path[1024];
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "04_trained_attention"), a->png, a->svg);
@@ -197,16 +205,23 @@ static void figure_trained(const CliArgs *a, Trained *t) {
 }
 
 // Figure 5: the toy version of DeepSeek-V2's ablation: MHA, GQA, MQA and MLA trained on the same recall
-// data with the same steps and seed; accuracy against KV bytes per token.
+// data with the same steps, each from several seeds; mean accuracy (and the seeds' range) against KV
+// bytes per token. The accuracies (and steps) are the seeds' from `make experiments`, with a budget short
+// enough that no model sits at a 100% ceiling; the shipped recall models (same geometry, trained longer)
+// give the cache per token.
 static const char *const ABLATION_FILES[4] = {"ch04_recall_g4.safetensors", "ch04_recall_g2.safetensors",
                                               "ch04_recall_g1.safetensors", "ch05_recall_mla.safetensors"};
+static const char *const ABLATION_SETTINGS[4] = {"mha", "gqa", "mqa", "mla"};
+#define ABLATION_SEEDS CHAPTER_EXPERIMENTS "/ablation.jsonl"
 
 static void figure_ablation(const CliArgs *a, const char *weights_dir) {
     const char *const *files = ABLATION_FILES;
     static const int color[4] = {COLOR_MHA, COLOR_GQA, COLOR_MQA, COLOR_MLA};
-    double x[4], y[4], chance = 0;
+    static const char *const kinds[4] = {"MHA", "GQA", "MQA", "MLA"};
+    double x[4], y[4], lo[4], hi[4], chance = 0;
     char labels[4][160];
     PlotSeries s[4];
+    int n_seeds = 1 << 30, d_model = 0, steps = 0, n_pairs = 1;
     for (int k = 0; k < 4; k++) {
         char path[1024];
         Trained t;
@@ -214,30 +229,51 @@ static void figure_ablation(const CliArgs *a, const char *weights_dir) {
         ModelGeometry g = t.model->g;
         g.dtype_bytes = 4;
         x[k] = kvcache_bytes_per_token(&g);
-        y[k] = 100.0 * t.info.accuracy;
+        SeedStat st = chapter_seeds(ABLATION_SEEDS, ABLATION_SETTINGS[k], "accuracy", -1);
+        y[k] = 100.0 * st.mean;
+        lo[k] = 100.0 * st.lo;
+        hi[k] = 100.0 * st.hi;
+        if (st.n < n_seeds) n_seeds = st.n;
         chance = chapter_chance(&t.task);
-        const char *kind = g.attn == ATTN_MLA ? "MLA" : mha_kind_name(&g);
+        n_pairs = t.task.n_pairs;
+        d_model = g.d_model;
+        steps = (int)chapter_seeds(ABLATION_SEEDS, ABLATION_SETTINGS[k], "steps", -1).mean;
         char b[32];
-        snprintf(labels[k], sizeof labels[k], "%s: %s/token, %.1f%% (%zu params)", kind, fmt_bytes(b, sizeof b, x[k]),
-                 y[k], t.model->n_params);
-        s[k] = (PlotSeries){.label = labels[k], .x = &x[k], .y = &y[k], .n = 1, .color = color[k], .markers = 1};
+        int solved = 0;   // seeds that found the lookup (90% or better) rather than staying on the plateau
+        for (int i = 0; i < st.n && i < CHAPTER_MAX_SEEDS; i++) solved += st.v[i] >= 0.9;
+        snprintf(labels[k], sizeof labels[k], "%s: %s/token, mean %.0f%%, %d of %d seeds solve it", kinds[k],
+                 fmt_bytes(b, sizeof b, x[k]), y[k], solved, st.n);
+        s[k] = (PlotSeries){.label = labels[k], .x = &x[k], .y = &y[k], .n = 1, .color = color[k], .markers = 1,
+                            .ylo = &lo[k], .yhi = &hi[k], .error_bars = 1};
         printf("  %s\n", labels[k]);
         trained_free(&t);
     }
-    char chance_label[64], claim[300];
+    // the ordering that came out, best mean first
+    int order[4] = {0, 1, 2, 3};
+    for (int i = 1; i < 4; i++)
+        for (int j = i; j > 0 && y[order[j]] > y[order[j - 1]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+    char chance_label[64], shortcut_label[96], claim[400], title[160], sub[300], note[300];
     snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chance);
-    PlotRef ref = {.label = chance_label, .value = 100.0 * chance};
-    snprintf(claim, sizeof claim, "Trained alike from one seed, MHA, GQA and MLA solve recall (%.0f%%, %.0f%%, %.0f%%) "
-             "while MQA, the smallest cache, stays at %.1f%%: the ordering DeepSeek-V2 reports, on one toy task.",
-             y[0], y[1], y[3], y[2]);
+    snprintf(shortcut_label, sizeof shortcut_label, "1/%d: any value of the sample", n_pairs);
+    PlotRef refs[2] = {{.label = chance_label, .value = 100.0 * chance}, {.label = shortcut_label, .value = 100.0 / n_pairs}};
+    snprintf(title, sizeof title, "Toy ablation: recall accuracy against KV cache per token, %d seeds each", n_seeds);
+    snprintf(sub, sizeof sub, "2 layers, 4 query heads, d_model %d, same recall data and %d steps; dot: mean, whisker: "
+             "min..max of the seeds; fp32 cache", d_model, steps);
+    snprintf(claim, sizeof claim, "Mean held-out recall accuracy over %d seeds, best first: %s %.0f%%, %s %.0f%%, "
+             "%s %.0f%%, %s %.0f%% (chance %.1f%%).", n_seeds, kinds[order[0]], y[order[0]], kinds[order[1]],
+             y[order[1]], kinds[order[2]], y[order[2]], kinds[order[3]], y[order[3]], 100.0 * chance);
+    snprintf(note, sizeof note, "solve: 90%% or better. Means here: %s > %s > %s > %s; each run finds the lookup or stays "
+             "on the plateau, so they count lucky seeds. DeepSeek-V2 reports MLA > MHA > GQA > MQA at scale",
+             kinds[order[0]], kinds[order[1]], kinds[order[2]], kinds[order[3]]);
     LineChart c = {
-        .title = "Toy ablation: recall accuracy against KV cache per token",
-        .subtitle = "2 layers, 4 query heads, d_model 64, the same recall data, steps and seed for every model; cache in fp32",
-        .claim = claim,
+        .title = title, .subtitle = sub, .claim = claim,
         .xlabel = "KV cache per token, all layers (bytes)", .ylabel = "held-out recall accuracy (%)",
         .xfmt = AXIS_BYTES, .xmin = 0, .xmax = 1.125 * x[0], .ymin = 0, .ymax = 100, .series = s, .n_series = 4,
-        .refs = &ref, .n_refs = 1, .legend_pos = PLOT_LEGEND_BOTTOM_RIGHT,
-        .note = "one seed and one small task: a sketch of DeepSeek-V2's MHA/GQA/MQA/MLA comparison, not evidence on its own",
+        .refs = refs, .n_refs = 2, .legend_pos = PLOT_LEGEND_BELOW, .note = note,
     };
     char path[1024];
     plot_line_chart(&c, path_join(path, sizeof path, a->out, "05_ablation_accuracy_vs_cache"), a->png, a->svg);
@@ -386,7 +422,7 @@ int main(int argc, char **argv) {
         .summary = "Chapter 5: multi-head latent attention: cache per token, memory of DeepSeek-V3 / Kimi K2, naive vs absorbed decode.",
         .flags = CLI_OUT | CLI_FORMAT | CLI_SEED | CLI_WEIGHTS,
         .default_out = "figures/ch05",
-        .default_weights = "data/weights/ch05_recall_mla.safetensors",
+        .default_weights = "data/weights/ch05_topics_mla.safetensors",
         .opts = opts, .n_opts = 3,
     };
     CliArgs a;
@@ -394,9 +430,11 @@ int main(int argc, char **argv) {
     // every input first: a bad one fails before anything is written
     chapter_check_configs(configs, "deepseek-v3.json", "kimi-k2.json", NULL);
     char path[1024];
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 4; k++) {
         trained_check(path_join(path, sizeof path, weights_dir, ABLATION_FILES[k]), k < 3 ? "gqa" : "mla", TASK_RECALL,
                       "the MHA/GQA/MQA/MLA ablation");
+        chapter_seeds(ABLATION_SEEDS, ABLATION_SETTINGS[k], "accuracy", -1);
+    }
     Trained t;
     trained_load(&t, a.weights);
     trained_require(&t, "mla|dsa", -1, "the trained-MLA figure");

@@ -85,7 +85,8 @@ static void figure_masks(const CliArgs *a) {
 
 // ---- the toy ablation: tiny models trained by `make weights` --------------------------------------
 
-// The models tools/make_weights.sh trains for this chapter, all on the same task, data and seed.
+// The models tools/make_weights.sh trains for this chapter, all on the same task, data and seed (the
+// other seeds of each setting ship as metrics: data/experiments/swa.jsonl).
 static const char *ablation_files[] = {
     "ch06_global.safetensors",
     "ch06_1to1_w4.safetensors",
@@ -98,6 +99,7 @@ static const char *ablation_files[] = {
 };
 #define N_ABL (int)(sizeof ablation_files / sizeof ablation_files[0])
 #define HEATMAP_MODEL "ch06_3to1_w4.safetensors"
+#define SWA_SEEDS CHAPTER_EXPERIMENTS "/swa.jsonl"
 #define MAX_DIST 64
 
 typedef struct {
@@ -108,6 +110,7 @@ typedef struct {
     char pattern[GEOM_MAX_LAYERS + 1];
     double loss, accuracy;    // on this program's held-out samples
     double train_accuracy;    // what tools/train measured (file metadata)
+    SeedStat seed_acc, seed_loss;   // over every seed of the setting (make experiments)
     int correct[MAX_DIST + 1], scored[MAX_DIST + 1];   // by distance query -> its key
 } Ablation;
 
@@ -187,17 +190,22 @@ static void ablation_label(char *buf, size_t cap, const Ablation *A) {
     else snprintf(buf, cap, "%s (%s), W %d", swa_ratio_name(r, sizeof r, A->ratio), A->pattern, A->window);
 }
 
-// Figure: accuracy and loss vs window, one line per ratio; the all-global model as a dashed reference.
+// Figure: accuracy and loss vs window, one line per ratio, mean over the seeds with their range as a
+// band; the all-global model as a dashed reference.
 static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n, int min_dist, int max_dist) {
     double chance = chapter_chance(&abl[0].task);
     static const int ratios[] = {SWA_ALL_LOCAL, 3, 1};
     static const int colors[] = {COLOR_SWA, COLOR_GQA, COLOR_MLA};
     enum { NR = 3 };
     const Ablation *global = NULL;
-    for (int k = 0; k < n; k++)
+    int n_seeds = 1 << 30;
+    for (int k = 0; k < n; k++) {
         if (abl[k].ratio == 0) global = &abl[k];
+        if (abl[k].seed_acc.n < n_seeds) n_seeds = abl[k].seed_acc.n;
+    }
     for (int which = 0; which < 2; which++) {   // 0 accuracy, 1 loss
-        double xs[NR][N_ABL], ys[NR][N_ABL], gx[2], gy[2];
+        double xs[NR][N_ABL], ys[NR][N_ABL], ylo[NR][N_ABL], yhi[NR][N_ABL], gx[2], gy[2], glo[2], ghi[2];
+        double scale = which == 0 ? 100.0 : 1.0;
         char labels[NR + 1][400];
         PlotSeries series[NR + 1];
         int ns = 0, wmin = 1 << 30, wmax = 0;
@@ -206,8 +214,11 @@ static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n,
             for (int w = 1; w <= MAX_DIST; w++)   // the models of this ratio, in window order
                 for (int k = 0; k < n; k++)
                     if (abl[k].ratio == ratios[r] && abl[k].window == w) {
+                        const SeedStat *st = which == 0 ? &abl[k].seed_acc : &abl[k].seed_loss;
                         xs[r][np] = w;
-                        ys[r][np] = which == 0 ? 100.0 * abl[k].accuracy : abl[k].loss;
+                        ys[r][np] = scale * st->mean;
+                        ylo[r][np] = scale * st->lo;
+                        yhi[r][np] = scale * st->hi;
                         np++;
                         if (w < wmin) wmin = w;
                         if (w > wmax) wmax = w;
@@ -216,49 +227,62 @@ static void figure_ablation_window(const CliArgs *a, const Ablation *abl, int n,
             snprintf(labels[ns], sizeof labels[ns], "%s", ratios[r] == SWA_ALL_LOCAL ? "all local (LLLL)"
                      : ratios[r] == 3 ? "3 local : 1 global (LLLG)" : "1 local : 1 global (LGLG)");
             series[ns] = (PlotSeries){.label = labels[ns], .x = xs[r], .y = ys[r], .n = np, .color = colors[r],
-                                      .markers = 1};
+                                      .markers = 1, .ylo = ylo[r], .yhi = yhi[r], .error_bars = 1};
             ns++;
         }
         if (global && wmax > 0) {
+            const SeedStat *st = which == 0 ? &global->seed_acc : &global->seed_loss;
             gx[0] = wmin;
             gx[1] = wmax;
-            gy[0] = gy[1] = which == 0 ? 100.0 * global->accuracy : global->loss;
+            gy[0] = gy[1] = scale * st->mean;
+            glo[0] = glo[1] = scale * st->lo;
+            ghi[0] = ghi[1] = scale * st->hi;
             snprintf(labels[ns], sizeof labels[ns], "all global (GGGG)");
-            series[ns] = (PlotSeries){.label = labels[ns], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1};
+            series[ns] = (PlotSeries){.label = labels[ns], .x = gx, .y = gy, .n = 2, .color = COLOR_MHA, .dashed = 1,
+                                      .ylo = glo, .yhi = ghi};
             ns++;
         }
-        char sub[512], claim[400], chance_label[64];
-        snprintf(sub, sizeof sub, "4-layer models (d_model 32, 2 heads), one copy task and seed; each copied token's key "
-                 "lies %d to %d tokens back", min_dist, max_dist);
-        double with_global = 100.0, local_lo = 100.0, local_hi = 0.0;
+        char sub[512], claim[400], chance_label[64], title[160];
+        snprintf(sub, sizeof sub, "4 layers, d_model 32, 2 heads; copy task, keys %d to %d tokens back; dot: mean of %d "
+                 "seeds, whisker: min..max", min_dist, max_dist, n_seeds);
+        // the worst seed of any model with a global layer, and the all-local means
+        double with_global = 100.0, local_lo = 100.0, local_hi = 0.0, local_spread = 0.0;
         for (int k = 0; k < n; k++) {
             if (abl[k].ratio == SWA_ALL_LOCAL) {
-                local_lo = fmin(local_lo, 100.0 * abl[k].accuracy);
-                local_hi = fmax(local_hi, 100.0 * abl[k].accuracy);
+                local_lo = fmin(local_lo, 100.0 * abl[k].seed_acc.mean);
+                local_hi = fmax(local_hi, 100.0 * abl[k].seed_acc.mean);
+                local_spread = fmax(local_spread, 100.0 * (abl[k].seed_acc.hi - abl[k].seed_acc.lo));
             } else {
-                with_global = fmin(with_global, 100.0 * abl[k].accuracy);
+                with_global = fmin(with_global, 100.0 * abl[k].seed_acc.lo);
             }
         }
         if (which == 0)
-            snprintf(claim, sizeof claim, "Every toy model with a global layer copies at %.1f%% or better whatever its "
-                     "window; all-local stacks reach %.1f%% to %.1f%%, depending on the window and on whether training "
-                     "found a relay through the layers.", with_global, local_lo, local_hi);
-        else
-            snprintf(claim, sizeof claim, "Held-out loss of the same models: near zero with a global layer at any "
-                     "window, higher for the all-local stacks that did not learn to copy beyond their window.");
+            snprintf(claim, sizeof claim, "Over %d seeds every toy model with a global layer copies at %.1f%% or better "
+                     "whatever its window; all-local stacks average %.0f%% to %.0f%%, and their seeds differ by up to %.0f "
+                     "points.", n_seeds, with_global, local_lo, local_hi, local_spread);
+        else {
+            double g_hi = 0.0, l_lo = INFINITY, l_hi = 0.0;   // mean losses with a global layer, and all local
+            for (int k = 0; k < n; k++) {
+                double v = abl[k].seed_loss.mean;
+                if (abl[k].ratio == SWA_ALL_LOCAL) { l_lo = fmin(l_lo, v); l_hi = fmax(l_hi, v); }
+                else g_hi = fmax(g_hi, v);
+            }
+            snprintf(claim, sizeof claim, "Held-out loss of the same models, mean of %d seeds: at most %.2f nats with a "
+                     "global layer, %.2f to %.2f for the all-local stacks.", n_seeds, g_hi, l_lo, l_hi);
+        }
+        snprintf(title, sizeof title, "Toy Gemma 3 ablation: %s vs window and local:global ratio, %d seeds",
+                 which == 0 ? "accuracy" : "held-out loss", n_seeds);
         snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chance);
         PlotRef ref = {.label = chance_label, .value = 100.0 * chance};
         LineChart c = {
-            .title = which == 0 ? "Toy Gemma 3 ablation: accuracy vs window and local:global ratio"
-                                : "Toy Gemma 3 ablation: held-out loss vs window and local:global ratio",
-            .subtitle = sub, .claim = claim,
+            .title = title, .subtitle = sub, .claim = claim,
             .xlabel = "sliding window W (tokens)",
             .ylabel = which == 0 ? "held-out accuracy on the copied tokens (%)" : "held-out cross-entropy (nats)",
             .series = series, .n_series = ns, .refs = which == 0 ? &ref : NULL, .n_refs = which == 0,
-            .ymin = 0, .ymax = which == 0 ? 100 : 0, .xmin = 0, .xmax = wmax,
+            .ymin = 0, .ymax = which == 0 ? 100 : 0, .xmin = 0, .xmax = wmax + 1,
             .legend_pos = PLOT_LEGEND_BELOW,
             .note = "a local stack can pass a token on at most 4 x (W-1) positions; whether training finds that relay "
-                    "is luck (./ch06 prints accuracy inside and beyond W)",
+                    "depends on the seed. Seeds' metrics: data/experiments/swa.jsonl (make experiments)",
         };
         char path[1024];
         plot_line_chart(&c, path_join(path, sizeof path, a->out, which == 0 ? "05_ablation_accuracy_vs_window"
@@ -314,8 +338,8 @@ static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int 
         size_t len = strlen(dst);
         if (sb > 0) snprintf(dst + len, 128 - len, "%sW %d", len ? ", " : "", abl[k].window);
     }
-    snprintf(claim, sizeof claim, "With a global layer every distance is copied; all-local stacks fail beyond their "
-             "window unless training found a relay through the layers (%s: yes; %s: no).", relay[0] ? relay : "none",
+    snprintf(claim, sizeof claim, "With a global layer every distance is copied; in the shipped seed all-local stacks "
+             "fail beyond their window unless training found a relay through the layers (%s: yes; %s: no).", relay[0] ? relay : "none",
              none[0] ? none : "none");
     LineChart c = {
         .title = "Past the window, local-only stacks fail or relay; a global layer looks up directly",
@@ -323,8 +347,8 @@ static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int 
         .xlabel = "distance from the query back to its key (tokens)", .ylabel = "held-out accuracy (%)",
         .series = series, .n_series = ns, .refs = &ref, .n_refs = 1, .ymin = 0, .ymax = 100,
         .legend_pos = PLOT_LEGEND_BELOW, .xmin = min_dist - 0.5, .xmax = max_dist + 0.5,
-        .note = "4 layers each, same task, data and seed; ./ch06 prints each model's overall accuracy, inside and "
-                "beyond its window",
+        .note = "one seed per setting (the shipped models; figure 05 shows how much the seeds differ); ./ch06 prints "
+                "each model's overall accuracy, inside and beyond its window",
         .height = 680,
     };
     char path[1024];
@@ -413,6 +437,12 @@ static void load_ablation(Ablation *abl, const char *dir) {
         swa_pattern_string(A->pattern, sizeof A->pattern, &A->m->g);
         A->train_accuracy = info.accuracy;
         model_info_free(&info);
+        // the setting's name in the seeds' file: the file name without "ch06_" and ".safetensors"
+        char setting[64];
+        snprintf(setting, sizeof setting, "%.*s", (int)(strlen(ablation_files[k]) - strlen("ch06_.safetensors")),
+                 ablation_files[k] + strlen("ch06_"));
+        A->seed_acc = chapter_seeds(SWA_SEEDS, setting, "accuracy", -1);
+        A->seed_loss = chapter_seeds(SWA_SEEDS, setting, "loss", -1);
     }
 }
 

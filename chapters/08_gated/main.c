@@ -33,7 +33,7 @@ static void check_pair(const Trained *gt, const Trained *ut, int layer) {
     if (ut->n_tokens != gt->n_tokens || ut->model->g.n_heads != g->n_heads || strcmp(ut->task.name, gt->task.name))
         die_user("%s and %s: the gated and the ungated model must share task, length and heads", gt->path, ut->path);
     if (layer < 0 || layer >= g->n_layers || layer >= ut->model->g.n_layers)
-        die_user("--layer %d: the models have %d layers", layer, g->n_layers);
+        die_user("--layer %d: the models have %d layer%s", layer, g->n_layers, g->n_layers == 1 ? "" : "s");
 }
 
 static void require_gated(const Trained *t) {
@@ -80,9 +80,9 @@ static void figure_gates(const CliArgs *a, Trained *t) {
     char sub[512], cap[160], claim[400];
     snprintf(sub, sizeof sub, "sigmoid(g) per token and %s of %d heads x %d dims (0 closed, 1 open); %s",
              gw == 1 ? "head" : "channel", g->n_heads, g->head_dim, trained_caption(t, cap, sizeof cap));
-    snprintf(claim, sizeof claim, "In the trained gated model the output gates are far from their untrained 0.5: mean "
-             "%.2f over both layers, some channels closed for every token, some tokens (':') opening other channels.",
-             mean_all);
+    snprintf(claim, sizeof claim, "In the trained gated model the output gates move away from their untrained 0.5: mean "
+             "%.2f over %d layer%s, with channels that stay closed or open for every token and others that follow the token.",
+             mean_all, L, L == 1 ? "" : "s");
     HeatmapFigure f = {
         .title = "Gated attention: how far each token opens its output gate",
         .subtitle = sub, .claim = claim, .panels = panels, .n_panels = L, .vmin = 0, .vmax = 1, .show_values = 0,
@@ -106,6 +106,16 @@ static double model_sink(Trained *t, float *A) {
         for (int h = 0; h < H; h++) s += first_token_mass(A + (size_t)h * T * T, T);
     }
     return s / (g->n_layers * g->n_heads);
+}
+
+// What the drawn layer shows, in words: mass[0] gated, mass[1] ungated, against uniform attention.
+// A sink: at least 3x the uniform share.
+static const char *sink_words(const double mass[2], double uniform) {
+    int g = mass[0] >= 3 * uniform, u = mass[1] >= 3 * uniform;
+    if (u && !g) return "the ungated model parks most of its attention on the first token, the gated one does not";
+    if (g && !u) return "the gated model parks its attention on the first token, the ungated one does not";
+    if (g && u) return "both models park much of their attention on the first token";
+    return "neither model grows a first-token sink";
 }
 
 static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
@@ -147,13 +157,13 @@ static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
     snprintf(claim, sizeof claim, "Gated and ungated twins put %.0f%% and %.0f%% of layer %d's attention on the first "
              "token (%.0f%% and %.0f%% over all layers), against %.0f%% for uniform attention: %s.", 100.0 * drawn[0],
              100.0 * drawn[1], layer, 100.0 * sink[0], 100.0 * sink[1], 100.0 * uniform,
-             fmax(sink[0], sink[1]) < uniform ? "neither tiny model grows a first-token sink"
-                                              : "the first token draws more than its share");
+             sink_words(drawn, uniform));
     char note[400];
     snprintf(note, sizeof note, "first-token weight: mean over queries 1..T-1 (panel titles: each head); over all layers "
-             "and heads %.0f%% gated, %.0f%% ungated. The first token is %s, not a beginning-of-sequence token.",
-             100.0 * sink[0], 100.0 * sink[1],
-             gt->task.kind == TASK_RECALL ? "the first key of the recall example" : "an ordinary token of the example");
+             "and heads %.0f%% gated, %.0f%% ungated. The first token is %s.", 100.0 * sink[0], 100.0 * sink[1],
+             gt->task.bos ? "<s>, the beginning-of-sequence token every sample starts with"
+             : gt->task.kind == TASK_RECALL ? "the first key of the recall example, not a beginning-of-sequence token"
+                                            : "an ordinary token of the example, not a beginning-of-sequence token");
     HeatmapFigure f = {
         .title = title, .subtitle = sub, .claim = claim, .note = note, .panels = panels, .n_panels = 2 * H,
         .panels_per_row = H, .vmin = 0, .vmax = 1, .show_values = 0, .colorbar_label = "attention weight",
@@ -162,6 +172,68 @@ static void figure_sink(const CliArgs *a, Trained *gt, Trained *ut, int layer) {
     heatmap_figure(&f, path_join(path, sizeof path, a->out, "02_attention_sink"), a->png, a->svg);
     free(A);
     free(causal);
+}
+
+// ---- Figure 6: the sink over seeds: first-token attention per layer, gated vs ungated -----------------
+
+#define SINK_SEEDS CHAPTER_EXPERIMENTS "/sink.jsonl"
+
+static void figure_sink_seeds(const CliArgs *a, const Trained *gt) {
+    int L = gt->model->g.n_layers, T = gt->n_tokens, n = 0, n_seeds = 1 << 30;
+    char lab[2 * 4][96];
+    const char *labels[2 * 4];
+    double mean[2 * 4], lo[2 * 4], hi[2 * 4];
+    int colors[2 * 4];
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 2; k++) {   // ungated first: the model that grows a sink
+            SeedStat st = chapter_seeds(SINK_SEEDS, k ? "gated" : "ungated", "first_by_layer", l);
+            if (st.n < n_seeds) n_seeds = st.n;
+            snprintf(lab[n], sizeof lab[n], "%s, layer %d", k ? "gated" : "ungated", l);
+            labels[n] = lab[n];
+            mean[n] = 100.0 * st.mean;
+            lo[n] = 100.0 * st.lo;
+            hi[n] = 100.0 * st.hi;
+            colors[n] = k ? COLOR_GATED : COLOR_GQA;
+            printf("  first-token attention, %-18s %.1f%% (%d seeds: %.1f..%.1f%%)\n", lab[n], mean[n], st.n, lo[n], hi[n]);
+            n++;
+        }
+    // uniform causal attention over queries 1..T-1: 1/(i+1) on the first token
+    double uniform = 0;
+    for (int i = 1; i < T; i++) uniform += 1.0 / (i + 1);
+    uniform = 100.0 * uniform / (T - 1);
+    // each seed's number, for the note: a mean of 3 can hide one seed that went the other way
+    // a sink: at least 3x the uniform share (as figure 2 says it)
+    char seeds[2][160] = {"", ""};
+    int n_sink[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        SeedStat st = chapter_seeds(SINK_SEEDS, k ? "gated" : "ungated", "first_by_layer", L - 1);
+        for (int i = 0; i < st.n && i < CHAPTER_MAX_SEEDS; i++) {
+            size_t len = strlen(seeds[k]);
+            snprintf(seeds[k] + len, sizeof seeds[k] - len, "%s%.0f%%", i ? ", " : "", 100.0 * st.v[i]);
+            n_sink[k] += 100.0 * st.v[i] >= 3 * uniform;
+        }
+    }
+    char title[160], sub[300], claim[400], ref_label[64], note[500];
+    snprintf(title, sizeof title, "Attention sink over %d seeds: %d of %d ungated models grow one, %d of %d gated",
+             n_seeds, n_sink[0], n_seeds, n_sink[1], n_seeds);
+    snprintf(sub, sizeof sub, "twins trained alike on %s with <s> first, %d steps; bar: mean over the seeds, whisker: min..max",
+             gt->task.name, gt->info.steps);
+    snprintf(claim, sizeof claim, "Over %d seeds the ungated model puts %.0f%% (%.0f..%.0f%%) of its last layer's attention "
+             "on <s> and the gated twin %.0f%% (%.0f..%.0f%%), against %.0f%% for uniform attention.", n_seeds,
+             mean[2 * (L - 1)], lo[2 * (L - 1)], hi[2 * (L - 1)], mean[2 * (L - 1) + 1], lo[2 * (L - 1) + 1],
+             hi[2 * (L - 1) + 1], uniform);
+    snprintf(ref_label, sizeof ref_label, "uniform attention (%.0f%%)", uniform);
+    snprintf(note, sizeof note, "layer %d, each seed: ungated %s; gated %s (a sink: 3x uniform or more). Seeds' metrics: data/experiments/sink.jsonl "
+             "(make experiments); figure 2's heatmaps are the first seed", L - 1, seeds[0], seeds[1]);
+    PlotRef ref = {.label = ref_label, .value = uniform};
+    BarChart bc = {
+        .title = title, .subtitle = sub, .claim = claim,
+        .xlabel = "attention weight on <s> (%, mean over queries and heads)", .labels = labels, .values = mean,
+        .lo = lo, .hi = hi, .colors = colors, .n = n, .refs = &ref, .n_refs = 1,
+        .note = note,
+    };
+    char path[1024];
+    plot_bar_chart(&bc, path_join(path, sizeof path, a->out, "06_sink_over_seeds"), a->png, a->svg);
 }
 
 // ---- Figure 3: which dims partial RoPE turns --------------------------------------------------------------
@@ -368,12 +440,17 @@ int main(int argc, char **argv) {
     require_gated(&ut);
     if (layer < 0) layer = gt.model->g.n_layers - 1;
     check_pair(&gt, &ut, layer);
+    for (int l = 0; l < gt.model->g.n_layers; l++) {
+        chapter_seeds(SINK_SEEDS, "ungated", "first_by_layer", l);
+        chapter_seeds(SINK_SEEDS, "gated", "first_by_layer", l);
+    }
     ensure_out_dir(a.out);
     figure_gates(&a, &gt);
     figure_sink(&a, &gt, &ut, layer);
     figure_partial_rope(&a, configs, &gt);
     figure_cache_per_token(&a, configs);
     figure_schematic(&a, configs);
+    figure_sink_seeds(&a, &gt);
     trained_free(&gt);
     trained_free(&ut);
     printf("ch08: wrote figures to %s/\n", a.out);
