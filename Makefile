@@ -105,8 +105,11 @@ endif
 	@echo "== the exercises: every starter fails its checker, the reference passes"
 	@$(MAKE) --no-print-directory exercises-check
 
+# The tests' scratch folders live in one folder per run, removed afterwards whatever the result.
 test-run: $(BUILD)/tests/run $(BINS)
-	OMP_WAIT_POLICY=passive ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) $(BUILD)/tests/run -j2 --short-filename
+	@tmp=$$(mktemp -d /tmp/attn-tests.XXXXXX) && \
+	OMP_WAIT_POLICY=passive ATTN_TMP=$$tmp ATTN_BINDIR=$(abspath $(BINDIR)) ATTN_ROOT=$(CURDIR) \
+	    $(BUILD)/tests/run -j2 --short-filename; rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 # The same tests, built and run under AddressSanitizer and UndefinedBehaviorSanitizer, then 30 s of
 # each fuzz target.

@@ -63,8 +63,10 @@ int test_count_lines(const char *s) {
     return n;
 }
 
+// Under ATTN_TMP when set (make test makes one folder per run and removes it afterwards), else /tmp.
 const char *test_tmpdir(char *buf, size_t cap) {
-    snprintf(buf, cap, "/tmp/attn-test-XXXXXX");
+    const char *root = getenv("ATTN_TMP");
+    snprintf(buf, cap, "%s/attn-test-XXXXXX", root && *root ? root : "/tmp");
     if (!mkdtemp(buf)) buf[0] = '\0';
     return buf;
 }
