@@ -358,8 +358,8 @@ static void figure_decode_time(const CliArgs *a, int max_context, int reps) {
     int logx = xs[n - 1] / xs[0] >= PLOT_LOG_MIN_RATIO, logy = tmax / tmin >= PLOT_LOG_MIN_RATIO;
     char note[300];
     snprintf(note, sizeof note, "measured on this machine when the figure was made: not byte-reproducible, no test "
-             "compares it%s", logx || logy ? "; log scales: the context doubles at every point and the times span "
-             "more than 30x" : "");
+             "compares it%s%s", logx ? "; log context axis: the context doubles at every point" : "",
+             logy ? "; log time axis: the times span more than 30x" : "");
     LineChart c = {
         .title = "Decode time per token: DSA attends to top-k only, after a small indexer",
         .subtitle = sub, .claim = claim, .xlabel = "context length (tokens)", .ylabel = "decode time per token (ms)",

@@ -570,7 +570,7 @@ int main(int argc, char **argv) {
     static const struct { const char *file, *label; } EXTRA[] = {
         {"ch03_induction.safetensors", "ch03 MHA, induction"},
         {"ch03_recall.safetensors", "ch03 MHA, recall"},
-        {"ch09_attention.safetensors", "ch09 gated attention (4 layers)"},
+        {"ch09_attention.safetensors", "ch09 gated attention (2 layers)"},
         {"ch09_hybrid.safetensors", "ch09 3 DeltaNet : 1 gated attention"},
     };
     static char extra_paths[4][1024];
