@@ -19,6 +19,7 @@
 #include "09_gdn/gdn.h"
 #include "10_hybrids/lightning.h"
 #include "10_hybrids/mamba2.h"
+#include "11_compressed/compressed.h"
 #include "attention.h"
 #include "check.h"
 #include "helpers.h"
@@ -1076,6 +1077,214 @@ Test(ex10_2, delta_and_decay) {
                   (double)out[i], (double)want[i], i / d % T);
     free(params); free(out); free(act); free(D);
     st_free(&st);
+}
+
+// ===================================================================================================
+// ex11.1  the compressor's entry (comp_entry), ex11.2  decode keeping the partial group (comp_step),
+// chapters/11_compressed/compressed.c
+// ===================================================================================================
+
+// One DeepSeek V4 layer: d 16, 2 heads of dh 8 (the last 2 dims rotating), window W, ratio m; CSA (an
+// indexer of 2 heads x 4, top-2) when csa, else HCA. Random weights: matrices N(0, 0.4^2), norm gains
+// 1 + N(0, 0.2^2), ape and sinks N(0, 0.5^2) (so every slot's positional bias differs).
+enum { CX_D = 16, CX_H = 2, CX_DH = 8, CX_MAX_T = 16 };
+typedef struct {
+    ModelGeometry g;
+    Mixer mx;
+    float *params;
+    ParamTensor t[24];
+    int nt;
+} CxLayer;
+
+static void cx_layer(CxLayer *L, int W, int m, int csa, uint64_t seed) {
+    v4_geometry_tiny(&L->g, 1, CX_D, CX_H, CX_DH, W);
+    L->g.max_seq_len = 64;
+    L->g.vocab_size = 8;
+    if (csa) {
+        L->g.index_n_heads = 2;
+        L->g.index_head_dim = 4;
+        L->g.index_topk = 2;
+    }
+    v4_set_layer(&L->g, 0, m, csa);
+    L->mx = (Mixer){.ops = v4_mixer_of(&L->g, 0), .g = &L->g, .layer = 0};
+    Rng r;
+    rng_seed(&r, seed);
+    L->params = test_randn(&r, mixer_n_params(L->mx.ops, &L->g, 0), 0.4f);
+    L->nt = L->mx.ops->param_tensors(&L->g, 0, L->t, 24);
+    for (int i = 0; i < L->nt; i++) {
+        size_t sz = test_tensor_size(&L->t[i]);
+        float *p = L->params + L->t[i].offset;
+        if (strstr(L->t[i].name, "ape") || strstr(L->t[i].name, "sink"))
+            for (size_t k = 0; k < sz; k++) p[k] = 0.5f * rng_normal(&r);
+        else if (L->t[i].ndim == 1)
+            for (size_t k = 0; k < sz; k++) p[k] = 1.0f + 0.2f * rng_normal(&r);
+    }
+}
+
+static const float *cx_param(const CxLayer *L, const char *name) { return L->params + test_find_param(L->t, L->nt, name)->offset; }
+
+// The main compressor's share of token j in entry s (the weights averaged over the dh channels), in
+// double, the way variant v computes the weights: 0 right, 1 CSA without the previous group, 2 CSA with
+// the two groups' channel halves swapped, 3 CSA with both groups reading channel j. share (Tc, T).
+enum { SHARE_RIGHT, SHARE_NO_PREVIOUS, SHARE_SWAPPED, SHARE_SAME_CHANNEL, N_SHARE };
+static void cx_share_d(double *share, const CxLayer *L, const float *x, int T, int v) {
+    int m = L->g.compress_ratios[0], c = geometry_layer_is_csa(&L->g, 0) ? 2 : 1, w = c * CX_DH, Tc = T / m;
+    const float *wg = cx_param(L, "compressor.wgate"), *ape = cx_param(L, "compressor.ape");
+    double Z[CX_MAX_T][2 * CX_DH];   // Z = x Wgate^T + ape[t mod m]
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < w; k++) {
+            Z[t][k] = ape[(size_t)(t % m) * w + k];
+            for (int i = 0; i < CX_D; i++) Z[t][k] += (double)wg[(size_t)k * CX_D + i] * x[(size_t)t * CX_D + i];
+        }
+    memset(share, 0, sizeof(double) * (size_t)Tc * T);
+    for (int s = 0; s < Tc; s++)
+        for (int j = 0; j < CX_DH; j++) {
+            // the entry's tokens and the channel each is read at
+            int tok[2 * CX_MAX_T], ch[2 * CX_MAX_T], n = 0;
+            int prev = c == 2 && s > 0 && v != SHARE_NO_PREVIOUS;
+            int prev_ch = v == SHARE_SWAPPED ? CX_DH + j : j;
+            int cur_ch = c == 1 || v == SHARE_SAME_CHANNEL ? j : v == SHARE_SWAPPED ? j : CX_DH + j;
+            if (prev)
+                for (int t = 0; t < m; t++) tok[n] = (s - 1) * m + t, ch[n++] = prev_ch;
+            for (int t = 0; t < m; t++) tok[n] = s * m + t, ch[n++] = cur_ch;
+            double mx = -INFINITY, sum = 0.0;
+            for (int i = 0; i < n; i++) mx = fmax(mx, Z[tok[i]][ch[i]]);
+            for (int i = 0; i < n; i++) sum += exp(Z[tok[i]][ch[i]] - mx);
+            for (int i = 0; i < n; i++) share[(size_t)s * T + tok[i]] += exp(Z[tok[i]][ch[i]] - mx) / sum / CX_DH;
+        }
+}
+
+static void entry_share_check(int csa) {
+    int m = csa ? 2 : 3, T = 12, Tc = T / m;
+    CxLayer L;
+    cx_layer(&L, 3, m, csa, csa ? 1101 : 1102);
+    Rng r;
+    rng_seed(&r, 1103);
+    float *x = test_randn(&r, (size_t)T * CX_D, 1.0f), *out = mallocCheck(sizeof(float) * (size_t)T * CX_D);
+    float *act = callocCheck(L.mx.ops->act_floats(&L.g, 0, 1, T), sizeof(float));
+    float got[CX_MAX_T * CX_MAX_T];
+    double want[N_SHARE][CX_MAX_T * CX_MAX_T];
+    L.mx.ops->forward(&L.mx, out, act, x, L.params, 1, T);
+    compressed_entry_share(&L.mx, got, act, 1, T);
+    for (int v = 0; v < N_SHARE; v++) cx_share_d(want[v], &L, x, T, v);
+    const char *layer = csa ? "CSA (m 2: entry s mixes groups s-1 and s, 4 tokens)" : "HCA (m 3: entry s mixes its own group of 3)";
+    for (int s = 0; s < Tc; s++) {
+        double sum = 0.0;
+        int zero = 1;
+        for (int j = 0; j < T; j++) sum += got[s * T + j], zero = zero && got[s * T + j] == 0.0f;
+        cr_assert(!zero, "%s: entry %d has no weights at all (wts is all zeros): write each token's weight for channel j at wts[(slot) * e + j], the slots %s",
+                  layer, s, csa ? "0..m-1 the previous group, m..2m-1 the current one" : "0..m-1 the group's tokens");
+        cr_assert(fabs(sum - 1.0) < 1e-4, "%s: the weights of entry %d sum to %.5g, not 1 (averaged over the channels): per channel, divide each exp(Z - max) by the sum over ALL the entry's tokens%s",
+                  layer, s, sum, csa && s > 0 ? " (both groups)" : "");
+        for (int j = 0; j < T; j++) {
+            int i = s * T + j;
+            if (fabs(got[i] - want[SHARE_RIGHT][i]) <= 1e-5) continue;
+            int v = 1;
+            while (v < N_SHARE && !(csa && scaled_err(got, want[v], Tc * T) < 1e-5)) v++;
+            static const char *why[N_SHARE] = {
+                "",
+                "It matches each entry mixing only its own group: in CSA entry s > 0 also mixes group s-1 (Cp, Zp: its m rows, channel j), one softmax over all 2m tokens",
+                "It matches the two groups' halves swapped: the previous group gives channel j (the first e of its c*e), the current group channel e + j ((c-1)*e + j)",
+                "It matches both groups read at channel j: the current group's projections for this entry are its SECOND half, channel (c-1)*e + j"};
+            cr_assert(0, "%s: token %d's share of entry %d is %.5g, want %.5g (its softmax weight, averaged over the %d channels). %s", layer, j,
+                      s, (double)got[i], want[SHARE_RIGHT][i], CX_DH,
+                      v < N_SHARE ? why[v]
+                                  : "Per channel j: the weights are a softmax of Z over the entry's tokens (rows stride floats apart), the current group's at channel (c-1)*e + j; token t of the current group goes to slot (c-1)*m + t of wts");
+        }
+    }
+    free(x); free(out); free(act); free(L.params);
+}
+
+// The layer's output against the PyTorch reference (tests/golden/compressed.safetensors): the entries
+// are keys and values, so a slip in the weighted sum shows here once the weights are right.
+static void entry_golden_check(const char *cs) {
+    SafeTensors st;
+    test_golden_load(&st, "compressed.safetensors", "golden_compressed.py");
+    int B = test_golden_int(&st, cs, "B"), T = test_golden_int(&st, cs, "T"), d = test_golden_int(&st, cs, "d_model");
+    int H = test_golden_int(&st, cs, "n_heads"), dh = test_golden_int(&st, cs, "head_dim"), m = test_golden_int(&st, cs, "compress_ratio");
+    int csa = !strcmp(test_golden_meta(&st, cs, "kind"), "csa");
+    ModelGeometry g;
+    v4_geometry_tiny(&g, 1, d, H, dh, test_golden_int(&st, cs, "sliding_window"));
+    g.partial_rotary_factor = (double)test_golden_int(&st, cs, "rotary_dims") / dh;
+    g.rope_theta = atof(test_golden_meta(&st, cs, "rope_theta"));
+    g.max_seq_len = T;
+    if (csa) {
+        g.index_n_heads = test_golden_int(&st, cs, "index_n_heads");
+        g.index_head_dim = test_golden_int(&st, cs, "index_head_dim");
+        g.index_topk = test_golden_int(&st, cs, "index_topk");
+    }
+    v4_set_layer(&g, 0, m, csa);
+    Mixer mx = {.ops = v4_mixer_of(&g, 0), .g = &g, .layer = 0};
+    dsa_set_phase(DSA_DENSE);   // csa_dense: every entry read, so only the entries themselves matter
+    size_t np = mixer_n_params(mx.ops, &g, 0), nx = (size_t)B * T * d;
+    float *params = mallocCheck(sizeof(float) * np);
+    ParamTensor t[24];
+    int n = mx.ops->param_tensors(&g, 0, t, 24);
+    test_golden_params(params, &st, cs, t, n);
+    int64_t sx[3] = {B, T, d};
+    const float *x = test_golden(&st, cs, "x", 3, sx), *want = test_golden(&st, cs, "out", 3, sx);
+    float *out = mallocCheck(sizeof(float) * nx), *act = callocCheck(mx.ops->act_floats(&g, 0, B, T), sizeof(float));
+    mx.ops->forward(&mx, out, act, x, params, B, T);
+    dsa_set_phase(DSA_SPARSE);
+    for (size_t i = 0; i < nx; i++) {
+        int tok = (int)(i / d % T);
+        cr_assert(fabsf(out[i] - want[i]) <= 2e-5f * fmaxf(1.0f, fabsf(want[i])),
+                  "%s layer (m %d, window %d): the output at token %d is %.6g, PyTorch's %.6g%s. e_raw[j] = sum over the entry's tokens of weight * C, with C read where Z was (current group: channel (c-1)*e + j, previous group: channel j) and the weights of that same channel",
+                  csa ? "CSA" : "HCA", m, g.sliding_window, tok, (double)out[i], (double)want[i],
+                  tok < m - 1 ? "" : ", and this token reads the entries");
+    }
+    free(params); free(out); free(act);
+    st_free(&st);
+}
+
+// One test, so the first message is the first property that fails: the weights (HCA, then CSA's two
+// groups), then the sum they weight.
+Test(ex11_1, entry_weights_then_the_layers_output) {
+    entry_share_check(0);
+    entry_share_check(1);
+    entry_golden_check("hca");
+    entry_golden_check("csa_dense");
+}
+
+// Decode token by token against the full forward (which never calls comp_step): the entries completed
+// after each token, then every output.
+static void decode_state_check(int csa) {
+    int m = csa ? 2 : 3, T = 13, W = 2;
+    CxLayer L;
+    cx_layer(&L, W, m, csa, csa ? 1201 : 1202);
+    Rng r;
+    rng_seed(&r, 1203);
+    float *x = test_randn(&r, (size_t)T * CX_D, 1.0f), *full = mallocCheck(sizeof(float) * (size_t)T * CX_D);
+    float *act = callocCheck(L.mx.ops->act_floats(&L.g, 0, 1, T), sizeof(float)), step[CX_D];
+    dsa_set_phase(DSA_SPARSE);   // CSA: top-2 of up to 6 entries, so the indexer's keys (its own compressor) matter
+    L.mx.ops->forward(&L.mx, full, act, x, L.params, 1, T);
+    MixerCache *c = L.mx.ops->cache_new(&L.mx, T);
+    const char *layer = csa ? "CSA (m 2, window 2)" : "HCA (m 3, window 2)";
+    for (int t = 0; t < T; t++) {
+        L.mx.ops->decode(&L.mx, c, step, x + (size_t)t * CX_D, L.params);
+        int got_e = compressed_cache_entries(c), want_e = (t + 1) / m;
+        cr_assert(got_e == want_e, "%s: after token %d the cache holds %d entries, want %d: group s (tokens %d s .. %d s + %d) completes when its LAST token arrives, (t + 1) %% m == 0, and only then does comp_step return 1",
+                  layer, t, got_e, want_e, m, m, m - 1);
+        double want[CX_D];
+        to_double(want, full + (size_t)t * CX_D, CX_D);
+        if (scaled_err(step, want, CX_D) < 1e-5) continue;
+        const char *hint;
+        if (want_e == 0) hint = "No entry is complete yet, so only the raw window is read: is comp_step writing outside the state (slot (c-1)*m + t % m, c*e floats per row)?";
+        else if (want_e == 1 && !csa) hint = "This is the first entry read: it must mix the m rows of the group being filled (slots (c-1)*m .. c*m-1 of the state, token t at slot (c-1)*m + t % m, C and Z), finished by comp_finish at position n_ent * m, its first token";
+        else if (want_e == 1) hint = "Entry 0 has no previous group: pass NULL for Cp and Zp when n_ent == 0 (the state's first m rows hold zeros, and softmax would give them weight). Its own group sits in slots m .. 2m-1";
+        else if (csa) hint = "Entry 0 was right, a later one is not: after finishing an entry, the group just completed becomes the next entry's previous group (copy its m rows of C and Z to rows 0 .. m-1)";
+        else hint = "A later entry is wrong: each one is finished at position n_ent * m (its first token), from its own group's rows";
+        cr_assert(0, "%s: decode of token %d gives %.6g, the full forward %.6g (first value; %d entries complete). %s", layer, t,
+                  (double)step[0], want[0], want_e, hint);
+    }
+    L.mx.ops->cache_free(c);
+    free(x); free(full); free(act); free(L.params);
+}
+
+// HCA first (one group in the state), then CSA (the previous group too, and the indexer's compressor).
+Test(ex11_2, decode_equals_the_forward_hca_then_csa) {
+    decode_state_check(0);
+    decode_state_check(1);
 }
 
 // ===================================================================================================

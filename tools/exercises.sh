@@ -279,6 +279,7 @@ verdict_compute() {
             else if (near(r, 4) || near(r, 0.25)) h = " It is off by a factor of 4: fp32 (4 bytes) for bf16 (2), and one more factor of 2?"
             else if (near(r, 1024) || near(r, 1/1024) || near(r, 1048576) || near(r, 1/1048576)) h = " It is off by a power of 1024: check the unit (B, KiB, MiB, GiB)."
             else if (unit != "B" && (near(r, 1000/1024) || near(r, 1024/1000) || near(r, 1e6/1048576) || near(r, 1048576/1e6) || near(r, 1e9/1073741824) || near(r, 1073741824/1e9))) h = " Close: KiB, MiB and GiB are powers of 1024, not 1000."
+            else if (r > 0.98 && r < 1.02) h = sprintf(" Close: %.2g%% too %s. Is a small term missing or counted twice?", r > 1 ? 100 * (r - 1) : 100 * (1 - r), r > 1 ? "large" : "small")
             else if (r > 1) h = sprintf(" It is %.3g times too large.", r)
             else h = sprintf(" It is %.3g times too small.", 1 / r)
             printf "%s", h

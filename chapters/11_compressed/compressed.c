@@ -260,6 +260,10 @@ static void comp_project(float *C, float *Z, const float *x, const Compressor *c
 // group). wts (c*m, e) gets the weights (previous group's rows first, 0 when absent), or NULL.
 static void comp_entry(float *e_raw, float *wts, const float *Cp, const float *Zp, const float *Cc, const float *Zc,
                        size_t stride, const Compressor *cp) {
+    // EXERCISE ex11.1 begin: per channel j, e_raw[j] = sum over the entry's tokens of softmax(Z) * C; wts the weights
+    // EXERCISE ex11.1 stub: (void)Cp; (void)Zp; (void)Cc; (void)Zc; (void)stride;
+    // EXERCISE ex11.1 stub: memset(e_raw, 0, sizeof(float) * (size_t)cp->e);
+    // EXERCISE ex11.1 stub: if (wts) memset(wts, 0, sizeof(float) * (size_t)cp->c * cp->m * cp->e);
     int m = cp->m, e = cp->e, cur = (cp->c - 1) * e;
     for (int j = 0; j < e; j++) {
         float mx = -INFINITY;
@@ -286,6 +290,7 @@ static void comp_entry(float *e_raw, float *wts, const float *Cp, const float *Z
             }
         }
     }
+    // EXERCISE ex11.1 end
 }
 
 // The normed, rotated entry (e) from e_raw: RMSNorm * norm, RoPE on the last rot dims at position pos.
@@ -850,6 +855,9 @@ int compressed_cache_entries(const MixerCache *c) { return c->n_ent; }
 // to out (e) and 1 is returned. crow, zrow: the token's projections (c*e); eraw (e) scratch.
 static int comp_step(float *out, CompState *st, const float *crow, const float *zrow, float *eraw, const Compressor *cp,
                      int t, int n_ent, double theta) {
+    // EXERCISE ex11.2 begin: token t's C, Z into its slot of the group being filled; on its last token, entry n_ent
+    // EXERCISE ex11.2 stub: (void)out; (void)st; (void)crow; (void)zrow; (void)eraw; (void)cp;
+    // EXERCISE ex11.2 stub: (void)t; (void)n_ent; (void)theta; return 0;
     int m = cp->m, w = cp->c * cp->e, slot = (cp->c - 1) * m + t % m;
     memcpy(st->C + (size_t)slot * w, crow, sizeof(float) * (size_t)w);
     memcpy(st->Z + (size_t)slot * w, zrow, sizeof(float) * (size_t)w);
@@ -863,6 +871,7 @@ static int comp_step(float *out, CompState *st, const float *crow, const float *
         memcpy(st->Z, Zc, sizeof(float) * (size_t)m * w);
     }
     return 1;
+    // EXERCISE ex11.2 end
 }
 
 static void v4_decode(const Mixer *m, MixerCache *c, float *out, const float *x, const float *params) {
