@@ -386,6 +386,12 @@ static void panel_measure(PanelLayout *P, const HeatLayout *L, int index, cairo_
                   p->row_labels != NULL);
     thinned_label(P->xlabel, sizeof P->xlabel, P->show_cols ? p->xlabel : NULL, P->show_cols ? P->col_step : 1,
                   p->col_labels != NULL);
+    // a rotated y label longer than its panel is tall would run into the panel's title: keep only its
+    // base (the figure's note says when labels are thinned)
+    plot_font(cr, AXIS_FONT, 0);
+    char *paren = strstr(P->ylabel, " (");
+    if (paren && plot_text_width(cr, P->ylabel) > P->gh) *paren = '\0';
+    plot_font(cr, LAB_FONT, 0);
     P->collab_h = !P->show_cols ? 0 : P->col_rotated ? colw + 9 : LAB_FONT + 9;
     P->ylab_w = P->ylabel[0] ? AXIS_FONT + 10 : 0;
     P->xlab_h = P->xlabel[0] ? AXIS_FONT + 8 : 0;
