@@ -32,9 +32,9 @@ static void figure_grouped_heads(const CliArgs *a, Trained *t) {
     unsigned char *causal = mallocCheck((size_t)(T * T));
     mask_fill(causal, MASK_CAUSAL, T, 0);
     HeatPanel panels[16];
-    char titles[16][96];
+    char titles[16][160];
     for (int h = 0; h < H; h++) {
-        snprintf(titles[h], sizeof titles[h], "query head %d -> KV %d: %s", h, h / (H / G), roles[h]);
+        snprintf(titles[h], sizeof titles[h], "query head %d -> KV %d: %.48s", h, h / (H / G), roles[h]);
         panels[h] = (HeatPanel){.values = A + (size_t)h * T * T, .mask = causal, .rows = T, .cols = T,
                                 .title = titles[h], .row_labels = t->labels, .col_labels = t->labels,
                                 .xlabel = "key j", .ylabel = h % (H / G) == 0 ? "query i" : NULL};

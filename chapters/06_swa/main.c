@@ -323,7 +323,7 @@ static void figure_ablation_distance(const CliArgs *a, const Ablation *abl, int 
                                   .markers = 1, .dashed = A->ratio == 0};
         ns++;
     }
-    char sub[400], chance_label[64], claim[300];
+    char sub[400], chance_label[64], claim[600];
     snprintf(sub, sizeof sub, "held-out accuracy on copied tokens by distance to the key; the W = %d models, every "
              "all-local model, all-global", W);
     snprintf(chance_label, sizeof chance_label, "chance (1/%.0f)", 1.0 / chapter_chance(&abl[0].task));

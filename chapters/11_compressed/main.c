@@ -103,7 +103,7 @@ static void figure_entries(const CliArgs *a, Trained *t, const char *name, int c
         }
     }
     // column labels: the tokens, then the entries
-    static char elabels[256][8];
+    static char elabels[256][12];
     const char *cols[1024 + 256], *erows[256];
     for (int j = 0; j < T; j++) cols[j] = t->labels[j];
     for (int s = 0; s < Tc && s < 256; s++) {
