@@ -13,6 +13,7 @@
 #include "headstats.h"
 #include "hfconfig.h"
 #include "kvcache.h"
+#include "metrics.h"
 #include "plot.h"
 #include "registry.h"
 #include "train.h"
@@ -208,35 +209,32 @@ int chapter_most_varied_layer(Trained *t, int *n_roles) {
 
 // ---- seeds ---------------------------------------------------------------------------------------------
 
+typedef struct {
+    SeedStat *s;
+    const char *path, *setting, *key;
+    int index;
+} SeedsCtx;
+
+// Adds one run's number (its `key`, or element `index` of it) to the statistics.
+static void add_seed(const cJSON *run, int line, void *ctx) {
+    SeedsCtx *c = ctx;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(run, c->key);
+    if (c->index >= 0) v = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, c->index) : NULL;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        die_user("%s:%d: setting '%s' has no number %s%s", c->path, line, c->setting, c->key, c->index >= 0 ? "[i]" : "");
+    double x = v->valuedouble;
+    SeedStat *s = c->s;
+    if (s->n < CHAPTER_MAX_SEEDS) s->v[s->n] = x;
+    s->n++;
+    s->mean += x;
+    s->lo = fmin(s->lo, x);
+    s->hi = fmax(s->hi, x);
+}
+
 SeedStat chapter_seeds(const char *path, const char *setting, const char *key, int index) {
-    FILE *f = fopen(path, "r");
-    if (!f) die_user("%s: cannot read the seeds' metrics (run `make experiments`)", path);
     SeedStat s = {.lo = INFINITY, .hi = -INFINITY};
-    char line[1 << 16];
-    for (int ln = 1; fgets(line, sizeof line, f); ln++) {
-        if (line[0] == '\n') continue;
-        if (!strchr(line, '\n') && !feof(f)) { fclose(f); die_user("%s:%d: line longer than %zu bytes", path, ln, sizeof line - 1); }
-        cJSON *o = cJSON_Parse(line);
-        if (!cJSON_IsObject(o)) { cJSON_Delete(o); fclose(f); die_user("%s:%d: not a JSON object", path, ln); }
-        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "setting");
-        if (cJSON_IsString(st) && strcmp(st->valuestring, setting) == 0) {
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-            if (index >= 0) v = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, index) : NULL;
-            if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
-                cJSON_Delete(o);
-                fclose(f);
-                die_user("%s:%d: setting '%s' has no number %s%s", path, ln, setting, key, index >= 0 ? "[i]" : "");
-            }
-            double x = v->valuedouble;
-            if (s.n < CHAPTER_MAX_SEEDS) s.v[s.n] = x;
-            s.n++;
-            s.mean += x;
-            s.lo = fmin(s.lo, x);
-            s.hi = fmax(s.hi, x);
-        }
-        cJSON_Delete(o);
-    }
-    fclose(f);
+    SeedsCtx c = {.s = &s, .path = path, .setting = setting, .key = key, .index = index};
+    metrics_each_run(path, setting, add_seed, &c);
     if (s.n == 0) die_user("%s: no run of setting '%s' (run `make experiments`)", path, setting);
     s.mean /= s.n;
     return s;

@@ -43,13 +43,9 @@ static void add_run(SeedRuns *r, const cJSON *run, const char *path, int line) {
     if (s == 0 && cJSON_IsString(cmd)) snprintf(r->command, sizeof r->command, "%s", cmd->valuestring);
 }
 
-void metrics_load(SeedRuns *r, const char *dir, const char *group, const char *setting) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->group, sizeof r->group, "%s", group);
-    snprintf(r->setting, sizeof r->setting, "%s", setting);
-    char name[128], path[1024], why[256];
-    snprintf(name, sizeof name, "%s.jsonl", group);
-    path_join(path, sizeof path, dir, name);
+void metrics_each_run(const char *path, const char *setting, void (*each)(const cJSON *run, int line, void *ctx),
+                      void *ctx) {
+    char why[256];
     FILE *f = open_regular(path, NULL, why, sizeof why);
     if (!f) die_user("%s: %s (make experiments writes it)", path, why);
     char buf[8192];
@@ -74,10 +70,31 @@ void metrics_load(SeedRuns *r, const char *dir, const char *group, const char *s
             fclose(f);
             die_user("%s: line %d has no 'setting'", path, line);
         }
-        if (strcmp(st->valuestring, setting) == 0) add_run(r, run, path, line);
+        if (strcmp(st->valuestring, setting) == 0) each(run, line, ctx);
         cJSON_Delete(run);
     }
     fclose(f);
+}
+
+typedef struct {
+    SeedRuns *r;
+    const char *path;
+} LoadCtx;
+
+static void load_one(const cJSON *run, int line, void *ctx) {
+    LoadCtx *c = ctx;
+    add_run(c->r, run, c->path, line);
+}
+
+void metrics_load(SeedRuns *r, const char *dir, const char *group, const char *setting) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->group, sizeof r->group, "%s", group);
+    snprintf(r->setting, sizeof r->setting, "%s", setting);
+    char name[128], path[1024];
+    snprintf(name, sizeof name, "%s.jsonl", group);
+    path_join(path, sizeof path, dir, name);
+    LoadCtx c = {.r = r, .path = path};
+    metrics_each_run(path, setting, load_one, &c);
     if (r->n_seeds == 0) die_user("%s: no run of setting '%s'", path, setting);
     for (int i = 0; i < r->n_pairs; i++) {
         double sum = 0.0, lo = 1.0, hi = 0.0;

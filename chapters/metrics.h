@@ -6,6 +6,8 @@
 // figure can draw the mean and the spread instead of one lucky or unlucky run.
 #pragma once
 
+#include <cJSON.h>
+
 #define METRICS_MAX_SEEDS 16
 #define METRICS_MAX_PAIRS 64
 
@@ -26,3 +28,8 @@ typedef struct {
 void metrics_load(SeedRuns *r, const char *dir, const char *group, const char *setting);
 // How many seeds recall at least `frac` (0..1) of the queries with n pairs (1 <= n <= r->n_pairs).
 int metrics_solved(const SeedRuns *r, int n, double frac);
+// Calls each(run, line, ctx) for every run (line) of `setting` in the JSON-lines file at path, blank lines
+// skipped. Exits with one line naming the file when it cannot be opened, or a line is too long, is not a
+// JSON object or has no 'setting'. Both readers of the experiments' files go through it.
+void metrics_each_run(const char *path, const char *setting, void (*each)(const cJSON *run, int line, void *ctx),
+                      void *ctx);
